@@ -1,0 +1,147 @@
+"""The storage-driver interface every backend implements.
+
+Paths are absolute, slash-separated and relative to the driver's root, for example
+``/docker/registry/v2/blobs/sha256/ab/abcd.../data``. Every driver checks each path
+against :data:`PATH_PATTERN` before touching anything, so no caller can reach outside
+the root whatever a client sends.
+
+Writes are atomic for readers: :meth:`StorageDriver.write` and a committed
+:class:`FileWriter` either show the whole content or nothing, and :meth:`move`
+replaces its destination in one step.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+# Components are letters, digits, '.', '_' and '-', but never '.' or '..' alone.
+PATH_PATTERN = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
+
+
+class StorageError(Exception):
+    """A driver failure that is not the caller's fault."""
+
+
+class PathNotFoundError(StorageError):
+    def __init__(self, path: str) -> None:
+        super().__init__(f"path not found: {path}")
+        self.path = path
+
+
+class InvalidPathError(StorageError):
+    def __init__(self, path: str) -> None:
+        super().__init__(f"invalid path: {path!r}")
+        self.path = path
+
+
+class InvalidOffsetError(StorageError):
+    def __init__(self, path: str, offset: int) -> None:
+        super().__init__(f"invalid offset {offset} for {path}")
+        self.path = path
+        self.offset = offset
+
+
+def check_path(path: str) -> str:
+    """Return ``path`` if it is a valid driver path, else raise :class:`InvalidPathError`."""
+    if not PATH_PATTERN.match(path) or any(part in (".", "..") for part in path.split("/")):
+        raise InvalidPathError(path)
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    path: str
+    size: int
+    mtime: float
+    is_dir: bool
+
+
+class FileWriter(ABC):
+    """An appending writer whose content becomes durable on :meth:`commit`.
+
+    A writer opened with ``resume_at`` continues an earlier one: content past that
+    offset (bytes written but never committed, for example before a crash) is
+    discarded.
+    """
+
+    @property
+    @abstractmethod
+    def size(self) -> int:
+        """Bytes in the file so far, committed or not."""
+
+    @abstractmethod
+    async def write(self, data: bytes) -> None: ...
+
+    @abstractmethod
+    async def commit(self) -> None:
+        """Make everything written so far durable; the writer stays usable."""
+
+    @abstractmethod
+    async def cancel(self) -> None:
+        """Discard the file entirely."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release resources; what was committed stays."""
+
+
+class StorageDriver(ABC):
+    """A small async interface over a tree of files."""
+
+    name: str = "abstract"
+
+    @abstractmethod
+    async def read(self, path: str) -> bytes:
+        """The whole content of a (small) file."""
+
+    @abstractmethod
+    async def write(self, path: str, data: bytes) -> None:
+        """Replace the file's content atomically, creating parent directories."""
+
+    @abstractmethod
+    def stream(
+        self, path: str, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """Yield the file's bytes from ``offset``, ``length`` of them or to the end.
+
+        Raises :class:`PathNotFoundError` on first iteration when the file is missing and
+        :class:`InvalidOffsetError` when ``offset`` is past its end.
+        """
+
+    @abstractmethod
+    async def writer(self, path: str, resume_at: int | None = None) -> FileWriter:
+        """An appending writer: a new empty file, or an existing one cut to ``resume_at``."""
+
+    @abstractmethod
+    async def stat(self, path: str) -> FileInfo: ...
+
+    @abstractmethod
+    async def list(self, path: str) -> list[str]:
+        """Names (not paths) of the directory's direct children, sorted."""
+
+    @abstractmethod
+    async def move(self, source: str, dest: str) -> None:
+        """Rename ``source`` to ``dest`` in one step, replacing ``dest``."""
+
+    @abstractmethod
+    async def delete(self, path: str) -> None:
+        """Remove a file or a whole directory tree."""
+
+    @abstractmethod
+    def walk(self, path: str) -> AsyncIterator[FileInfo]:
+        """Every file and directory below ``path``, depth first, in lexical order."""
+
+    def local_path(self, path: str) -> str | None:
+        """A local filesystem path for ``sendfile``, when the driver has one."""
+        return None
+
+    async def redirect_url(self, path: str, method: str = "GET") -> str | None:
+        """A URL the client may fetch the content from directly, when the backend has one."""
+        return None
+
+    async def close(self) -> None:
+        """Release connections and threads."""
+        return None

@@ -1,0 +1,132 @@
+"""Real registry server processes for tests: Dockyard and Distribution on free ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+DISTRIBUTION_BINARY = "/usr/bin/docker-registry"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class ServerProcess:
+    """A registry process with its own config file and data directory.
+
+    ``kind`` is "dockyard" or "distribution"; both read the same config format, which
+    is the point of the comparison.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        workdir: Path,
+        config: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        root: Path | None = None,
+    ) -> None:
+        self.kind = kind
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.root = root or workdir / "data"
+        self.port = free_port()
+        base: dict[str, Any] = {
+            "version": "0.1",
+            "log": {"level": "warn", "fields": {"service": "registry"}},
+            "storage": {
+                "filesystem": {"rootdirectory": str(self.root)},
+                "delete": {"enabled": True},
+                "maintenance": {"uploadpurging": {"enabled": False}},
+            },
+            "http": {"addr": f"127.0.0.1:{self.port}", "headers": {"X-Content-Type-Options": ["nosniff"]}},
+        }
+        self.config = _merge(base, config or {})
+        self.config_path = workdir / "config.yml"
+        self.config_path.write_text(yaml.safe_dump(self.config))
+        self.env = dict(env or {})
+        self.log_path = workdir / f"{kind}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def host(self) -> str:
+        """host:port as clients such as skopeo name the registry."""
+        return f"127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        if self.kind == "distribution":
+            return [DISTRIBUTION_BINARY, "serve", str(self.config_path)]
+        return [sys.executable, "-m", "dockyard", "serve", str(self.config_path)]
+
+    def start(self, timeout: float = 20.0) -> None:
+        env = {**os.environ, **self.env}
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited early:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/v2/", timeout=1.0).status_code in (200, 401):
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.kind} did not start within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group, as a crash would."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def distribution_available() -> bool:
+    return shutil.which(DISTRIBUTION_BINARY) is not None
