@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The one test command, for a fresh Debian 12 machine as for a developer's:
+#   scripts/test.sh [pytest arguments]
+# As root it installs the Debian packages the tests drive (skopeo, and Distribution
+# as docker-registry to compare with); then the package with its test extra; then
+# pytest. Each install step is skipped when everything is already there.
+set -euo pipefail
+
+source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
+cd "$ROOT"
+
+# skopeo: the real client (containers/image, as podman and buildah) for push/pull
+# tests. docker-registry: CNCF Distribution 2.8.2, the reference the tests compare to
+# and the other side of the interoperability tests.
+if ! is_root; then
+    echo "warning: not root: skipping apt; skopeo and docker-registry must already be installed" >&2
+fi
+ensure_debian_packages skopeo docker-registry
+quiet_debian_registry
+
+choose_python
+ensure_installed test
+
+status=0
+"$PYTHON" -m pytest "$@" || status=$?
+if [ "$status" -eq 5 ]; then
+    echo "error: pytest collected no tests" >&2
+fi
+exit "$status"
