@@ -346,6 +346,8 @@ def test_delete_by_tag_removes_only_the_tag(api: httpx.Client) -> None:
     assert_serves(api, "manifests/deletetag", image.manifest.digest, image.manifest)
     assert_serves(api, "manifests/deletetag", "kept", image.manifest)
     assert api.get("/v2/manifests/deletetag/tags/list").json()["tags"] == ["kept"]
+    again = api.delete("/v2/manifests/deletetag/manifests/gone")
+    assert_error(again, 404, "MANIFEST_UNKNOWN")
 
 
 def test_put_with_subject_returns_oci_subject_header(api: httpx.Client) -> None:
@@ -377,3 +379,14 @@ def test_index_media_type_is_served(api: httpx.Client) -> None:
     push_manifest(api, "manifests/indextype", "idx", index)
     response = get_manifest(api, "manifests/indextype", "idx")
     assert response.headers["Content-Type"] == OCI_INDEX
+
+
+def test_manifest_is_not_readable_from_another_repository(api: httpx.Client) -> None:
+    """Manifests are linked per repository, like blobs: a digest alone opens nothing."""
+    image = push_image(api, "manifests/private", "v1")
+    push_image(api, "manifests/public", "v1")
+    response = get_manifest(api, "manifests/public", image.manifest.digest)
+    assert_error(response, 404, "MANIFEST_UNKNOWN")
+    response = api.delete(f"/v2/manifests/public/manifests/{image.manifest.digest}")
+    assert_error(response, 404, "MANIFEST_UNKNOWN")
+    assert_serves(api, "manifests/private", image.manifest.digest, image.manifest)
