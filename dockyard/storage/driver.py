@@ -17,8 +17,15 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-# Components are letters, digits, '.', '_' and '-', but never '.' or '..' alone.
-PATH_PATTERN = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
+# Components are letters, digits, '.', '_' and '-', but never '.' or '..' alone. The
+# pattern ends in \Z, not $, which would also accept a trailing newline.
+PATH_PATTERN = re.compile(r"^(/[A-Za-z0-9._-]+)+\Z")
+
+# Longer names fail on common filesystems (NAME_MAX) and longer paths exceed object
+# store key limits, so they are refused up front instead of failing differently per
+# backend.
+MAX_COMPONENT_LENGTH = 255
+MAX_PATH_LENGTH = 1024
 
 
 class StorageError(Exception):
@@ -46,7 +53,9 @@ class InvalidOffsetError(StorageError):
 
 def check_path(path: str) -> str:
     """Return ``path`` if it is a valid driver path, else raise :class:`InvalidPathError`."""
-    if not PATH_PATTERN.match(path) or any(part in (".", "..") for part in path.split("/")):
+    if len(path) > MAX_PATH_LENGTH or not PATH_PATTERN.match(path):
+        raise InvalidPathError(path)
+    if any(part in (".", "..") or len(part) > MAX_COMPONENT_LENGTH for part in path.split("/")):
         raise InvalidPathError(path)
     return path
 
@@ -144,4 +153,3 @@ class StorageDriver(ABC):
 
     async def close(self) -> None:
         """Release connections and threads."""
-        return None

@@ -1,0 +1,459 @@
+"""The ``filesystem`` driver: the registry tree as plain files below a root directory.
+
+The layout on disk is exactly the driver paths below the root, as Distribution's
+filesystem driver keeps it, so either registry can serve the other's storage.
+
+Small reads and stats run directly on the event loop, where a thread hand-off would cost
+more than the system call. Anything that fsyncs, renames or moves bulk data runs in a
+worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import re
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager, suppress
+from stat import S_ISDIR
+from typing import Any, TypeVar
+
+from dockyard.storage.driver import (
+    FileInfo,
+    FileWriter,
+    InvalidOffsetError,
+    InvalidPathError,
+    PathNotFoundError,
+    StorageDriver,
+    StorageError,
+    check_path,
+)
+
+T = TypeVar("T")
+
+CHUNK_SIZE = 1 << 20
+# Up to this size a read or an appended buffer is handled on the event loop: link files
+# and manifests are far below it, and a thread hand-off costs more than their I/O.
+INLINE_LIMIT = 64 * 1024
+# '~' can never occur in a driver path, so a temporary file can neither collide with a
+# real entry nor be reported as one, even when a crash leaves it behind.
+TEMP_PREFIX = ".tmp~"
+# Names a driver path can contain; anything else in a directory (temporary files,
+# 'lost+found') cannot be addressed by callers and is left out of list and walk.
+_ADDRESSABLE = re.compile(r"[A-Za-z0-9._-]+\Z")
+
+# Errors that mean "there is no file there" when reading.
+_READ_MISSING: tuple[type[OSError], ...] = (
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+)
+_LISTING_MISSING: tuple[type[OSError], ...] = (FileNotFoundError, NotADirectoryError)
+
+
+def _storage_error(path: str, error: OSError, missing: tuple[type[OSError], ...]) -> Exception:
+    if isinstance(error, missing):
+        return PathNotFoundError(path)
+    if error.errno == errno.ENAMETOOLONG:
+        return InvalidPathError(path)
+    return StorageError(f"{path}: {error.strerror or error}")
+
+
+@contextmanager
+def _translated(path: str, missing: tuple[type[OSError], ...] = ()) -> Iterator[None]:
+    """Turn ``OSError`` into the driver's errors, so callers never see OS specifics."""
+    try:
+        yield
+    except OSError as error:
+        raise _storage_error(path, error, missing) from error
+
+
+def _addressable(name: str) -> bool:
+    return _ADDRESSABLE.match(name) is not None and name not in (".", "..")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _read_file(real: str) -> bytes:
+    with open(real, "rb") as file:
+        return file.read()
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dirs(directory: str) -> None:
+    """``mkdir -p`` that also makes each new directory's entry in its parent durable."""
+    missing: list[str] = []
+    current = directory
+    while not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for new in reversed(missing):
+        try:
+            os.mkdir(new)
+        except FileExistsError:
+            # A concurrent writer may have made it first; a file in the way is an error.
+            if not os.path.isdir(new):
+                raise
+        _fsync_dir(os.path.dirname(new))
+
+
+def _replace_atomically(real: str, data: bytes) -> None:
+    parent = os.path.dirname(real)
+    _make_dirs(parent)
+    temp = os.path.join(parent, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, real)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(temp)
+        raise
+    _fsync_dir(parent)
+
+
+def _rename_durably(source: str, dest: str) -> None:
+    dest_parent = os.path.dirname(dest)
+    _make_dirs(dest_parent)
+    os.replace(source, dest)
+    _fsync_dir(dest_parent)
+    source_parent = os.path.dirname(source)
+    if source_parent != dest_parent:
+        _fsync_dir(source_parent)
+
+
+def _remove(real: str) -> None:
+    # lstat, so that a symbolic link is removed itself and never what it points to.
+    if S_ISDIR(os.lstat(real).st_mode):
+        shutil.rmtree(real)
+    else:
+        os.unlink(real)
+
+
+def _visible(entry: os.DirEntry[str], inside: Callable[[str], bool]) -> bool:
+    """Whether list and walk report an entry: one callers can address, staying in the root.
+
+    Entry types come with the directory listing, so only symbolic links cost a lookup.
+    """
+    if not _addressable(entry.name):
+        return False
+    return not entry.is_symlink() or inside(os.path.realpath(entry.path))
+
+
+def _names(real: str, inside: Callable[[str], bool]) -> list[str]:
+    with os.scandir(real) as entries:
+        return sorted(entry.name for entry in entries if _visible(entry, inside))
+
+
+def _scan(real: str, inside: Callable[[str], bool]) -> list[tuple[str, os.stat_result]]:
+    """A directory's addressable entries with their status, sorted by name."""
+    found: list[tuple[str, os.stat_result]] = []
+    with os.scandir(real) as entries:
+        for entry in entries:
+            if not _visible(entry, inside):
+                continue
+            try:
+                found.append((entry.name, entry.stat()))
+            except FileNotFoundError:
+                # Removed meanwhile, or a link to nothing.
+                continue
+    found.sort(key=lambda item: item[0])
+    return found
+
+
+def _info(path: str, status: os.stat_result) -> FileInfo:
+    is_dir = S_ISDIR(status.st_mode)
+    # A directory's st_size is filesystem-specific bookkeeping, not content.
+    return FileInfo(path, 0 if is_dir else status.st_size, status.st_mtime, is_dir)
+
+
+class _Descriptor:
+    """An open file descriptor that worker threads read and write.
+
+    Cancelling an await does not stop its thread, and a descriptor closed under a running
+    read or write could be reused by the next ``open``, sending the data to another
+    file. So operations run one at a time and :meth:`close` waits for the one in flight.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._pending: asyncio.Future[Any] | None = None
+        self._closed = False
+
+    @property
+    def idle(self) -> bool:
+        return self._pending is None or self._pending.done()
+
+    async def run(self, function: Callable[..., T], *args: object) -> T:
+        if self._closed:
+            raise ValueError("file is closed")
+        while (pending := self._pending) is not None and not pending.done():
+            await asyncio.wait([pending])
+        task: asyncio.Future[T] = asyncio.ensure_future(
+            asyncio.to_thread(function, self.fd, *args)
+        )
+        task.add_done_callback(_consume_outcome)
+        self._pending = task
+        # Shielded, so a cancelled caller leaves the task running and visible to close().
+        return await asyncio.shield(task)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._pending is None or self._pending.done():
+            os.close(self.fd)
+        else:
+            self._pending.add_done_callback(lambda _: os.close(self.fd))
+
+
+def _consume_outcome(task: asyncio.Future[T]) -> None:
+    # Marks an error as seen: a caller cancelled meanwhile cannot receive it, and asyncio
+    # would otherwise log it as never retrieved.
+    if not task.cancelled():
+        task.exception()
+
+
+class _FilesystemWriter(FileWriter):
+    def __init__(self, path: str, real: str, descriptor: _Descriptor, size: int, new: bool):
+        self._path = path
+        self._real = real
+        self._descriptor = descriptor
+        self._size = size
+        # A new file's directory entry needs one fsync of its directory to survive a crash.
+        self._entry_durable = not new
+        self._closed = False
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"writer for {self._path} is closed")
+
+    async def write(self, data: bytes) -> None:
+        self._check_open()
+        with _translated(self._path):
+            if len(data) <= INLINE_LIMIT and self._descriptor.idle:
+                _write_all(self._descriptor.fd, data)
+            else:
+                await self._descriptor.run(_write_all, data)
+        self._size += len(data)
+
+    async def commit(self) -> None:
+        self._check_open()
+        with _translated(self._path):
+            await self._descriptor.run(os.fsync)
+            if not self._entry_durable:
+                await asyncio.to_thread(_fsync_dir, os.path.dirname(self._real))
+                self._entry_durable = True
+
+    async def cancel(self) -> None:
+        await self.close()
+        with _translated(self._path), suppress(FileNotFoundError):
+            await asyncio.to_thread(os.unlink, self._real)
+
+    async def close(self) -> None:
+        self._closed = True
+        self._descriptor.close()
+
+
+class FilesystemDriver(StorageDriver):
+    """Files below ``root``; symbolic links are followed only while they stay below it."""
+
+    name = "filesystem"
+
+    def __init__(self, root: str) -> None:
+        self._root = os.path.realpath(root)
+        self._prefix = self._root.rstrip(os.sep) + os.sep
+
+    def _inside(self, real: str) -> bool:
+        return real.startswith(self._prefix)
+
+    def _resolve(self, path: str, follow: bool = True) -> str:
+        """The OS path for ``path``, refusing any that a symbolic link leads out of the root.
+
+        With ``follow`` false the last component is not resolved, for operations that act
+        on the directory entry itself (replace, rename, remove) rather than on its target.
+        """
+        joined = self._prefix + check_path(path)[1:]
+        if follow:
+            real = os.path.realpath(joined)
+        else:
+            head, name = os.path.split(joined)
+            real = os.path.join(os.path.realpath(head), name)
+        if not self._inside(real):
+            raise InvalidPathError(path)
+        return real
+
+    async def read(self, path: str) -> bytes:
+        real = self._resolve(path)
+        with _translated(path, _READ_MISSING):
+            status = os.stat(real)
+            if S_ISDIR(status.st_mode):
+                raise PathNotFoundError(path)
+            if status.st_size <= INLINE_LIMIT:
+                return _read_file(real)
+            return await asyncio.to_thread(_read_file, real)
+
+    async def write(self, path: str, data: bytes) -> None:
+        real = self._resolve(path, follow=False)
+        with _translated(path):
+            await asyncio.to_thread(_replace_atomically, real, data)
+
+    def stream(
+        self, path: str, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        check_path(path)
+        if length is not None and length < 0:
+            raise ValueError(f"negative length {length}")
+        return self._stream(path, offset, length)
+
+    async def _stream(self, path: str, offset: int, length: int | None) -> AsyncIterator[bytes]:
+        real = self._resolve(path)
+        with _translated(path, _READ_MISSING):
+            fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC)
+        descriptor = _Descriptor(fd)
+        try:
+            with _translated(path, _READ_MISSING):
+                status = os.fstat(fd)
+            if S_ISDIR(status.st_mode):
+                raise PathNotFoundError(path)
+            if not 0 <= offset <= status.st_size:
+                raise InvalidOffsetError(path, offset)
+            end = status.st_size if length is None else min(status.st_size, offset + length)
+            position = offset
+            while position < end:
+                with _translated(path):
+                    chunk = await descriptor.run(
+                        os.pread, min(CHUNK_SIZE, end - position), position
+                    )
+                if not chunk:
+                    # Truncated underneath us, by a writer resuming at an earlier offset.
+                    break
+                position += len(chunk)
+                yield chunk
+        finally:
+            descriptor.close()
+
+    async def writer(self, path: str, resume_at: int | None = None) -> FileWriter:
+        real = self._resolve(path)
+        if resume_at is None:
+            parent = os.path.dirname(real)
+            with _translated(path):
+                if not os.path.isdir(parent):
+                    await asyncio.to_thread(_make_dirs, parent)
+                flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+                fd = os.open(real, flags, 0o644)
+            return _FilesystemWriter(path, real, _Descriptor(fd), 0, new=True)
+        with _translated(path, _READ_MISSING):
+            fd = os.open(real, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        descriptor = _Descriptor(fd)
+        try:
+            with _translated(path):
+                size = os.fstat(fd).st_size
+                if not 0 <= resume_at <= size:
+                    raise InvalidOffsetError(path, resume_at)
+                if resume_at < size:
+                    await descriptor.run(os.ftruncate, resume_at)
+        except BaseException:
+            descriptor.close()
+            raise
+        return _FilesystemWriter(path, real, descriptor, resume_at, new=False)
+
+    async def stat(self, path: str) -> FileInfo:
+        real = self._resolve(path)
+        with _translated(path, _LISTING_MISSING):
+            return _info(path, os.stat(real))
+
+    async def list(self, path: str) -> list[str]:
+        real = self._resolve(path)
+        with _translated(path, _LISTING_MISSING):
+            # A thread: a blob or repository directory may hold many thousands of names.
+            return await asyncio.to_thread(_names, real, self._inside)
+
+    async def move(self, source: str, dest: str) -> None:
+        source_real = self._resolve(source, follow=False)
+        dest_real = self._resolve(dest, follow=False)
+        with _translated(source, _LISTING_MISSING):
+            os.lstat(source_real)
+        if dest == source:
+            return
+        if dest.startswith(source + "/"):
+            raise StorageError(f"cannot move {source} into itself ({dest})")
+        try:
+            await asyncio.to_thread(_rename_durably, source_real, dest_real)
+        except FileNotFoundError as error:
+            # The source was removed concurrently, after the check above.
+            raise PathNotFoundError(source) from error
+        except OSError as error:
+            raise _storage_error(dest, error, ()) from error
+
+    async def delete(self, path: str) -> None:
+        # Deletes are not fsynced: one undone by a crash only leaves garbage for the next
+        # collection, while every write is durable.
+        real = self._resolve(path, follow=False)
+        with _translated(path, _LISTING_MISSING):
+            await asyncio.to_thread(_remove, real)
+
+    def walk(self, path: str) -> AsyncIterator[FileInfo]:
+        check_path(path)
+        return self._walk(path)
+
+    async def _walk(self, path: str) -> AsyncIterator[FileInfo]:
+        real = self._resolve(path)
+        with _translated(path, _LISTING_MISSING):
+            top = os.stat(real)
+            if not S_ISDIR(top.st_mode):
+                raise PathNotFoundError(path)
+            entries = await asyncio.to_thread(_scan, real, self._inside)
+        # Each level keeps the (device, inode) of the directories above it, so a symbolic
+        # link back up the tree is reported but not descended into again.
+        stack = [(path, real, iter(entries), frozenset({(top.st_dev, top.st_ino)}))]
+        while stack:
+            base, base_real, remaining, ancestors = stack[-1]
+            entry = next(remaining, None)
+            if entry is None:
+                stack.pop()
+                continue
+            name, status = entry
+            child = f"{base}/{name}"
+            info = _info(child, status)
+            yield info
+            key = (status.st_dev, status.st_ino)
+            if not info.is_dir or key in ancestors:
+                continue
+            child_real = os.path.join(base_real, name)
+            try:
+                children = await asyncio.to_thread(_scan, child_real, self._inside)
+            except (FileNotFoundError, NotADirectoryError):
+                # Removed since its parent was listed: nothing below it to report.
+                continue
+            except OSError as error:
+                raise _storage_error(child, error, ()) from error
+            stack.append((child, child_real, iter(children), ancestors | {key}))
+
+    def local_path(self, path: str) -> str | None:
+        return self._resolve(path)

@@ -1,0 +1,894 @@
+"""One suite for every storage driver: each test runs against each of them.
+
+Tests of behaviour only one driver can have (files on disk, symbolic links) come last
+and say which driver they are for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from dockyard.storage import (
+    FileInfo,
+    FilesystemDriver,
+    InvalidOffsetError,
+    InvalidPathError,
+    MemoryDriver,
+    PathNotFoundError,
+    StorageDriver,
+    StorageError,
+    create_driver,
+)
+
+MiB = 1 << 20
+DRIVERS = ["filesystem", "inmemory"]
+
+
+@pytest.fixture(params=DRIVERS)
+async def driver(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StorageDriver]:
+    # The root does not exist yet, as on a fresh installation.
+    instance = create_driver(request.param, {"rootdirectory": str(tmp_path / "root")})
+    yield instance
+    await instance.close()
+
+
+@pytest.fixture
+def fs_root(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def fs(fs_root: Path) -> FilesystemDriver:
+    return FilesystemDriver(str(fs_root))
+
+
+async def collect(stream: AsyncIterator[bytes]) -> bytes:
+    return b"".join([chunk async for chunk in stream])
+
+
+async def walk(driver: StorageDriver, path: str) -> list[FileInfo]:
+    return [info async for info in driver.walk(path)]
+
+
+def append_bytes(path: Path, data: bytes) -> None:
+    with path.open("ab") as file:
+        file.write(data)
+
+
+def assert_plain_storage_error(error: pytest.ExceptionInfo[StorageError]) -> None:
+    # Both drivers must fail the same way, not merely both fail.
+    assert type(error.value) is StorageError
+
+
+# --- reading and writing whole files --------------------------------------------------
+
+
+@pytest.mark.parametrize("content", [b"", b"sha256:" + b"a" * 64, bytes(range(256)) * 1000])
+async def test_write_then_read_round_trips(driver: StorageDriver, content: bytes) -> None:
+    await driver.write("/docker/registry/v2/file", content)
+    assert await driver.read("/docker/registry/v2/file") == content
+
+
+async def test_write_replaces_the_whole_content(driver: StorageDriver) -> None:
+    await driver.write("/f", b"a much longer first version")
+    await driver.write("/f", b"short")
+    assert await driver.read("/f") == b"short"
+    assert (await driver.stat("/f")).size == 5
+
+
+async def test_write_creates_parent_directories(driver: StorageDriver) -> None:
+    await driver.write("/a/b/c/file", b"x")
+    assert await driver.list("/a") == ["b"]
+    assert await driver.list("/a/b") == ["c"]
+    assert (await driver.stat("/a/b")).is_dir
+
+
+async def test_write_over_a_directory_fails_and_keeps_it(driver: StorageDriver) -> None:
+    await driver.write("/dir/child", b"x")
+    with pytest.raises(StorageError) as error:
+        await driver.write("/dir", b"y")
+    assert_plain_storage_error(error)
+    assert await driver.read("/dir/child") == b"x"
+    assert await driver.list("/dir") == ["child"]
+
+
+async def test_write_below_a_file_fails(driver: StorageDriver) -> None:
+    await driver.write("/file", b"x")
+    with pytest.raises(StorageError) as error:
+        await driver.write("/file/child", b"y")
+    assert_plain_storage_error(error)
+    assert await driver.read("/file") == b"x"
+
+
+async def test_read_of_a_directory_is_not_found(driver: StorageDriver) -> None:
+    await driver.write("/dir/child", b"x")
+    with pytest.raises(PathNotFoundError):
+        await driver.read("/dir")
+
+
+async def test_large_read(driver: StorageDriver) -> None:
+    content = os.urandom(3 * MiB + 17)
+    await driver.write("/big", content)
+    assert await driver.read("/big") == content
+
+
+# --- missing and invalid paths ----------------------------------------------------------
+
+Operation = Callable[[StorageDriver, str], Awaitable[object]]
+
+
+async def _stream_all(driver: StorageDriver, path: str) -> bytes:
+    return await collect(driver.stream(path))
+
+
+async def _walk_all(driver: StorageDriver, path: str) -> list[FileInfo]:
+    return await walk(driver, path)
+
+
+async def _resume(driver: StorageDriver, path: str) -> None:
+    await (await driver.writer(path, resume_at=0)).close()
+
+
+async def _new_writer(driver: StorageDriver, path: str) -> None:
+    await (await driver.writer(path)).close()
+
+
+async def _move_from(driver: StorageDriver, path: str) -> None:
+    await driver.move(path, "/elsewhere/dest")
+
+
+async def _move_to(driver: StorageDriver, path: str) -> None:
+    await driver.write("/existing", b"x")
+    await driver.move("/existing", path)
+
+
+async def _local_path(driver: StorageDriver, path: str) -> str | None:
+    return driver.local_path(path)
+
+
+READING_OPERATIONS: dict[str, Operation] = {
+    "read": lambda d, p: d.read(p),
+    "stream": _stream_all,
+    "writer-resume": _resume,
+    "stat": lambda d, p: d.stat(p),
+    "list": lambda d, p: d.list(p),
+    "move-source": _move_from,
+    "delete": lambda d, p: d.delete(p),
+    "walk": _walk_all,
+}
+
+ALL_OPERATIONS: dict[str, Operation] = {
+    **READING_OPERATIONS,
+    "write": lambda d, p: d.write(p, b"x"),
+    "writer-new": _new_writer,
+    "move-dest": _move_to,
+    "local_path": _local_path,
+}
+
+INVALID_PATHS = [
+    "",
+    "relative/path",
+    "relative",
+    "/",
+    "//",
+    "//a",
+    "/a//b",
+    "/a/",
+    "/..",
+    "/a/../b",
+    "/a/..",
+    "/.",
+    "/a/./b",
+    "/a\x00b",
+    "/a\\b",
+    "/a b",
+    "/a\n",
+    "/a\tb",
+    "/caf\u00e9",
+    "/a:b",
+    "/a*b",
+    "/" + "a" * 256,
+    "/a" * 600,
+]
+
+
+@pytest.mark.parametrize("operation", READING_OPERATIONS.values(), ids=READING_OPERATIONS)
+async def test_missing_paths_are_not_found(driver: StorageDriver, operation: Operation) -> None:
+    await driver.write("/present/file", b"x")
+    for path in ["/absent", "/present/absent", "/absent/deeper/still", "/present/file/below"]:
+        with pytest.raises(PathNotFoundError) as error:
+            await operation(driver, path)
+        assert error.value.path == path
+
+
+async def test_move_of_a_missing_source_leaves_the_destination(driver: StorageDriver) -> None:
+    await driver.write("/dest", b"kept")
+    with pytest.raises(PathNotFoundError):
+        await driver.move("/absent", "/dest")
+    assert await driver.read("/dest") == b"kept"
+
+
+@pytest.mark.parametrize("operation", ALL_OPERATIONS.values(), ids=ALL_OPERATIONS)
+async def test_invalid_paths_are_refused(driver: StorageDriver, operation: Operation) -> None:
+    for path in INVALID_PATHS:
+        with pytest.raises(InvalidPathError):
+            await operation(driver, path)
+
+
+async def test_invalid_paths_change_nothing(driver: StorageDriver) -> None:
+    await driver.write("/keep", b"x")
+    for path in INVALID_PATHS:
+        with pytest.raises(InvalidPathError):
+            await driver.move("/keep", path)
+        with pytest.raises(InvalidPathError):
+            await driver.move(path, "/keep")
+    assert await driver.read("/keep") == b"x"
+
+
+async def test_longest_valid_paths_work(driver: StorageDriver) -> None:
+    long_name = "/" + "n" * 255
+    await driver.write(long_name, b"x")
+    assert await driver.read(long_name) == b"x"
+    deep = "/d" * 512
+    assert len(deep) == 1024
+    await driver.write(deep, b"y")
+    assert await driver.read(deep) == b"y"
+
+
+async def test_stream_and_walk_refuse_invalid_paths_when_called(driver: StorageDriver) -> None:
+    # A bad path is a programming error: it is reported at the call, not on iteration.
+    with pytest.raises(InvalidPathError):
+        driver.stream("/a/../b")
+    with pytest.raises(InvalidPathError):
+        driver.walk("relative")
+
+
+# --- streams ----------------------------------------------------------------------------
+
+
+async def test_stream_errors_wait_for_the_first_iteration(driver: StorageDriver) -> None:
+    missing = driver.stream("/absent")
+    with pytest.raises(PathNotFoundError):
+        await anext(missing)
+    await driver.write("/small", b"abc")
+    too_far = driver.stream("/small", 4)
+    with pytest.raises(InvalidOffsetError) as error:
+        await anext(too_far)
+    assert error.value.offset == 4
+
+
+@pytest.mark.parametrize(
+    ("offset", "length", "expected"),
+    [
+        (0, None, b"0123456789"),
+        (3, None, b"3456789"),
+        (3, 4, b"3456"),
+        (0, 0, b""),
+        (9, 1, b"9"),
+        (9, 5, b"9"),
+        (10, None, b""),
+        (10, 3, b""),
+        (0, 100, b"0123456789"),
+    ],
+)
+async def test_stream_ranges(
+    driver: StorageDriver, offset: int, length: int | None, expected: bytes
+) -> None:
+    await driver.write("/digits", b"0123456789")
+    assert await collect(driver.stream("/digits", offset, length)) == expected
+
+
+@pytest.mark.parametrize("offset", [11, 1000, -1])
+async def test_stream_offsets_outside_the_file(driver: StorageDriver, offset: int) -> None:
+    await driver.write("/digits", b"0123456789")
+    with pytest.raises(InvalidOffsetError):
+        await collect(driver.stream("/digits", offset))
+
+
+async def test_stream_of_an_empty_file(driver: StorageDriver) -> None:
+    await driver.write("/empty", b"")
+    assert [chunk async for chunk in driver.stream("/empty")] == []
+    with pytest.raises(InvalidOffsetError):
+        await collect(driver.stream("/empty", 1))
+
+
+async def test_stream_refuses_a_negative_length(driver: StorageDriver) -> None:
+    with pytest.raises(ValueError, match="negative length"):
+        driver.stream("/any", 0, -1)
+
+
+async def test_stream_of_a_directory_is_not_found(driver: StorageDriver) -> None:
+    await driver.write("/dir/child", b"x")
+    with pytest.raises(PathNotFoundError):
+        await collect(driver.stream("/dir"))
+
+
+async def test_stream_comes_in_chunks_of_at_most_a_mebibyte(driver: StorageDriver) -> None:
+    content = os.urandom(3 * MiB + 5)
+    await driver.write("/big", content)
+    chunks = [chunk async for chunk in driver.stream("/big", 3)]
+    assert all(0 < len(chunk) <= MiB for chunk in chunks)
+    assert len(chunks) == 4
+    assert b"".join(chunks) == content[3:]
+    ranged = await collect(driver.stream("/big", MiB - 3, MiB + 10))
+    assert ranged == content[MiB - 3 : 2 * MiB + 7]
+
+
+async def test_stream_abandoned_early_releases_the_file(driver: StorageDriver) -> None:
+    await driver.write("/big", os.urandom(3 * MiB))
+    stream = driver.stream("/big")
+    assert len(await anext(stream)) == MiB
+    await stream.aclose()  # type: ignore[attr-defined]
+    await driver.delete("/big")
+    with pytest.raises(PathNotFoundError):
+        await driver.stat("/big")
+
+
+async def test_stream_keeps_reading_the_content_it_started_with(driver: StorageDriver) -> None:
+    old = b"o" * (2 * MiB)
+    await driver.write("/f", old)
+    stream = driver.stream("/f")
+    first = await anext(stream)
+    await driver.write("/f", b"new")
+    rest = b"".join([chunk async for chunk in stream])
+    assert first + rest == old
+
+
+# --- writers ----------------------------------------------------------------------------
+
+
+async def test_writer_creates_a_file_with_everything_written(driver: StorageDriver) -> None:
+    writer = await driver.writer("/uploads/u1/data")
+    assert writer.size == 0
+    await writer.write(b"hello ")
+    await writer.write(b"world")
+    assert writer.size == 11
+    await writer.commit()
+    await writer.close()
+    assert await driver.read("/uploads/u1/data") == b"hello world"
+    assert (await driver.stat("/uploads/u1/data")).size == 11
+
+
+async def test_an_empty_committed_writer_leaves_an_empty_file(driver: StorageDriver) -> None:
+    writer = await driver.writer("/uploads/u1/data")
+    await writer.commit()
+    await writer.close()
+    assert (await driver.stat("/uploads/u1/data")).size == 0
+    assert await driver.read("/uploads/u1/data") == b""
+
+
+async def test_writer_stays_usable_after_commit(driver: StorageDriver) -> None:
+    writer = await driver.writer("/f")
+    await writer.write(b"one")
+    await writer.commit()
+    await writer.write(b"two")
+    await writer.commit()
+    await writer.close()
+    assert await driver.read("/f") == b"onetwo"
+
+
+async def test_new_writer_truncates_an_existing_file(driver: StorageDriver) -> None:
+    await driver.write("/f", b"previous content")
+    writer = await driver.writer("/f")
+    assert writer.size == 0
+    await writer.write(b"new")
+    await writer.commit()
+    await writer.close()
+    assert await driver.read("/f") == b"new"
+
+
+async def test_resume_appends_after_committed_content(driver: StorageDriver) -> None:
+    writer = await driver.writer("/f")
+    await writer.write(b"first,")
+    await writer.commit()
+    await writer.close()
+    resumed = await driver.writer("/f", resume_at=6)
+    assert resumed.size == 6
+    await resumed.write(b"second")
+    await resumed.commit()
+    await resumed.close()
+    assert await driver.read("/f") == b"first,second"
+
+
+async def test_resume_discards_an_uncommitted_tail(driver: StorageDriver) -> None:
+    writer = await driver.writer("/f")
+    await writer.write(b"committed|")
+    await writer.commit()
+    committed = writer.size
+    await writer.write(b"lost before the crash")
+    await writer.close()
+    resumed = await driver.writer("/f", resume_at=committed)
+    assert resumed.size == committed
+    assert (await driver.stat("/f")).size == committed
+    await resumed.write(b"again")
+    await resumed.commit()
+    await resumed.close()
+    assert await driver.read("/f") == b"committed|again"
+
+
+async def test_resume_at_zero_empties_the_file(driver: StorageDriver) -> None:
+    await driver.write("/f", b"content")
+    writer = await driver.writer("/f", resume_at=0)
+    await writer.commit()
+    await writer.close()
+    assert await driver.read("/f") == b""
+
+
+@pytest.mark.parametrize("resume_at", [8, 100, -1])
+async def test_resume_outside_the_file_is_refused(driver: StorageDriver, resume_at: int) -> None:
+    await driver.write("/f", b"content")
+    with pytest.raises(InvalidOffsetError) as error:
+        await driver.writer("/f", resume_at=resume_at)
+    assert error.value.offset == resume_at
+    assert await driver.read("/f") == b"content"
+
+
+async def test_resume_of_a_directory_is_not_found(driver: StorageDriver) -> None:
+    await driver.write("/dir/child", b"x")
+    with pytest.raises(PathNotFoundError):
+        await driver.writer("/dir", resume_at=0)
+
+
+async def test_new_writer_on_a_directory_fails(driver: StorageDriver) -> None:
+    await driver.write("/dir/child", b"x")
+    with pytest.raises(StorageError) as error:
+        await driver.writer("/dir")
+    assert_plain_storage_error(error)
+    with pytest.raises(StorageError) as error:
+        await driver.writer("/dir/child/below")
+    assert_plain_storage_error(error)
+    assert await driver.read("/dir/child") == b"x"
+
+
+async def test_cancel_removes_the_file(driver: StorageDriver) -> None:
+    writer = await driver.writer("/uploads/u1/data")
+    await writer.write(b"partial")
+    await writer.commit()
+    await writer.cancel()
+    with pytest.raises(PathNotFoundError):
+        await driver.stat("/uploads/u1/data")
+    # The directory it was made in stays; cleaning it up is the caller's business.
+    assert await driver.list("/uploads/u1") == []
+    await writer.cancel()
+    await writer.close()
+
+
+async def test_closed_writer_refuses_more_data(driver: StorageDriver) -> None:
+    writer = await driver.writer("/f")
+    await writer.write(b"x")
+    await writer.commit()
+    await writer.close()
+    await writer.close()
+    with pytest.raises(ValueError, match="closed"):
+        await writer.write(b"y")
+    with pytest.raises(ValueError, match="closed"):
+        await writer.commit()
+    assert await driver.read("/f") == b"x"
+
+
+async def test_large_write_in_pieces(driver: StorageDriver) -> None:
+    expected = hashlib.sha256()
+    writer = await driver.writer("/blobs/big")
+    sizes = [1, 1000, MiB, 3 * MiB + 7, 64 * 1024, 64 * 1024 + 1, 5 * MiB]
+    total = 0
+    pieces = 0
+    # Pieces of many sizes, both below and above the point where writes go to a thread.
+    while total < 20 * MiB:
+        piece = os.urandom(min(sizes[pieces % len(sizes)], 20 * MiB - total))
+        await writer.write(piece)
+        expected.update(piece)
+        total += len(piece)
+        pieces += 1
+        if pieces % 3 == 0:
+            await writer.commit()
+    await writer.commit()
+    assert writer.size == 20 * MiB
+    await writer.close()
+    assert (await driver.stat("/blobs/big")).size == 20 * MiB
+    streamed = hashlib.sha256()
+    async for chunk in driver.stream("/blobs/big"):
+        streamed.update(chunk)
+    assert streamed.hexdigest() == expected.hexdigest()
+    assert hashlib.sha256(await driver.read("/blobs/big")).hexdigest() == expected.hexdigest()
+
+
+async def test_concurrent_writers_to_different_files(driver: StorageDriver) -> None:
+    async def upload(index: int) -> bytes:
+        content = bytes([index]) * (MiB // 2 + index)
+        writer = await driver.writer(f"/uploads/u{index}/data")
+        for start in range(0, len(content), 100_000):
+            await writer.write(content[start : start + 100_000])
+            await asyncio.sleep(0)
+        await writer.commit()
+        await writer.close()
+        return content
+
+    contents = await asyncio.gather(*(upload(index) for index in range(12)))
+    for index, content in enumerate(contents):
+        assert await driver.read(f"/uploads/u{index}/data") == content
+    assert await driver.list("/uploads") == sorted(f"u{index}" for index in range(12))
+
+
+async def test_concurrent_atomic_writes_to_one_file(driver: StorageDriver) -> None:
+    versions = [bytes([index]) * (200_000 + index) for index in range(8)]
+    await asyncio.gather(*(driver.write("/link", version) for version in versions))
+    assert await driver.read("/link") in versions
+
+
+async def test_cancelled_write_then_close_is_safe(driver: StorageDriver) -> None:
+    writer = await driver.writer("/f")
+    task = asyncio.ensure_future(writer.write(b"z" * (8 * MiB)))
+    await asyncio.sleep(0)
+    task.cancel()
+    # A driver may finish the write before the cancellation lands, or not.
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await writer.close()
+    # Whatever the cancelled write managed is only ever in its own file.
+    await driver.write("/other", b"untouched")
+    await asyncio.sleep(0.2)
+    assert await driver.read("/other") == b"untouched"
+    resumed = await driver.writer("/f", resume_at=0)
+    await resumed.write(b"fresh")
+    await resumed.commit()
+    await resumed.close()
+    assert await driver.read("/f") == b"fresh"
+
+
+# --- stat, list, move, delete -----------------------------------------------------------
+
+
+async def test_stat_of_files_and_directories(driver: StorageDriver) -> None:
+    before = time.time()
+    await driver.write("/dir/file", b"12345")
+    file = await driver.stat("/dir/file")
+    assert file == FileInfo("/dir/file", 5, file.mtime, False)
+    assert before - 2 <= file.mtime <= time.time() + 2
+    directory = await driver.stat("/dir")
+    assert directory.is_dir
+    assert directory.size == 0
+    assert directory.path == "/dir"
+
+
+async def test_list_gives_sorted_names_of_direct_children(driver: StorageDriver) -> None:
+    for path in ["/r/b", "/r/a/deep/file", "/r/C", "/r/_z", "/r/a.b", "/r/a-b", "/r/1"]:
+        await driver.write(path, b"x")
+    assert await driver.list("/r") == ["1", "C", "_z", "a", "a-b", "a.b", "b"]
+    assert await driver.list("/r/a") == ["deep"]
+
+
+async def test_list_of_a_file_is_not_found(driver: StorageDriver) -> None:
+    await driver.write("/file", b"x")
+    with pytest.raises(PathNotFoundError):
+        await driver.list("/file")
+
+
+async def test_move_replaces_the_destination(driver: StorageDriver) -> None:
+    await driver.write("/uploads/u1/data", b"new content")
+    await driver.write("/blobs/ab/data", b"old")
+    await driver.move("/uploads/u1/data", "/blobs/ab/data")
+    assert await driver.read("/blobs/ab/data") == b"new content"
+    with pytest.raises(PathNotFoundError):
+        await driver.stat("/uploads/u1/data")
+    assert await driver.list("/uploads/u1") == []
+
+
+async def test_move_creates_the_destination_parents(driver: StorageDriver) -> None:
+    await driver.write("/src", b"x")
+    await driver.move("/src", "/a/b/c/dest")
+    assert await driver.read("/a/b/c/dest") == b"x"
+    assert [info.path for info in await walk(driver, "/a")] == ["/a/b", "/a/b/c", "/a/b/c/dest"]
+
+
+async def test_move_of_a_directory_tree(driver: StorageDriver) -> None:
+    await driver.write("/old/x/1", b"1")
+    await driver.write("/old/y", b"2")
+    await driver.move("/old", "/new/place")
+    assert await driver.read("/new/place/x/1") == b"1"
+    assert await driver.read("/new/place/y") == b"2"
+    with pytest.raises(PathNotFoundError):
+        await driver.stat("/old")
+
+
+async def test_move_onto_itself_changes_nothing(driver: StorageDriver) -> None:
+    await driver.write("/f", b"x")
+    await driver.move("/f", "/f")
+    assert await driver.read("/f") == b"x"
+
+
+async def test_move_into_its_own_subtree_fails(driver: StorageDriver) -> None:
+    await driver.write("/d/f", b"x")
+    with pytest.raises(StorageError) as error:
+        await driver.move("/d", "/d/sub/d")
+    assert_plain_storage_error(error)
+    assert await driver.read("/d/f") == b"x"
+    assert await driver.list("/d") == ["f"]
+
+
+async def test_move_refusals_between_files_and_directories(driver: StorageDriver) -> None:
+    await driver.write("/file", b"f")
+    await driver.write("/dir/child", b"c")
+    await driver.write("/other/child", b"o")
+    for source, dest in [("/file", "/dir"), ("/dir", "/file"), ("/dir", "/other")]:
+        with pytest.raises(StorageError) as error:
+            await driver.move(source, dest)
+        assert_plain_storage_error(error)
+    assert await driver.read("/file") == b"f"
+    assert await driver.read("/dir/child") == b"c"
+    assert await driver.read("/other/child") == b"o"
+
+
+async def test_move_directory_onto_an_empty_directory(driver: StorageDriver) -> None:
+    await driver.write("/src/child", b"c")
+    await driver.write("/dest/gone", b"g")
+    await driver.delete("/dest/gone")
+    await driver.move("/src", "/dest")
+    assert await driver.list("/dest") == ["child"]
+
+
+async def test_delete_a_file_keeps_its_directory(driver: StorageDriver) -> None:
+    await driver.write("/dir/a", b"a")
+    await driver.write("/dir/b", b"b")
+    await driver.delete("/dir/a")
+    assert await driver.list("/dir") == ["b"]
+    await driver.delete("/dir/b")
+    assert await driver.list("/dir") == []
+    with pytest.raises(PathNotFoundError):
+        await driver.delete("/dir/b")
+
+
+async def test_delete_a_whole_tree(driver: StorageDriver) -> None:
+    for path in ["/repo/a/1", "/repo/a/2/x", "/repo/b", "/keep"]:
+        await driver.write(path, b"x")
+    await driver.delete("/repo")
+    for path in ["/repo", "/repo/a", "/repo/a/2/x"]:
+        with pytest.raises(PathNotFoundError):
+            await driver.stat(path)
+    assert await driver.read("/keep") == b"x"
+    await driver.write("/repo/a/1", b"again")
+    assert await driver.list("/repo") == ["a"]
+
+
+# --- walk -------------------------------------------------------------------------------
+
+
+async def test_walk_is_depth_first_in_lexical_order(driver: StorageDriver) -> None:
+    files = {
+        "/w/b/file": b"12",
+        "/w/a/z": b"1",
+        "/w/a/y/deep": b"123",
+        "/w/a.txt": b"1234",
+        "/w/c": b"",
+    }
+    for path, content in files.items():
+        await driver.write(path, content)
+    found = await walk(driver, "/w")
+    assert [(info.path, info.is_dir, info.size) for info in found] == [
+        ("/w/a", True, 0),
+        ("/w/a/y", True, 0),
+        ("/w/a/y/deep", False, 3),
+        ("/w/a/z", False, 1),
+        ("/w/a.txt", False, 4),
+        ("/w/b", True, 0),
+        ("/w/b/file", False, 2),
+        ("/w/c", False, 0),
+    ]
+    assert [info.path for info in await walk(driver, "/w/a")] == [
+        "/w/a/y",
+        "/w/a/y/deep",
+        "/w/a/z",
+    ]
+
+
+async def test_walk_of_an_empty_directory_and_of_a_file(driver: StorageDriver) -> None:
+    await driver.write("/d/f", b"x")
+    await driver.delete("/d/f")
+    assert await walk(driver, "/d") == []
+    await driver.write("/d/f", b"x")
+    with pytest.raises(PathNotFoundError):
+        await walk(driver, "/d/f")
+
+
+async def test_walk_survives_deletes_while_walking(driver: StorageDriver) -> None:
+    # Garbage collection deletes what it finds while it walks.
+    for path in ["/g/a/1", "/g/b/1", "/g/b/2", "/g/c/1"]:
+        await driver.write(path, b"x")
+    seen = []
+    async for info in driver.walk("/g"):
+        seen.append(info.path)
+        if info.path == "/g/a":
+            await driver.delete("/g/b")
+    assert seen[:2] == ["/g/a", "/g/a/1"]
+    assert "/g/c/1" in seen
+    assert "/g/b/1" not in seen
+
+
+# --- the factory ------------------------------------------------------------------------
+
+
+def test_create_driver_kinds(tmp_path: Path) -> None:
+    assert isinstance(create_driver("inmemory", {}), MemoryDriver)
+    fs = create_driver("filesystem", {"rootdirectory": str(tmp_path), "maxthreads": 100})
+    assert isinstance(fs, FilesystemDriver)
+    assert fs.name == "filesystem"
+    assert create_driver("inmemory", {}).name == "inmemory"
+
+
+def test_create_driver_default_root() -> None:
+    fs = create_driver("filesystem", {})
+    assert fs.local_path("/x") == os.path.realpath("/var/lib/registry") + "/x"
+
+
+@pytest.mark.parametrize("kind", ["s3", "Filesystem", ""])
+def test_create_driver_refuses_unknown_kinds(kind: str) -> None:
+    with pytest.raises(ValueError, match="unknown storage driver"):
+        create_driver(kind, {})
+
+
+@pytest.mark.parametrize("root", [None, 3, ""])
+def test_create_driver_refuses_a_bad_root(root: object) -> None:
+    with pytest.raises(ValueError, match="rootdirectory"):
+        create_driver("filesystem", {"rootdirectory": root})
+
+
+# --- filesystem only --------------------------------------------------------------------
+
+
+async def test_fs_layout_is_the_driver_paths_below_the_root(
+    fs: FilesystemDriver, fs_root: Path
+) -> None:
+    await fs.write("/docker/registry/v2/blobs/data", b"blob")
+    assert (fs_root / "docker/registry/v2/blobs/data").read_bytes() == b"blob"
+
+
+async def test_fs_write_leaves_no_temporary_file(fs: FilesystemDriver, fs_root: Path) -> None:
+    await fs.write("/dir/file", b"one")
+    await fs.write("/dir/file", b"two")
+    assert os.listdir(fs_root / "dir") == ["file"]
+
+
+async def test_fs_failed_write_leaves_no_temporary_file(
+    fs: FilesystemDriver, fs_root: Path
+) -> None:
+    await fs.write("/dir/sub/file", b"x")
+    with pytest.raises(StorageError):
+        await fs.write("/dir/sub", b"y")
+    assert os.listdir(fs_root / "dir") == ["sub"]
+
+
+async def test_fs_list_and_walk_skip_names_callers_cannot_address(
+    fs: FilesystemDriver, fs_root: Path
+) -> None:
+    await fs.write("/dir/real", b"x")
+    # Left behind by a crash mid-write, or put there by hand.
+    (fs_root / "dir" / ".tmp~0123abcd").write_bytes(b"half")
+    (fs_root / "dir" / "lost+found").mkdir()
+    (fs_root / "dir" / "with space").write_bytes(b"")
+    assert await fs.list("/dir") == ["real"]
+    assert [info.path for info in await walk(fs, "/dir")] == ["/dir/real"]
+
+
+async def test_fs_resume_after_crash_discards_the_tail(fs: FilesystemDriver, fs_root: Path) -> None:
+    writer = await fs.writer("/u/data")
+    await writer.write(b"durable")
+    await writer.commit()
+    await writer.close()
+    append_bytes(fs_root / "u" / "data", b"torn write")
+    resumed = await fs.writer("/u/data", resume_at=7)
+    await resumed.close()
+    assert (fs_root / "u" / "data").read_bytes() == b"durable"
+
+
+async def test_fs_local_path_is_inside_the_root(fs: FilesystemDriver, fs_root: Path) -> None:
+    await fs.write("/blobs/data", b"x")
+    local = fs.local_path("/blobs/data")
+    assert local is not None
+    assert Path(local) == fs_root.resolve() / "blobs" / "data"
+    assert Path(local).read_bytes() == b"x"
+
+
+def test_memory_has_no_local_path() -> None:
+    assert MemoryDriver().local_path("/blobs/data") is None
+
+
+async def test_fs_root_is_created_on_first_write(tmp_path: Path) -> None:
+    root = tmp_path / "not" / "yet"
+    fs = FilesystemDriver(str(root))
+    with pytest.raises(PathNotFoundError):
+        await fs.list("/docker")
+    await fs.write("/docker/f", b"x")
+    assert (root / "docker" / "f").read_bytes() == b"x"
+
+
+async def test_fs_root_may_itself_be_a_symlink(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    fs = FilesystemDriver(str(tmp_path / "link"))
+    await fs.write("/f", b"x")
+    assert await fs.read("/f") == b"x"
+    assert (real / "f").read_bytes() == b"x"
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    directory = tmp_path / "outside"
+    directory.mkdir()
+    (directory / "secret").write_bytes(b"secret")
+    return directory
+
+
+async def test_fs_symlink_out_of_the_root_is_not_followed(
+    fs: FilesystemDriver, fs_root: Path, outside: Path
+) -> None:
+    (fs_root / "escape").symlink_to(outside)
+    (fs_root / "escape-file").symlink_to(outside / "secret")
+    reads: list[Callable[[], Awaitable[object]]] = [
+        lambda: fs.read("/escape/secret"),
+        lambda: fs.read("/escape-file"),
+        lambda: collect(fs.stream("/escape-file")),
+        lambda: fs.stat("/escape/secret"),
+        lambda: fs.list("/escape"),
+        lambda: walk(fs, "/escape"),
+        lambda: fs.writer("/escape-file", resume_at=0),
+        lambda: fs.writer("/escape/new"),
+        lambda: fs.write("/escape/new", b"x"),
+        lambda: fs.move("/escape/secret", "/stolen"),
+        lambda: fs.delete("/escape/secret"),
+    ]
+    for operation in reads:
+        with pytest.raises(InvalidPathError):
+            await operation()
+    with pytest.raises(InvalidPathError):
+        fs.local_path("/escape-file")
+    assert sorted(os.listdir(outside)) == ["secret"]
+    assert (outside / "secret").read_bytes() == b"secret"
+
+
+async def test_fs_list_and_walk_skip_symlinks_out_of_the_root(
+    fs: FilesystemDriver, fs_root: Path, outside: Path
+) -> None:
+    await fs.write("/dir/real", b"x")
+    (fs_root / "dir" / "escape").symlink_to(outside)
+    (fs_root / "dir" / "escape-file").symlink_to(outside / "secret")
+    assert await fs.list("/dir") == ["real"]
+    assert [info.path for info in await walk(fs, "/dir")] == ["/dir/real"]
+
+
+async def test_fs_replacing_or_deleting_a_link_never_touches_its_target(
+    fs: FilesystemDriver, fs_root: Path, outside: Path
+) -> None:
+    (fs_root / "a").symlink_to(outside / "secret")
+    (fs_root / "b").symlink_to(outside)
+    await fs.delete("/b")
+    await fs.write("/a", b"mine")
+    assert (fs_root / "a").read_bytes() == b"mine"
+    assert not (fs_root / "a").is_symlink()
+    assert not (fs_root / "b").exists()
+    assert (outside / "secret").read_bytes() == b"secret"
+
+
+async def test_fs_symlinks_inside_the_root_are_followed(
+    fs: FilesystemDriver, fs_root: Path
+) -> None:
+    await fs.write("/store/blobs/data", b"x")
+    (fs_root / "alias").symlink_to(fs_root / "store")
+    (fs_root / "store" / "loop").symlink_to(fs_root / "store")
+    assert await fs.read("/alias/blobs/data") == b"x"
+    assert await fs.list("/alias") == ["blobs", "loop"]
+    # A link back up the tree is reported once, not walked forever.
+    assert [info.path for info in await walk(fs, "/store")] == [
+        "/store/blobs",
+        "/store/blobs/data",
+        "/store/loop",
+    ]
