@@ -1,0 +1,1 @@
+"""The HTTP layer: routing, OCI error responses, headers. Handlers stay thin."""

@@ -1,0 +1,96 @@
+"""Build the aiohttp application from a config: stores, routes, headers, health."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from dockyard.api import health, routes
+from dockyard.api.context import CATALOG_MAX_ENTRIES, REGISTRY, URLS
+from dockyard.api.errors import error_middleware, error_response
+from dockyard.api.urls import UrlBuilder
+from dockyard.config import Config
+from dockyard.errors import Unavailable
+from dockyard.registry import Registry, RegistryOptions
+from dockyard.storage import create_driver
+
+API_VERSION_HEADER = ("Docker-Distribution-Api-Version", "registry/2.0")
+
+
+def build_registry(config: Config) -> Registry:
+    driver = create_driver(config.storage.driver_name, dict(config.storage.driver_params))
+    options = RegistryOptions(
+        delete_enabled=config.storage.delete.enabled,
+        read_only=config.storage.maintenance.readonly.enabled,
+    )
+    return Registry(driver, options)
+
+
+def _header_adder(
+    config: Config,
+) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    configured = [(name, ", ".join(values)) for name, values in config.http.headers.items()]
+
+    async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers[API_VERSION_HEADER[0]] = API_VERSION_HEADER[1]
+        for name, value in configured:
+            response.headers.setdefault(name, value)
+
+    return add_headers
+
+
+def create_app(config: Config, registry: Registry | None = None) -> web.Application:
+    registry = registry or build_registry(config)
+    middlewares: list[Middleware] = [error_middleware]
+    checker: health.StorageHealth | None = None
+    if config.health.storagedriver.enabled:
+        checker = health.StorageHealth(
+            registry.driver,
+            config.health.storagedriver.interval,
+            config.health.storagedriver.threshold,
+        )
+        middlewares.insert(0, _health_gate(checker))
+    app = web.Application(middlewares=middlewares, client_max_size=0)
+    app[REGISTRY] = registry
+    app[URLS] = UrlBuilder(config.http.prefix, config.http.host, config.http.relativeurls)
+    app[CATALOG_MAX_ENTRIES] = config.catalog.maxentries
+    if checker is not None:
+        app[health.STORAGE_HEALTH] = checker
+    app.on_response_prepare.append(_header_adder(config))
+
+    prefix = "/" + config.http.prefix.strip("/") if config.http.prefix.strip("/") else ""
+    app.router.add_route("*", f"{prefix}/v2", routes.dispatch)
+    app.router.add_route("*", f"{prefix}/v2/{{tail:.*}}", routes.dispatch)
+    app.router.add_get("/debug/health", health.health)
+
+    app.cleanup_ctx.append(_lifecycle(registry, checker))
+    return app
+
+
+def _lifecycle(
+    registry: Registry, checker: health.StorageHealth | None
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        if checker is not None:
+            await checker.check_once()
+            checker.start()
+        yield
+        if checker is not None:
+            await checker.stop()
+        await registry.close()
+
+    return lifecycle
+
+
+def _health_gate(checker: health.StorageHealth) -> Middleware:
+    @web.middleware
+    async def gate(request: web.Request, handler: routes.Endpoint) -> web.StreamResponse:
+        # Like Distribution: while storage is unhealthy every API request is refused,
+        # so a load balancer moves clients elsewhere; the health page itself still answers.
+        if not checker.healthy and request.path != "/debug/health":
+            return error_response(Unavailable(detail=checker.problems()), request)
+        return await handler(request)
+
+    return gate

@@ -1,0 +1,78 @@
+"""``/v2/<name>/blobs/<digest>``: HEAD, GET (with Range) and DELETE."""
+
+from __future__ import annotations
+
+import re
+
+from aiohttp import web
+
+from dockyard.api.context import empty, registry_of
+from dockyard.errors import RangeInvalid
+from dockyard.registry.blobs import OCTET_STREAM
+from dockyard.registry.digest import Digest
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """The single byte range asked for, as (start, end inclusive); None for the whole blob."""
+    match = _RANGE.match(header.strip())
+    if not match or (not match.group(1) and not match.group(2)):
+        raise RangeInvalid(detail={"Range": header[:100]}, headers={"Content-Range": f"bytes */{size}"})
+    first, last = match.group(1), match.group(2)
+    if not first:
+        start, end = max(size - int(last), 0), size - 1
+    else:
+        start = int(first)
+        end = min(int(last), size - 1) if last else size - 1
+    if start >= size or end < start:
+        raise RangeInvalid(detail={"Range": header[:100]}, headers={"Content-Range": f"bytes */{size}"})
+    return start, end
+
+
+async def get_blob(request: web.Request, name: str, digest_text: str) -> web.StreamResponse:
+    registry = registry_of(request)
+    digest = Digest.parse(digest_text)
+    repo = registry.repository(name)
+    descriptor = await repo.blobs.stat(digest)
+    headers = {
+        "Docker-Content-Digest": str(digest),
+        "Content-Type": OCTET_STREAM,
+        "Accept-Ranges": "bytes",
+        "ETag": f'"{digest}"',
+        # Content never changes under its digest.
+        "Cache-Control": "max-age=31536000",
+    }
+    if request.method == "HEAD":
+        return web.Response(status=200, headers={**headers, "Content-Length": str(descriptor.size)})
+    span = parse_range(request.headers["Range"], descriptor.size) if "Range" in request.headers else None
+    redirect = await registry.blobs.redirect_url(digest, request.method)
+    if redirect:
+        raise web.HTTPTemporaryRedirect(redirect, headers=headers)
+    local = registry.blobs.local_path(digest)
+    if local is not None:
+        # FileResponse answers with sendfile and handles the Range header itself; the
+        # range was checked above so that a bad one gets the registry's error body.
+        return web.FileResponse(local, headers=headers)
+    response = web.StreamResponse(status=206 if span else 200, headers=headers)
+    if span:
+        start, end = span
+        response.headers["Content-Range"] = f"bytes {start}-{end}/{descriptor.size}"
+        response.content_length = end - start + 1
+        stream = registry.blobs.stream(digest, start, end - start + 1)
+    else:
+        response.content_length = descriptor.size
+        stream = registry.blobs.stream(digest)
+    await response.prepare(request)
+    async for chunk in stream:
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+async def delete_blob(request: web.Request, name: str, digest_text: str) -> web.StreamResponse:
+    registry = registry_of(request)
+    registry.check_deletable()
+    digest = Digest.parse(digest_text)
+    await registry.repository(name).blobs.unlink(digest)
+    return empty(202, {"Docker-Content-Digest": str(digest)})

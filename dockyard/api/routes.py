@@ -1,0 +1,76 @@
+"""Dispatch ``/v2/...`` paths whose repository names contain slashes.
+
+One catch-all route and a table of patterns, tried in order: a name may itself end in
+``blobs`` or ``manifests``, so the suffix decides, as in Distribution's router.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from dockyard.api import blobs, listing, manifests, referrers, uploads
+from dockyard.errors import NameUnknown, Unsupported
+
+Endpoint = Callable[..., Awaitable[web.StreamResponse]]
+
+
+async def base(request: web.Request) -> web.StreamResponse:
+    return web.json_response({})
+
+
+_ROUTES: list[tuple[re.Pattern[str], dict[str, Endpoint]]] = [
+    (re.compile(r"^/?$"), {"GET": base, "HEAD": base}),
+    (re.compile(r"^_catalog$"), {"GET": listing.list_catalog}),
+    (re.compile(r"^(?P<name>.+)/tags/list$"), {"GET": listing.list_tags}),
+    (
+        re.compile(r"^(?P<name>.+)/manifests/(?P<reference>[^/]+)$"),
+        {
+            "GET": manifests.get_manifest,
+            "HEAD": manifests.get_manifest,
+            "PUT": manifests.put_manifest,
+            "DELETE": manifests.delete_manifest,
+        },
+    ),
+    (re.compile(r"^(?P<name>.+)/blobs/uploads/?$"), {"POST": uploads.start_upload}),
+    (
+        re.compile(r"^(?P<name>.+)/blobs/uploads/(?P<upload_id>[^/]+)$"),
+        {
+            "GET": uploads.upload_status,
+            "PATCH": uploads.patch_upload,
+            "PUT": uploads.finish_upload,
+            "DELETE": uploads.cancel_upload,
+        },
+    ),
+    (
+        re.compile(r"^(?P<name>.+)/blobs/(?P<digest_text>[^/]+)$"),
+        {"GET": blobs.get_blob, "HEAD": blobs.get_blob, "DELETE": blobs.delete_blob},
+    ),
+    (
+        re.compile(r"^(?P<name>.+)/referrers/(?P<digest_text>[^/]+)$"),
+        {"GET": referrers.list_referrers},
+    ),
+]
+
+
+def resolve(tail: str, method: str) -> tuple[Endpoint, dict[str, Any]]:
+    for pattern, methods in _ROUTES:
+        match = pattern.match(tail)
+        if match is None:
+            continue
+        endpoint = methods.get(method)
+        if endpoint is None:
+            raise Unsupported(
+                f"method {method} is not allowed here",
+                headers={"Allow": ", ".join(sorted(methods))},
+            )
+        return endpoint, match.groupdict()
+    raise NameUnknown("no such endpoint", detail={"path": tail[:300]})
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    endpoint, params = resolve(request.match_info.get("tail", ""), request.method)
+    return await endpoint(request, **params)

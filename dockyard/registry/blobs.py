@@ -1,0 +1,102 @@
+"""Blob content, shared by every repository, and each repository's links to it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from dockyard.errors import BlobUnknown
+from dockyard.registry import layout
+from dockyard.registry.digest import Digest
+from dockyard.registry.links import delete_if_exists, read_link, write_link
+from dockyard.storage.driver import PathNotFoundError, StorageDriver
+
+OCTET_STREAM = "application/octet-stream"
+
+
+@dataclass(frozen=True, slots=True)
+class BlobDescriptor:
+    digest: Digest
+    size: int
+    media_type: str = OCTET_STREAM
+
+
+class BlobStore:
+    """``blobs/<alg>/<2 hex>/<hex>/data``: content addressed, written once, never changed."""
+
+    def __init__(self, driver: StorageDriver) -> None:
+        self.driver = driver
+
+    async def stat(self, digest: Digest) -> BlobDescriptor:
+        try:
+            info = await self.driver.stat(layout.blob_data(digest))
+        except PathNotFoundError:
+            raise BlobUnknown(detail={"digest": str(digest)}) from None
+        if info.is_dir:
+            raise BlobUnknown(detail={"digest": str(digest)})
+        return BlobDescriptor(digest, info.size)
+
+    async def exists(self, digest: Digest) -> bool:
+        try:
+            await self.stat(digest)
+        except BlobUnknown:
+            return False
+        return True
+
+    async def read(self, digest: Digest) -> bytes:
+        try:
+            return await self.driver.read(layout.blob_data(digest))
+        except PathNotFoundError:
+            raise BlobUnknown(detail={"digest": str(digest)}) from None
+
+    async def put(self, data: bytes, digest: Digest | None = None) -> Digest:
+        """Store small content (a manifest) under its digest, unless it is there already."""
+        digest = digest or Digest.of(data)
+        if not await self.exists(digest):
+            await self.driver.write(layout.blob_data(digest), data)
+        return digest
+
+    async def adopt(self, source: str, digest: Digest) -> None:
+        """Make a verified upload file the blob's content, in one rename."""
+        if await self.exists(digest):
+            await delete_if_exists(self.driver, source)
+        else:
+            await self.driver.move(source, layout.blob_data(digest))
+
+    def stream(
+        self, digest: Digest, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        return self.driver.stream(layout.blob_data(digest), offset, length)
+
+    def local_path(self, digest: Digest) -> str | None:
+        return self.driver.local_path(layout.blob_data(digest))
+
+    async def redirect_url(self, digest: Digest, method: str) -> str | None:
+        return await self.driver.redirect_url(layout.blob_data(digest), method)
+
+    async def delete(self, digest: Digest) -> bool:
+        return await delete_if_exists(self.driver, layout.blob_dir(digest))
+
+
+class RepositoryBlobs:
+    """A repository's view of the blob store: only blobs linked into it exist for it."""
+
+    def __init__(self, name: str, store: BlobStore) -> None:
+        self.name = name
+        self.store = store
+        self.driver = store.driver
+
+    async def is_linked(self, digest: Digest) -> bool:
+        return await read_link(self.driver, layout.layer_link(self.name, digest)) == digest
+
+    async def stat(self, digest: Digest) -> BlobDescriptor:
+        if not await self.is_linked(digest):
+            raise BlobUnknown(detail={"digest": str(digest)})
+        return await self.store.stat(digest)
+
+    async def link(self, digest: Digest) -> None:
+        await write_link(self.driver, layout.layer_link(self.name, digest), digest)
+
+    async def unlink(self, digest: Digest) -> None:
+        if not await delete_if_exists(self.driver, layout.layer_dir(self.name, digest)):
+            raise BlobUnknown(detail={"digest": str(digest)})

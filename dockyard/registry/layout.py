@@ -1,0 +1,102 @@
+"""Distribution's storage layout under ``/docker/registry/v2``.
+
+Every path is built from validated names, tags, digests and upload ids only, so the
+layout itself can never point outside the registry's tree.
+"""
+
+from __future__ import annotations
+
+from dockyard.registry.digest import Digest
+
+ROOT = "/docker/registry/v2"
+BLOBS = f"{ROOT}/blobs"
+REPOSITORIES = f"{ROOT}/repositories"
+
+
+def blob_dir(digest: Digest) -> str:
+    return f"{BLOBS}/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}"
+
+
+def blob_data(digest: Digest) -> str:
+    return f"{blob_dir(digest)}/data"
+
+
+def repository(name: str) -> str:
+    return f"{REPOSITORIES}/{name}"
+
+
+def layers(name: str) -> str:
+    return f"{repository(name)}/_layers"
+
+
+def layer_link(name: str, digest: Digest) -> str:
+    return f"{layers(name)}/{digest.algorithm}/{digest.hex}/link"
+
+
+def layer_dir(name: str, digest: Digest) -> str:
+    return f"{layers(name)}/{digest.algorithm}/{digest.hex}"
+
+
+def manifests(name: str) -> str:
+    return f"{repository(name)}/_manifests"
+
+
+def revisions(name: str) -> str:
+    return f"{manifests(name)}/revisions"
+
+
+def revision_dir(name: str, digest: Digest) -> str:
+    return f"{revisions(name)}/{digest.algorithm}/{digest.hex}"
+
+
+def revision_link(name: str, digest: Digest) -> str:
+    return f"{revision_dir(name, digest)}/link"
+
+
+def tags(name: str) -> str:
+    return f"{manifests(name)}/tags"
+
+
+def tag_dir(name: str, tag: str) -> str:
+    return f"{tags(name)}/{tag}"
+
+
+def tag_current_link(name: str, tag: str) -> str:
+    return f"{tag_dir(name, tag)}/current/link"
+
+
+def tag_index_link(name: str, tag: str, digest: Digest) -> str:
+    return f"{tag_dir(name, tag)}/index/{digest.algorithm}/{digest.hex}/link"
+
+
+def referrers(name: str, subject: Digest) -> str:
+    """Manifests whose ``subject`` is ``subject``: Dockyard's index for the referrers API.
+
+    It sits under ``_manifests`` beside ``revisions`` and ``tags``, where Distribution's
+    readers (catalog, tags, garbage collection) do not look, so they are unaffected.
+    """
+    return f"{manifests(name)}/referrers/{subject.algorithm}/{subject.hex}"
+
+
+def referrer_dir(name: str, subject: Digest, referrer: Digest) -> str:
+    return f"{referrers(name, subject)}/{referrer.algorithm}/{referrer.hex}"
+
+
+def referrer_link(name: str, subject: Digest, referrer: Digest) -> str:
+    return f"{referrer_dir(name, subject, referrer)}/link"
+
+
+def uploads(name: str) -> str:
+    return f"{repository(name)}/_uploads"
+
+
+def upload_dir(name: str, upload_id: str) -> str:
+    return f"{uploads(name)}/{upload_id}"
+
+
+def upload_data(name: str, upload_id: str) -> str:
+    return f"{upload_dir(name, upload_id)}/data"
+
+
+def upload_started_at(name: str, upload_id: str) -> str:
+    return f"{upload_dir(name, upload_id)}/startedat"

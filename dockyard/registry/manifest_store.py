@@ -1,0 +1,125 @@
+"""A repository's manifests: stored as blobs, linked under ``_manifests/revisions``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from dockyard.errors import (
+    DigestInvalid,
+    ManifestBlobUnknown,
+    ManifestUnknown,
+)
+from dockyard.registry import layout
+from dockyard.registry.blobs import BlobStore, RepositoryBlobs
+from dockyard.registry.digest import Digest
+from dockyard.registry.links import delete_if_exists, read_link, write_link
+from dockyard.registry.manifests import (
+    DOCKER_SCHEMA1,
+    Manifest,
+    infer_media_type,
+    parse_manifest,
+    parse_stored,
+)
+from dockyard.registry.tags import TagStore
+from dockyard.storage.driver import StorageDriver
+
+
+@dataclass(frozen=True, slots=True)
+class StoredManifest:
+    digest: Digest
+    media_type: str
+    data: bytes
+
+
+def stored_media_type(data: bytes) -> str:
+    """The Content-Type a stored manifest is served with, as Distribution derives it."""
+    try:
+        body = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return "application/octet-stream"
+    if not isinstance(body, dict):
+        return "application/octet-stream"
+    if body.get("schemaVersion") == 1:
+        return DOCKER_SCHEMA1[1] if "signatures" in body else DOCKER_SCHEMA1[0]
+    return infer_media_type(body)
+
+
+class ManifestStore:
+    def __init__(
+        self,
+        name: str,
+        driver: StorageDriver,
+        blobs: BlobStore,
+        repo_blobs: RepositoryBlobs,
+        tags: TagStore,
+    ) -> None:
+        self.name = name
+        self.driver = driver
+        self.blobs = blobs
+        self.repo_blobs = repo_blobs
+        self.tags = tags
+
+    async def exists(self, digest: Digest) -> bool:
+        return await read_link(self.driver, layout.revision_link(self.name, digest)) == digest
+
+    async def get(self, digest: Digest) -> StoredManifest:
+        if not await self.exists(digest):
+            raise ManifestUnknown(detail={"digest": str(digest)})
+        try:
+            data = await self.blobs.read(digest)
+        except Exception:
+            raise ManifestUnknown(detail={"digest": str(digest)}) from None
+        return StoredManifest(digest, stored_media_type(data), data)
+
+    async def put(
+        self, data: bytes, content_type: str, tag: str | None, digest: Digest | None
+    ) -> Manifest:
+        """Validate and store; tag it when pushed by tag. Returns the parsed manifest."""
+        algorithm = digest.algorithm if digest else "sha256"
+        actual = Digest.of(data, algorithm)
+        if digest is not None and actual != digest:
+            raise DigestInvalid(
+                "manifest digest does not match its content",
+                detail={"expected": str(digest), "actual": str(actual)},
+            )
+        manifest = parse_manifest(data, content_type, actual)
+        await self._check_references(manifest)
+        await self.blobs.put(data, actual)
+        await write_link(self.driver, layout.revision_link(self.name, actual), actual)
+        if manifest.subject is not None:
+            await write_link(
+                self.driver,
+                layout.referrer_link(self.name, manifest.subject.digest, actual),
+                actual,
+            )
+        if tag is not None:
+            await self.tags.tag(tag, actual)
+        return manifest
+
+    async def _check_references(self, manifest: Manifest) -> None:
+        for blob in manifest.required_blobs():
+            if not await self.repo_blobs.is_linked(blob) or not await self.blobs.exists(blob):
+                raise ManifestBlobUnknown(detail={"digest": str(blob)})
+        for child in manifest.children:
+            if not await self.exists(child.digest):
+                raise ManifestBlobUnknown(
+                    "manifest references a manifest unknown to the repository",
+                    detail={"digest": str(child.digest)},
+                )
+
+    async def delete(self, digest: Digest) -> None:
+        """Remove the manifest from the repository with every tag that points at it."""
+        stored = await self.get(digest)
+        for tag in await self.tags.pointing_at(digest):
+            await delete_if_exists(self.driver, layout.tag_dir(self.name, tag))
+        try:
+            manifest = parse_stored(stored.data, digest)
+        except Exception:
+            manifest = None
+        if manifest is not None and manifest.subject is not None:
+            await delete_if_exists(
+                self.driver,
+                layout.referrer_dir(self.name, manifest.subject.digest, digest),
+            )
+        await delete_if_exists(self.driver, layout.revision_dir(self.name, digest))

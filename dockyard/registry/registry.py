@@ -1,0 +1,57 @@
+"""The registry domain's entry point: one object that owns the stores over one driver."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dockyard.errors import Unsupported
+from dockyard.registry.blobs import BlobStore, RepositoryBlobs
+from dockyard.registry.catalog import Catalog
+from dockyard.registry.manifest_store import ManifestStore
+from dockyard.registry.names import check_name
+from dockyard.registry.referrers import ReferrerIndex
+from dockyard.registry.tags import TagStore
+from dockyard.registry.uploads import RunningHashes, UploadStore
+from dockyard.storage.driver import StorageDriver
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryOptions:
+    delete_enabled: bool = False
+    read_only: bool = False
+
+
+class Repository:
+    """Everything about one repository; cheap to create per request."""
+
+    def __init__(self, registry: Registry, name: str) -> None:
+        self.name = check_name(name)
+        driver = registry.driver
+        self.blobs = RepositoryBlobs(self.name, registry.blobs)
+        self.tags = TagStore(self.name, driver)
+        self.manifests = ManifestStore(self.name, driver, registry.blobs, self.blobs, self.tags)
+        self.referrers = ReferrerIndex(self.name, driver, self.manifests)
+
+
+class Registry:
+    def __init__(self, driver: StorageDriver, options: RegistryOptions | None = None) -> None:
+        self.driver = driver
+        self.options = options or RegistryOptions()
+        self.blobs = BlobStore(driver)
+        self.uploads = UploadStore(driver, self.blobs, RunningHashes())
+        self.catalog = Catalog(driver)
+
+    def repository(self, name: str) -> Repository:
+        return Repository(self, name)
+
+    def check_writable(self) -> None:
+        if self.options.read_only:
+            raise Unsupported("the registry is in read-only mode")
+
+    def check_deletable(self) -> None:
+        self.check_writable()
+        if not self.options.delete_enabled:
+            raise Unsupported("deletes are disabled (storage.delete.enabled is false)")
+
+    async def close(self) -> None:
+        await self.driver.close()

@@ -1,0 +1,50 @@
+"""Tags: ``_manifests/tags/<tag>/current/link`` and the history under ``index/``."""
+
+from __future__ import annotations
+
+import builtins
+
+from dockyard.errors import ManifestUnknown
+from dockyard.registry import layout
+from dockyard.registry.digest import Digest
+from dockyard.registry.links import delete_if_exists, read_link, write_link
+from dockyard.registry.names import is_valid_tag
+from dockyard.storage.driver import PathNotFoundError, StorageDriver
+
+
+class TagStore:
+    def __init__(self, name: str, driver: StorageDriver) -> None:
+        self.name = name
+        self.driver = driver
+
+    async def resolve(self, tag: str) -> Digest:
+        digest = await read_link(self.driver, layout.tag_current_link(self.name, tag))
+        if digest is None:
+            raise ManifestUnknown(detail={"tag": tag})
+        return digest
+
+    async def tag(self, tag: str, digest: Digest) -> None:
+        # The index entry first: a crash in between leaves history that names a digest
+        # the tag never pointed at, which is harmless, rather than a current tag missing
+        # from its own history.
+        await write_link(self.driver, layout.tag_index_link(self.name, tag, digest), digest)
+        await write_link(self.driver, layout.tag_current_link(self.name, tag), digest)
+
+    async def untag(self, tag: str) -> None:
+        if not await delete_if_exists(self.driver, layout.tag_dir(self.name, tag)):
+            raise ManifestUnknown(detail={"tag": tag})
+
+    async def list(self) -> builtins.list[str]:
+        """Every tag, sorted; a directory that is not a valid tag is not one."""
+        try:
+            names = await self.driver.list(layout.tags(self.name))
+        except PathNotFoundError:
+            return []
+        return sorted(name for name in names if is_valid_tag(name))
+
+    async def pointing_at(self, digest: Digest) -> builtins.list[str]:
+        found = []
+        for tag in await self.list():
+            if await read_link(self.driver, layout.tag_current_link(self.name, tag)) == digest:
+                found.append(tag)
+        return found

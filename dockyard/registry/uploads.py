@@ -1,0 +1,247 @@
+"""Blob upload sessions, kept in storage so any process can continue them.
+
+A session is ``_uploads/<id>/`` with ``startedat`` and ``data``, as in Distribution. The
+bytes in ``data`` are always a prefix of what the client sent, in order, so after a
+crash the file's size is exactly what the session can report and continue from.
+
+Hashing happens while the data is written. The running hash lives only in this
+process (CPython cannot save a hash state), keyed by session and offset; when another
+process continues a session, or after a restart, the digest is computed once from the
+stored data when the upload finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from dockyard.errors import BlobUploadInvalid, BlobUploadUnknown, DigestInvalid, RangeInvalid
+from dockyard.registry import layout
+from dockyard.registry.blobs import BlobDescriptor, BlobStore
+from dockyard.registry.digest import Digest, new_hasher
+from dockyard.storage.driver import FileWriter, PathNotFoundError, StorageDriver
+
+UPLOAD_ID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+# Writes and hash updates go to worker threads in pieces of this size: large enough that
+# the hand-off costs nothing, small enough that memory stays flat whatever the blob size.
+WRITE_PIECE = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class UploadSession:
+    repository: str
+    id: str
+    size: int
+    started_at: str
+
+
+class RunningHashes:
+    """Per-process hashers of sessions in flight, keyed by session id and offset."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+
+    def take(self, upload_id: str, offset: int) -> Any | None:
+        entry = self._entries.pop(upload_id, None)
+        if entry is None or entry[0] != offset:
+            return None
+        return entry[1]
+
+    def put(self, upload_id: str, offset: int, hasher: Any) -> None:
+        self._entries[upload_id] = (offset, hasher)
+        self._entries.move_to_end(upload_id)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+
+    def forget(self, upload_id: str) -> None:
+        self._entries.pop(upload_id, None)
+
+
+def check_upload_id(upload_id: str) -> str:
+    if not UPLOAD_ID_PATTERN.match(upload_id):
+        raise BlobUploadUnknown(detail={"uuid": upload_id[:100]})
+    return upload_id
+
+
+async def _write_hashed(writer: FileWriter, hasher: Any, piece: bytes) -> None:
+    # The hash runs in a thread (hashlib releases the GIL) while the write runs in
+    # another, so both cores work on a large upload.
+    await asyncio.gather(asyncio.to_thread(hasher.update, piece), writer.write(piece))
+
+
+class UploadStore:
+    def __init__(self, driver: StorageDriver, blobs: BlobStore, hashes: RunningHashes) -> None:
+        self.driver = driver
+        self.blobs = blobs
+        self.hashes = hashes
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _lock(self, upload_id: str) -> asyncio.Lock:
+        lock = self._locks.get(upload_id)
+        if lock is None:
+            lock = self._locks[upload_id] = asyncio.Lock()
+        return lock
+
+    def _release(self, upload_id: str) -> None:
+        lock = self._locks.get(upload_id)
+        if lock is not None and not lock.locked():
+            del self._locks[upload_id]
+
+    async def start(self, name: str) -> UploadSession:
+        upload_id = str(uuid.uuid4())
+        started_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        await self.driver.write(
+            layout.upload_started_at(name, upload_id), started_at.encode("ascii")
+        )
+        writer = await self.driver.writer(layout.upload_data(name, upload_id))
+        await writer.commit()
+        await writer.close()
+        self.hashes.put(upload_id, 0, new_hasher())
+        return UploadSession(name, upload_id, 0, started_at)
+
+    async def get(self, name: str, upload_id: str) -> UploadSession:
+        check_upload_id(upload_id)
+        try:
+            started_at = (await self.driver.read(layout.upload_started_at(name, upload_id)))
+            info = await self.driver.stat(layout.upload_data(name, upload_id))
+        except PathNotFoundError:
+            raise BlobUploadUnknown(detail={"uuid": upload_id}) from None
+        return UploadSession(name, upload_id, info.size, started_at.decode("ascii", "replace"))
+
+    async def append(
+        self,
+        name: str,
+        upload_id: str,
+        body: AsyncIterator[bytes],
+        start: int | None = None,
+        end: int | None = None,
+    ) -> UploadSession:
+        """Append a chunk; ``start``/``end`` come from ``Content-Range`` when the client sent it.
+
+        A chunk that does not begin exactly where the session ends is refused with 416 and
+        changes nothing, so a retried or reordered chunk cannot corrupt the blob.
+        """
+        async with self._lock(upload_id):
+            try:
+                session = await self.get(name, upload_id)
+                if start is not None and start != session.size:
+                    raise RangeInvalid(
+                        "chunk does not start at the end of the upload",
+                        detail={"expected": session.size, "start": start},
+                        headers=range_headers(session.size),
+                    )
+                size = await self._write(session, body)
+                if end is not None and start is not None and size - session.size != end - start + 1:
+                    # The bytes are stored (they are the client's, in order), so the session
+                    # stays consistent; the client learns the real offset from Range.
+                    raise RangeInvalid(
+                        "chunk length does not match Content-Range",
+                        detail={"expected": end - start + 1, "received": size - session.size},
+                        headers=range_headers(size),
+                    )
+                return UploadSession(name, upload_id, size, session.started_at)
+            finally:
+                self._release(upload_id)
+
+    async def _write(self, session: UploadSession, body: AsyncIterator[bytes]) -> int:
+        hasher = self.hashes.take(session.id, session.size)
+        writer = await self.driver.writer(
+            layout.upload_data(session.repository, session.id), resume_at=session.size
+        )
+        try:
+            buffer = bytearray()
+            async for chunk in body:
+                buffer += chunk
+                if len(buffer) >= WRITE_PIECE:
+                    piece = bytes(buffer)
+                    buffer.clear()
+                    if hasher is not None:
+                        await _write_hashed(writer, hasher, piece)
+                    else:
+                        await writer.write(piece)
+            if buffer:
+                piece = bytes(buffer)
+                if hasher is not None:
+                    await _write_hashed(writer, hasher, piece)
+                else:
+                    await writer.write(piece)
+            await writer.commit()
+            size = writer.size
+        finally:
+            await writer.close()
+        if hasher is not None:
+            self.hashes.put(session.id, size, hasher)
+        return size
+
+    async def finish(
+        self,
+        name: str,
+        upload_id: str,
+        digest: Digest,
+        expected_size: int | None = None,
+    ) -> BlobDescriptor:
+        """Verify the content against ``digest`` and make it a blob of the repository.
+
+        On a mismatch the session is discarded and nothing is stored.
+        """
+        async with self._lock(upload_id):
+            try:
+                size = (await self.get(name, upload_id)).size
+                data_path = layout.upload_data(name, upload_id)
+                actual = await self._digest_of(upload_id, data_path, size, digest.algorithm)
+                if actual != digest or (expected_size is not None and expected_size != size):
+                    await self._discard(name, upload_id)
+                    raise DigestInvalid(
+                        detail={"expected": str(digest), "actual": str(actual), "size": size}
+                    )
+                await self.blobs.adopt(data_path, digest)
+                await self._discard(name, upload_id)
+                return BlobDescriptor(digest, size)
+            finally:
+                self._release(upload_id)
+
+    async def _digest_of(self, upload_id: str, path: str, size: int, algorithm: str) -> Digest:
+        hasher = self.hashes.take(upload_id, size) if algorithm == "sha256" else None
+        if hasher is None:
+            hasher = new_hasher(algorithm)
+            async for chunk in self.driver.stream(path):
+                await asyncio.to_thread(hasher.update, chunk)
+        return Digest(algorithm, hasher.hexdigest())
+
+    async def cancel(self, name: str, upload_id: str) -> None:
+        async with self._lock(upload_id):
+            try:
+                await self.get(name, upload_id)
+                await self._discard(name, upload_id)
+            finally:
+                self._release(upload_id)
+
+    async def _discard(self, name: str, upload_id: str) -> None:
+        self.hashes.forget(upload_id)
+        try:
+            await self.driver.delete(layout.upload_dir(name, upload_id))
+        except PathNotFoundError:
+            pass
+
+
+def range_headers(size: int) -> dict[str, str]:
+    # Distribution and the spec report the last byte held, inclusive; "0-0" when empty.
+    return {"Range": f"0-{max(size - 1, 0)}"}
+
+
+def parse_content_range(value: str) -> tuple[int, int]:
+    """``start-end`` (the spec's form) or ``bytes start-end/size`` (what some clients send)."""
+    match = re.fullmatch(r"(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?", value.strip())
+    if not match:
+        raise BlobUploadInvalid("invalid Content-Range", detail={"Content-Range": value[:100]})
+    start, end = int(match.group(1)), int(match.group(2))
+    if end < start:
+        raise RangeInvalid("invalid Content-Range", detail={"Content-Range": value[:100]})
+    return start, end
