@@ -127,6 +127,13 @@ class StorageDriver(ABC):
     @abstractmethod
     async def stat(self, path: str) -> FileInfo: ...
 
+    async def touch(self, path: str) -> None:
+        """Set the file's modification time to now (garbage collection reads it as "in use").
+
+        Backends without a cheap way to do that rewrite the content.
+        """
+        await self.write(path, await self.read(path))
+
     @abstractmethod
     async def list(self, path: str) -> list[str]:
         """Names (not paths) of the directory's direct children, sorted."""

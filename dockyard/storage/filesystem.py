@@ -388,6 +388,13 @@ class FilesystemDriver(StorageDriver):
         with _translated(path, _LISTING_MISSING):
             return _info(path, os.stat(real))
 
+    async def touch(self, path: str) -> None:
+        real = self._resolve(path)
+        with _translated(path, _READ_MISSING):
+            if S_ISDIR(os.stat(real).st_mode):
+                raise PathNotFoundError(path)
+            os.utime(real)
+
     async def list(self, path: str) -> list[str]:
         real = self._resolve(path)
         with _translated(path, _LISTING_MISSING):

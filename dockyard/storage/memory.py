@@ -226,6 +226,9 @@ class MemoryDriver(StorageDriver):
             raise PathNotFoundError(path)
         return _info(path, node)
 
+    async def touch(self, path: str) -> None:
+        self._tree.file(path).touch()
+
     async def list(self, path: str) -> list[str]:
         return sorted(self._tree.directory(path).children)
 

@@ -161,6 +161,7 @@ READING_OPERATIONS: dict[str, Operation] = {
     "stream": _stream_all,
     "writer-resume": _resume,
     "stat": lambda d, p: d.stat(p),
+    "touch": lambda d, p: d.touch(p),
     "list": lambda d, p: d.list(p),
     "move-source": _move_from,
     "delete": lambda d, p: d.delete(p),
@@ -546,6 +547,20 @@ async def test_cancelled_write_then_close_is_safe(driver: StorageDriver) -> None
 
 
 # --- stat, list, move, delete -----------------------------------------------------------
+
+
+async def test_touch_moves_the_modification_time_and_keeps_the_content(
+    driver: StorageDriver,
+) -> None:
+    await driver.write("/dir/link", b"sha256:" + b"b" * 64)
+    before = (await driver.stat("/dir/link")).mtime
+    await asyncio.sleep(0.02)
+    await driver.touch("/dir/link")
+    after = await driver.stat("/dir/link")
+    assert after.mtime > before
+    assert await driver.read("/dir/link") == b"sha256:" + b"b" * 64
+    with pytest.raises(PathNotFoundError):
+        await driver.touch("/dir")
 
 
 async def test_stat_of_files_and_directories(driver: StorageDriver) -> None:
