@@ -44,6 +44,9 @@ async def get_blob(request: web.Request, name: str, digest_text: str) -> web.Str
         "Cache-Control": "max-age=31536000",
     }
     if request.method == "HEAD":
+        # Clients HEAD a blob to skip uploading it, then reference it from a manifest:
+        # mark it in use so a collection running meanwhile keeps it.
+        await repo.blobs.hold(digest)
         return web.Response(status=200, headers={**headers, "Content-Length": str(descriptor.size)})
     span = parse_range(request.headers["Range"], descriptor.size) if "Range" in request.headers else None
     redirect = await registry.blobs.redirect_url(digest, request.method)

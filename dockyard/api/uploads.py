@@ -47,7 +47,7 @@ async def start_upload(request: web.Request, name: str) -> web.StreamResponse:
     if mount is not None and source and NAME_PATTERN.match(source):
         digest = Digest.parse(mount)
         origin = registry.repository(source)
-        if await origin.blobs.is_linked(digest) and await registry.blobs.exists(digest):
+        if await origin.blobs.is_linked(digest) and await registry.blobs.hold(digest):
             await repo.blobs.link(digest)
             return _blob_created(request, name, await registry.blobs.stat(digest))
     digest_text = request.query.get("digest")

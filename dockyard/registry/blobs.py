@@ -49,16 +49,28 @@ class BlobStore:
         except PathNotFoundError:
             raise BlobUnknown(detail={"digest": str(digest)}) from None
 
+    async def hold(self, digest: Digest) -> bool:
+        """Mark the blob as in use now; False when it is not there.
+
+        Touching and checking are one step, so a garbage collection that has set the
+        blob aside sees the touch, or the caller sees the blob gone (see ``gc``).
+        """
+        try:
+            await self.driver.touch(layout.blob_data(digest))
+        except PathNotFoundError:
+            return False
+        return True
+
     async def put(self, data: bytes, digest: Digest | None = None) -> Digest:
         """Store small content (a manifest) under its digest, unless it is there already."""
         digest = digest or Digest.of(data)
-        if not await self.exists(digest):
+        if not await self.hold(digest):
             await self.driver.write(layout.blob_data(digest), data)
         return digest
 
     async def adopt(self, source: str, digest: Digest) -> None:
         """Make a verified upload file the blob's content, in one rename."""
-        if await self.exists(digest):
+        if await self.hold(digest):
             await delete_if_exists(self.driver, source)
         else:
             await self.driver.move(source, layout.blob_data(digest))
@@ -93,6 +105,14 @@ class RepositoryBlobs:
         if not await self.is_linked(digest):
             raise BlobUnknown(detail={"digest": str(digest)})
         return await self.store.stat(digest)
+
+    async def hold(self, digest: Digest) -> bool:
+        """Mark the repository's link and the blob as in use now; False if either is gone."""
+        try:
+            await self.driver.touch(layout.layer_link(self.name, digest))
+        except PathNotFoundError:
+            return False
+        return await self.is_linked(digest) and await self.store.hold(digest)
 
     async def link(self, digest: Digest) -> None:
         await write_link(self.driver, layout.layer_link(self.name, digest), digest)

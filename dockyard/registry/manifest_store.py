@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 
 from dockyard.errors import (
     DigestInvalid,
     ManifestBlobUnknown,
     ManifestUnknown,
+    Unavailable,
 )
 from dockyard.registry import layout
 from dockyard.registry.blobs import BlobStore, RepositoryBlobs
@@ -22,7 +24,7 @@ from dockyard.registry.manifests import (
     parse_stored,
 )
 from dockyard.registry.tags import TagStore
-from dockyard.storage.driver import StorageDriver
+from dockyard.storage.driver import PathNotFoundError, StorageDriver
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +55,10 @@ class ManifestStore:
         blobs: BlobStore,
         repo_blobs: RepositoryBlobs,
         tags: TagStore,
+        hold_limit: float,
     ) -> None:
         self.name = name
+        self.hold_limit = hold_limit
         self.driver = driver
         self.blobs = blobs
         self.repo_blobs = repo_blobs
@@ -62,6 +66,14 @@ class ManifestStore:
 
     async def exists(self, digest: Digest) -> bool:
         return await read_link(self.driver, layout.revision_link(self.name, digest)) == digest
+
+    async def hold(self, digest: Digest) -> bool:
+        """Mark the manifest (its revision link and its content) as in use now."""
+        try:
+            await self.driver.touch(layout.revision_link(self.name, digest))
+        except PathNotFoundError:
+            return False
+        return await self.exists(digest) and await self.blobs.hold(digest)
 
     async def get(self, digest: Digest) -> StoredManifest:
         if not await self.exists(digest):
@@ -84,8 +96,13 @@ class ManifestStore:
                 detail={"expected": str(digest), "actual": str(actual)},
             )
         manifest = parse_manifest(data, content_type, actual)
-        await self._check_references(manifest)
+        held_at = time.monotonic()
+        await self._hold_references(manifest)
         await self.blobs.put(data, actual)
+        if time.monotonic() - held_at > self.hold_limit:
+            # Garbage collection honours a hold for a bounded time only (see ``gc``): past
+            # it, committing could reference a blob that is being removed.
+            raise Unavailable("manifest references took too long to verify; retry")
         await write_link(self.driver, layout.revision_link(self.name, actual), actual)
         if manifest.subject is not None:
             await write_link(
@@ -97,12 +114,13 @@ class ManifestStore:
             await self.tags.tag(tag, actual)
         return manifest
 
-    async def _check_references(self, manifest: Manifest) -> None:
+    async def _hold_references(self, manifest: Manifest) -> None:
+        """Check every referenced blob and child manifest is there, marking each in use."""
         for blob in manifest.required_blobs():
-            if not await self.repo_blobs.is_linked(blob) or not await self.blobs.exists(blob):
+            if not await self.repo_blobs.hold(blob):
                 raise ManifestBlobUnknown(detail={"digest": str(blob)})
         for child in manifest.children:
-            if not await self.exists(child.digest):
+            if not await self.hold(child.digest):
                 raise ManifestBlobUnknown(
                     "manifest references a manifest unknown to the repository",
                     detail={"digest": str(child.digest)},

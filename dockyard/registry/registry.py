@@ -19,6 +19,9 @@ from dockyard.storage.driver import StorageDriver
 class RegistryOptions:
     delete_enabled: bool = False
     read_only: bool = False
+    # How long a manifest push may take from checking its references to committing;
+    # garbage collection waits longer than twice this before it removes anything.
+    hold_limit: float = 4.0
 
 
 class Repository:
@@ -29,7 +32,9 @@ class Repository:
         driver = registry.driver
         self.blobs = RepositoryBlobs(self.name, registry.blobs)
         self.tags = TagStore(self.name, driver)
-        self.manifests = ManifestStore(self.name, driver, registry.blobs, self.blobs, self.tags)
+        self.manifests = ManifestStore(
+            self.name, driver, registry.blobs, self.blobs, self.tags, registry.options.hold_limit
+        )
         self.referrers = ReferrerIndex(self.name, driver, self.manifests)
 
 

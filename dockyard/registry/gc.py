@@ -1,0 +1,402 @@
+"""Garbage collection that is safe while the registry serves pushes and pulls.
+
+Mark: every repository's manifests that are kept (all of them, or with
+``delete_untagged`` those reachable from a tag), their index children, the manifests
+whose ``subject`` is kept, and everything changed recently, are marked with the blobs
+they reference. Sweep: what is left is removed in three steps.
+
+1. Set aside: each candidate (blob directory, manifest revision, layer link, empty
+   repository) is *moved* into a trash directory. Moving is atomic, so from then on the
+   registry sees it as gone.
+2. Settle: wait ``settle`` seconds.
+3. Decide: a candidate any of whose files was modified after ``cutoff`` is put back;
+   the rest is deleted.
+
+Why nothing a kept manifest reaches is lost. Every push that references existing content
+*holds* it first: it touches the link or blob file (sets its mtime to now) and, in the
+same system call, learns whether it is still there. A manifest is committed at most
+``hold_limit`` seconds after its holds (the registry refuses it otherwise), and
+``settle`` is more than twice that. Take a manifest committed at time t3 that references
+a blob held at t1 (t3 - t1 < hold_limit):
+
+* committed before the mark began (t3 < start): the mark sees it, the blob is marked;
+* held after the blob was set aside: the touch fails, the push is refused, nothing
+  references the blob;
+* held before it was set aside, committed after the mark began: the touch happened at
+  t1 > start - hold_limit >= cutoff, before the decision, so the decision sees a recent
+  mtime and puts the blob back.
+
+New uploads and links are recent by their own mtime. ``delay`` keeps content younger
+than itself whatever references it, so layers pushed for a manifest that has not arrived
+yet survive: a manifest pushed later than ``delay`` after its layers may be refused
+(``MANIFEST_BLOB_UNKNOWN``, and the client pushes them again), never left dangling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dockyard.registry import layout
+from dockyard.registry.digest import Digest
+from dockyard.registry.links import read_link
+from dockyard.storage.driver import PathNotFoundError, StorageDriver
+
+log = logging.getLogger("dockyard.gc")
+
+TRASH = f"{layout.ROOT}/_dockyard/trash"
+
+
+@dataclass(frozen=True, slots=True)
+class GcOptions:
+    dry_run: bool = False
+    delete_untagged: bool = False
+    # Content younger than this is kept whatever references it (zot calls it gcDelay).
+    delay: float = 3600.0
+    # Must exceed twice the registry's hold_limit; see the module docstring.
+    settle: float = 10.0
+
+
+@dataclass(slots=True)
+class ManifestInfo:
+    digest: Digest
+    mtime: float
+    blobs: list[Digest] = field(default_factory=list)
+    children: list[Digest] = field(default_factory=list)
+    subject: Digest | None = None
+
+
+@dataclass(slots=True)
+class RepositoryScan:
+    name: str
+    manifests: dict[Digest, ManifestInfo] = field(default_factory=dict)
+    tags: dict[str, Digest] = field(default_factory=dict)
+    tag_history: dict[str, list[Digest]] = field(default_factory=dict)
+    layers: dict[Digest, float] = field(default_factory=dict)
+    has_uploads: bool = False
+
+
+@dataclass(slots=True)
+class GcReport:
+    repositories: int = 0
+    manifests_marked: int = 0
+    blobs_marked: int = 0
+    blobs_deleted: list[Digest] = field(default_factory=list)
+    manifests_deleted: list[tuple[str, Digest]] = field(default_factory=list)
+    layer_links_deleted: int = 0
+    repositories_removed: list[str] = field(default_factory=list)
+    bytes_freed: int = 0
+    restored: int = 0
+    duration: float = 0.0
+
+    def summary(self, dry_run: bool) -> str:
+        verb = "eligible for deletion" if dry_run else "deleted"
+        return (
+            f"{self.blobs_marked} blobs marked, {len(self.blobs_deleted)} blobs and "
+            f"{len(self.manifests_deleted)} manifests {verb}, "
+            f"{len(self.repositories_removed)} empty repositories {'to remove' if dry_run else 'removed'}, "
+            f"{self.bytes_freed} bytes {'to free' if dry_run else 'freed'}"
+        )
+
+
+def references_of(data: bytes) -> tuple[list[Digest], list[Digest], Digest | None]:
+    """Blobs, child manifests and subject a stored manifest names, whatever its schema.
+
+    Lenient on purpose: a store written by another registry may hold manifests this
+    registry would not accept today (schema1), and their blobs must still be marked.
+    """
+    try:
+        body = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return [], [], None
+    if not isinstance(body, dict):
+        return [], [], None
+
+    def digests(items: Any, key: str = "digest") -> list[Digest]:
+        found = []
+        for item in items if isinstance(items, list) else []:
+            text = item.get(key) if isinstance(item, dict) else None
+            if isinstance(text, str) and Digest.is_valid(text):
+                found.append(Digest.parse(text))
+        return found
+
+    blobs = digests([body.get("config")]) + digests(body.get("layers"))
+    blobs += digests(body.get("fsLayers"), "blobSum")
+    children = digests(body.get("manifests"))
+    subject = digests([body.get("subject")])
+    return blobs, children, subject[0] if subject else None
+
+
+class GarbageCollector:
+    def __init__(
+        self,
+        driver: StorageDriver,
+        options: GcOptions,
+        emit: Callable[[str], None] | None = None,
+    ) -> None:
+        self.driver = driver
+        self.options = options
+        self.emit = emit or (lambda line: None)
+
+    # --- scanning -------------------------------------------------------------------
+
+    async def _children(self, path: str) -> list[str]:
+        try:
+            return await self.driver.list(path)
+        except PathNotFoundError:
+            return []
+
+    async def _mtime(self, path: str) -> float | None:
+        try:
+            return (await self.driver.stat(path)).mtime
+        except PathNotFoundError:
+            return None
+
+    async def repository_names(self) -> list[str]:
+        """Every directory below ``repositories/`` that holds repository data."""
+        found: list[str] = []
+
+        async def visit(path: str, prefix: str) -> None:
+            children = await self._children(path)
+            if any(child in ("_manifests", "_layers", "_uploads") for child in children):
+                found.append(prefix)
+            for child in children:
+                if not child.startswith("_"):
+                    child_path = f"{path}/{child}"
+                    try:
+                        if (await self.driver.stat(child_path)).is_dir:
+                            await visit(child_path, f"{prefix}/{child}" if prefix else child)
+                    except PathNotFoundError:
+                        continue
+
+        await visit(layout.REPOSITORIES, "")
+        return found
+
+    async def _digests_under(self, path: str) -> list[Digest]:
+        found = []
+        for algorithm in await self._children(path):
+            for encoded in await self._children(f"{path}/{algorithm}"):
+                text = f"{algorithm}:{encoded}"
+                if Digest.is_valid(text):
+                    found.append(Digest.parse(text))
+        return found
+
+    async def scan_repository(self, name: str) -> RepositoryScan:
+        scan = RepositoryScan(name)
+        for digest in await self._digests_under(layout.revisions(name)):
+            mtime = await self._mtime(layout.revision_link(name, digest))
+            if mtime is None:
+                continue
+            info = ManifestInfo(digest, mtime)
+            try:
+                data = await self.driver.read(layout.blob_data(digest))
+            except PathNotFoundError:
+                data = b""
+            info.blobs, info.children, info.subject = references_of(data)
+            scan.manifests[digest] = info
+        for tag in await self._children(layout.tags(name)):
+            current = await read_link(self.driver, layout.tag_current_link(name, tag))
+            if current is not None:
+                scan.tags[tag] = current
+            scan.tag_history[tag] = await self._digests_under(f"{layout.tag_dir(name, tag)}/index")
+        for digest in await self._digests_under(layout.layers(name)):
+            mtime = await self._mtime(layout.layer_link(name, digest))
+            if mtime is not None:
+                scan.layers[digest] = mtime
+        scan.has_uploads = bool(await self._children(layout.uploads(name)))
+        return scan
+
+    # --- marking --------------------------------------------------------------------
+
+    def kept_manifests(self, scan: RepositoryScan, cutoff: float) -> set[Digest]:
+        manifests = scan.manifests
+        roots = {d for d in scan.tags.values() if d in manifests}
+        roots |= {d for d, info in manifests.items() if info.mtime >= cutoff}
+        if not self.options.delete_untagged:
+            roots |= {d for d, info in manifests.items() if info.subject is None}
+        kept: set[Digest] = set()
+        pending = list(roots)
+        while pending:
+            while pending:
+                digest = pending.pop()
+                if digest in kept:
+                    continue
+                kept.add(digest)
+                pending.extend(c for c in manifests[digest].children if c in manifests)
+            # A referrer lives as long as its subject: a signature or SBOM of a kept image.
+            pending = [
+                d
+                for d, info in manifests.items()
+                if d not in kept and info.subject is not None and info.subject in kept
+            ]
+        return kept
+
+    # --- the run --------------------------------------------------------------------
+
+    async def run(self) -> GcReport:
+        started = time.monotonic()
+        start = time.time()
+        cutoff = start - self.options.delay - self.options.settle
+        report = GcReport()
+        scans = [await self.scan_repository(name) for name in await self.repository_names()]
+        report.repositories = len(scans)
+
+        marked: set[Digest] = set()
+        kept_by_repo: dict[str, set[Digest]] = {}
+        for scan in scans:
+            kept = self.kept_manifests(scan, cutoff)
+            kept_by_repo[scan.name] = kept
+            for digest in sorted(kept, key=str):
+                marked.add(digest)
+                marked.update(scan.manifests[digest].blobs)
+            report.manifests_marked += len(kept)
+        report.blobs_marked = len(marked)
+
+        trash = f"{TRASH}/{uuid.uuid4()}"
+        set_aside: list[tuple[str, str]] = []
+
+        async def set_aside_path(path: str) -> bool:
+            if self.options.dry_run:
+                return True
+            # Each item gets its own slot: a directory set aside may contain an earlier one.
+            aside = f"{trash}/{len(set_aside)}{path}"
+            try:
+                await self.driver.move(path, aside)
+            except PathNotFoundError:
+                return False
+            set_aside.append((path, aside))
+            return True
+
+        # Manifests of each repository that are not kept, and what points at them.
+        for scan in scans:
+            kept = kept_by_repo[scan.name]
+            for digest, info in sorted(scan.manifests.items(), key=lambda item: str(item[0])):
+                if digest in kept or info.mtime >= cutoff:
+                    continue
+                self.emit(f"{scan.name}: manifest eligible for deletion: {digest}")
+                if await set_aside_path(layout.revision_dir(scan.name, digest)):
+                    report.manifests_deleted.append((scan.name, digest))
+                    if info.subject is not None:
+                        await set_aside_path(layout.referrer_dir(scan.name, info.subject, digest))
+            gone = {d for name, d in report.manifests_deleted if name == scan.name}
+            for tag, history in scan.tag_history.items():
+                for digest in history:
+                    if digest in gone:
+                        await set_aside_path(
+                            f"{layout.tag_dir(scan.name, tag)}/index/{digest.algorithm}/{digest.hex}"
+                        )
+
+        # Blobs nothing kept references.
+        blob_sizes: dict[Digest, int] = {}
+        for digest in await self._all_blobs():
+            if digest in marked:
+                continue
+            try:
+                blob = await self.driver.stat(layout.blob_data(digest))
+            except PathNotFoundError:
+                continue
+            if blob.mtime >= cutoff:
+                continue
+            self.emit(f"blob eligible for deletion: {digest}")
+            if await set_aside_path(layout.blob_dir(digest)):
+                if not self.options.dry_run:
+                    self.emit(f"Deleting blob: {layout.blob_dir(digest)}")
+                blob_sizes[digest] = blob.size
+                report.blobs_deleted.append(digest)
+
+        # Layer links that no kept manifest of their repository uses.
+        for scan in scans:
+            used: set[Digest] = set()
+            for digest in kept_by_repo[scan.name]:
+                used.update(scan.manifests[digest].blobs)
+            for digest, mtime in scan.layers.items():
+                if digest in used or mtime >= cutoff:
+                    continue
+                if await set_aside_path(layout.layer_dir(scan.name, digest)):
+                    report.layer_links_deleted += 1
+
+        # Repositories left without manifests leave the catalog, which lists a directory
+        # as a repository only while it has ``_manifests``.
+        for scan in scans:
+            if kept_by_repo[scan.name] or any(i.mtime >= cutoff for i in scan.manifests.values()):
+                continue
+            if await set_aside_path(layout.manifests(scan.name)):
+                report.repositories_removed.append(scan.name)
+                self.emit(f"{scan.name}: repository has no manifests left; removing it")
+
+        if not self.options.dry_run and set_aside:
+            await asyncio.sleep(self.options.settle)
+            report.restored = await self._decide(set_aside, cutoff, report)
+            try:
+                await self.driver.delete(trash)
+            except PathNotFoundError:
+                pass
+        report.bytes_freed = sum(blob_sizes[digest] for digest in report.blobs_deleted)
+        report.duration = time.monotonic() - started
+        return report
+
+    async def _all_blobs(self) -> list[Digest]:
+        found = []
+        for algorithm in await self._children(layout.BLOBS):
+            for prefix in await self._children(f"{layout.BLOBS}/{algorithm}"):
+                for encoded in await self._children(f"{layout.BLOBS}/{algorithm}/{prefix}"):
+                    text = f"{algorithm}:{encoded}"
+                    if Digest.is_valid(text) and encoded.startswith(prefix):
+                        found.append(Digest.parse(text))
+        return found
+
+    async def _recently_touched(self, path: str, cutoff: float) -> bool:
+        try:
+            async for info in self.driver.walk(path):
+                if not info.is_dir and info.mtime >= cutoff:
+                    return True
+        except PathNotFoundError:
+            try:
+                return (await self.driver.stat(path)).mtime >= cutoff
+            except PathNotFoundError:
+                return False
+        return False
+
+    async def _decide(
+        self, set_aside: list[tuple[str, str]], cutoff: float, report: GcReport
+    ) -> int:
+        """Put back whatever was touched while set aside; what remains in the trash goes."""
+        restored = 0
+        for original, aside in set_aside:
+            if not await self._recently_touched(aside, cutoff):
+                continue
+            await self._restore(aside, original)
+            restored += 1
+            log.info("garbage collection: %s was used while set aside; kept", original)
+            self._unreport(original, report)
+        return restored
+
+    def _unreport(self, original: str, report: GcReport) -> None:
+        for digest in list(report.blobs_deleted):
+            if original == layout.blob_dir(digest):
+                report.blobs_deleted.remove(digest)
+        for name, digest in list(report.manifests_deleted):
+            if original == layout.revision_dir(name, digest):
+                report.manifests_deleted.remove((name, digest))
+        for name in list(report.repositories_removed):
+            if original == layout.manifests(name):
+                report.repositories_removed.remove(name)
+
+    async def _restore(self, aside: str, original: str) -> None:
+        """Move back, merging with whatever a client created at the original path since."""
+        try:
+            dest = await self.driver.stat(original)
+        except PathNotFoundError:
+            await self.driver.move(aside, original)
+            return
+        source = await self.driver.stat(aside)
+        if not (dest.is_dir and source.is_dir):
+            return  # the original path holds newer content already
+        for child in await self._children(aside):
+            await self._restore(f"{aside}/{child}", f"{original}/{child}")

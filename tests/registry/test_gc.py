@@ -1,0 +1,166 @@
+"""Mark-and-sweep on random graphs of manifests, indexes, referrers and tags."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dockyard.registry import Registry, RegistryOptions
+from dockyard.registry.digest import Digest
+from dockyard.registry.gc import GarbageCollector, GcOptions
+from dockyard.registry.manifests import OCI_INDEX, OCI_MANIFEST
+from dockyard.storage import MemoryDriver
+
+LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar"
+CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
+
+
+@dataclass
+class Node:
+    """One manifest of the random graph, as the test generates it."""
+
+    repo: int
+    blobs: list[int] = field(default_factory=list)
+    children: list[int] = field(default_factory=list)
+    subject: int | None = None
+    tag: str | None = None
+
+
+@st.composite
+def graphs(draw: st.DrawFn) -> tuple[int, int, list[Node]]:
+    repos = draw(st.integers(1, 3))
+    blob_count = draw(st.integers(1, 8))
+    nodes: list[Node] = []
+    for index in range(draw(st.integers(1, 10))):
+        repo = draw(st.integers(0, repos - 1))
+        node = Node(repo)
+        earlier = [i for i, n in enumerate(nodes) if n.repo == repo]
+        kind = draw(st.sampled_from(["image", "image", "index", "referrer"]))
+        if kind == "index" and earlier:
+            node.children = sorted(set(draw(st.lists(st.sampled_from(earlier), min_size=1, max_size=3))))
+        else:
+            node.blobs = sorted(set(draw(st.lists(st.integers(0, blob_count - 1), min_size=1, max_size=4))))
+        if kind == "referrer" and earlier:
+            node.subject = draw(st.sampled_from(earlier))
+        if draw(st.booleans()):
+            node.tag = f"t{index}"
+        nodes.append(node)
+    return repos, blob_count, nodes
+
+
+def blob_bytes(i: int) -> bytes:
+    return f"blob-{i}".encode()
+
+
+def manifest_bytes(node: Node, index: int, digests: dict[int, Digest], sizes: dict[int, int]) -> tuple[bytes, str]:
+    body: dict[str, object] = {"schemaVersion": 2}
+    if node.children:
+        body["mediaType"] = OCI_INDEX
+        body["manifests"] = [
+            {"mediaType": OCI_MANIFEST, "digest": str(digests[c]), "size": sizes[c]} for c in node.children
+        ]
+    else:
+        body["mediaType"] = OCI_MANIFEST
+        config, *layers = node.blobs + node.blobs[:1] if len(node.blobs) == 1 else node.blobs
+        body["config"] = {"mediaType": CONFIG_TYPE, "digest": str(Digest.of(blob_bytes(config))), "size": len(blob_bytes(config))}
+        body["layers"] = [
+            {"mediaType": LAYER_TYPE, "digest": str(Digest.of(blob_bytes(b))), "size": len(blob_bytes(b))} for b in layers
+        ]
+        body["annotations"] = {"index": str(index)}
+    if node.subject is not None:
+        body["subject"] = {"mediaType": OCI_MANIFEST, "digest": str(digests[node.subject]), "size": sizes[node.subject]}
+    data = json.dumps(body).encode()
+    return data, str(body["mediaType"])
+
+
+def expected_kept(nodes: list[Node], delete_untagged: bool) -> set[int]:
+    """The specification: tagged manifests (or all), their children, referrers of kept ones."""
+    kept = {i for i, n in enumerate(nodes) if n.tag is not None}
+    if not delete_untagged:
+        kept |= {i for i, n in enumerate(nodes) if n.subject is None}
+    changed = True
+    while changed:
+        changed = False
+        for i, node in enumerate(nodes):
+            if i in kept:
+                for child in node.children:
+                    if child not in kept:
+                        kept.add(child)
+                        changed = True
+            elif node.subject is not None and node.subject in kept:
+                kept.add(i)
+                changed = True
+    return kept
+
+
+async def build(repos: int, blob_count: int, nodes: list[Node]) -> tuple[Registry, dict[int, Digest]]:
+    registry = Registry(MemoryDriver(), RegistryOptions(delete_enabled=True))
+    for r in range(repos):
+        repo = registry.repository(f"repo{r}")
+        for b in range(blob_count):
+            digest = await registry.blobs.put(blob_bytes(b))
+            await repo.blobs.link(digest)
+    digests: dict[int, Digest] = {}
+    sizes: dict[int, int] = {}
+    for index, node in enumerate(nodes):
+        data, media_type = manifest_bytes(node, index, digests, sizes)
+        manifest = await registry.repository(f"repo{node.repo}").manifests.put(data, media_type, node.tag, None)
+        digests[index] = manifest.digest
+        sizes[index] = len(data)
+    return registry, digests
+
+
+async def collect(registry: Registry, delete_untagged: bool, dry_run: bool = False) -> None:
+    # Everything was written before the collection starts, so no delay is needed.
+    await asyncio.sleep(0.01)
+    options = GcOptions(dry_run=dry_run, delete_untagged=delete_untagged, delay=0, settle=0)
+    await GarbageCollector(registry.driver, options).run()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(graph=graphs(), delete_untagged=st.booleans())
+def test_nothing_reachable_is_swept_and_nothing_unreachable_survives(
+    graph: tuple[int, int, list[Node]], delete_untagged: bool
+) -> None:
+    asyncio.run(_check_collection(graph, delete_untagged))
+
+
+async def _check_collection(graph: tuple[int, int, list[Node]], delete_untagged: bool) -> None:
+    repos, blob_count, nodes = graph
+    registry, digests = await build(repos, blob_count, nodes)
+    await collect(registry, delete_untagged)
+    kept = expected_kept(nodes, delete_untagged)
+    kept_digests = {(nodes[i].repo, digests[i]) for i in kept}
+    needed_blobs = {Digest.of(blob_bytes(b)) for i in kept for b in nodes[i].blobs}
+    needed_blobs |= {digests[i] for i in kept}
+    for index, node in enumerate(nodes):
+        repo = registry.repository(f"repo{node.repo}")
+        present = await repo.manifests.exists(digests[index])
+        # The same bytes can be pushed as two nodes; the digest decides.
+        assert present == ((node.repo, digests[index]) in kept_digests), (index, node)
+        if present:
+            await repo.manifests.get(digests[index])
+            for blob in nodes[index].blobs:
+                assert await repo.blobs.stat(Digest.of(blob_bytes(blob)))
+        if node.tag is not None:
+            assert await repo.tags.resolve(node.tag) == digests[index]
+    for b in range(blob_count):
+        digest = Digest.of(blob_bytes(b))
+        assert await registry.blobs.exists(digest) == (digest in needed_blobs), b
+
+
+@settings(max_examples=40, deadline=None)
+@given(graph=graphs(), delete_untagged=st.booleans())
+def test_dry_run_changes_nothing(graph: tuple[int, int, list[Node]], delete_untagged: bool) -> None:
+    async def check() -> None:
+        registry, _ = await build(*graph)
+        before = [(i.path, i.size) async for i in registry.driver.walk("/docker")]
+        await collect(registry, delete_untagged, dry_run=True)
+        after = [(i.path, i.size) async for i in registry.driver.walk("/docker")]
+        assert before == after
+
+    asyncio.run(check())
