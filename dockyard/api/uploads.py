@@ -45,11 +45,11 @@ async def start_upload(request: web.Request, name: str) -> web.StreamResponse:
     mount = request.query.get("mount")
     source = request.query.get("from")
     if mount is not None and source and NAME_PATTERN.match(source):
-        digest = Digest.parse(mount)
+        mounted = Digest.parse(mount)
         origin = registry.repository(source)
-        if await origin.blobs.is_linked(digest) and await registry.blobs.hold(digest):
-            await repo.blobs.link(digest)
-            return _blob_created(request, name, await registry.blobs.stat(digest))
+        if await origin.blobs.is_linked(mounted) and await registry.blobs.hold(mounted):
+            await repo.blobs.link(mounted)
+            return _blob_created(request, name, await registry.blobs.stat(mounted))
     digest_text = request.query.get("digest")
     digest = Digest.parse(digest_text) if digest_text is not None else None
     session = await registry.uploads.start(repo.name)

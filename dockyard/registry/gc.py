@@ -9,8 +9,8 @@ they reference. Sweep: what is left is removed in three steps.
    repository) is *moved* into a trash directory. Moving is atomic, so from then on the
    registry sees it as gone.
 2. Settle: wait ``settle`` seconds.
-3. Decide: a candidate any of whose files was modified after ``cutoff`` is put back;
-   the rest is deleted.
+3. Decide: a candidate any of whose files was modified after ``start - hold_limit`` is
+   put back; the rest is deleted.
 
 Why nothing a kept manifest reaches is lost. Every push that references existing content
 *holds* it first: it touches the link or blob file (sets its mtime to now) and, in the
@@ -23,13 +23,16 @@ a blob held at t1 (t3 - t1 < hold_limit):
 * held after the blob was set aside: the touch fails, the push is refused, nothing
   references the blob;
 * held before it was set aside, committed after the mark began: the touch happened at
-  t1 > start - hold_limit >= cutoff, before the decision, so the decision sees a recent
-  mtime and puts the blob back.
+  t1 > start - hold_limit, before the decision, so the decision sees a recent mtime and
+  puts the blob back. (A blob touched after ``start - hold_limit`` is not even set aside.)
 
-New uploads and links are recent by their own mtime. ``delay`` keeps content younger
-than itself whatever references it, so layers pushed for a manifest that has not arrived
-yet survive: a manifest pushed later than ``delay`` after its layers may be refused
-(``MANIFEST_BLOB_UNKNOWN``, and the client pushes them again), never left dangling.
+``delay`` protects pushes in flight: a repository's layer link or manifest revision
+written less than ``delay`` ago keeps its content, so layers pushed for a manifest that
+has not arrived yet survive. Deleting a manifest ages the links it held (see
+``ManifestStore.delete``), so what it alone used is freed by the next collection, as
+users of ``registry garbage-collect`` expect. A manifest pushed more than ``delay``
+after its layers, with a collection in between, is refused (``MANIFEST_BLOB_UNKNOWN``,
+and the client pushes the layers again): never left dangling.
 """
 
 from __future__ import annotations
@@ -61,6 +64,15 @@ class GcOptions:
     delay: float = 3600.0
     # Must exceed twice the registry's hold_limit; see the module docstring.
     settle: float = 10.0
+
+    @property
+    def hold_limit(self) -> float:
+        return hold_limit_for(self.settle)
+
+
+def hold_limit_for(settle: float) -> float:
+    """The registry's hold limit that a collection settling for ``settle`` seconds allows."""
+    return settle * 0.4
 
 
 @dataclass(slots=True)
@@ -242,7 +254,10 @@ class GarbageCollector:
     async def run(self) -> GcReport:
         started = time.monotonic()
         start = time.time()
-        cutoff = start - self.options.delay - self.options.settle
+        # Links and manifests written within ``delay`` belong to pushes that may not be
+        # finished; any file touched after ``held`` may be held by a push in flight.
+        held = start - self.options.hold_limit
+        cutoff = min(start - self.options.delay, held)
         report = GcReport()
         scans = [await self.scan_repository(name) for name in await self.repository_names()]
         report.repositories = len(scans)
@@ -301,7 +316,9 @@ class GarbageCollector:
                 blob = await self.driver.stat(layout.blob_data(digest))
             except PathNotFoundError:
                 continue
-            if blob.mtime >= cutoff:
+            if blob.mtime >= held or any(
+                scan.layers.get(digest, 0.0) >= cutoff for scan in scans
+            ):
                 continue
             self.emit(f"blob eligible for deletion: {digest}")
             if await set_aside_path(layout.blob_dir(digest)):
@@ -332,7 +349,7 @@ class GarbageCollector:
 
         if not self.options.dry_run and set_aside:
             await asyncio.sleep(self.options.settle)
-            report.restored = await self._decide(set_aside, cutoff, report)
+            report.restored = await self._decide(set_aside, held, report)
             try:
                 await self.driver.delete(trash)
             except PathNotFoundError:

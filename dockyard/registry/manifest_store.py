@@ -27,6 +27,10 @@ from dockyard.registry.tags import TagStore
 from dockyard.storage.driver import PathNotFoundError, StorageDriver
 
 
+# The modification time given to links a deleted manifest no longer needs.
+RELEASED_MTIME = 0.0
+
+
 @dataclass(frozen=True, slots=True)
 class StoredManifest:
     digest: Digest
@@ -114,6 +118,21 @@ class ManifestStore:
             await self.tags.tag(tag, actual)
         return manifest
 
+    async def _release(self, manifest: Manifest) -> None:
+        """Age the links this manifest held, so a collection may free them right away.
+
+        Links of content pushed recently are kept by garbage collection for a while, for a
+        push whose manifest has not arrived yet; a deleted manifest's content is not that.
+        Another manifest still using it keeps it by reference, whatever its age.
+        """
+        paths = [layout.layer_link(self.name, blob) for blob in manifest.referenced_blobs()]
+        paths += [layout.revision_link(self.name, child.digest) for child in manifest.children]
+        for path in paths:
+            try:
+                await self.driver.touch(path, mtime=RELEASED_MTIME)
+            except PathNotFoundError:
+                continue
+
     async def _hold_references(self, manifest: Manifest) -> None:
         """Check every referenced blob and child manifest is there, marking each in use."""
         for blob in manifest.required_blobs():
@@ -135,6 +154,8 @@ class ManifestStore:
             manifest = parse_stored(stored.data, digest)
         except Exception:
             manifest = None
+        if manifest is not None:
+            await self._release(manifest)
         if manifest is not None and manifest.subject is not None:
             await delete_if_exists(
                 self.driver,

@@ -127,10 +127,12 @@ class StorageDriver(ABC):
     @abstractmethod
     async def stat(self, path: str) -> FileInfo: ...
 
-    async def touch(self, path: str) -> None:
-        """Set the file's modification time to now (garbage collection reads it as "in use").
+    async def touch(self, path: str, mtime: float | None = None) -> None:
+        """Set the file's modification time, to now by default.
 
-        Backends without a cheap way to do that rewrite the content.
+        Garbage collection reads a recent time as "in use" and an old one as "free to
+        go". Backends without a cheap way to set it rewrite the content, which gives it
+        the current time whatever ``mtime`` asks for: the safe direction.
         """
         await self.write(path, await self.read(path))
 

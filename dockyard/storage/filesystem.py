@@ -388,12 +388,12 @@ class FilesystemDriver(StorageDriver):
         with _translated(path, _LISTING_MISSING):
             return _info(path, os.stat(real))
 
-    async def touch(self, path: str) -> None:
+    async def touch(self, path: str, mtime: float | None = None) -> None:
         real = self._resolve(path)
         with _translated(path, _READ_MISSING):
             if S_ISDIR(os.stat(real).st_mode):
                 raise PathNotFoundError(path)
-            os.utime(real)
+            os.utime(real, None if mtime is None else (mtime, mtime))
 
     async def list(self, path: str) -> list[str]:
         real = self._resolve(path)

@@ -226,8 +226,11 @@ class MemoryDriver(StorageDriver):
             raise PathNotFoundError(path)
         return _info(path, node)
 
-    async def touch(self, path: str) -> None:
-        self._tree.file(path).touch()
+    async def touch(self, path: str, mtime: float | None = None) -> None:
+        file = self._tree.file(path)
+        file.touch()
+        if mtime is not None:
+            file.mtime = mtime
 
     async def list(self, path: str) -> list[str]:
         return sorted(self._tree.directory(path).children)

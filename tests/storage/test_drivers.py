@@ -559,6 +559,8 @@ async def test_touch_moves_the_modification_time_and_keeps_the_content(
     after = await driver.stat("/dir/link")
     assert after.mtime > before
     assert await driver.read("/dir/link") == b"sha256:" + b"b" * 64
+    await driver.touch("/dir/link", mtime=1_000_000.0)
+    assert (await driver.stat("/dir/link")).mtime == 1_000_000.0
     with pytest.raises(PathNotFoundError):
         await driver.touch("/dir")
 
