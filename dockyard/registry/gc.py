@@ -95,6 +95,22 @@ class RepositoryScan:
 
 
 @dataclass(slots=True)
+class GcPlan:
+    """The outcome of the mark phase: what is kept and what would go."""
+
+    started_at: float
+    held: float
+    scans: list[RepositoryScan] = field(default_factory=list)
+    kept: dict[str, set[Digest]] = field(default_factory=dict)
+    marked: set[Digest] = field(default_factory=set)
+    manifests: list[tuple[str, Digest, Digest | None]] = field(default_factory=list)
+    tag_history: list[tuple[str, str, Digest]] = field(default_factory=list)
+    blobs: dict[Digest, int] = field(default_factory=dict)
+    layer_links: list[tuple[str, Digest]] = field(default_factory=list)
+    repositories: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class GcReport:
     repositories: int = 0
     manifests_marked: int = 0
@@ -249,36 +265,88 @@ class GarbageCollector:
             ]
         return kept
 
-    # --- the run --------------------------------------------------------------------
+    # --- planning -------------------------------------------------------------------
 
-    async def run(self) -> GcReport:
-        started = time.monotonic()
+    async def plan(self) -> GcPlan:
+        """What a collection would remove now; reads only."""
         start = time.time()
         # Links and manifests written within ``delay`` belong to pushes that may not be
         # finished; any file touched after ``held`` may be held by a push in flight.
         held = start - self.options.hold_limit
         cutoff = min(start - self.options.delay, held)
-        report = GcReport()
-        scans = [await self.scan_repository(name) for name in await self.repository_names()]
-        report.repositories = len(scans)
-
-        marked: set[Digest] = set()
-        kept_by_repo: dict[str, set[Digest]] = {}
-        for scan in scans:
+        plan = GcPlan(started_at=start, held=held)
+        plan.scans = [await self.scan_repository(name) for name in await self.repository_names()]
+        for scan in plan.scans:
             kept = self.kept_manifests(scan, cutoff)
-            kept_by_repo[scan.name] = kept
-            for digest in sorted(kept, key=str):
-                marked.add(digest)
-                marked.update(scan.manifests[digest].blobs)
-            report.manifests_marked += len(kept)
-        report.blobs_marked = len(marked)
+            plan.kept[scan.name] = kept
+            for digest in kept:
+                plan.marked.add(digest)
+                plan.marked.update(scan.manifests[digest].blobs)
 
+        for scan in plan.scans:
+            kept = plan.kept[scan.name]
+            gone = {
+                digest
+                for digest, info in scan.manifests.items()
+                if digest not in kept and info.mtime < cutoff
+            }
+            for digest in sorted(gone, key=str):
+                plan.manifests.append((scan.name, digest, scan.manifests[digest].subject))
+            for tag, history in scan.tag_history.items():
+                plan.tag_history.extend((scan.name, tag, d) for d in history if d in gone)
+            used: set[Digest] = set()
+            for digest in kept:
+                used.update(scan.manifests[digest].blobs)
+            plan.layer_links.extend(
+                (scan.name, digest)
+                for digest, mtime in sorted(scan.layers.items(), key=lambda item: str(item[0]))
+                if digest not in used and mtime < cutoff
+            )
+            if not kept and not any(i.mtime >= cutoff for i in scan.manifests.values()):
+                plan.repositories.append(scan.name)
+
+        for digest in await self._all_blobs():
+            if digest in plan.marked:
+                continue
+            try:
+                blob = await self.driver.stat(layout.blob_data(digest))
+            except PathNotFoundError:
+                continue
+            if blob.mtime >= held or any(s.layers.get(digest, 0.0) >= cutoff for s in plan.scans):
+                continue
+            plan.blobs[digest] = blob.size
+        return plan
+
+    # --- the run --------------------------------------------------------------------
+
+    async def run(self) -> GcReport:
+        started = time.monotonic()
+        plan = await self.plan()
+        report = GcReport(
+            repositories=len(plan.scans),
+            manifests_marked=sum(len(kept) for kept in plan.kept.values()),
+            blobs_marked=len(plan.marked),
+        )
+        for name, digest, _ in plan.manifests:
+            self.emit(f"{name}: manifest eligible for deletion: {digest}")
+        for digest in plan.blobs:
+            self.emit(f"blob eligible for deletion: {digest}")
+        if self.options.dry_run:
+            report.manifests_deleted = [(name, digest) for name, digest, _ in plan.manifests]
+            report.blobs_deleted = list(plan.blobs)
+            report.layer_links_deleted = len(plan.layer_links)
+            report.repositories_removed = list(plan.repositories)
+        else:
+            await self._execute(plan, report)
+        report.bytes_freed = sum(plan.blobs[digest] for digest in report.blobs_deleted)
+        report.duration = time.monotonic() - started
+        return report
+
+    async def _execute(self, plan: GcPlan, report: GcReport) -> None:
         trash = f"{TRASH}/{uuid.uuid4()}"
         set_aside: list[tuple[str, str]] = []
 
         async def set_aside_path(path: str) -> bool:
-            if self.options.dry_run:
-                return True
             # Each item gets its own slot: a directory set aside may contain an earlier one.
             aside = f"{trash}/{len(set_aside)}{path}"
             try:
@@ -288,75 +356,33 @@ class GarbageCollector:
             set_aside.append((path, aside))
             return True
 
-        # Manifests of each repository that are not kept, and what points at them.
-        for scan in scans:
-            kept = kept_by_repo[scan.name]
-            for digest, info in sorted(scan.manifests.items(), key=lambda item: str(item[0])):
-                if digest in kept or info.mtime >= cutoff:
-                    continue
-                self.emit(f"{scan.name}: manifest eligible for deletion: {digest}")
-                if await set_aside_path(layout.revision_dir(scan.name, digest)):
-                    report.manifests_deleted.append((scan.name, digest))
-                    if info.subject is not None:
-                        await set_aside_path(layout.referrer_dir(scan.name, info.subject, digest))
-            gone = {d for name, d in report.manifests_deleted if name == scan.name}
-            for tag, history in scan.tag_history.items():
-                for digest in history:
-                    if digest in gone:
-                        await set_aside_path(
-                            f"{layout.tag_dir(scan.name, tag)}/index/{digest.algorithm}/{digest.hex}"
-                        )
-
-        # Blobs nothing kept references.
-        blob_sizes: dict[Digest, int] = {}
-        for digest in await self._all_blobs():
-            if digest in marked:
-                continue
-            try:
-                blob = await self.driver.stat(layout.blob_data(digest))
-            except PathNotFoundError:
-                continue
-            if blob.mtime >= held or any(
-                scan.layers.get(digest, 0.0) >= cutoff for scan in scans
-            ):
-                continue
-            self.emit(f"blob eligible for deletion: {digest}")
+        for name, digest, subject in plan.manifests:
+            if await set_aside_path(layout.revision_dir(name, digest)):
+                report.manifests_deleted.append((name, digest))
+                if subject is not None:
+                    await set_aside_path(layout.referrer_dir(name, subject, digest))
+        for name, tag, digest in plan.tag_history:
+            await set_aside_path(f"{layout.tag_dir(name, tag)}/index/{digest.algorithm}/{digest.hex}")
+        for digest in plan.blobs:
             if await set_aside_path(layout.blob_dir(digest)):
-                if not self.options.dry_run:
-                    self.emit(f"Deleting blob: {layout.blob_dir(digest)}")
-                blob_sizes[digest] = blob.size
+                self.emit(f"Deleting blob: {layout.blob_dir(digest)}")
                 report.blobs_deleted.append(digest)
+        for name, digest in plan.layer_links:
+            if await set_aside_path(layout.layer_dir(name, digest)):
+                report.layer_links_deleted += 1
+        # The catalog lists a directory as a repository only while it has ``_manifests``.
+        for name in plan.repositories:
+            if await set_aside_path(layout.manifests(name)):
+                report.repositories_removed.append(name)
+                self.emit(f"{name}: repository has no manifests left; removing it")
 
-        # Layer links that no kept manifest of their repository uses.
-        for scan in scans:
-            used: set[Digest] = set()
-            for digest in kept_by_repo[scan.name]:
-                used.update(scan.manifests[digest].blobs)
-            for digest, mtime in scan.layers.items():
-                if digest in used or mtime >= cutoff:
-                    continue
-                if await set_aside_path(layout.layer_dir(scan.name, digest)):
-                    report.layer_links_deleted += 1
-
-        # Repositories left without manifests leave the catalog, which lists a directory
-        # as a repository only while it has ``_manifests``.
-        for scan in scans:
-            if kept_by_repo[scan.name] or any(i.mtime >= cutoff for i in scan.manifests.values()):
-                continue
-            if await set_aside_path(layout.manifests(scan.name)):
-                report.repositories_removed.append(scan.name)
-                self.emit(f"{scan.name}: repository has no manifests left; removing it")
-
-        if not self.options.dry_run and set_aside:
+        if set_aside:
             await asyncio.sleep(self.options.settle)
-            report.restored = await self._decide(set_aside, held, report)
+            report.restored = await self._decide(set_aside, plan.held, report)
             try:
                 await self.driver.delete(trash)
             except PathNotFoundError:
                 pass
-        report.bytes_freed = sum(blob_sizes[digest] for digest in report.blobs_deleted)
-        report.duration = time.monotonic() - started
-        return report
 
     async def _all_blobs(self) -> list[Digest]:
         found = []
