@@ -133,7 +133,10 @@ class GcReport:
         )
 
 
-def references_of(data: bytes) -> tuple[list[Digest], list[Digest], Digest | None]:
+References = tuple[list[Digest], list[Digest], Digest | None]
+
+
+def references_of(data: bytes) -> References:
     """Blobs, child manifests and subject a stored manifest names, whatever its schema.
 
     Lenient on purpose: a store written by another registry may hold manifests this
@@ -161,16 +164,32 @@ def references_of(data: bytes) -> tuple[list[Digest], list[Digest], Digest | Non
     return blobs, children, subject[0] if subject else None
 
 
+@dataclass(slots=True)
+class ScanCache:
+    """What never changes under a digest, kept between scans (usage pages rescan often)."""
+
+    references: dict[Digest, References] = field(default_factory=dict)
+    sizes: dict[Digest, int] = field(default_factory=dict)
+    capacity: int = 200_000
+
+    def remember_references(self, digest: Digest, references: References) -> None:
+        if len(self.references) >= self.capacity:
+            self.references.clear()
+        self.references[digest] = references
+
+
 class GarbageCollector:
     def __init__(
         self,
         driver: StorageDriver,
         options: GcOptions,
         emit: Callable[[str], None] | None = None,
+        cache: ScanCache | None = None,
     ) -> None:
         self.driver = driver
         self.options = options
         self.emit = emit or (lambda line: None)
+        self.cache = cache or ScanCache()
 
     # --- scanning -------------------------------------------------------------------
 
@@ -222,11 +241,16 @@ class GarbageCollector:
             if mtime is None:
                 continue
             info = ManifestInfo(digest, mtime)
-            try:
-                data = await self.driver.read(layout.blob_data(digest))
-            except PathNotFoundError:
-                data = b""
-            info.blobs, info.children, info.subject = references_of(data)
+            references = self.cache.references.get(digest)
+            if references is None:
+                try:
+                    data = await self.driver.read(layout.blob_data(digest))
+                except PathNotFoundError:
+                    data = b""
+                references = references_of(data)
+                if data:
+                    self.cache.remember_references(digest, references)
+            info.blobs, info.children, info.subject = references
             scan.manifests[digest] = info
         for tag in await self._children(layout.tags(name)):
             current = await read_link(self.driver, layout.tag_current_link(name, tag))
@@ -305,7 +329,7 @@ class GarbageCollector:
             if not kept and not any(i.mtime >= cutoff for i in scan.manifests.values()):
                 plan.repositories.append(scan.name)
 
-        for digest in await self._all_blobs():
+        for digest in await self.all_blobs():
             if digest in plan.marked:
                 continue
             try:
@@ -384,7 +408,7 @@ class GarbageCollector:
             except PathNotFoundError:
                 pass
 
-    async def _all_blobs(self) -> list[Digest]:
+    async def all_blobs(self) -> list[Digest]:
         found = []
         for algorithm in await self._children(layout.BLOBS):
             for prefix in await self._children(f"{layout.BLOBS}/{algorithm}"):
