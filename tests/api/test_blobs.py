@@ -12,6 +12,7 @@ from tests.support.api_helpers import (
     push_blob,
     push_image,
     sha256_digest,
+    start_upload,
     target_kind,
 )
 
@@ -169,6 +170,11 @@ def test_deletes_disabled_are_unsupported(server_factory: ServerFactory) -> None
             405,
             "UNSUPPORTED",
         )
+        # Tag deletion is deletion too (the spec allows 400 or 405; 405 as for the rest).
+        assert_error(client.delete("/v2/nodelete/repo/manifests/v1"), 405, "UNSUPPORTED")
+        # Cancelling an upload deletes no content, so it stays allowed.
+        location = start_upload(client, "nodelete/repo")
+        assert client.delete(location).status_code == 204
         # The refusals changed nothing.
         assert client.head(f"/v2/nodelete/repo/blobs/{layer.digest}").status_code == 200
         assert get_manifest(client, "nodelete/repo", "v1").status_code == 200
