@@ -7,13 +7,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from dockyard.api import health, routes
+from dockyard.api import extensions, health, routes
 from dockyard.api.context import CATALOG_MAX_ENTRIES, REGISTRY, URLS
 from dockyard.api.errors import error_middleware, error_response
 from dockyard.api.urls import UrlBuilder
 from dockyard.config import Config
 from dockyard.errors import Unavailable
 from dockyard.registry import Registry, RegistryOptions
+from dockyard.registry.gc import GcOptions, hold_limit_for
 from dockyard.storage import create_driver
 
 API_VERSION_HEADER = ("Docker-Distribution-Api-Version", "registry/2.0")
@@ -24,6 +25,7 @@ def build_registry(config: Config) -> Registry:
     options = RegistryOptions(
         delete_enabled=config.storage.delete.enabled,
         read_only=config.storage.maintenance.readonly.enabled,
+        hold_limit=hold_limit_for(config.dockyard.gc.settle.total_seconds()),
     )
     return Registry(driver, options)
 
@@ -56,6 +58,14 @@ def create_app(config: Config, registry: Registry | None = None) -> web.Applicat
     app[REGISTRY] = registry
     app[URLS] = UrlBuilder(config.http.prefix, config.http.host, config.http.relativeurls)
     app[CATALOG_MAX_ENTRIES] = config.catalog.maxentries
+    gc = config.dockyard.gc
+    app[extensions.COLLECTOR] = extensions.CollectorState(
+        GcOptions(
+            delete_untagged=gc.deleteuntagged,
+            delay=gc.delay.total_seconds(),
+            settle=gc.settle.total_seconds(),
+        )
+    )
     if checker is not None:
         app[health.STORAGE_HEALTH] = checker
     app.on_response_prepare.append(_header_adder(config))

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from dockyard.api import blobs, listing, manifests, referrers, uploads
+from dockyard.api import blobs, extensions, listing, manifests, referrers, uploads
 from dockyard.errors import NameUnknown, Unsupported
 
 Endpoint = Callable[..., Awaitable[web.StreamResponse]]
@@ -25,6 +25,12 @@ async def base(request: web.Request) -> web.StreamResponse:
 _ROUTES: list[tuple[re.Pattern[str], dict[str, Endpoint]]] = [
     (re.compile(r"^/?$"), {"GET": base, "HEAD": base}),
     (re.compile(r"^_catalog$"), {"GET": listing.list_catalog}),
+    (re.compile(r"^_dockyard/usage$"), {"GET": extensions.usage}),
+    (
+        re.compile(r"^_dockyard/gc$"),
+        {"GET": extensions.collection_status, "POST": extensions.collect},
+    ),
+    (re.compile(r"^_dockyard/repositories/(?P<name>.+)$"), {"DELETE": extensions.delete_repository}),
     (re.compile(r"^(?P<name>.+)/tags/list$"), {"GET": listing.list_tags}),
     (
         re.compile(r"^(?P<name>.+)/manifests/(?P<reference>[^/]+)$"),

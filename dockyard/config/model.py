@@ -1,0 +1,256 @@
+"""Distribution's ``config.yml`` as pydantic models, with Distribution's key names.
+
+Only the shape and defaults live here; reading the file, environment overrides and
+warnings about keys Dockyard does not act on live in ``load``.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+
+
+def parse_go_duration(value: Any) -> timedelta:
+    """Go's ``time.Duration`` as YAML gives it: ``"1h30m"``, ``"10s"``, or nanoseconds."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("a duration is a string such as 10s or 1h30m")
+    if isinstance(value, int | float):
+        return timedelta(seconds=value / 1e9)
+    if not isinstance(value, str):
+        raise ValueError("a duration is a string such as 10s or 1h30m")
+    text = value.strip()
+    sign = -1.0 if text.startswith("-") else 1.0
+    text = text.lstrip("+-")
+    if text == "0":
+        return timedelta(0)
+    position = 0
+    seconds = 0.0
+    for match in _GO_DURATION_PART.finditer(text):
+        if match.start() != position:
+            break
+        seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        position = match.end()
+    if position != len(text) or not text:
+        raise ValueError(f"invalid duration {value!r} (expected e.g. 10s, 5m, 1h30m)")
+    return timedelta(seconds=sign * seconds)
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_go_duration)]
+
+
+class Section(BaseModel):
+    # Unknown keys are reported by the loader with their line, not rejected here.
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class AccessLog(Section):
+    disabled: bool = False
+
+
+class Log(Section):
+    level: str = "info"
+    formatter: str = "text"
+    fields: dict[str, Any] = Field(default_factory=dict)
+    accesslog: AccessLog = Field(default_factory=AccessLog)
+    reportcaller: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> Log:
+        if self.level.lower() not in ("error", "warn", "warning", "info", "debug", "panic", "fatal"):
+            raise ValueError(f"unknown log level {self.level!r}")
+        if self.formatter not in ("text", "json", "logstash"):
+            raise ValueError(f"unknown log formatter {self.formatter!r}")
+        return self
+
+
+class Delete(Section):
+    enabled: bool = False
+
+
+class Cache(Section):
+    blobdescriptor: str | None = None
+    blobdescriptorsize: int | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Cache:
+        if self.blobdescriptor not in (None, "", "inmemory", "redis"):
+            raise ValueError(f"unknown blobdescriptor cache {self.blobdescriptor!r}")
+        return self
+
+
+class Redirect(Section):
+    disable: bool = False
+
+
+class UploadPurging(Section):
+    enabled: bool = True
+    age: Duration = timedelta(hours=168)
+    interval: Duration = timedelta(hours=24)
+    dryrun: bool = False
+
+
+class ReadOnly(Section):
+    enabled: bool = False
+
+
+class Maintenance(Section):
+    uploadpurging: UploadPurging = Field(default_factory=UploadPurging)
+    readonly: ReadOnly = Field(default_factory=ReadOnly)
+
+
+class TagOptions(Section):
+    concurrencylimit: int | None = None
+
+
+STORAGE_DRIVERS = ("filesystem", "inmemory", "s3", "gcs", "azure", "swift", "oss")
+STORAGE_OPTIONS = ("delete", "cache", "redirect", "maintenance", "tag")
+
+
+class Storage(Section):
+    delete: Delete = Field(default_factory=Delete)
+    cache: Cache = Field(default_factory=Cache)
+    redirect: Redirect = Field(default_factory=Redirect)
+    maintenance: Maintenance = Field(default_factory=Maintenance)
+    tag: TagOptions = Field(default_factory=TagOptions)
+    driver_name: str = "filesystem"
+    driver_params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pick_driver(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        drivers = [key for key in data if key in STORAGE_DRIVERS]
+        if len(drivers) > 1:
+            raise ValueError(f"storage must have exactly one driver, found {', '.join(drivers)}")
+        if not drivers:
+            raise ValueError(f"storage needs a driver: one of {', '.join(STORAGE_DRIVERS)}")
+        params = data[drivers[0]] or {}
+        if not isinstance(params, dict):
+            raise ValueError(f"storage.{drivers[0]} must be a mapping")
+        rest = {key: value for key, value in data.items() if key != drivers[0]}
+        return {**rest, "driver_name": drivers[0], "driver_params": params}
+
+
+class TLS(Section):
+    certificate: str | None = None
+    key: str | None = None
+    clientcas: list[str] = Field(default_factory=list)
+    minimumtls: str | None = None
+    ciphersuites: list[str] = Field(default_factory=list)
+    letsencrypt: dict[str, Any] | None = None
+
+
+class Prometheus(Section):
+    enabled: bool = False
+    path: str = "/metrics"
+
+
+class Debug(Section):
+    addr: str | None = None
+    prometheus: Prometheus = Field(default_factory=Prometheus)
+
+
+class HTTP2(Section):
+    disabled: bool = False
+
+
+class HTTP(Section):
+    addr: str = ":5000"
+    net: str = "tcp"
+    prefix: str = ""
+    host: str | None = None
+    secret: str | None = None
+    relativeurls: bool = False
+    draintimeout: Duration | None = None
+    headers: dict[str, list[str]] = Field(default_factory=dict)
+    tls: TLS = Field(default_factory=TLS)
+    debug: Debug = Field(default_factory=Debug)
+    http2: HTTP2 = Field(default_factory=HTTP2)
+
+    @model_validator(mode="after")
+    def _check(self) -> HTTP:
+        if self.net not in ("tcp", "unix"):
+            raise ValueError(f"http.net must be tcp or unix, not {self.net!r}")
+        return self
+
+
+class StorageDriverHealth(Section):
+    enabled: bool = False
+    interval: Duration = timedelta(seconds=10)
+    threshold: int = 3
+
+
+class Health(Section):
+    storagedriver: StorageDriverHealth = Field(default_factory=StorageDriverHealth)
+    file: list[dict[str, Any]] = Field(default_factory=list)
+    http: list[dict[str, Any]] = Field(default_factory=list)
+    tcp: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class Catalog(Section):
+    maxentries: int = 1000
+
+
+class GarbageCollection(Section):
+    """Dockyard's collector; ``enabled`` runs it inside ``dockyard serve`` every ``interval``."""
+
+    enabled: bool = False
+    interval: Duration = timedelta(hours=24)
+    delay: Duration = timedelta(hours=1)
+    settle: Duration = timedelta(seconds=10)
+    deleteuntagged: bool = False
+
+
+class UI(Section):
+    enabled: bool = True
+
+
+class Dockyard(Section):
+    """Settings Distribution does not have."""
+
+    ui: UI = Field(default_factory=UI)
+    workers: int | None = None
+    gc: GarbageCollection = Field(default_factory=GarbageCollection)
+
+
+class Config(Section):
+    version: str = "0.1"
+    log: Log = Field(default_factory=Log)
+    storage: Storage = Field(
+        default_factory=lambda: Storage.model_validate(
+            {"filesystem": {"rootdirectory": "/var/lib/registry"}}
+        )
+    )
+    auth: dict[str, Any] | None = None
+    middleware: dict[str, Any] | None = None
+    http: HTTP = Field(default_factory=HTTP)
+    notifications: dict[str, Any] | None = None
+    redis: dict[str, Any] | None = None
+    health: Health = Field(default_factory=Health)
+    proxy: dict[str, Any] | None = None
+    validation: dict[str, Any] | None = None
+    catalog: Catalog = Field(default_factory=Catalog)
+    dockyard: Dockyard = Field(default_factory=Dockyard)
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        if self.version != "0.1":
+            raise ValueError(f"version must be 0.1, not {self.version!r}")
+        return self
