@@ -44,7 +44,9 @@ def serve(config_path: str | None) -> None:
     listen = config.http.addr
     if config.http.net == "unix":
         log.info("listening on unix socket %s", listen)
-        web.run_app(app, path=listen, access_log=access_log, access_log_class=AccessLogger, print=None)
+        web.run_app(
+            app, path=listen, access_log=access_log, access_log_class=AccessLogger, print=None
+        )
         return
     host, port = parse_addr(listen)
     log.info("listening on %s", listen, extra={"fields": {"version": __version__}})
@@ -69,9 +71,7 @@ def _load_or_exit(config_path: str | None) -> Config:
 @main.command("garbage-collect")
 @click.argument("config_path", metavar="CONFIG")
 @click.option("--dry-run", "-d", is_flag=True, help="Report what would be deleted; change nothing.")
-@click.option(
-    "--delete-untagged", "-m", is_flag=True, help="Also delete manifests no tag reaches."
-)
+@click.option("--delete-untagged", "-m", is_flag=True, help="Also delete manifests no tag reaches.")
 @click.option(
     "--delay",
     type=float,
@@ -85,7 +85,11 @@ def _load_or_exit(config_path: str | None) -> Config:
     help="Seconds a candidate stays set aside before it is deleted.",
 )
 def garbage_collect(
-    config_path: str, dry_run: bool, delete_untagged: bool, delay: float | None, settle: float | None
+    config_path: str,
+    dry_run: bool,
+    delete_untagged: bool,
+    delay: float | None,
+    settle: float | None,
 ) -> None:
     """Delete blobs and manifests nothing references; safe while the registry serves."""
     from dockyard.registry.gc import GarbageCollector, GcOptions

@@ -78,7 +78,9 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(level: str, formatter: str, fields: dict[str, Any]) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(fields) if formatter in ("json", "logstash") else TextFormatter(fields))
+    handler.setFormatter(
+        JsonFormatter(fields) if formatter in ("json", "logstash") else TextFormatter(fields)
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(LEVELS.get(level.lower(), logging.INFO))

@@ -18,7 +18,9 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     """The single byte range asked for, as (start, end inclusive); None for the whole blob."""
     match = _RANGE.match(header.strip())
     if not match or (not match.group(1) and not match.group(2)):
-        raise RangeInvalid(detail={"Range": header[:100]}, headers={"Content-Range": f"bytes */{size}"})
+        raise RangeInvalid(
+            detail={"Range": header[:100]}, headers={"Content-Range": f"bytes */{size}"}
+        )
     first, last = match.group(1), match.group(2)
     if not first:
         start, end = max(size - int(last), 0), size - 1
@@ -26,7 +28,9 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
         start = int(first)
         end = min(int(last), size - 1) if last else size - 1
     if start >= size or end < start:
-        raise RangeInvalid(detail={"Range": header[:100]}, headers={"Content-Range": f"bytes */{size}"})
+        raise RangeInvalid(
+            detail={"Range": header[:100]}, headers={"Content-Range": f"bytes */{size}"}
+        )
     return start, end
 
 
@@ -48,7 +52,11 @@ async def get_blob(request: web.Request, name: str, digest_text: str) -> web.Str
         # mark it in use so a collection running meanwhile keeps it.
         await repo.blobs.hold(digest)
         return web.Response(status=200, headers={**headers, "Content-Length": str(descriptor.size)})
-    span = parse_range(request.headers["Range"], descriptor.size) if "Range" in request.headers else None
+    span = (
+        parse_range(request.headers["Range"], descriptor.size)
+        if "Range" in request.headers
+        else None
+    )
     redirect = await registry.blobs.redirect_url(digest, request.method)
     if redirect:
         raise web.HTTPTemporaryRedirect(redirect, headers=headers)

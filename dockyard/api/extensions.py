@@ -42,7 +42,9 @@ def report_json(report: GcReport, dry_run: bool) -> dict[str, Any]:
         "manifestsMarked": report.manifests_marked,
         "blobsMarked": report.blobs_marked,
         "blobsDeleted": [str(d) for d in report.blobs_deleted],
-        "manifestsDeleted": [{"repository": n, "digest": str(d)} for n, d in report.manifests_deleted],
+        "manifestsDeleted": [
+            {"repository": n, "digest": str(d)} for n, d in report.manifests_deleted
+        ],
         "layerLinksDeleted": report.layer_links_deleted,
         "repositoriesRemoved": report.repositories_removed,
         "bytesFreed": report.bytes_freed,

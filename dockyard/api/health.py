@@ -34,7 +34,7 @@ class StorageHealth:
             await self.driver.list("/docker")
         except PathNotFoundError:
             pass
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure of the backend is "unhealthy"
             self.failures += 1
             self.last_error = str(exc) or type(exc).__name__
             log.warning("storage driver health check failed: %s", self.last_error)

@@ -41,7 +41,7 @@ async def list_tags(request: web.Request, name: str) -> web.StreamResponse:
         tags = [tag for tag in tags if tag > last]
     headers = {}
     if n is not None:
-        if len(tags) > n and n > 0:
+        if len(tags) > n > 0:
             headers["Link"] = _link(request, f"{repo.name}/tags/list", n, tags[n - 1])
         tags = tags[:n]
     return web.json_response({"name": repo.name, "tags": tags}, headers=headers)

@@ -38,7 +38,9 @@ async def get_manifest(request: web.Request, name: str, reference: str) -> web.S
         "ETag": f'"{stored.digest}"',
     }
     if request.method == "HEAD":
-        return web.Response(status=200, headers={**headers, "Content-Length": str(len(stored.data))})
+        return web.Response(
+            status=200, headers={**headers, "Content-Length": str(len(stored.data))}
+        )
     return web.Response(status=200, body=stored.data, headers=headers)
 
 
@@ -57,7 +59,9 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.S
     registry = registry_of(request)
     registry.check_writable()
     repo = registry.repository(name)
-    tag, digest = (None, Digest.parse(reference)) if _is_digest(reference) else (check_tag(reference), None)
+    tag, digest = (
+        (None, Digest.parse(reference)) if _is_digest(reference) else (check_tag(reference), None)
+    )
     data = await _read_body(request)
     manifest = await repo.manifests.put(data, request.headers.get("Content-Type", ""), tag, digest)
     headers = {

@@ -9,10 +9,12 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import unquote
 
 from aiohttp import web
 
 from dockyard.api import blobs, extensions, listing, manifests, referrers, uploads
+from dockyard.api.context import urls_of
 from dockyard.errors import NameUnknown, Unsupported
 
 Endpoint = Callable[..., Awaitable[web.StreamResponse]]
@@ -30,7 +32,10 @@ _ROUTES: list[tuple[re.Pattern[str], dict[str, Endpoint]]] = [
         re.compile(r"^_dockyard/gc$"),
         {"GET": extensions.collection_status, "POST": extensions.collect},
     ),
-    (re.compile(r"^_dockyard/repositories/(?P<name>.+)$"), {"DELETE": extensions.delete_repository}),
+    (
+        re.compile(r"^_dockyard/repositories/(?P<name>.+)$"),
+        {"DELETE": extensions.delete_repository},
+    ),
     (re.compile(r"^(?P<name>.+)/tags/list$"), {"GET": listing.list_tags}),
     (
         re.compile(r"^(?P<name>.+)/manifests/(?P<reference>[^/]+)$"),
@@ -77,6 +82,16 @@ def resolve(tail: str, method: str) -> tuple[Endpoint, dict[str, Any]]:
     raise NameUnknown("no such endpoint", detail={"path": tail[:300]})
 
 
+def raw_tail(request: web.Request) -> str:
+    """The path after ``/v2/`` as the client encoded it.
+
+    Matching happens before percent-decoding, so an encoded ``/`` inside a tag or an
+    upload id stays inside that parameter and is refused by its own validation.
+    """
+    path = request.raw_path.split("?", 1)[0]
+    return path[len(urls_of(request).prefix) + len("/v2") :].lstrip("/")
+
+
 async def dispatch(request: web.Request) -> web.StreamResponse:
-    endpoint, params = resolve(request.match_info.get("tail", ""), request.method)
-    return await endpoint(request, **params)
+    endpoint, params = resolve(raw_tail(request), request.method)
+    return await endpoint(request, **{key: unquote(value) for key, value in params.items()})

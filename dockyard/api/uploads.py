@@ -33,9 +33,10 @@ def _blob_created(request: web.Request, name: str, blob: BlobDescriptor) -> web.
 
 
 def _has_body(request: web.Request) -> bool:
-    return request.content_length not in (None, 0) or request.headers.get(
-        "Transfer-Encoding", ""
-    ).lower() == "chunked"
+    return (
+        request.content_length not in (None, 0)
+        or request.headers.get("Transfer-Encoding", "").lower() == "chunked"
+    )
 
 
 async def start_upload(request: web.Request, name: str) -> web.StreamResponse:
@@ -87,7 +88,10 @@ async def _append(request: web.Request, name: str, upload_id: str) -> UploadSess
         if length is not None and length != end - start + 1:
             raise SizeInvalid(
                 "Content-Length does not match Content-Range",
-                detail={"Content-Length": length, "Content-Range": request.headers["Content-Range"]},
+                detail={
+                    "Content-Length": length,
+                    "Content-Range": request.headers["Content-Range"],
+                },
             )
     return await registry_of(request).uploads.append(
         name, upload_id, request.content.iter_any(), start, end

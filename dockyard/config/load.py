@@ -129,7 +129,9 @@ def _check_keys(
         if dotted in UNSUPPORTED_KEYS:
             if value in (None, {}, []) and dotted in _SILENT_WHEN_EMPTY:
                 continue
-            warnings.append(f"config: {dotted} is not supported by Dockyard yet and is ignored{where}")
+            warnings.append(
+                f"config: {dotted} is not supported by Dockyard yet and is ignored{where}"
+            )
             continue
         known, child = _child(model, key)
         if not known:
@@ -139,7 +141,9 @@ def _check_keys(
             _check_keys(value, child, key_path, lines, warnings, source)
 
 
-def _apply_environment(data: dict[str, Any], environ: Mapping[str, str], warnings: list[str]) -> None:
+def _apply_environment(
+    data: dict[str, Any], environ: Mapping[str, str], warnings: list[str]
+) -> None:
     """``REGISTRY_SECTION_KEY=value`` overrides, as Distribution reads them."""
     storage_type = environ.get("REGISTRY_STORAGE")
     if storage_type:
@@ -231,7 +235,9 @@ def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> L
         for driver in UNSUPPORTED_DRIVERS & set(storage):
             line = lines.get(("storage", driver))
             where = f"{source}:{line}" if line else source
-            raise ConfigError(f"{where}: storage driver {driver!r} is not supported by Dockyard yet")
+            raise ConfigError(
+                f"{where}: storage driver {driver!r} is not supported by Dockyard yet"
+            )
     _check_keys(data, Config, (), lines, warnings, source)
     if isinstance(storage, dict) and (storage.get("cache") or {}).get("blobdescriptor") == "redis":
         warnings.append(
@@ -241,7 +247,5 @@ def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> L
     try:
         config = Config.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(
-            "; ".join(_describe(e, lines, source) for e in error.errors())
-        ) from error
+        raise ConfigError("; ".join(_describe(e, lines, source) for e in error.errors())) from error
     return LoadedConfig(config, warnings)

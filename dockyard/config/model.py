@@ -29,11 +29,11 @@ def parse_go_duration(value: Any) -> timedelta:
     if isinstance(value, timedelta):
         return value
     if isinstance(value, bool):
-        raise ValueError("a duration is a string such as 10s or 1h30m")
+        raise ValueError("a duration is a string such as 10s or 1h30m")  # noqa: TRY004 - pydantic reports ValueError
     if isinstance(value, int | float):
         return timedelta(seconds=value / 1e9)
     if not isinstance(value, str):
-        raise ValueError("a duration is a string such as 10s or 1h30m")
+        raise ValueError("a duration is a string such as 10s or 1h30m")  # noqa: TRY004 - pydantic reports ValueError
     text = value.strip()
     sign = -1.0 if text.startswith("-") else 1.0
     text = text.lstrip("+-")
@@ -72,7 +72,15 @@ class Log(Section):
 
     @model_validator(mode="after")
     def _check(self) -> Log:
-        if self.level.lower() not in ("error", "warn", "warning", "info", "debug", "panic", "fatal"):
+        if self.level.lower() not in (
+            "error",
+            "warn",
+            "warning",
+            "info",
+            "debug",
+            "panic",
+            "fatal",
+        ):
             raise ValueError(f"unknown log level {self.level!r}")
         if self.formatter not in ("text", "json", "logstash"):
             raise ValueError(f"unknown log formatter {self.formatter!r}")
@@ -143,7 +151,7 @@ class Storage(Section):
             raise ValueError(f"storage needs a driver: one of {', '.join(STORAGE_DRIVERS)}")
         params = data[drivers[0]] or {}
         if not isinstance(params, dict):
-            raise ValueError(f"storage.{drivers[0]} must be a mapping")
+            raise ValueError(f"storage.{drivers[0]} must be a mapping")  # noqa: TRY004 - as above
         rest = {key: value for key, value in data.items() if key != drivers[0]}
         return {**rest, "driver_name": drivers[0], "driver_params": params}
 

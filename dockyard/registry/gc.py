@@ -386,7 +386,9 @@ class GarbageCollector:
                 if subject is not None:
                     await set_aside_path(layout.referrer_dir(name, subject, digest))
         for name, tag, digest in plan.tag_history:
-            await set_aside_path(f"{layout.tag_dir(name, tag)}/index/{digest.algorithm}/{digest.hex}")
+            await set_aside_path(
+                f"{layout.tag_dir(name, tag)}/index/{digest.algorithm}/{digest.hex}"
+            )
         for digest in plan.blobs:
             if await set_aside_path(layout.blob_dir(digest)):
                 self.emit(f"Deleting blob: {layout.blob_dir(digest)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dockyard.errors import DigestInvalid
 from dockyard.registry.digest import Digest
 from dockyard.storage.driver import PathNotFoundError, StorageDriver
 
@@ -18,7 +19,7 @@ async def read_link(driver: StorageDriver, path: str) -> Digest | None:
         return None
     try:
         return Digest.parse(text)
-    except Exception:
+    except DigestInvalid:
         return None
 
 

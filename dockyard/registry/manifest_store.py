@@ -7,8 +7,10 @@ import time
 from dataclasses import dataclass
 
 from dockyard.errors import (
+    BlobUnknown,
     DigestInvalid,
     ManifestBlobUnknown,
+    ManifestInvalid,
     ManifestUnknown,
     Unavailable,
 )
@@ -25,7 +27,6 @@ from dockyard.registry.manifests import (
 )
 from dockyard.registry.tags import TagStore
 from dockyard.storage.driver import PathNotFoundError, StorageDriver
-
 
 # The modification time given to links a deleted manifest no longer needs.
 RELEASED_MTIME = 0.0
@@ -84,7 +85,7 @@ class ManifestStore:
             raise ManifestUnknown(detail={"digest": str(digest)})
         try:
             data = await self.blobs.read(digest)
-        except Exception:
+        except BlobUnknown:
             raise ManifestUnknown(detail={"digest": str(digest)}) from None
         return StoredManifest(digest, stored_media_type(data), data)
 
@@ -152,7 +153,8 @@ class ManifestStore:
             await delete_if_exists(self.driver, layout.tag_dir(self.name, tag))
         try:
             manifest = parse_stored(stored.data, digest)
-        except Exception:
+        except ManifestInvalid:
+            # Content another registry accepted (schema1) has no subject or links to age.
             manifest = None
         if manifest is not None:
             await self._release(manifest)

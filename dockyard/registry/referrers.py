@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 
+from dockyard.errors import ManifestInvalid, ManifestUnknown
 from dockyard.registry import layout
 from dockyard.registry.digest import Digest
 from dockyard.registry.manifest_store import ManifestStore
@@ -44,7 +45,8 @@ class ReferrerIndex:
                 try:
                     stored = await self.manifests.get(digest)
                     manifest = parse_stored(stored.data, digest)
-                except Exception:
+                except (ManifestUnknown, ManifestInvalid):
+                    # Deleted since it was indexed, or not a manifest this registry reads.
                     continue
                 if manifest.subject is None or manifest.subject.digest != subject:
                     continue

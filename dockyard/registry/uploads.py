@@ -109,7 +109,7 @@ class UploadStore:
     async def get(self, name: str, upload_id: str) -> UploadSession:
         check_upload_id(upload_id)
         try:
-            started_at = (await self.driver.read(layout.upload_started_at(name, upload_id)))
+            started_at = await self.driver.read(layout.upload_started_at(name, upload_id))
             info = await self.driver.stat(layout.upload_data(name, upload_id))
         except PathNotFoundError:
             raise BlobUploadUnknown(detail={"uuid": upload_id}) from None

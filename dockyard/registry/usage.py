@@ -55,12 +55,16 @@ async def compute_usage(
     driver: StorageDriver, options: GcOptions, cache: ScanCache | None = None
 ) -> StoreUsage:
     cache = cache or ScanCache()
-    collector = GarbageCollector(driver, GcOptions(
-        dry_run=True,
-        delete_untagged=options.delete_untagged,
-        delay=options.delay,
-        settle=options.settle,
-    ), cache=cache)
+    collector = GarbageCollector(
+        driver,
+        GcOptions(
+            dry_run=True,
+            delete_untagged=options.delete_untagged,
+            delay=options.delay,
+            settle=options.settle,
+        ),
+        cache=cache,
+    )
     plan = await collector.plan()
     referenced: dict[str, set[Digest]] = {}
     users: dict[Digest, int] = {}

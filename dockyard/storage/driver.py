@@ -111,9 +111,7 @@ class StorageDriver(ABC):
         """Replace the file's content atomically, creating parent directories."""
 
     @abstractmethod
-    def stream(
-        self, path: str, offset: int = 0, length: int | None = None
-    ) -> AsyncIterator[bytes]:
+    def stream(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         """Yield the file's bytes from ``offset``, ``length`` of them or to the end.
 
         Raises :class:`PathNotFoundError` on first iteration when the file is missing and

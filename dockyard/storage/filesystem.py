@@ -210,9 +210,7 @@ class _Descriptor:
             raise ValueError("file is closed")
         while (pending := self._pending) is not None and not pending.done():
             await asyncio.wait([pending])
-        task: asyncio.Future[T] = asyncio.ensure_future(
-            asyncio.to_thread(function, self.fd, *args)
-        )
+        task: asyncio.Future[T] = asyncio.ensure_future(asyncio.to_thread(function, self.fd, *args))
         task.add_done_callback(_consume_outcome)
         self._pending = task
         # Shielded, so a cancelled caller leaves the task running and visible to close().
@@ -323,9 +321,7 @@ class FilesystemDriver(StorageDriver):
         with _translated(path):
             await asyncio.to_thread(_replace_atomically, real, data)
 
-    def stream(
-        self, path: str, offset: int = 0, length: int | None = None
-    ) -> AsyncIterator[bytes]:
+    def stream(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         check_path(path)
         if length is not None and length < 0:
             raise ValueError(f"negative length {length}")

@@ -172,9 +172,7 @@ class MemoryDriver(StorageDriver):
         # the old content finish with it, as they do on a replaced file.
         parent.put(name, _File(bytearray(data)))
 
-    def stream(
-        self, path: str, offset: int = 0, length: int | None = None
-    ) -> AsyncIterator[bytes]:
+    def stream(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         check_path(path)
         if length is not None and length < 0:
             raise ValueError(f"negative length {length}")
