@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from dockyard.api import extensions, health, routes
+from dockyard.api.background import start_jobs
 from dockyard.api.context import CATALOG_MAX_ENTRIES, REGISTRY, URLS
 from dockyard.api.errors import error_middleware, error_response
 from dockyard.api.urls import UrlBuilder
@@ -43,7 +45,10 @@ def _header_adder(
     return add_headers
 
 
-def create_app(config: Config, registry: Registry | None = None) -> web.Application:
+def create_app(
+    config: Config, registry: Registry | None = None, background: bool = True
+) -> web.Application:
+    """The application; ``background`` runs the periodic maintenance jobs in it."""
     registry = registry or build_registry(config)
     middlewares: list[Middleware] = [error_middleware]
     checker: health.StorageHealth | None = None
@@ -75,18 +80,25 @@ def create_app(config: Config, registry: Registry | None = None) -> web.Applicat
     app.router.add_route("*", f"{prefix}/v2/{{tail:.*}}", routes.dispatch)
     app.router.add_get("/debug/health", health.health)
 
-    app.cleanup_ctx.append(_lifecycle(registry, checker))
+    app.cleanup_ctx.append(_lifecycle(config, registry, checker, background))
     return app
 
 
 def _lifecycle(
-    registry: Registry, checker: health.StorageHealth | None
+    config: Config,
+    registry: Registry,
+    checker: health.StorageHealth | None,
+    background: bool,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         if checker is not None:
             await checker.check_once()
             checker.start()
+        jobs = start_jobs(config, registry, app[extensions.COLLECTOR]) if background else []
         yield
+        for job in jobs:
+            job.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
         if checker is not None:
             await checker.stop()
         await registry.close()

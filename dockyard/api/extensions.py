@@ -14,10 +14,8 @@ from typing import Any
 from aiohttp import web
 
 from dockyard.api.context import registry_of
-from dockyard.errors import NameUnknown, Unsupported
-from dockyard.registry import layout
+from dockyard.errors import Unsupported
 from dockyard.registry.gc import GarbageCollector, GcOptions, GcReport, ScanCache
-from dockyard.registry.links import delete_if_exists
 from dockyard.registry.usage import compute_usage
 
 
@@ -96,12 +94,5 @@ async def collection_status(request: web.Request) -> web.StreamResponse:
 
 async def delete_repository(request: web.Request, name: str) -> web.StreamResponse:
     """Remove a repository's manifests, tags and links; a collection then frees its blobs."""
-    registry = registry_of(request)
-    registry.check_deletable()
-    repo = registry.repository(name)
-    removed = False
-    for path in (layout.manifests(repo.name), layout.layers(repo.name), layout.uploads(repo.name)):
-        removed = await delete_if_exists(registry.driver, path) or removed
-    if not removed:
-        raise NameUnknown(detail={"name": repo.name})
+    await registry_of(request).delete_repository(name)
     return web.Response(status=202, headers={"Content-Length": "0"})

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dockyard.errors import Unsupported
+from dockyard.errors import NameUnknown, Unsupported
+from dockyard.registry import layout
 from dockyard.registry.blobs import BlobStore, RepositoryBlobs
 from dockyard.registry.catalog import Catalog
+from dockyard.registry.links import delete_if_exists
 from dockyard.registry.manifest_store import ManifestStore
 from dockyard.registry.names import check_name
 from dockyard.registry.referrers import ReferrerIndex
@@ -57,6 +59,20 @@ class Registry:
         self.check_writable()
         if not self.options.delete_enabled:
             raise Unsupported("deletes are disabled (storage.delete.enabled is false)")
+
+    async def delete_repository(self, name: str) -> None:
+        """Remove a repository's manifests, tags, links and uploads; blobs stay for GC."""
+        self.check_deletable()
+        repo = self.repository(name)
+        removed = False
+        for path in (
+            layout.manifests(repo.name),
+            layout.layers(repo.name),
+            layout.uploads(repo.name),
+        ):
+            removed = await delete_if_exists(self.driver, path) or removed
+        if not removed:
+            raise NameUnknown(detail={"name": repo.name})
 
     async def close(self) -> None:
         await self.driver.close()
