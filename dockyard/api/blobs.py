@@ -11,6 +11,7 @@ from dockyard.errors import RangeInvalid
 from dockyard.registry.blobs import OCTET_STREAM
 from dockyard.registry.digest import Digest
 
+SMALL_BLOB = 64 * 1024
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -57,6 +58,9 @@ async def get_blob(request: web.Request, name: str, digest_text: str) -> web.Str
         if "Range" in request.headers
         else None
     )
+    if span is None and descriptor.size <= SMALL_BLOB:
+        # Configs and small layers: one read beats setting up sendfile.
+        return web.Response(status=200, body=await registry.blobs.read(digest), headers=headers)
     redirect = await registry.blobs.redirect_url(digest, request.method)
     if redirect:
         raise web.HTTPTemporaryRedirect(redirect, headers=headers)

@@ -16,6 +16,7 @@ from dockyard.errors import (
 )
 from dockyard.registry import layout
 from dockyard.registry.blobs import BlobStore, RepositoryBlobs
+from dockyard.registry.cache import DigestCache
 from dockyard.registry.digest import Digest
 from dockyard.registry.links import delete_if_exists, read_link, write_link
 from dockyard.registry.manifests import (
@@ -61,8 +62,10 @@ class ManifestStore:
         repo_blobs: RepositoryBlobs,
         tags: TagStore,
         hold_limit: float,
+        cache: DigestCache[StoredManifest],
     ) -> None:
         self.name = name
+        self.cache = cache
         self.hold_limit = hold_limit
         self.driver = driver
         self.blobs = blobs
@@ -83,11 +86,16 @@ class ManifestStore:
     async def get(self, digest: Digest) -> StoredManifest:
         if not await self.exists(digest):
             raise ManifestUnknown(detail={"digest": str(digest)})
+        cached = self.cache.get(digest)
+        if cached is not None:
+            return cached
         try:
             data = await self.blobs.read(digest)
         except BlobUnknown:
             raise ManifestUnknown(detail={"digest": str(digest)}) from None
-        return StoredManifest(digest, stored_media_type(data), data)
+        stored = StoredManifest(digest, stored_media_type(data), data)
+        self.cache.put(digest, stored, len(data))
+        return stored
 
     async def put(
         self, data: bytes, content_type: str, tag: str | None, digest: Digest | None

@@ -9,7 +9,8 @@ from dockyard.registry import layout
 from dockyard.registry.blobs import BlobStore, RepositoryBlobs
 from dockyard.registry.catalog import Catalog
 from dockyard.registry.links import delete_if_exists
-from dockyard.registry.manifest_store import ManifestStore
+from dockyard.registry.cache import DigestCache
+from dockyard.registry.manifest_store import ManifestStore, StoredManifest
 from dockyard.registry.names import check_name
 from dockyard.registry.referrers import ReferrerIndex
 from dockyard.registry.tags import TagStore
@@ -35,7 +36,13 @@ class Repository:
         self.blobs = RepositoryBlobs(self.name, registry.blobs)
         self.tags = TagStore(self.name, driver)
         self.manifests = ManifestStore(
-            self.name, driver, registry.blobs, self.blobs, self.tags, registry.options.hold_limit
+            self.name,
+            driver,
+            registry.blobs,
+            self.blobs,
+            self.tags,
+            registry.options.hold_limit,
+            registry.manifest_cache,
         )
         self.referrers = ReferrerIndex(self.name, driver, self.manifests)
 
@@ -47,6 +54,7 @@ class Registry:
         self.blobs = BlobStore(driver)
         self.uploads = UploadStore(driver, self.blobs, RunningHashes())
         self.catalog = Catalog(driver)
+        self.manifest_cache: DigestCache[StoredManifest] = DigestCache(64 << 20)
 
     def repository(self, name: str) -> Repository:
         return Repository(self, name)
