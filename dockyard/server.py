@@ -16,7 +16,6 @@ import socket
 import sys
 import time
 
-import uvloop
 from aiohttp import web
 
 from dockyard.config import Config
@@ -71,8 +70,6 @@ def run_worker(config: Config, sock: socket.socket, index: int) -> None:
     web.run_app(
         app,
         sock=sock,
-        # libuv's loop: the same asyncio API, a good deal less overhead per request.
-        loop=uvloop.new_event_loop(),
         access_log=access_log,
         access_log_class=AccessLogger,
         print=None,
