@@ -59,7 +59,10 @@ def create_app(
             config.health.storagedriver.threshold,
         )
         middlewares.insert(0, _health_gate(checker))
-    app = web.Application(middlewares=middlewares, client_max_size=0)
+    # A larger read buffer lets the socket keep filling while an upload piece is hashed.
+    app = web.Application(
+        middlewares=middlewares, client_max_size=0, handler_args={"read_bufsize": 1 << 20}
+    )
     app[REGISTRY] = registry
     app[URLS] = UrlBuilder(config.http.prefix, config.http.host, config.http.relativeurls)
     app[CATALOG_MAX_ENTRIES] = config.catalog.maxentries

@@ -70,10 +70,13 @@ def check_upload_id(upload_id: str) -> str:
     return upload_id
 
 
-async def _write_hashed(writer: FileWriter, hasher: Any, piece: bytes) -> None:
+async def _store_piece(writer: FileWriter, hasher: Any | None, piece: bytes) -> None:
     # The hash runs in a thread (hashlib releases the GIL) while the write runs in
-    # another, so both cores work on a large upload.
-    await asyncio.gather(asyncio.to_thread(hasher.update, piece), writer.write(piece))
+    # another, and the event loop receives the next piece meanwhile.
+    if hasher is None:
+        await writer.write(piece)
+    else:
+        await asyncio.gather(asyncio.to_thread(hasher.update, piece), writer.write(piece))
 
 
 class UploadStore:
@@ -151,30 +154,36 @@ class UploadStore:
                 self._release(upload_id)
 
     async def _write(self, session: UploadSession, body: AsyncIterator[bytes]) -> int:
+        """Append the body; piece N is hashed and written while piece N+1 arrives."""
         hasher = self.hashes.take(session.id, session.size)
         writer = await self.driver.writer(
             layout.upload_data(session.repository, session.id), resume_at=session.size
         )
+        in_flight: asyncio.Task[None] | None = None
         try:
-            buffer = bytearray()
+            pieces: list[bytes] = []
+            buffered = 0
             async for chunk in body:
-                buffer += chunk
-                if len(buffer) >= WRITE_PIECE:
-                    piece = bytes(buffer)
-                    buffer.clear()
-                    if hasher is not None:
-                        await _write_hashed(writer, hasher, piece)
-                    else:
-                        await writer.write(piece)
-            if buffer:
-                piece = bytes(buffer)
-                if hasher is not None:
-                    await _write_hashed(writer, hasher, piece)
-                else:
-                    await writer.write(piece)
+                pieces.append(chunk)
+                buffered += len(chunk)
+                if buffered >= WRITE_PIECE:
+                    piece = b"".join(pieces)
+                    pieces.clear()
+                    buffered = 0
+                    if in_flight is not None:
+                        await in_flight
+                    in_flight = asyncio.create_task(_store_piece(writer, hasher, piece))
+            if in_flight is not None:
+                task, in_flight = in_flight, None
+                await task
+            if pieces:
+                await _store_piece(writer, hasher, b"".join(pieces))
             await writer.commit()
             size = writer.size
         finally:
+            if in_flight is not None:
+                # The client went away mid-piece: let the piece land before closing.
+                await asyncio.gather(in_flight, return_exceptions=True)
             await writer.close()
         if hasher is not None:
             self.hashes.put(session.id, size, hasher)
