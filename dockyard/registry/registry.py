@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from dockyard.errors import NameUnknown, Unsupported
 from dockyard.registry import layout
 from dockyard.registry.blobs import BlobStore, RepositoryBlobs
+from dockyard.registry.cache import DigestCache
 from dockyard.registry.catalog import Catalog
 from dockyard.registry.links import delete_if_exists
-from dockyard.registry.cache import DigestCache
 from dockyard.registry.manifest_store import ManifestStore, StoredManifest
 from dockyard.registry.names import check_name
 from dockyard.registry.referrers import ReferrerIndex
