@@ -41,9 +41,13 @@ def graphs(draw: st.DrawFn) -> tuple[int, int, list[Node]]:
         earlier = [i for i, n in enumerate(nodes) if n.repo == repo]
         kind = draw(st.sampled_from(["image", "image", "index", "referrer"]))
         if kind == "index" and earlier:
-            node.children = sorted(set(draw(st.lists(st.sampled_from(earlier), min_size=1, max_size=3))))
+            node.children = sorted(
+                set(draw(st.lists(st.sampled_from(earlier), min_size=1, max_size=3)))
+            )
         else:
-            node.blobs = sorted(set(draw(st.lists(st.integers(0, blob_count - 1), min_size=1, max_size=4))))
+            node.blobs = sorted(
+                set(draw(st.lists(st.integers(0, blob_count - 1), min_size=1, max_size=4)))
+            )
         if kind == "referrer" and earlier:
             node.subject = draw(st.sampled_from(earlier))
         if draw(st.booleans()):
@@ -56,23 +60,39 @@ def blob_bytes(i: int) -> bytes:
     return f"blob-{i}".encode()
 
 
-def manifest_bytes(node: Node, index: int, digests: dict[int, Digest], sizes: dict[int, int]) -> tuple[bytes, str]:
+def manifest_bytes(
+    node: Node, index: int, digests: dict[int, Digest], sizes: dict[int, int]
+) -> tuple[bytes, str]:
     body: dict[str, object] = {"schemaVersion": 2}
     if node.children:
         body["mediaType"] = OCI_INDEX
         body["manifests"] = [
-            {"mediaType": OCI_MANIFEST, "digest": str(digests[c]), "size": sizes[c]} for c in node.children
+            {"mediaType": OCI_MANIFEST, "digest": str(digests[c]), "size": sizes[c]}
+            for c in node.children
         ]
     else:
         body["mediaType"] = OCI_MANIFEST
         config, *layers = node.blobs + node.blobs[:1] if len(node.blobs) == 1 else node.blobs
-        body["config"] = {"mediaType": CONFIG_TYPE, "digest": str(Digest.of(blob_bytes(config))), "size": len(blob_bytes(config))}
+        body["config"] = {
+            "mediaType": CONFIG_TYPE,
+            "digest": str(Digest.of(blob_bytes(config))),
+            "size": len(blob_bytes(config)),
+        }
         body["layers"] = [
-            {"mediaType": LAYER_TYPE, "digest": str(Digest.of(blob_bytes(b))), "size": len(blob_bytes(b))} for b in layers
+            {
+                "mediaType": LAYER_TYPE,
+                "digest": str(Digest.of(blob_bytes(b))),
+                "size": len(blob_bytes(b)),
+            }
+            for b in layers
         ]
         body["annotations"] = {"index": str(index)}
     if node.subject is not None:
-        body["subject"] = {"mediaType": OCI_MANIFEST, "digest": str(digests[node.subject]), "size": sizes[node.subject]}
+        body["subject"] = {
+            "mediaType": OCI_MANIFEST,
+            "digest": str(digests[node.subject]),
+            "size": sizes[node.subject],
+        }
     data = json.dumps(body).encode()
     return data, str(body["mediaType"])
 
@@ -97,7 +117,9 @@ def expected_kept(nodes: list[Node], delete_untagged: bool) -> set[int]:
     return kept
 
 
-async def build(repos: int, blob_count: int, nodes: list[Node]) -> tuple[Registry, dict[int, Digest]]:
+async def build(
+    repos: int, blob_count: int, nodes: list[Node]
+) -> tuple[Registry, dict[int, Digest]]:
     registry = Registry(MemoryDriver(), RegistryOptions(delete_enabled=True))
     for r in range(repos):
         repo = registry.repository(f"repo{r}")
@@ -108,7 +130,9 @@ async def build(repos: int, blob_count: int, nodes: list[Node]) -> tuple[Registr
     sizes: dict[int, int] = {}
     for index, node in enumerate(nodes):
         data, media_type = manifest_bytes(node, index, digests, sizes)
-        manifest = await registry.repository(f"repo{node.repo}").manifests.put(data, media_type, node.tag, None)
+        manifest = await registry.repository(f"repo{node.repo}").manifests.put(
+            data, media_type, node.tag, None
+        )
         digests[index] = manifest.digest
         sizes[index] = len(data)
     return registry, digests

@@ -15,12 +15,26 @@ from dockyard.registry.manifests import (
     parse_manifest,
 )
 
-CONFIG = {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": str(Digest.of(b"{}")), "size": 2}
-LAYER = {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": str(Digest.of(b"l")), "size": 1}
+CONFIG = {
+    "mediaType": "application/vnd.oci.image.config.v1+json",
+    "digest": str(Digest.of(b"{}")),
+    "size": 2,
+}
+LAYER = {
+    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+    "digest": str(Digest.of(b"l")),
+    "size": 1,
+}
 
 
 def oci_manifest(**extra: Any) -> dict[str, Any]:
-    return {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": CONFIG, "layers": [LAYER], **extra}
+    return {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": CONFIG,
+        "layers": [LAYER],
+        **extra,
+    }
 
 
 def encode(body: dict[str, Any]) -> bytes:
@@ -46,8 +60,12 @@ def test_media_type_from_body_when_header_is_generic() -> None:
 def test_docker_types() -> None:
     body = oci_manifest(mediaType=DOCKER_MANIFEST)
     assert parse_manifest(encode(body), DOCKER_MANIFEST).media_type == DOCKER_MANIFEST
-    child = {"mediaType": DOCKER_MANIFEST, "digest": LAYER["digest"], "size": 1,
-             "platform": {"architecture": "amd64", "os": "linux"}}
+    child = {
+        "mediaType": DOCKER_MANIFEST,
+        "digest": LAYER["digest"],
+        "size": 1,
+        "platform": {"architecture": "amd64", "os": "linux"},
+    }
     listing = {"schemaVersion": 2, "mediaType": DOCKER_MANIFEST_LIST, "manifests": [child]}
     parsed = parse_manifest(encode(listing), DOCKER_MANIFEST_LIST)
     assert parsed.is_index and [str(c.digest) for c in parsed.children] == [LAYER["digest"]]
@@ -55,8 +73,11 @@ def test_docker_types() -> None:
 
 def test_subject_and_artifact_type() -> None:
     subject = {"mediaType": OCI_MANIFEST, "digest": str(Digest.of(b"s")), "size": 1}
-    body = oci_manifest(subject=subject, artifactType="application/vnd.example+type",
-                        annotations={"org.example": "<script>"})
+    body = oci_manifest(
+        subject=subject,
+        artifactType="application/vnd.example+type",
+        annotations={"org.example": "<script>"},
+    )
     parsed = parse_manifest(encode(body), OCI_MANIFEST)
     assert parsed.subject is not None and str(parsed.subject.digest) == subject["digest"]
     descriptor = parsed.referrer_descriptor().to_json()
@@ -81,15 +102,31 @@ def test_referrer_artifact_type_falls_back_to_config_media_type() -> None:
         (encode(oci_manifest()), DOCKER_MANIFEST),  # body says OCI, header says Docker
         (encode(oci_manifest()), "application/vnd.unknown+json"),
         (encode({**oci_manifest(), "layers": "x"}), OCI_MANIFEST),
-        (encode({**oci_manifest(), "config": {"mediaType": "x", "digest": "sha256:bad", "size": 1}}), OCI_MANIFEST),
+        (
+            encode(
+                {**oci_manifest(), "config": {"mediaType": "x", "digest": "sha256:bad", "size": 1}}
+            ),
+            OCI_MANIFEST,
+        ),
         (encode({**oci_manifest(), "config": {**CONFIG, "size": -1}}), OCI_MANIFEST),
         (encode({**oci_manifest(), "config": {**CONFIG, "size": True}}), OCI_MANIFEST),
-        (encode({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [{"digest": "x"}]}), OCI_INDEX),
-        (encode({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [], "layers": []}), OCI_INDEX),
+        (
+            encode({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [{"digest": "x"}]}),
+            OCI_INDEX,
+        ),
+        (
+            encode({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [], "layers": []}),
+            OCI_INDEX,
+        ),
         (encode({**oci_manifest(), "annotations": {"a": 1}}), OCI_MANIFEST),
-        (encode({"schemaVersion": 2, "config": CONFIG, "layers": []}), DOCKER_MANIFEST),  # no mediaType
-        (encode({"schemaVersion": 1, "name": "x", "tag": "y", "fsLayers": []}),
-         "application/vnd.docker.distribution.manifest.v1+prettyjws"),
+        (
+            encode({"schemaVersion": 2, "config": CONFIG, "layers": []}),
+            DOCKER_MANIFEST,
+        ),  # no mediaType
+        (
+            encode({"schemaVersion": 1, "name": "x", "tag": "y", "fsLayers": []}),
+            "application/vnd.docker.distribution.manifest.v1+prettyjws",
+        ),
     ],
 )
 def test_invalid_manifests(data: bytes, content_type: str) -> None:

@@ -11,7 +11,18 @@ from dockyard.registry.names import check_name, check_tag
 
 @pytest.mark.parametrize(
     "name",
-    ["a", "library/nginx", "zhang/nginx", "a/b/c/d", "a-b", "a--b", "a__b", "a.b", "a_b/c.d-e", "0"],
+    [
+        "a",
+        "library/nginx",
+        "zhang/nginx",
+        "a/b/c/d",
+        "a-b",
+        "a--b",
+        "a__b",
+        "a.b",
+        "a_b/c.d-e",
+        "0",
+    ],
 )
 def test_valid_names(name: str) -> None:
     assert check_name(name) == name
@@ -19,8 +30,27 @@ def test_valid_names(name: str) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["", "A", "a/", "/a", "a//b", "a/../b", "..", "a/./b", "-a", "a-", "a___b", "a b", "a\x00b",
-     "a%2fb", "a" * 256, "a/" * 128 + "a", "_catalog", "a/_layers", "a:b"],
+    [
+        "",
+        "A",
+        "a/",
+        "/a",
+        "a//b",
+        "a/../b",
+        "..",
+        "a/./b",
+        "-a",
+        "a-",
+        "a___b",
+        "a b",
+        "a\x00b",
+        "a%2fb",
+        "a" * 256,
+        "a/" * 128 + "a",
+        "_catalog",
+        "a/_layers",
+        "a:b",
+    ],
 )
 def test_invalid_names(name: str) -> None:
     with pytest.raises(NameInvalid):
