@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import logging
 import sys
 from datetime import UTC, datetime
@@ -104,6 +105,8 @@ class AccessLogger(AbstractAccessLogger):
                     "http.response.status": response.status,
                     "http.response.written": response.body_length,
                     "http.response.duration": f"{time:.6f}s",
+                    # Which worker process answered: requests of one client spread over all.
+                    "pid": os.getpid(),
                 }
             },
         )

@@ -1,7 +1,7 @@
 """Run the registry: one listening socket, one or more worker processes sharing it.
 
-The parent binds the socket, then forks the workers, which all accept on it; the kernel
-spreads connections among them. Everything a request needs that must be shared (upload
+The parent binds the address, then forks the workers; each listens on its own
+SO_REUSEPORT socket and the kernel spreads connections among them. Everything a request needs that must be shared (upload
 sessions, tags, blobs) lives in storage, so any worker can serve any request. Only the
 first worker runs the periodic maintenance jobs.
 """
@@ -33,7 +33,8 @@ def parse_addr(addr: str) -> tuple[str | None, int]:
     return host, int(match.group("port"))
 
 
-def bind(config: Config) -> socket.socket:
+def bind(config: Config, reuse_port: bool = False, listen: bool = True) -> socket.socket:
+    """The listening socket; with ``reuse_port`` each worker can bind its own."""
     if config.http.net == "unix":
         path = config.http.addr
         if os.path.exists(path):
@@ -56,8 +57,11 @@ def bind(config: Config) -> socket.socket:
             sock = socket.socket(family, socket.SOCK_STREAM)
             address = (host, port)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
-    sock.listen(1024)
+    if listen:
+        sock.listen(1024)
     sock.setblocking(False)
     return sock
 
@@ -84,8 +88,13 @@ def worker_count(config: Config) -> int:
 
 
 def serve(config: Config) -> None:
-    sock = bind(config)
     workers = worker_count(config)
+    # Several TCP workers each listen on their own SO_REUSEPORT socket, so the kernel
+    # spreads connections evenly; one shared socket would let the busiest worker win
+    # most accepts. The parent's socket is bound but never listens: it only holds the
+    # port and reports a bad address before any worker starts.
+    shared = workers == 1 or config.http.net == "unix"
+    sock = bind(config, reuse_port=not shared, listen=shared)
     log.info(
         "listening on %s with %d worker%s",
         config.http.addr,
@@ -114,7 +123,11 @@ class Supervisor:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             try:
-                run_worker(self.config, self.sock, index)
+                sock = self.sock
+                if self.config.http.net != "unix":
+                    self.sock.close()
+                    sock = bind(self.config, reuse_port=True)
+                run_worker(self.config, sock, index)
             finally:
                 os._exit(0)
         self.children[pid] = index

@@ -1,0 +1,84 @@
+"""Several worker processes on one port behave as one registry."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+
+import httpx
+
+from tests.conftest import ServerFactory
+
+CHUNK = 256 * 1024
+
+
+def pids_in_log(log: str, method: str) -> set[str]:
+    return set(re.findall(rf'msg="{method} [^"]*" .*?pid=(\d+)', log))
+
+
+def test_a_chunked_upload_continues_on_any_worker(server_factory: ServerFactory) -> None:
+    server = server_factory(config={"dockyard": {"workers": 2}, "log": {"level": "info"}})
+    data = os.urandom(CHUNK * 24)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    location = httpx.post(f"{server.url}/v2/spread/blobs/uploads/").headers["Location"]
+    for offset in range(0, len(data), CHUNK):
+        # A new connection per chunk, so the kernel may hand each to either worker.
+        with httpx.Client() as client:
+            response = client.patch(
+                location,
+                content=data[offset : offset + CHUNK],
+                headers={"Content-Range": f"{offset}-{offset + CHUNK - 1}"},
+            )
+        assert response.status_code == 202, response.text
+        location = response.headers["Location"]
+    response = httpx.put(location, params={"digest": digest})
+    assert response.status_code == 201, response.text
+    pulled = httpx.get(f"{server.url}/v2/spread/blobs/{digest}")
+    assert hashlib.sha256(pulled.content).hexdigest() == digest.split(":")[1]
+    # The test only means something if the chunks really were served by both workers.
+    assert len(pids_in_log(server.log(), "PATCH")) == 2
+
+
+def test_a_tag_moved_on_one_worker_is_seen_by_the_others(server_factory: ServerFactory) -> None:
+    server = server_factory(config={"dockyard": {"workers": 2}, "log": {"level": "info"}})
+    config = b"{}"
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    assert (
+        httpx.post(
+            f"{server.url}/v2/moving/blobs/uploads/",
+            params={"digest": config_digest},
+            content=config,
+        ).status_code
+        == 201
+    )
+    digests = []
+    for index in range(2):
+        manifest = (
+            '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",'
+            f'"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":2}},'
+            f'"layers":[],"annotations":{{"n":"{index}"}}}}'
+        ).encode()
+        response = httpx.put(
+            f"{server.url}/v2/moving/manifests/v{index}",
+            content=manifest,
+            headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+        )
+        digests.append(response.headers["Docker-Content-Digest"])
+    for round_ in range(12):
+        target = digests[round_ % 2]
+        manifest = httpx.get(
+            f"{server.url}/v2/moving/manifests/{target}",
+            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        ).content
+        with httpx.Client() as client:
+            client.put(
+                f"{server.url}/v2/moving/manifests/latest",
+                content=manifest,
+                headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+            )
+        for _ in range(4):
+            with httpx.Client() as client:
+                seen = client.head(f"{server.url}/v2/moving/manifests/latest")
+            assert seen.headers["Docker-Content-Digest"] == target
+    assert len(pids_in_log(server.log(), "HEAD")) == 2
