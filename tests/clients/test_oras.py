@@ -159,7 +159,7 @@ def test_artifact_type_with_empty_config(
     assert response.status_code == 201, response.text
     digest = response.headers["Docker-Content-Digest"]
     # oras-py sends the manifest as requests' JSON encoding of the dict.
-    assert digest == sha256_digest(response.request.body)  # type: ignore[arg-type]
+    assert digest == sha256_digest(response.request.body)
 
     served = raw_manifest(registry, "oras/sbom", digest)
     assert served.content == response.request.body
