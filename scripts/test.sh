@@ -11,11 +11,12 @@ cd "$ROOT"
 
 # skopeo: the real client (containers/image, as podman and buildah) for push/pull
 # tests. docker-registry: CNCF Distribution 2.8.2, the reference the tests compare to
-# and the other side of the interoperability tests.
+# and the other side of the interoperability tests. podman: a second real client (pull,
+# retag, push, pull again), run as root on the vfs storage driver.
 if ! is_root; then
-    echo "warning: not root: skipping apt; skopeo and docker-registry must already be installed" >&2
+    echo "warning: not root: skipping apt; skopeo, docker-registry and podman must already be installed" >&2
 fi
-ensure_debian_packages skopeo docker-registry
+ensure_debian_packages skopeo docker-registry podman
 quiet_debian_registry
 
 choose_python
