@@ -34,10 +34,22 @@ def serve(config_path: str | None) -> None:
     from dockyard.server import serve as run
 
     config = _load_or_exit(config_path)
+    _check_security_or_exit(config)
     try:
         run(config)
     except (ValueError, OSError) as error:
         click.echo(f"dockyard: cannot listen on {config.http.addr}: {error}", err=True)
+        sys.exit(1)
+
+
+def _check_security_or_exit(config: Config) -> None:
+    """TLS files and auth settings are checked once, before any worker starts."""
+    from dockyard.auth import check_security
+
+    try:
+        check_security(config)
+    except ValueError as error:
+        click.echo(f"dockyard: {error}", err=True)
         sys.exit(1)
 
 
@@ -182,3 +194,97 @@ def delete_repository(config_path: str, name: str) -> None:
         click.echo(f"dockyard: {error.message}: {name}", err=True)
         sys.exit(1)
     click.echo(f"deleted repository {name}; run garbage-collect to free its blobs")
+
+
+@main.command()
+@click.option("--ip", "ips", multiple=True, help="An IP address clients use (repeatable).")
+@click.option("--dns", "names", multiple=True, help="A host name clients use (repeatable).")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Directory to write to.")
+@click.option("--port", default=5000, show_default=True, help="The registry's port, for the paths printed.")
+@click.option("--days", default=825, show_default=True, help="Validity of the server certificate.")
+@click.option("--ca-days", default=3650, show_default=True, help="Validity of a new CA.")
+@click.option("--rsa", is_flag=True, help="RSA-3072 keys instead of ECDSA P-256.")
+@click.option(
+    "--client",
+    "clients",
+    multiple=True,
+    help="Also issue a client certificate NAME.cert/NAME.key (for http.tls.clientcas).",
+)
+def cert(
+    ips: tuple[str, ...],
+    names: tuple[str, ...],
+    out: str,
+    port: int,
+    days: int,
+    ca_days: int,
+    rsa: bool,
+    clients: tuple[str, ...],
+) -> None:
+    """Make a CA and a TLS certificate for the registry, and say where clients put the CA.
+
+    The CA in OUT is reused when present, so a new server certificate needs nothing
+    new on clients that already trust it.
+    """
+    from dockyard.certs import create_certificates, instructions
+
+    try:
+        result = create_certificates(
+            out, ips, names, kind="rsa" if rsa else "ec", days=days, ca_days=ca_days, clients=clients
+        )
+    except (ValueError, OSError) as error:
+        click.echo(f"dockyard: {error}", err=True)
+        sys.exit(1)
+    click.echo(instructions(result, port))
+
+
+@main.command()
+@click.argument("htpasswd_path", metavar="HTPASSWD")
+@click.argument("user")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+def passwd(htpasswd_path: str, user: str, password_stdin: bool) -> None:
+    """Add a user to an htpasswd file (bcrypt), or change their password."""
+    from dockyard.auth.htpasswd import set_password
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if not password:
+        click.echo("dockyard: the password is empty", err=True)
+        sys.exit(1)
+    try:
+        created = set_password(htpasswd_path, user, password)
+    except (ValueError, OSError) as error:
+        click.echo(f"dockyard: {error}", err=True)
+        sys.exit(1)
+    click.echo(f"{'added' if created else 'updated'} user {user} in {htpasswd_path}")
+
+
+@main.command()
+@click.argument("config_path", metavar="CONFIG")
+@click.option("--user", default=None, help="The token's subject (default: anonymous).")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    help="type:name:actions, e.g. repository:team/app:pull or registry:dockyard:admin (repeatable).",
+)
+@click.option("--service", default=None, help="The registry the token is for (default: this one).")
+def token(config_path: str, user: str | None, scopes: tuple[str, ...], service: str | None) -> None:
+    """Print a token from the built-in token service, with what the access rules grant.
+
+    For scripts that call the API (``curl -H "Authorization: Bearer $TOKEN"``); whoever
+    can read the signing key can mint tokens anyway, so no password is asked.
+    """
+    from dockyard.auth import build_auth
+
+    config = _load_or_exit(config_path)
+    try:
+        auth = build_auth(config)
+        if auth is None:
+            raise ValueError("this configuration has no auth; no token is needed")
+        issued = auth.mint_token(user, scopes, service)
+    except ValueError as error:
+        click.echo(f"dockyard: {error}", err=True)
+        sys.exit(1)
+    click.echo(issued.token)

@@ -18,6 +18,7 @@ import time
 
 from aiohttp import web
 
+from dockyard.certs import server_ssl_context
 from dockyard.config import Config
 from dockyard.logs import AccessLogger
 
@@ -74,6 +75,8 @@ def run_worker(config: Config, sock: socket.socket, index: int) -> None:
     web.run_app(
         app,
         sock=sock,
+        # http.tls: each worker loads the certificate itself (None: plain HTTP).
+        ssl_context=server_ssl_context(config.http.tls),
         access_log=access_log,
         access_log_class=AccessLogger,
         print=None,

@@ -13,6 +13,7 @@ from dockyard.api.background import start_jobs
 from dockyard.api.context import CATALOG_MAX_ENTRIES, REGISTRY, URLS
 from dockyard.api.errors import error_middleware, error_response
 from dockyard.api.urls import UrlBuilder
+from dockyard.auth.http import install as install_auth
 from dockyard.config import Config
 from dockyard.errors import Unavailable
 from dockyard.registry import Registry, RegistryOptions
@@ -82,6 +83,9 @@ def create_app(
     app.router.add_route("*", f"{prefix}/v2", routes.dispatch)
     app.router.add_route("*", f"{prefix}/v2/{{tail:.*}}", routes.dispatch)
     app.router.add_get("/debug/health", health.health)
+    # Access control (auth.*, dockyard.auth): a middleware innermost, inside the error
+    # middleware, and the built-in token service's endpoint when it is enabled.
+    install_auth(app, config)
 
     app.cleanup_ctx.append(_lifecycle(config, registry, checker, background))
     return app

@@ -23,13 +23,12 @@ from dockyard.config.model import STORAGE_DRIVERS, Config, Storage
 # deleting it from here; nothing else in the loader names keys.
 UNSUPPORTED_KEYS: frozenset[str] = frozenset(
     {
-        "auth",
         "middleware",
         "notifications",
         "redis",
         "proxy",
         "validation",
-        "http.tls",
+        "http.tls.letsencrypt",
         "http.debug",
         "http.http2",
         "http.secret",

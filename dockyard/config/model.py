@@ -165,6 +165,47 @@ class TLS(Section):
     letsencrypt: dict[str, Any] | None = None
 
 
+class HtpasswdAuth(Section):
+    realm: str | None = None
+    path: str | None = None
+
+
+class TokenAuth(Section):
+    realm: str | None = None
+    service: str | None = None
+    issuer: str | None = None
+    rootcertbundle: str | None = None
+    jwks: str | None = None
+    autoredirect: bool = False
+    autoredirectpath: str | None = None
+    signingalgorithms: list[str] = Field(default_factory=list)
+
+
+class SillyAuth(Section):
+    realm: str | None = None
+    service: str | None = None
+
+
+class Auth(Section):
+    """Distribution's ``auth``: one of htpasswd, token or silly."""
+
+    htpasswd: HtpasswdAuth | None = None
+    token: TokenAuth | None = None
+    silly: SillyAuth | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Auth:
+        # An auth type Dockyard does not know must stop start-up: serving without the
+        # access control the operator asked for would be worse than not serving.
+        unknown = sorted(self.model_extra or {})
+        if unknown:
+            raise ValueError(f"unknown auth type {', '.join(unknown)} (htpasswd, token or silly)")
+        configured = [n for n in ("htpasswd", "token", "silly") if getattr(self, n) is not None]
+        if len(configured) > 1:
+            raise ValueError(f"auth must name exactly one type, not {', '.join(configured)}")
+        return self
+
+
 class Prometheus(Section):
     enabled: bool = False
     path: str = "/metrics"
@@ -230,10 +271,50 @@ class UI(Section):
     enabled: bool = True
 
 
+class AccessRule(BaseModel):
+    """One ``dockyard.auth.access`` entry; a misspelt key is an error, not a silent no-op."""
+
+    model_config = ConfigDict(extra="forbid")
+    repositories: list[str]
+    users: list[str] = Field(default_factory=list)
+    anonymous: bool = False
+    actions: list[str]
+
+
+class TokenService(Section):
+    """Dockyard's built-in token server (``/auth/token``)."""
+
+    enabled: bool = False
+    key: str | None = None
+    certificate: str | None = None
+    issuer: str | None = None
+    services: list[str] = Field(default_factory=list)
+    expiration: Duration = timedelta(minutes=5)
+
+
+class LoginBackoff(Section):
+    free: int = 5
+    initial: Duration = timedelta(milliseconds=500)
+    maximum: Duration = timedelta(seconds=10)
+    window: Duration = timedelta(minutes=15)
+
+
+class DockyardAuth(Section):
+    """Users, access rules and the token service (``dockyard.auth``)."""
+
+    users: str | None = None
+    admins: list[str] = Field(default_factory=list)
+    groups: dict[str, list[str]] = Field(default_factory=dict)
+    access: list[AccessRule] | None = None
+    tokenservice: TokenService = Field(default_factory=TokenService)
+    backoff: LoginBackoff = Field(default_factory=LoginBackoff)
+
+
 class Dockyard(Section):
     """Settings Distribution does not have."""
 
     ui: UI = Field(default_factory=UI)
+    auth: DockyardAuth = Field(default_factory=DockyardAuth)
     workers: int | None = None
     gc: GarbageCollection = Field(default_factory=GarbageCollection)
 
@@ -246,7 +327,7 @@ class Config(Section):
             {"filesystem": {"rootdirectory": "/var/lib/registry"}}
         )
     )
-    auth: dict[str, Any] | None = None
+    auth: Auth | None = None
     middleware: dict[str, Any] | None = None
     http: HTTP = Field(default_factory=HTTP)
     notifications: dict[str, Any] | None = None

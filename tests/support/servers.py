@@ -49,7 +49,14 @@ class ServerProcess:
         config: Mapping[str, Any] | None = None,
         env: Mapping[str, str] | None = None,
         root: Path | None = None,
+        ca: Path | None = None,
+        client_cert: tuple[Path, Path] | None = None,
     ) -> None:
+        # ``ca``: the server speaks HTTPS (its config sets http.tls) and this CA file
+        # verifies it; ``client_cert``: (certificate, key) the readiness probe presents
+        # when the server requires client certificates (http.tls.clientcas).
+        self.ca = ca
+        self.client_cert = client_cert
         self.kind = kind
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -74,7 +81,19 @@ class ServerProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ca is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    def verify(self) -> Any:
+        """What httpx's ``verify`` needs to trust this server (True for plain HTTP)."""
+        if self.ca is None:
+            return True
+        import ssl
+
+        context = ssl.create_default_context(cafile=str(self.ca))
+        if self.client_cert is not None:
+            context.load_cert_chain(str(self.client_cert[0]), str(self.client_cert[1]))
+        return context
 
     @property
     def host(self) -> str:
@@ -98,7 +117,7 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.kind} exited early:\n{self.log()}")
             try:
-                if httpx.get(self.url + "/v2/", timeout=1.0).status_code in (200, 401):
+                if httpx.get(self.url + "/v2/", timeout=1.0, verify=self.verify()).status_code in (200, 401):
                     return
             except httpx.TransportError:
                 pass
