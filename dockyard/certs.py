@@ -376,11 +376,12 @@ def server_ssl_context(tls: TLS) -> ssl.SSLContext | None:
         return None
     if not tls.certificate or not tls.key:
         raise TLSConfigError("http.tls needs both certificate and key")
+    for key, path in (("certificate", tls.certificate), ("key", tls.key), *(("clientcas", p) for p in tls.clientcas)):
+        if not os.path.isfile(path):
+            raise TLSConfigError(f"http.tls.{key}: {path}: no such file")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         context.load_cert_chain(tls.certificate, tls.key)
-    except FileNotFoundError as error:
-        raise TLSConfigError(f"http.tls: {error.filename}: no such file") from None
     except (ssl.SSLError, OSError) as error:
         raise TLSConfigError(
             f"http.tls: cannot load certificate {tls.certificate} with key {tls.key}: {error}"

@@ -110,6 +110,14 @@ _TABLE: dict[object, Rule] = {
 }
 
 
+# Endpoints other work adds to ``extensions``, named so this module does not depend on
+# their arrival: each is listed with the grant it needs once it exists.
+for _name, _rule in (("repository_details", _pull),):
+    _endpoint = getattr(extensions, _name, None)
+    if _endpoint is not None:
+        _TABLE[_endpoint] = _rule
+
+
 def requirement(request: web.Request) -> Need:
     try:
         endpoint, raw_params = routes.resolve(routes.raw_tail(request), request.method)
@@ -183,10 +191,22 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if need.signed_in and identity.anonymous and service.mode != "none":
         raise unauthorized(service, request, ())
     if not all(identity.allows(access) for access in need.accesses):
+        detail = [a.to_json() for a in need.accesses]
         if identity.method == "basic":
             # A known user the rules refuse: asking again with the same credentials
             # cannot help, so 403 rather than a challenge.
-            raise Denied(detail=[a.to_json() for a in need.accesses])
+            raise Denied(detail=detail)
+        if identity.method == "token" and identity.user is not None:
+            # A signed-in user's token lacks the scope. RFC 6750 answers that with 403
+            # and a challenge naming the scope: clients that reuse one token across
+            # requests (oras-py) fetch a new one for it, and clients that ask for the
+            # right scope up front (Docker, containers/image) were refused it by the
+            # token service, so "denied" is the truth. Distribution says 401 here; an
+            # anonymous token still gets 401, which tells the client to sign in.
+            challenge = service.challenge(
+                _realm(service, request), need.challenge_accesses, "insufficient_scope"
+            )
+            raise Denied(detail=detail, headers={"WWW-Authenticate": challenge})
         raise unauthorized(
             service,
             request,

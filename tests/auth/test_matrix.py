@@ -5,7 +5,7 @@ a writer, a deleter (all on ``proj/**``) and an admin; everybody may pull ``publ
 and nobody but the admin touches ``secret/**``. Each case states the grant it needs; the
 expectation is computed from a model of the rules written here, independently of the
 code under test: allowed callers get the endpoint's normal answer, the others 401 (no
-or wrong credentials, or any token) or 403 (a signed-in user, Basic), and a refused
+or wrong credentials, an anonymous token) or 403 (a signed-in user), and a refused
 change leaves the registry as it was.
 """
 
@@ -18,11 +18,13 @@ from typing import Any
 import httpx
 import pytest
 
+from dockyard.api import extensions
 from tests.auth.support import (
     ADMIN,
     PRINCIPALS,
     error_code,
     htpasswd_config,
+    parse_challenge,
     token_config,
 )
 from tests.support.images import (
@@ -325,6 +327,18 @@ CASES: list[Case] = [
 ]
 
 
+if hasattr(extensions, "repository_details"):
+    # The UI's tag table: what the tags list shows, so the same grant.
+    CASES.append(
+        Case(
+            "repository-details",
+            lambda p: ("pull", "proj/app"),
+            lambda c, p, w: c.get("/v2/_dockyard/repositories/proj/app"),
+            _status(200),
+        )
+    )
+
+
 def _assert(condition: bool) -> None:
     assert condition
 
@@ -377,12 +391,16 @@ def test_access(world: World, case: Case, principal: str) -> None:
             _check_listing(case.name, response, principal)
     else:
         signed_in_user = principal not in ("anonymous", "wrong-password")
-        expected = 403 if signed_in_user and world.mode == "htpasswd" else 401
+        # A signed-in user is refused (403): with a token, RFC 6750's insufficient_scope.
+        expected = 403 if signed_in_user else 401
         assert response.status_code == expected, (response.status_code, response.text)
         if response.request.method != "HEAD":
             assert error_code(response) == ("DENIED" if expected == 403 else "UNAUTHORIZED")
         if expected == 401:
             assert response.headers.get("WWW-Authenticate", "").split(" ")[0] in ("Basic", "Bearer")
+        elif world.mode == "token":
+            scheme, params = parse_challenge(response.headers["WWW-Authenticate"])
+            assert (scheme, params["error"]) == ("bearer", "insufficient_scope")
     if case.check is not None:
         case.check(world, principal, allowed)
 
