@@ -339,3 +339,25 @@ def test_signing_key_files_are_private(tmp_path: Path) -> None:
     build_auth(config)
     assert (tmp_path / "token.key").stat().st_mode & 0o077 == 0
     assert os.path.exists(tmp_path / "token.crt")
+
+
+def test_the_documented_example_works(tmp_path: Path) -> None:
+    readme = Path(__file__).parents[2] / "dockyard" / "auth" / "README.md"
+    text = readme.read_text()
+    block = text.split("## What they may do", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    example = yaml.safe_load(block.replace("/etc/dockyard", str(tmp_path)))
+    (tmp_path / "htpasswd").write_text("")
+    config = load(tmp_path, example).config
+    assert load(tmp_path, example).warnings == []
+    auth = build_auth(config)
+    assert auth is not None and auth.policy is not None
+    rules = auth.policy
+    assert rules.actions("alice", "team-a/app") == {"pull", "push"}
+    assert rules.actions("carol", "team-a/app") == {"pull"}
+    assert rules.actions("carol", "base/debian") == {"pull"}
+    assert rules.actions(None, "public/tools/x") == {"pull"}
+    assert rules.actions(None, "team-a/app") == frozenset()
+    assert rules.actions("release-bot", "team-a/app") == {"pull", "push", "delete"}
+    assert rules.is_admin("olga") and rules.is_admin("root") and not rules.is_admin("alice")
+    issued = auth.mint_token("alice", ["repository:team-a/app:push"], "registry-b.example:5000")
+    assert issued.expires_in == 300
