@@ -1,0 +1,1 @@
+"""Dockyard's side-by-side benchmark against CNCF Distribution; see bench/README.md."""

@@ -1,0 +1,165 @@
+"""The results as Markdown: context, the side-by-side table, CPU use, and what Dockyard loses."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from bench.servers import DISTRIBUTION, DOCKYARD
+from bench.stats import Figure, Results
+
+MACHINE = "machine"
+TABLE_INTRO = (
+    "Medians over the repetitions; min–max is the spread across them. The ratio is "
+    "Dockyard / Distribution of the medians; for rates (MB/s, req/s) higher is better, "
+    "for times, latencies and memory lower is better, and the last column says which "
+    "way that falls (×F behind = Dockyard needs F times better to draw level)."
+)
+CPU_INTRO = (
+    "Server CPU is the sum over the server's process tree (/proc/PID/stat), client CPU "
+    "is the load generator's (getrusage of the bench process or of wrk/ab/skopeo). "
+    "ms/MB for blob transfers, µs/req for request rates, seconds for one-off jobs."
+)
+
+
+def number(value: float | None) -> str:
+    if value is None:
+        return "–"
+    magnitude = abs(value)
+    if magnitude >= 1000:
+        return f"{value:,.0f}"
+    if magnitude >= 100:
+        return f"{value:.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    if magnitude >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
+def spread(figure: Figure, kind: str) -> str:
+    found = figure.spread(kind)
+    if found is None:
+        return "–"
+    low, high = found
+    return number(low) if low == high else f"{number(low)}–{number(high)}"
+
+
+def verdict(figure: Figure) -> str:
+    ratio = figure.ratio()
+    if ratio is None:
+        return "n/a"
+    ahead = figure.dockyard_ahead()
+    # How far behind, as the factor by which Dockyard would have to improve.
+    factor = ratio if not figure.higher_is_better else 1 / ratio if ratio else float("inf")
+    if ahead:
+        return "ahead"
+    return f"**behind ×{factor:.2f}**"
+
+
+def _direction(figure: Figure) -> str:
+    return "higher" if figure.higher_is_better else "lower"
+
+
+def figure_table(results: Results) -> list[str]:
+    lines = [
+        (
+            "| figure | unit (better) | Dockyard median | Dockyard min–max "
+            "| Distribution median | Distribution min–max | ratio D/D | Dockyard |"
+        ),
+        "|---|---|--:|--:|--:|--:|--:|---|",
+    ]
+    group = None
+    for figure in results.figures.values():
+        if MACHINE in figure.samples:
+            continue
+        if figure.group != group:
+            group = figure.group
+            lines.append(f"| **{group}** | | | | | | | |")
+        ratio = figure.ratio()
+        label = figure.label + (f" ({figure.note})" if figure.note else "")
+        lines.append(
+            f"| {label} | {figure.unit} ({_direction(figure)}) "
+            f"| {number(figure.median(DOCKYARD))} | {spread(figure, DOCKYARD)} "
+            f"| {number(figure.median(DISTRIBUTION))} | {spread(figure, DISTRIBUTION)} "
+            f"| {'–' if ratio is None else f'{ratio:.2f}'} | {verdict(figure)} |"
+        )
+    return lines
+
+
+def cpu_table(results: Results) -> list[str]:
+    lines = [
+        (
+            "| figure | CPU unit | Dockyard server | Distribution server "
+            "| client (Dockyard run) | client (Distribution run) |"
+        ),
+        "|---|---|--:|--:|--:|--:|",
+    ]
+    for figure in results.figures.values():
+        if MACHINE in figure.samples:
+            continue
+        cells = [
+            figure.cpu_per_work(DOCKYARD, "server"),
+            figure.cpu_per_work(DISTRIBUTION, "server"),
+            figure.cpu_per_work(DOCKYARD, "client"),
+            figure.cpu_per_work(DISTRIBUTION, "client"),
+        ]
+        if all(cell is None for cell in cells):
+            continue
+        lines.append(
+            f"| {figure.group.split('.')[0]}. {figure.label} | {figure.cpu_unit} | "
+            + " | ".join(number(cell) for cell in cells)
+            + " |"
+        )
+    return lines
+
+
+def machine_table(results: Results) -> list[str]:
+    lines = ["| limit | unit | median | min–max |", "|---|---|--:|--:|"]
+    for figure in results.figures.values():
+        if MACHINE in figure.samples:
+            lines.append(
+                f"| {figure.label} | {figure.unit} | {number(figure.median(MACHINE))} "
+                f"| {spread(figure, MACHINE)} |"
+            )
+    return lines
+
+
+def losses(results: Results) -> list[str]:
+    behind = [
+        f
+        for f in results.figures.values()
+        if MACHINE not in f.samples and f.dockyard_ahead() is False
+    ]
+
+    def factor(figure: Figure) -> float:
+        ratio = figure.ratio() or 1.0
+        return 1 / ratio if figure.higher_is_better else ratio
+
+    behind.sort(key=factor, reverse=True)
+    if not behind:
+        return ["Dockyard is ahead or level on every figure measured by both."]
+    return [
+        f"- {f.group.split('.')[0]}. {f.label}: Dockyard {number(f.median(DOCKYARD))} vs "
+        f"Distribution {number(f.median(DISTRIBUTION))} {f.unit} ({_direction(f)} is better), "
+        f"behind ×{factor(f):.2f}"
+        for f in behind
+    ]
+
+
+def render(results: Results, context: Mapping[str, str], notes: list[str]) -> str:
+    out = ["# Dockyard vs Distribution: benchmark results", ""]
+    out += [f"- **{key}**: {value}" for key, value in context.items()]
+    out += ["", "## Side by side", ""]
+    out += [TABLE_INTRO, ""]
+    out += figure_table(results)
+    out += ["", "## Where Dockyard is behind", ""]
+    out += losses(results)
+    out += ["", "## CPU per unit of work (medians)", ""]
+    out += [CPU_INTRO, ""]
+    out += cpu_table(results)
+    out += ["", "## The machine's limits, for context", ""]
+    out += machine_table(results)
+    if notes:
+        out += ["", "## Notes", ""]
+        out += [f"- {note}" for note in notes]
+    return "\n".join(out) + "\n"

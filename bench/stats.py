@@ -1,0 +1,101 @@
+"""Figures and their samples: what was measured, in which unit, and which way is better."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+from bench.servers import DISTRIBUTION, DOCKYARD
+
+
+@dataclass(frozen=True)
+class Sample:
+    value: float
+    # CPU seconds the server's process tree and the client used for this sample, and
+    # the work done (bytes or requests), so CPU can be compared per unit of work.
+    server_cpu: float | None = None
+    client_cpu: float | None = None
+    work: float | None = None
+
+
+@dataclass
+class Figure:
+    key: str
+    group: str
+    label: str
+    unit: str
+    higher_is_better: bool
+    # "MB" or "req" when CPU should be shown per MB or per request, "" for totals.
+    work_unit: str = ""
+    note: str = ""
+    samples: dict[str, list[Sample]] = field(default_factory=dict)
+
+    def add(self, kind: str, sample: Sample) -> None:
+        self.samples.setdefault(kind, []).append(sample)
+
+    def values(self, kind: str) -> list[float]:
+        return [s.value for s in self.samples.get(kind, [])]
+
+    def median(self, kind: str) -> float | None:
+        values = self.values(kind)
+        return statistics.median(values) if values else None
+
+    def spread(self, kind: str) -> tuple[float, float] | None:
+        values = self.values(kind)
+        return (min(values), max(values)) if values else None
+
+    def ratio(self) -> float | None:
+        """Dockyard / Distribution of the medians."""
+        ours, theirs = self.median(DOCKYARD), self.median(DISTRIBUTION)
+        if ours is None or theirs is None or theirs == 0:
+            return None
+        return ours / theirs
+
+    def dockyard_ahead(self) -> bool | None:
+        ratio = self.ratio()
+        if ratio is None:
+            return None
+        return ratio >= 1.0 if self.higher_is_better else ratio <= 1.0
+
+    def cpu_per_work(self, kind: str, which: str) -> float | None:
+        """Median CPU per unit of work: ms per MB, µs per request, or seconds in total."""
+        per: list[float] = []
+        for sample in self.samples.get(kind, []):
+            cpu = sample.server_cpu if which == "server" else sample.client_cpu
+            if cpu is None:
+                continue
+            if self.work_unit == "MB" and sample.work:
+                per.append(cpu * 1000.0 / (sample.work / 1e6))
+            elif self.work_unit == "req" and sample.work:
+                per.append(cpu * 1e6 / sample.work)
+            elif not self.work_unit:
+                per.append(cpu)
+        return statistics.median(per) if per else None
+
+    @property
+    def cpu_unit(self) -> str:
+        return {"MB": "ms/MB", "req": "µs/req"}.get(self.work_unit, "s")
+
+
+class Results:
+    """Every figure in the order it was declared, so the report keeps the brief's order."""
+
+    def __init__(self) -> None:
+        self.figures: dict[str, Figure] = {}
+
+    def declare(
+        self,
+        key: str,
+        group: str,
+        label: str,
+        unit: str,
+        higher_is_better: bool,
+        work_unit: str = "",
+        note: str = "",
+    ) -> Figure:
+        if key not in self.figures:
+            self.figures[key] = Figure(key, group, label, unit, higher_is_better, work_unit, note)
+        return self.figures[key]
+
+    def add(self, key: str, kind: str, sample: Sample) -> None:
+        self.figures[key].add(kind, sample)
