@@ -297,7 +297,11 @@ def instructions(result: CertificateSet, port: int, clientcas: bool = False) -> 
     ]
     if clientcas or result.clients:
         lines += ["      clientcas:", f"        - {result.ca_cert}"]
-    lines += ["", "Install the CA on each client machine, once for every HOST:PORT it uses:"]
+    lines += [
+        "",
+        f"Install the CA on each client machine (copy {CA_CERT} there first), once for every",
+        "HOST:PORT the machine uses to reach the registry:",
+    ]
     for host in result.hosts:
         where = f"{host}:{port}"
         lines += [
