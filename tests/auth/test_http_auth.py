@@ -230,3 +230,18 @@ def test_token_service_under_a_prefix(tmp_path: Path) -> None:
         assert writer.get("/v2/proj/app/tags/list").json()["tags"] == ["v1"]
     finally:
         server.stop()
+
+
+def test_autoredirect_realm_follows_the_host(tmp_path: Path) -> None:
+    # Distribution's autoredirect: the realm is https://<Host header><autoredirectpath>.
+    config = token_config(tmp_path)
+    config["auth"]["token"].update({"autoredirect": True, "realm": "https://ignored.invalid/token"})
+    server = _start(tmp_path, config)
+    try:
+        response = httpx.get(f"{server.url}/v2/", headers={"Host": "registry.example:5000"})
+        realm = parse_challenge(response.headers["WWW-Authenticate"])[1]["realm"]
+        assert realm == "https://registry.example:5000/auth/token"
+        proxied = httpx.get(f"{server.url}/v2/", headers={"X-Forwarded-Proto": "http"})
+        assert parse_challenge(proxied.headers["WWW-Authenticate"])[1]["realm"] == f"{server.url}/auth/token"
+    finally:
+        server.stop()
