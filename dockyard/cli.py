@@ -66,6 +66,56 @@ def _load_or_exit(config_path: str | None) -> Config:
     return config
 
 
+@main.command()
+@click.option(
+    "--listen",
+    default=":8080",
+    show_default=True,
+    envvar="UI_LISTEN",
+    help="Address to serve the UI on, host:port or :port (env UI_LISTEN).",
+)
+@click.option("--registry-url", default=None, help="The registry, e.g. http://host:5000/v2 (env REGISTRY_URL).")
+@click.option("--registry-name", default=None, help="host:port shown in pull commands (env REGISTRY_NAME).")
+@click.option(
+    "--read-only/--read-write",
+    default=None,
+    help="Hide deleting and collection (env REGISTRY_READONLY; read-only unless it is false).",
+)
+@click.option(
+    "--trust-any-ssl",
+    is_flag=True,
+    default=None,
+    help="Accept any TLS certificate from the registry (env REGISTRY_TRUST_ANY_SSL).",
+)
+def ui(
+    listen: str,
+    registry_url: str | None,
+    registry_name: str | None,
+    read_only: bool | None,
+    trust_any_ssl: bool | None,
+) -> None:
+    """Serve the web UI alone, in front of any v2 registry (as docker-registry-web).
+
+    Credentials come only from REGISTRY_BASIC_AUTH (base64 of user:password), never from
+    the command line where other users could read them; without it, the browser asks.
+    """
+    from dockyard.web import run_standalone, settings_from_env
+    from dockyard.web.settings import SettingsError
+
+    setup_logging("info", "text", {})
+    try:
+        settings = settings_from_env(
+            registry_url=registry_url,
+            registry_name=registry_name,
+            read_only=read_only,
+            trust_any_ssl=trust_any_ssl or None,
+        )
+        run_standalone(settings, listen)
+    except (SettingsError, ValueError, OSError) as error:
+        click.echo(f"dockyard: {error}", err=True)
+        sys.exit(1)
+
+
 @main.command("garbage-collect")
 @click.argument("config_path", metavar="CONFIG")
 @click.option("--dry-run", "-d", is_flag=True, help="Report what would be deleted; change nothing.")

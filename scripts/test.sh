@@ -14,9 +14,11 @@ cd "$ROOT"
 # and the other side of the interoperability tests. podman: a second real client (pull,
 # retag, push, pull again), run as root on the vfs storage driver.
 if ! is_root; then
-    echo "warning: not root: skipping apt; skopeo, docker-registry and podman must already be installed" >&2
+    echo "warning: not root: skipping apt; skopeo, docker-registry, podman and chromium must already be installed" >&2
 fi
-ensure_debian_packages skopeo docker-registry podman
+# chromium: Debian's browser, which Playwright drives headless in the web UI tests
+# (tests/web); Playwright's own browser download does not work offline.
+ensure_debian_packages skopeo docker-registry podman chromium
 quiet_debian_registry
 
 choose_python

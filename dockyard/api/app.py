@@ -17,6 +17,7 @@ from dockyard.auth.http import install as install_auth
 from dockyard.config import Config
 from dockyard.errors import Unavailable
 from dockyard.registry import Registry, RegistryOptions
+from dockyard.registry.cache import DigestCache
 from dockyard.registry.gc import GcOptions, hold_limit_for
 from dockyard.storage import create_driver
 
@@ -75,6 +76,7 @@ def create_app(
             settle=gc.settle.total_seconds(),
         )
     )
+    app[extensions.SUMMARIES] = DigestCache(8 << 20)
     if checker is not None:
         app[health.STORAGE_HEALTH] = checker
     app.on_response_prepare.append(_header_adder(config))
@@ -86,6 +88,12 @@ def create_app(
     # Access control (auth.*, dockyard.auth): a middleware innermost, inside the error
     # middleware, and the built-in token service's endpoint when it is enabled.
     install_auth(app, config)
+    if config.dockyard.ui.enabled:
+        # The web UI under /ui (and / redirecting there); it reaches this server's API
+        # over loopback HTTP like any client, so auth applies to it unchanged.
+        from dockyard.web import mount_in_server
+
+        mount_in_server(app, config)
 
     app.cleanup_ctx.append(_lifecycle(config, registry, checker, background))
     return app

@@ -1,4 +1,4 @@
-"""Dockyard's own endpoints under ``/v2/_dockyard/``: usage, collection, repository delete.
+"""Dockyard's own endpoints under ``/v2/_dockyard/``: usage, collection, repositories.
 
 Names under ``_dockyard`` can never clash with repositories: a repository name may not
 start with an underscore.
@@ -7,6 +7,7 @@ start with an underscore.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,9 +15,16 @@ from typing import Any
 from aiohttp import web
 
 from dockyard.api.context import registry_of
-from dockyard.errors import Unsupported
+from dockyard.errors import NameUnknown, RegistryError, Unsupported
+from dockyard.registry import Registry, Repository
+from dockyard.registry import layout
+from dockyard.registry.cache import DigestCache
+from dockyard.registry.digest import Digest
 from dockyard.registry.gc import GarbageCollector, GcOptions, GcReport, ScanCache
+from dockyard.registry.links import read_link
+from dockyard.registry.manifests import parse_stored
 from dockyard.registry.usage import compute_usage
+from dockyard.storage.driver import PathNotFoundError
 
 
 @dataclass(slots=True)
@@ -31,6 +39,13 @@ class CollectorState:
 
 
 COLLECTOR = web.AppKey("collector", CollectorState)
+# What a manifest's tags list entry says (size, created, platforms) by digest: derived
+# from content only, so it never goes stale.
+IMAGE_CONFIGS = (
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+)
+SUMMARIES = web.AppKey("manifest_summaries", DigestCache[dict[str, Any]])
 
 
 def report_json(report: GcReport, dry_run: bool) -> dict[str, Any]:
@@ -96,3 +111,107 @@ async def delete_repository(request: web.Request, name: str) -> web.StreamRespon
     """Remove a repository's manifests, tags and links; a collection then frees its blobs."""
     await registry_of(request).delete_repository(name)
     return web.Response(status=202, headers={"Content-Length": "0"})
+
+
+async def repository_details(request: web.Request, name: str) -> web.StreamResponse:
+    """Every tag with its digest, kind, size, creation time, platforms and push time.
+
+    What a UI's tag table needs in one request instead of two or three per tag; the
+    web UI uses it when the registry is Dockyard.
+    """
+    registry = registry_of(request)
+    repo = registry.repository(name)
+    try:
+        await registry.driver.stat(layout.repository(repo.name))
+    except PathNotFoundError:
+        raise NameUnknown(detail={"name": repo.name}) from None
+    cache = request.app.get(SUMMARIES)
+    semaphore = asyncio.Semaphore(16)
+
+    async def describe(tag: str) -> dict[str, Any] | None:
+        async with semaphore:
+            link = layout.tag_current_link(repo.name, tag)
+            digest = await read_link(registry.driver, link)
+            if digest is None:
+                return None
+            try:
+                pushed: float | None = (await registry.driver.stat(link)).mtime
+            except PathNotFoundError:
+                return None
+            summary = cache.get(digest) if cache is not None else None
+            if summary is None:
+                summary, _ = await _summary(registry, repo, digest)
+                if cache is not None and "error" not in summary:
+                    cache.put(digest, summary, 512)
+            return {"tag": tag, "digest": str(digest), "pushed": pushed, **summary}
+
+    entries = await asyncio.gather(*(describe(tag) for tag in await repo.tags.list()))
+    options = registry.options
+    return web.json_response(
+        {
+            "name": repo.name,
+            "deleteEnabled": options.delete_enabled and not options.read_only,
+            "tags": [entry for entry in entries if entry is not None],
+        }
+    )
+
+
+async def _summary(
+    registry: Registry, repo: Repository, digest: Digest
+) -> tuple[dict[str, Any], dict[Digest, int]]:
+    """A manifest's tag-table facts, and the sizes of the blobs it is made of.
+
+    The blob sizes let an index count a layer its platforms share only once.
+    """
+    try:
+        stored = await repo.manifests.get(digest)
+        manifest = parse_stored(stored.data, digest)
+    except RegistryError as error:
+        return {"error": error.message}, {}
+    blobs: dict[Digest, int] = {digest: manifest.size}
+    if manifest.is_index:
+        created: list[str] = []
+        platforms: list[str] = []
+        for child in manifest.children:
+            if (child.annotations or {}).get("vnd.docker.reference.type") == "attestation-manifest":
+                continue  # BuildKit's provenance entries are not a platform
+            platform = child.platform or {}
+            parts = [platform.get(key) for key in ("os", "architecture", "variant")]
+            platforms.append("/".join(str(p) for p in parts if p) or "unknown")
+            inner, inner_blobs = await _summary(registry, repo, child.digest)
+            blobs.update(inner_blobs)
+            if inner.get("created"):
+                created.append(inner["created"])
+        summary: dict[str, Any] = {
+            "kind": "index",
+            "mediaType": manifest.media_type,
+            "size": sum(blobs.values()),
+            "created": max(created) if created else None,
+            "platforms": platforms,
+        }
+        return summary, blobs
+    if manifest.config is not None:
+        blobs[manifest.config.digest] = manifest.config.size
+    for layer in manifest.layers:
+        blobs[layer.digest] = layer.size
+    summary = {
+        "kind": "artifact",
+        "mediaType": manifest.media_type,
+        "size": sum(blobs.values()),
+        "created": manifest.annotations.get("org.opencontainers.image.created"),
+        "platforms": [],
+    }
+    config = manifest.config
+    if config is not None and not manifest.artifact_type and config.media_type in IMAGE_CONFIGS:
+        summary["kind"] = "image"
+        try:
+            document = json.loads(await registry.blobs.read(config.digest))
+        except (RegistryError, ValueError):
+            document = None
+        if isinstance(document, dict):
+            if isinstance(document.get("created"), str):
+                summary["created"] = document["created"]
+            parts = [document.get(key) for key in ("os", "architecture", "variant")]
+            text = "/".join(p for p in parts if isinstance(p, str) and p)
+            summary["platforms"] = [text] if text else []
+    return summary, blobs

@@ -34,7 +34,7 @@ _ROUTES: list[tuple[re.Pattern[str], dict[str, Endpoint]]] = [
     ),
     (
         re.compile(r"^_dockyard/repositories/(?P<name>.+)$"),
-        {"DELETE": extensions.delete_repository},
+        {"GET": extensions.repository_details, "DELETE": extensions.delete_repository},
     ),
     (re.compile(r"^(?P<name>.+)/tags/list$"), {"GET": listing.list_tags}),
     (

@@ -268,7 +268,15 @@ class GarbageCollection(Section):
 
 
 class UI(Section):
+    """The web UI under ``/ui`` (``dockyard.ui``)."""
+
     enabled: bool = True
+    # No delete buttons nor garbage collection from the page (the API is unaffected).
+    readonly: bool = False
+    # host[:port] shown in ``docker pull`` commands; unset: http.host, else the host the
+    # browser used to reach the page.
+    name: str | None = None
+    pagesize: int = Field(default=50, ge=5, le=500)
 
 
 class AccessRule(BaseModel):
