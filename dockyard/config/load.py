@@ -1,8 +1,9 @@
 """Read ``config.yml`` as Distribution does: the file, then ``REGISTRY_*`` overrides.
 
-Nothing is ignored silently: a key Distribution knows that Dockyard does not act on yet
-gives one warning naming it, a key nobody knows gives a warning with its line, and a
-malformed file stops start-up with the file, line and reason.
+Nothing is ignored silently. A key Distribution knows and Dockyard does not act on yet
+gives one warning naming it; a key nobody knows gives a warning with its line; a
+malformed file, or a value of the wrong type, stops start-up with the file, the line
+and the reason.
 """
 
 from __future__ import annotations
@@ -12,52 +13,98 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from dockyard.config.model import STORAGE_DRIVERS, Config, Storage
+from dockyard.config.model import STORAGE_DRIVERS, Config, expand_choice
 
-# Keys Distribution has that Dockyard reads but does not act on yet. Supporting one means
-# deleting it from here; nothing else in the loader names keys.
-UNSUPPORTED_KEYS: frozenset[str] = frozenset(
+KeyPath = tuple[str, ...]
+
+# Distribution keys that Dockyard reads but does not act on yet: each one present in a
+# configuration (with a value other than "off" or empty) gives one warning at start-up.
+# Supporting a key means deleting it from here; nothing else in the loader names keys.
+# "key=value" entries name a value of the key that is not supported, where the key's
+# other values are. An unsupported storage driver (or auth type) is an error instead:
+# without it there is nothing to serve from (or no access control the operator asked for).
+UNSUPPORTED_KEYS: Final[frozenset[str]] = frozenset(
     {
+        "log.hooks",
+        "log.reportcaller",
+        "storage.s3",
+        "storage.gcs",
+        "storage.azure",
+        "storage.swift",
+        "storage.oss",
+        "storage.filesystem.maxthreads",
+        "storage.cache.blobdescriptor=redis",
+        "storage.cache.blobdescriptorsize",
+        "storage.tag",
         "middleware",
+        "reporting",
+        "compatibility",
+        "policy",
+        "http.tls.letsencrypt",
+        "http.tls.clientauth=request-client-cert",
+        "http.tls.clientauth=require-any-client-cert",
+        "http.tls.clientauth=verify-client-cert-if-given",
+        "http.debug",
+        "http.h2c",
         "notifications",
         "redis",
-        "proxy",
-        "validation",
-        "http.tls.letsencrypt",
-        "http.debug",
-        "http.http2",
-        "http.secret",
-        "http.draintimeout",
         "health.file",
         "health.http",
         "health.tcp",
-        "storage.redirect",
-        "storage.tag",
-        "log.reportcaller",
-        "storage.filesystem.maxthreads",
+        "proxy",
+        "validation",
     }
 )
-# Storage drivers Distribution has and Dockyard does not: a registry cannot run without
-# its storage, so these are errors, not warnings.
-UNSUPPORTED_DRIVERS = frozenset({"s3", "gcs", "azure", "swift", "oss"})
-# Keys whose value is Distribution's default, or a no-op here, need no warning.
-_SILENT_WHEN_EMPTY = ("http.tls", "http.debug", "http.http2")
 
-EMBEDDED_DEFAULTS: dict[str, Any] = {
-    "version": "0.1",
-    "log": {"fields": {"service": "registry"}},
-    "storage": {
-        "cache": {"blobdescriptor": "inmemory"},
-        "filesystem": {"rootdirectory": "/var/lib/registry"},
-    },
-    "http": {"addr": ":5000", "headers": {"X-Content-Type-Options": ["nosniff"]}},
-    "health": {"storagedriver": {"enabled": True, "interval": "10s", "threshold": 3}},
-}
+# Old names Distribution still reads, and the names that replace them.
+DEPRECATED_KEYS: Final[Mapping[str, str]] = MappingProxyType(
+    {"loglevel": "log.level", "storage.cache.layerinfo": "storage.cache.blobdescriptor"}
+)
+
+# REGISTRY_* variables that are not configuration overrides: Distribution's own way to
+# name the file, and docker-registry-web's settings, which Dockyard's UI also reads.
+NOT_OVERRIDES: Final[frozenset[str]] = frozenset(
+    {
+        "REGISTRY_CONFIGURATION_PATH",
+        "REGISTRY_URL",
+        "REGISTRY_NAME",
+        "REGISTRY_BASIC_AUTH",
+        "REGISTRY_TRUST_ANY_SSL",
+        "REGISTRY_READONLY",
+    }
+)
+
+# What the registry:2 image ships as /etc/docker/registry/config.yml.
+EMBEDDED_CONFIG: Final[str] = """\
+version: 0.1
+log:
+  fields:
+    service: registry
+storage:
+  cache:
+    blobdescriptor: inmemory
+  filesystem:
+    rootdirectory: /var/lib/registry
+http:
+  addr: :5000
+  headers:
+    X-Content-Type-Options: [nosniff]
+health:
+  storagedriver:
+    enabled: true
+    interval: 10s
+    threshold: 3
+"""
+EMBEDDED_SOURCE: Final[str] = "(embedded defaults)"
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 class ConfigError(Exception):
@@ -70,181 +117,480 @@ class LoadedConfig:
     warnings: list[str] = field(default_factory=list)
 
 
-def _key_lines(node: yaml.Node | None, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
-    """Map every key path of a composed YAML document to its 1-based line."""
-    lines: dict[tuple[str, ...], int] = {}
+@dataclass(slots=True)
+class _Context:
+    """Where every key came from, and what has been said about them."""
+
+    source: str
+    lines: dict[KeyPath, int] = field(default_factory=dict)
+    # Plain YAML scalars that did not read as strings, as written: Distribution's
+    # decoder gives a string field the text ("secret: 0123" is "0123", not 83).
+    raw: dict[KeyPath, str] = field(default_factory=dict)
+    # Keys set by REGISTRY_* variables, and the variable that set each.
+    variables: dict[KeyPath, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def location(self, path: KeyPath) -> str:
+        """The variable or file line that set ``path`` (or its nearest parent)."""
+        for size in range(len(path), 0, -1):
+            prefix = path[:size]
+            if prefix in self.variables:
+                return f"environment variable {self.variables[prefix]}"
+            if prefix in self.lines:
+                return f"{self.source}:{self.lines[prefix]}"
+        return self.source
+
+    def origin(self, path: KeyPath) -> str:
+        """`` (line N)`` or `` (set by REGISTRY_X)`` for a warning about ``path``."""
+        if path in self.lines:
+            return f" (line {self.lines[path]})"
+        for size in range(len(path), 0, -1):
+            if path[:size] in self.variables:
+                return f" (set by {self.variables[path[:size]]})"
+        below = [name for key, name in self.variables.items() if key[: len(path)] == path]
+        if below:
+            return f" (set by {below[0]})"
+        # A key the file names only by its parent, as "storage: s3" names storage.s3.
+        for size in range(len(path) - 1, 0, -1):
+            if path[:size] in self.lines:
+                return f" (line {self.lines[path[:size]]})"
+        return ""
+
+    def set_by(self, path: KeyPath, variable: str) -> None:
+        """``path`` now holds what ``variable`` says; what the file had there is gone."""
+        self.lines = {key: line for key, line in self.lines.items() if key[: len(path)] != path}
+        self.variables = {
+            key: name for key, name in self.variables.items() if key[: len(path)] != path
+        }
+        self.variables[path] = variable
+
+
+# --- the file -----------------------------------------------------------------------------
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read()
+    except OSError as error:
+        raise ConfigError(f"{path}: {error.strerror or error}") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text ({error.reason})") from error
+
+
+def _yaml_problem(error: yaml.YAMLError, source: str) -> str:
+    if not isinstance(error, yaml.MarkedYAMLError):
+        return f"{source}: {error}"
+    mark = error.problem_mark or error.context_mark
+    reason = error.problem or error.context or "invalid YAML"
+    if error.problem and error.context:
+        started = error.context_mark
+        at = f" at line {started.line + 1}" if started is not None and started is not mark else ""
+        reason = f"{error.problem} ({error.context}{at})"
+    if mark is None:
+        return f"{source}: {reason}"
+    return f"{source}:{mark.line + 1}:{mark.column + 1}: {reason}"
+
+
+def _index(node: yaml.Node, path: KeyPath, context: _Context, active: set[int]) -> None:
+    """Record the line of every key and the text of every non-string plain scalar."""
+    if id(node) in active:
+        return  # an alias of one of its own parents
+    active.add(id(node))
+    children: list[tuple[str, int, yaml.Node]] = []
     if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
         for key_node, value_node in node.value:
-            path = (*prefix, str(key_node.value))
-            lines[path] = key_node.start_mark.line + 1
-            lines.update(_key_lines(value_node, path))
+            if key_node.tag == _MERGE_TAG:
+                continue
+            key = str(key_node.value)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                # Distribution keeps the last one too, and says nothing.
+                context.warnings.append(
+                    f"config: {'.'.join((*path, key))} is set twice, at lines {seen[key]} "
+                    f"and {line}; the second is used"
+                )
+            seen[key] = line
+            children.append((key, line, value_node))
     elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            path = (*prefix, str(index))
-            lines[path] = item.start_mark.line + 1
-            lines.update(_key_lines(item, path))
-    return lines
+        children = [
+            (str(index), item.start_mark.line + 1, item) for index, item in enumerate(node.value)
+        ]
+    for key, line, child in children:
+        here = (*path, key)
+        context.lines[here] = line
+        if isinstance(child, yaml.ScalarNode) and child.tag != _STR_TAG and child.style is None:
+            context.raw[here] = str(child.value)
+        _index(child, here, context, active)
+    active.discard(id(node))
 
 
-def _model_of(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model a field holds, looking through ``X | None``."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        for arg in typing.get_args(annotation):
-            model = _model_of(arg)
-            if model is not None:
-                return model
+def _parse(text: str, context: _Context) -> dict[str, Any]:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as error:
+        raise ConfigError(_yaml_problem(error, context.source)) from error
+    finally:
+        loader.dispose()
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{context.source}: the configuration must be a mapping of keys")
+    if node is not None:
+        _index(node, (), context, set())
+    return data
+
+
+# --- the model's shape --------------------------------------------------------------------
+
+
+def _unwrap(annotation: Any) -> Any:
+    """The type a field holds, without ``Annotated`` metadata or ``| None``."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin is typing.Union or origin is types.UnionType:
+            args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+            if len(args) != 1:
+                return Any
+            annotation = args[0]
+        else:
+            return annotation
+
+
+def _allows_none(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _allows_none(typing.get_args(annotation)[0])
+    if origin is typing.Union or origin is types.UnionType:
+        return type(None) in typing.get_args(annotation)
+    return annotation is Any
+
+
+def _model(annotation: Any) -> type[BaseModel] | None:
+    kind = _unwrap(annotation)
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        return kind
     return None
 
 
-def _child(model: type[BaseModel] | None, key: str) -> tuple[bool, type[BaseModel] | None]:
-    """Whether ``key`` is known below ``model``, and the model below it (None: free form)."""
-    if model is None:
-        return True, None
-    if model is Storage and key in STORAGE_DRIVERS:
-        return True, None
-    info = model.model_fields.get(key)
-    if info is None or key in ("driver_name", "driver_params"):
-        return False, None
-    return True, _model_of(info.annotation)
+def _is_mapping(annotation: Any) -> bool:
+    kind = _unwrap(annotation)
+    return kind is Any or kind is dict or typing.get_origin(kind) is dict
 
 
-def _check_keys(
-    data: Any,
-    model: type[BaseModel] | None,
-    path: tuple[str, ...],
-    lines: Mapping[tuple[str, ...], int],
-    warnings: list[str],
-    source: str,
+def _is_list(annotation: Any) -> bool:
+    kind = _unwrap(annotation)
+    return kind is list or typing.get_origin(kind) is list
+
+
+def _item_type(annotation: Any) -> Any:
+    """What a mapping's values or a list's items hold (``Any`` when free-form)."""
+    args = typing.get_args(_unwrap(annotation))
+    return args[-1] if args else Any
+
+
+def _choices(model: type[BaseModel] | None) -> tuple[str, ...]:
+    return tuple(getattr(model, "choices", ()))
+
+
+# --- Go's reading of scalars ----------------------------------------------------------------
+
+
+def _go_scalars(value: Any, annotation: Any, path: KeyPath, context: _Context) -> Any:
+    """Give string fields the text the file has, as Distribution's decoder does."""
+    if _unwrap(annotation) is str:
+        if path in context.raw and not isinstance(value, str) and value is not None:
+            return context.raw[path]
+        return value
+    model = _model(annotation)
+    if model is not None and isinstance(value, dict):
+        for key, item in value.items():
+            info = model.model_fields.get(str(key))
+            if info is not None:
+                value[key] = _go_scalars(item, info.annotation, (*path, str(key)), context)
+    elif _is_mapping(annotation) and isinstance(value, dict):
+        for key, item in value.items():
+            value[key] = _go_scalars(item, _item_type(annotation), (*path, str(key)), context)
+    elif _is_list(annotation) and isinstance(value, list):
+        for index, item in enumerate(value):
+            value[index] = _go_scalars(item, _item_type(annotation), (*path, str(index)), context)
+    return value
+
+
+# --- REGISTRY_* overrides ---------------------------------------------------------------------
+
+
+def _env_field(model: type[BaseModel], part: str) -> str | None:
+    name = part.lower()
+    if name in model.model_fields:
+        return name
+    aliases: Mapping[str, str] = getattr(model, "env_aliases", {})
+    return aliases.get(name)
+
+
+def _matching_key(mapping: dict[Any, Any], name: str) -> Any:
+    for key in mapping:
+        if str(key).lower() == name.lower():
+            return key
+    return None
+
+
+def _assign(
+    container: dict[Any, Any] | list[Any],
+    key: Any,
+    annotation: Any,
+    override: tuple[str, str],
+    path: KeyPath,
+    context: _Context,
 ) -> None:
-    if not isinstance(data, dict):
+    variable, text = override
+    context.set_by(path, variable)
+    if text == "":
+        # An empty variable clears the key, so its default applies.
+        if isinstance(container, dict):
+            container.pop(key, None)
+        else:
+            container[key] = None
         return
-    for key, value in data.items():
-        key = str(key)
-        key_path = (*path, key)
-        dotted = ".".join(key_path)
-        where = f" at {source}:{lines[key_path]}" if key_path in lines else ""
-        if dotted in UNSUPPORTED_KEYS:
-            if value in (None, {}, []) and dotted in _SILENT_WHEN_EMPTY:
-                continue
-            warnings.append(
-                f"config: {dotted} is not supported by Dockyard yet and is ignored{where}"
+    if _unwrap(annotation) is str:
+        # A string field takes the text as is, as Distribution's decoder does.
+        container[key] = text
+        return
+    try:
+        container[key] = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(
+            f"environment variable {variable}: not a YAML value: {problem}"
+        ) from error
+
+
+def _unknown_variable(variable: str, context: _Context) -> None:
+    context.warnings.append(
+        f"config: environment variable {variable} names no configuration key and is ignored"
+    )
+
+
+def _container_for(value: Any, annotation: Any) -> dict[Any, Any] | list[Any] | None:
+    """``value`` made ready to hold keys below it, or None when it is a plain value."""
+    choices = _choices(_model(annotation))
+    if choices:
+        value = expand_choice(value, choices)
+    if _unwrap(annotation) is Any:
+        return value if isinstance(value, dict | list) else {}
+    if _model(annotation) is not None or _is_mapping(annotation):
+        return value if isinstance(value, dict) else {}
+    if _is_list(annotation):
+        return value if isinstance(value, list) else []
+    return None
+
+
+def _override(
+    container: dict[Any, Any] | list[Any],
+    annotation: Any,
+    parts: list[str],
+    override: tuple[str, str],
+    path: KeyPath,
+    context: _Context,
+) -> None:
+    """Set the key ``parts`` names below ``container``, as Distribution walks its structs.
+
+    Struct fields take one part each. Below a free-form mapping (driver parameters,
+    ``log.fields``, ``http.headers``) an existing key is followed when the name goes on
+    past it; otherwise the rest of the name is the key, so keys with "_" in them
+    (Azure's ``max_retries``) can be set.
+    """
+    variable = override[0]
+    model = _model(annotation)
+    if isinstance(container, list):
+        if not parts[0].isdigit():
+            _unknown_variable(variable, context)
+            return
+        index = int(parts[0])
+        if index > len(container):
+            raise ConfigError(
+                f"environment variable {variable}: index {index} is past the end of "
+                f"{'.'.join(path)}, which has {len(container)} items"
+            )
+        key: Any = index
+        item_type = _item_type(annotation)
+        rest = parts[1:]
+    elif model is not None:
+        name = _env_field(model, parts[0])
+        if name is None:
+            _unknown_variable(variable, context)
+            return
+        key, item_type, rest = name, model.model_fields[name].annotation, parts[1:]
+    else:
+        item_type = _item_type(annotation)
+        for size in range(len(parts), 0, -1):
+            key = _matching_key(container, "_".join(parts[:size]))
+            if key is not None and (size == len(parts) or isinstance(container[key], dict | list)):
+                rest = parts[size:]
+                break
+        else:
+            # Distribution stores new map keys lower-cased.
+            key, rest = "_".join(parts).lower(), []
+    here = (*path, str(key))
+    # An index one past the end appends, as Distribution does, once the name resolves.
+    appending = isinstance(container, list) and key == len(container)
+    if not rest:
+        if isinstance(container, list) and appending:
+            container.append(None)
+        _assign(container, key, item_type, override, here, context)
+        return
+    current = (
+        None if appending else container[key] if isinstance(container, list) else container.get(key)
+    )
+    child = _container_for(current, item_type)
+    if child is None:
+        _unknown_variable(variable, context)
+        return
+    if isinstance(container, list) and appending:
+        container.append(child)
+    else:
+        container[key] = child
+    _override(child, item_type, rest, override, here, context)
+
+
+def _apply_environment(data: dict[str, Any], environ: Mapping[str, str], context: _Context) -> None:
+    # In name order, as Distribution applies them, so that REGISTRY_STORAGE replaces
+    # the storage section before REGISTRY_STORAGE_S3_BUCKET adds to it.
+    for variable in sorted(environ):
+        if not variable.startswith("REGISTRY_") or variable in NOT_OVERRIDES:
+            continue
+        parts = variable[len("REGISTRY_") :].split("_")
+        if parts == ["VERSION"]:
+            # Distribution checks the version before it reads the environment.
+            context.warnings.append(
+                f"config: environment variable {variable} cannot change the configuration "
+                "version and is ignored"
             )
             continue
-        known, child = _child(model, key)
-        if not known:
-            warnings.append(f"config: unknown key {dotted}{where}")
+        if "" in parts:
+            _unknown_variable(variable, context)
             continue
-        if child is not None or model is None or (model is Storage and key in STORAGE_DRIVERS):
-            _check_keys(value, child, key_path, lines, warnings, source)
+        _override(data, Config, parts, (variable, environ[variable]), (), context)
 
 
-def _apply_environment(
-    data: dict[str, Any], environ: Mapping[str, str], warnings: list[str]
-) -> None:
-    """``REGISTRY_SECTION_KEY=value`` overrides, as Distribution reads them."""
-    storage_type = environ.get("REGISTRY_STORAGE")
-    if storage_type:
-        storage = data.setdefault("storage", {})
-        if isinstance(storage, dict):
-            for driver in STORAGE_DRIVERS:
-                if driver != storage_type:
-                    storage.pop(driver, None)
-            storage.setdefault(storage_type, {})
-    for name in sorted(environ):
-        if not name.startswith("REGISTRY_") or name == "REGISTRY_STORAGE":
+# --- review: unknown, unsupported and deprecated keys ------------------------------------------
+
+
+def _inert(value: Any) -> bool:
+    """Whether a value asks for nothing: absent, off, zero or empty all through."""
+    if value is None or value is False or value == "" or value == []:
+        return True
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value == 0
+    if isinstance(value, dict):
+        return all(_inert(item) for item in value.values())
+    return False
+
+
+def _essential(path: KeyPath) -> bool:
+    """A storage driver or auth type: ignoring one cannot leave a working registry."""
+    return len(path) == 2 and (
+        (path[0] == "storage" and path[1] in STORAGE_DRIVERS) or path[0] == "auth"
+    )
+
+
+def _not_supported(path: KeyPath, context: _Context) -> ConfigError:
+    supported = [
+        driver for driver in STORAGE_DRIVERS if f"storage.{driver}" not in UNSUPPORTED_KEYS
+    ]
+    kind = "storage driver" if path[0] == "storage" else "auth type"
+    return ConfigError(
+        f"{context.location(path)}: {'.'.join(path)}: the {path[1]} {kind} is not supported "
+        f"by Dockyard yet"
+        + (f" (use {' or '.join(supported)})" if kind == "storage driver" else "")
+    )
+
+
+def _review(data: dict[Any, Any], model: type[BaseModel], path: KeyPath, context: _Context) -> None:
+    for key in list(data):
+        name = str(key)
+        here = (*path, name)
+        dotted = ".".join(here)
+        info = model.model_fields.get(name)
+        if info is None:
+            line = context.lines.get(here)
+            at = f" at line {line}" if line is not None else context.origin(here)
+            context.warnings.append(f"config: unknown key {dotted}{at}")
             continue
-        parts = name[len("REGISTRY_") :].lower().split("_")
-        target: dict[str, Any] = data
-        model: type[BaseModel] | None = Config
-        for index, part in enumerate(parts):
-            last = index == len(parts) - 1
-            if model is None:
-                # Free-form below here (driver parameters, headers, fields): the rest of
-                # the name is the key.
-                rest = "_".join(parts[index:])
-                if parts[:index] == ["http", "headers"]:
-                    # Header names keep their case.
-                    rest = name.split("_", index + 1)[-1]
-                    target[rest] = [environ[name]]
-                else:
-                    target[rest] = yaml.safe_load(environ[name])
-                break
-            known, child = _child(model, part)
-            if not known:
-                warnings.append(f"config: environment variable {name} names no known key")
-                break
-            if last:
-                target[part] = yaml.safe_load(environ[name])
-                break
-            next_target = target.get(part)
-            if not isinstance(next_target, dict):
-                next_target = target[part] = {}
-            target, model = next_target, child
+        value = data[key]
+        if value is None and not _allows_none(info.annotation):
+            # A key left empty means its default, as Go's zero values mostly do.
+            del data[key]
+            continue
+        child_model = _model(info.annotation)
+        if _choices(child_model):
+            value = data[key] = expand_choice(value, _choices(child_model))
+        if dotted in DEPRECATED_KEYS:
+            context.warnings.append(
+                f"config: {dotted} is deprecated; use {DEPRECATED_KEYS[dotted]}"
+                f"{context.origin(here)}"
+            )
+        if dotted in UNSUPPORTED_KEYS:
+            if _essential(here):
+                raise _not_supported(here, context)
+            if not _inert(value):
+                context.warnings.append(
+                    f"config: {dotted} is not supported by Dockyard yet and is ignored"
+                    f"{context.origin(here)}"
+                )
+            continue
+        if isinstance(value, str) and f"{dotted}={value}" in UNSUPPORTED_KEYS:
+            context.warnings.append(
+                f"config: {dotted}: {value} is not supported by Dockyard yet and is ignored"
+                f"{context.origin(here)}"
+            )
+            continue
+        if child_model is not None and isinstance(value, dict):
+            _review(value, child_model, here, context)
+        elif _is_list(info.annotation) and isinstance(value, list):
+            item_model = _model(_item_type(info.annotation))
+            for index, item in enumerate(value):
+                if item_model is not None and isinstance(item, dict):
+                    _review(item, item_model, (*here, str(index)), context)
 
 
-def _describe(error: Mapping[str, Any], lines: Mapping[tuple[str, ...], int], source: str) -> str:
-    location = tuple(str(part) for part in error["loc"])
-    path = location
-    # Driver parameters are validated under the names the file uses.
-    line = None
-    while path:
-        if path in lines:
-            line = lines[path]
-            break
-        path = path[:-1]
-    dotted = ".".join(location) or "(top level)"
+def _describe(error: Mapping[str, Any], context: _Context) -> str:
+    path = tuple(str(part) for part in error["loc"])
     message = str(error["msg"]).removeprefix("Value error, ")
-    return f"{source}:{line}: {dotted}: {message}" if line else f"{source}: {dotted}: {message}"
+    return f"{context.location(path)}: {'.'.join(path) or '(top level)'}: {message}"
+
+
+# --- the entry point --------------------------------------------------------------------------
 
 
 def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> LoadedConfig:
+    """The configuration at ``path`` with ``environ``'s overrides, and what to warn about.
+
+    ``path=None`` reads ``REGISTRY_CONFIGURATION_PATH`` as Distribution does, and
+    without it the registry:2 image's own configuration. ``environ`` defaults to the
+    process environment.
+    """
     environ = os.environ if environ is None else environ
-    warnings: list[str] = []
-    lines: dict[tuple[str, ...], int] = {}
-    source = path or "(embedded defaults)"
-    if path is None:
-        data: Any = yaml.safe_load(yaml.safe_dump(EMBEDDED_DEFAULTS))
-    else:
-        try:
-            with open(path, encoding="utf-8") as file:
-                text = file.read()
-        except OSError as error:
-            raise ConfigError(f"{path}: {error.strerror or error}") from error
-        try:
-            lines = _key_lines(yaml.compose(text))
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            problem = getattr(error, "problem", None) or str(error)
-            if mark is not None:
-                raise ConfigError(f"{path}:{mark.line + 1}:{mark.column + 1}: {problem}") from error
-            raise ConfigError(f"{path}: {problem}") from error
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the configuration must be a mapping")
-    _apply_environment(data, environ, warnings)
-    if "version" in data and data["version"] is not None:
-        # YAML reads ``version: 0.1`` as a number.
-        data["version"] = str(data["version"])
-    storage = data.get("storage")
-    if isinstance(storage, dict):
-        for driver in UNSUPPORTED_DRIVERS & set(storage):
-            line = lines.get(("storage", driver))
-            where = f"{source}:{line}" if line else source
+    path = path or environ.get("REGISTRY_CONFIGURATION_PATH") or None
+    context = _Context(EMBEDDED_SOURCE if path is None else path)
+    data = _parse(EMBEDDED_CONFIG if path is None else _read(path), context)
+    _go_scalars(data, Config, (), context)
+    _apply_environment(data, environ, context)
+    _review(data, Config, (), context)
+    for required, example in (("version", "version: 0.1"), ("storage", "a storage driver")):
+        if data.get(required) is None:
             raise ConfigError(
-                f"{where}: storage driver {driver!r} is not supported by Dockyard yet"
+                f"{context.source}: {required}: missing; Distribution's configuration "
+                f"needs {example}"
             )
-    _check_keys(data, Config, (), lines, warnings, source)
-    if isinstance(storage, dict) and (storage.get("cache") or {}).get("blobdescriptor") == "redis":
-        warnings.append(
-            "config: storage.cache.blobdescriptor: redis is not supported by Dockyard yet; "
-            "the in-memory cache is used"
-        )
     try:
         config = Config.model_validate(data)
     except ValidationError as error:
-        raise ConfigError("; ".join(_describe(e, lines, source) for e in error.errors())) from error
-    return LoadedConfig(config, warnings)
+        problems = [_describe(problem, context) for problem in error.errors()]
+        raise ConfigError("\n".join(problems)) from None
+    return LoadedConfig(config, context.warnings)

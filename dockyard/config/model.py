@@ -1,62 +1,146 @@
 """Distribution's ``config.yml`` as pydantic models, with Distribution's key names.
 
-Only the shape and defaults live here; reading the file, environment overrides and
-warnings about keys Dockyard does not act on live in ``load``.
+Only the shape, types and defaults live here. Reading the file, ``REGISTRY_*``
+overrides and the warnings about keys Dockyard does not act on live in ``load``.
+Distribution keys that Dockyard does not act on are still modelled (loosely, as
+mappings where their inner shape does not matter to us), so that the loader can tell
+"Distribution has this, Dockyard does not act on it" from "nobody has this: a typo".
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import timedelta
-from typing import Annotated, Any
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT_SECONDS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
+# --- Go durations ---------------------------------------------------------------------
+
+# Go's time.ParseDuration: an optional sign, then one or more <number><unit> runs (or a
+# bare "0"). "ms" must be tried before "m" and "s" so that "5ms" is five milliseconds.
+_DURATION_UNITS = "ns|us|µs|μs|ms|s|m|h"
+_DURATION = re.compile(rf"(?:(?:\d+\.?\d*|\.\d+)(?:{_DURATION_UNITS}))+")
+_DURATION_PART = re.compile(rf"(\d+\.?\d*|\.\d+)({_DURATION_UNITS})")
+_UNIT_NANOSECONDS = MappingProxyType(
+    {
+        "ns": 1,
+        "us": 10**3,
+        "µs": 10**3,  # U+00B5 MICRO SIGN
+        "μs": 10**3,  # U+03BC GREEK SMALL LETTER MU; Go accepts both
+        "ms": 10**6,
+        "s": 10**9,
+        "m": 60 * 10**9,
+        "h": 3600 * 10**9,
+    }
+)
+# A Go Duration is an int64 count of nanoseconds; Distribution cannot hold more.
+_MAX_NANOSECONDS = 2**63 - 1
+_DURATION_HELP = "a number and a unit (ns, us, ms, s, m, h), e.g. 10s, 1h30m or 500ms"
 
 
-def parse_go_duration(value: Any) -> timedelta:
-    """Go's ``time.Duration`` as YAML gives it: ``"1h30m"``, ``"10s"``, or nanoseconds."""
+def _duration_text_nanoseconds(text: str) -> Decimal:
+    sign = -1 if text.startswith("-") else 1
+    body = text[1:] if text[:1] in ("-", "+") else text
+    if body == "0":
+        return Decimal(0)
+    if not _DURATION.fullmatch(body):
+        raise ValueError(f"invalid duration {text!r}: expected {_DURATION_HELP}")
+    total = sum(
+        (
+            Decimal(number) * _UNIT_NANOSECONDS[unit]
+            for number, unit in _DURATION_PART.findall(body)
+        ),
+        Decimal(0),
+    )
+    return sign * total
+
+
+def parse_go_duration(value: object) -> timedelta:
+    """A Go ``time.Duration`` as Distribution's YAML decoder takes it.
+
+    A string is parsed as Go's ``time.ParseDuration`` does (``"10s"``, ``"1h30m"``,
+    ``"500ms"``); a bare number is a count of nanoseconds, because a Duration is an
+    integer underneath and that is what the decoder stores.
+    """
     if isinstance(value, timedelta):
         return value
-    if isinstance(value, bool):
-        raise ValueError("a duration is a string such as 10s or 1h30m")  # noqa: TRY004 - pydantic reports ValueError
-    if isinstance(value, int | float):
-        return timedelta(seconds=value / 1e9)
-    if not isinstance(value, str):
-        raise ValueError("a duration is a string such as 10s or 1h30m")  # noqa: TRY004 - pydantic reports ValueError
-    text = value.strip()
-    sign = -1.0 if text.startswith("-") else 1.0
-    text = text.lstrip("+-")
-    if text == "0":
-        return timedelta(0)
-    position = 0
-    seconds = 0.0
-    for match in _GO_DURATION_PART.finditer(text):
-        if match.start() != position:
-            break
-        seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        position = match.end()
-    if position != len(text) or not text:
-        raise ValueError(f"invalid duration {value!r} (expected e.g. 10s, 5m, 1h30m)")
-    return timedelta(seconds=sign * seconds)
+    nanoseconds: Decimal | None = None
+    if isinstance(value, str):
+        nanoseconds = _duration_text_nanoseconds(value)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        nanoseconds = Decimal(int(value))
+    if nanoseconds is None:
+        # A ValueError, not a TypeError: pydantic reports only the former as invalid input.
+        raise ValueError(f"invalid duration {value!r}: expected {_DURATION_HELP}")
+    if abs(nanoseconds) > _MAX_NANOSECONDS:
+        raise ValueError(f"duration {value!r} is out of range")
+    # timedelta counts microseconds; nothing in a registry needs finer.
+    return timedelta(microseconds=int(nanoseconds / 1000))
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_go_duration)]
 
 
+# --- shared pieces ----------------------------------------------------------------------
+
+
 class Section(BaseModel):
-    # Unknown keys are reported by the loader with their line, not rejected here.
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    """A mapping of Distribution's file.
+
+    Keys nobody knows are dropped here; the loader has already warned about each one
+    with its line, which pydantic could not do.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    # Other names ``REGISTRY_*`` variables may use for a key: Distribution matches the
+    # variables against its Go field names, which differ from the YAML key in a few
+    # places (``health.file`` is the field ``FileCheckers``).
+    env_aliases: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    # For sections that name one choice among several (``storage`` and ``auth``),
+    # Distribution also accepts the bare name (``storage: inmemory``,
+    # ``REGISTRY_STORAGE=s3``): that choice with no parameters.
+    choices: ClassVar[tuple[str, ...]] = ()
+
+
+def expand_choice(data: Any, choices: tuple[str, ...]) -> Any:
+    """``name`` or ``{name: null}`` as ``{name: {}}``, for sections with ``choices``."""
+    if isinstance(data, str):
+        return {data: {}}
+    if isinstance(data, dict):
+        return {
+            key: {} if value is None and key in choices else value for key, value in data.items()
+        }
+    return data
+
+
+def _canonical_header(name: str) -> str:
+    # What Go's http.Header does to every name Distribution sends, so "x-frame-options"
+    # from REGISTRY_HTTP_HEADERS_X-FRAME-OPTIONS and "X-Frame-Options" from the file
+    # are one header, as they are for Distribution.
+    if not name or not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", name):
+        return name
+    return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
+
+
+# --- log ----------------------------------------------------------------------------------
+
+LOG_LEVELS = ("panic", "fatal", "error", "warn", "warning", "info", "debug", "trace")
+LOG_FORMATTERS = ("text", "json", "logstash")
+
+
+def _log_level(value: Any) -> Any:
+    # Distribution lower-cases the level before checking it.
+    if isinstance(value, str):
+        level = value.lower()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"unknown log level {value!r} (error, warn, info or debug)")
+        return level
+    return value
 
 
 class AccessLog(Section):
@@ -64,27 +148,39 @@ class AccessLog(Section):
 
 
 class Log(Section):
-    level: str = "info"
+    level: Annotated[str, BeforeValidator(_log_level)] = "info"
     formatter: str = "text"
     fields: dict[str, Any] = Field(default_factory=dict)
     accesslog: AccessLog = Field(default_factory=AccessLog)
+    hooks: list[dict[str, Any]] = Field(default_factory=list)
     reportcaller: bool = False
 
-    @model_validator(mode="after")
-    def _check(self) -> Log:
-        if self.level.lower() not in (
-            "error",
-            "warn",
-            "warning",
-            "info",
-            "debug",
-            "panic",
-            "fatal",
-        ):
-            raise ValueError(f"unknown log level {self.level!r}")
-        if self.formatter not in ("text", "json", "logstash"):
-            raise ValueError(f"unknown log formatter {self.formatter!r}")
-        return self
+    @field_validator("formatter")
+    @classmethod
+    def _formatter(cls, value: str) -> str:
+        if value == "":
+            return "text"
+        if value not in LOG_FORMATTERS:
+            raise ValueError(f"unknown log formatter {value!r} (text, json or logstash)")
+        return value
+
+
+# --- storage ------------------------------------------------------------------------------
+
+STORAGE_DRIVERS = ("filesystem", "inmemory", "s3", "gcs", "azure", "swift", "oss")
+DEFAULT_ROOT_DIRECTORY = "/var/lib/registry"
+
+
+class FilesystemParams(Section):
+    rootdirectory: str = DEFAULT_ROOT_DIRECTORY
+    maxthreads: int | None = None
+
+    @field_validator("rootdirectory")
+    @classmethod
+    def _rootdirectory(cls, value: str) -> str:
+        if not value:
+            raise ValueError("rootdirectory must be a directory path")
+        return value
 
 
 class Delete(Section):
@@ -92,17 +188,23 @@ class Delete(Section):
 
 
 class Cache(Section):
+    # Any name is accepted, as Distribution does (it logs an unknown one and caches
+    # nothing); Dockyard keeps no blob descriptor cache of this kind either way.
     blobdescriptor: str | None = None
     blobdescriptorsize: int | None = None
+    # The old name of blobdescriptor, still read by Distribution.
+    layerinfo: str | None = None
 
     @model_validator(mode="after")
-    def _check(self) -> Cache:
-        if self.blobdescriptor not in (None, "", "inmemory", "redis"):
-            raise ValueError(f"unknown blobdescriptor cache {self.blobdescriptor!r}")
+    def _old_name(self) -> Cache:
+        if self.blobdescriptor is None and self.layerinfo is not None:
+            self.blobdescriptor = self.layerinfo
         return self
 
 
 class Redirect(Section):
+    # Only object storage drivers redirect; filesystem and inmemory never do, for
+    # Distribution as for Dockyard, so this is honoured by construction.
     disable: bool = False
 
 
@@ -111,6 +213,13 @@ class UploadPurging(Section):
     age: Duration = timedelta(hours=168)
     interval: Duration = timedelta(hours=24)
     dryrun: bool = False
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("interval must be positive")
+        return value
 
 
 class ReadOnly(Section):
@@ -126,48 +235,68 @@ class TagOptions(Section):
     concurrencylimit: int | None = None
 
 
-STORAGE_DRIVERS = ("filesystem", "inmemory", "s3", "gcs", "azure", "swift", "oss")
-STORAGE_OPTIONS = ("delete", "cache", "redirect", "maintenance", "tag")
-
-
 class Storage(Section):
+    """Exactly one driver section, plus the options every driver shares."""
+
+    choices: ClassVar[tuple[str, ...]] = STORAGE_DRIVERS
+
+    filesystem: FilesystemParams | None = None
+    inmemory: dict[str, Any] | None = None
+    s3: dict[str, Any] | None = None
+    gcs: dict[str, Any] | None = None
+    azure: dict[str, Any] | None = None
+    swift: dict[str, Any] | None = None
+    oss: dict[str, Any] | None = None
     delete: Delete = Field(default_factory=Delete)
     cache: Cache = Field(default_factory=Cache)
     redirect: Redirect = Field(default_factory=Redirect)
     maintenance: Maintenance = Field(default_factory=Maintenance)
     tag: TagOptions = Field(default_factory=TagOptions)
-    driver_name: str = "filesystem"
-    driver_params: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
-    def _pick_driver(cls, data: Any) -> Any:
+    def _one_driver(cls, data: Any) -> Any:
+        data = expand_choice(data, cls.choices)
         if not isinstance(data, dict):
             return data
-        drivers = [key for key in data if key in STORAGE_DRIVERS]
+        drivers = [key for key in data if key in cls.choices]
         if len(drivers) > 1:
-            raise ValueError(f"storage must have exactly one driver, found {', '.join(drivers)}")
+            raise ValueError(
+                f"exactly one storage driver is allowed, found {' and '.join(drivers)}"
+            )
         if not drivers:
-            raise ValueError(f"storage needs a driver: one of {', '.join(STORAGE_DRIVERS)}")
-        params = data[drivers[0]] or {}
-        if not isinstance(params, dict):
-            raise ValueError(f"storage.{drivers[0]} must be a mapping")  # noqa: TRY004 - as above
-        rest = {key: value for key, value in data.items() if key != drivers[0]}
-        return {**rest, "driver_name": drivers[0], "driver_params": params}
+            strangers = [str(key) for key in data if key not in cls.model_fields]
+            found = f"; {', '.join(strangers)} is not one" if strangers else ""
+            raise ValueError(
+                f"a storage driver is required: one of {', '.join(STORAGE_DRIVERS)}{found}"
+            )
+        return data
+
+    @property
+    def driver_name(self) -> str:
+        """The driver section the file has (validation guarantees exactly one)."""
+        for name in STORAGE_DRIVERS:
+            if getattr(self, name) is not None:
+                return name
+        raise RuntimeError("storage has no driver; it was built without validation")
+
+    @property
+    def driver_params(self) -> dict[str, Any]:
+        """The driver's parameters, with filesystem's rootdirectory default filled in."""
+        params = getattr(self, self.driver_name)
+        if isinstance(params, FilesystemParams):
+            return params.model_dump(exclude_none=True)
+        return dict(params)
 
 
-class TLS(Section):
-    certificate: str | None = None
-    key: str | None = None
-    clientcas: list[str] = Field(default_factory=list)
-    minimumtls: str | None = None
-    ciphersuites: list[str] = Field(default_factory=list)
-    letsencrypt: dict[str, Any] | None = None
+# --- auth ---------------------------------------------------------------------------------
+
+AUTH_TYPES = ("silly", "token", "htpasswd")
 
 
-class HtpasswdAuth(Section):
+class SillyAuth(Section):
     realm: str | None = None
-    path: str | None = None
+    service: str | None = None
 
 
 class TokenAuth(Section):
@@ -181,29 +310,66 @@ class TokenAuth(Section):
     signingalgorithms: list[str] = Field(default_factory=list)
 
 
-class SillyAuth(Section):
+class HtpasswdAuth(Section):
     realm: str | None = None
-    service: str | None = None
+    path: str | None = None
 
 
 class Auth(Section):
-    """Distribution's ``auth``: one of htpasswd, token or silly."""
+    """Distribution's ``auth``: at most one of silly, token or htpasswd."""
 
-    htpasswd: HtpasswdAuth | None = None
-    token: TokenAuth | None = None
+    choices: ClassVar[tuple[str, ...]] = AUTH_TYPES
+
     silly: SillyAuth | None = None
+    token: TokenAuth | None = None
+    htpasswd: HtpasswdAuth | None = None
 
-    @model_validator(mode="after")
-    def _check(self) -> Auth:
+    @model_validator(mode="before")
+    @classmethod
+    def _one_type(cls, data: Any) -> Any:
+        # ``{htpasswd: null}`` becomes ``{htpasswd: {}}`` so that it fails for want of a
+        # realm, as in Distribution, instead of reading as "no auth" and serving openly.
+        data = expand_choice(data, cls.choices)
+        if not isinstance(data, dict):
+            return data
         # An auth type Dockyard does not know must stop start-up: serving without the
         # access control the operator asked for would be worse than not serving.
-        unknown = sorted(self.model_extra or {})
+        unknown = [str(key) for key in data if key not in cls.choices]
         if unknown:
-            raise ValueError(f"unknown auth type {', '.join(unknown)} (htpasswd, token or silly)")
-        configured = [n for n in ("htpasswd", "token", "silly") if getattr(self, n) is not None]
-        if len(configured) > 1:
-            raise ValueError(f"auth must name exactly one type, not {', '.join(configured)}")
-        return self
+            raise ValueError(
+                f"unknown auth type {', '.join(unknown)} (one of {', '.join(AUTH_TYPES)})"
+            )
+        if len(data) > 1:
+            raise ValueError(f"exactly one auth type is allowed, found {' and '.join(data)}")
+        return data
+
+
+# --- http ---------------------------------------------------------------------------------
+
+HTTP_NETWORKS = ("tcp", "tcp4", "tcp6", "unix")
+TLS_CLIENT_AUTH = (
+    "request-client-cert",
+    "require-any-client-cert",
+    "verify-client-cert-if-given",
+    "require-and-verify-client-cert",
+)
+
+
+class TLS(Section):
+    certificate: str | None = None
+    key: str | None = None
+    clientcas: list[str] = Field(default_factory=list)
+    clientauth: str | None = None
+    minimumtls: str | None = None
+    ciphersuites: list[str] = Field(default_factory=list)
+    letsencrypt: dict[str, Any] | None = None
+
+    @field_validator("clientauth")
+    @classmethod
+    def _clientauth(cls, value: str | None) -> str | None:
+        if value is not None and value not in TLS_CLIENT_AUTH:
+            raise ValueError(f"unknown clientauth {value!r} (one of {', '.join(TLS_CLIENT_AUTH)})")
+        return value
 
 
 class Prometheus(Section):
@@ -217,7 +383,28 @@ class Debug(Section):
 
 
 class HTTP2(Section):
+    # Dockyard speaks HTTP/1.1 only, which is what ``disabled: true`` asks for; where
+    # Distribution would offer HTTP/2 over TLS, clients fall back to HTTP/1.1.
     disabled: bool = False
+
+
+class H2C(Section):
+    enabled: bool = False
+
+
+def _headers(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    headers: dict[Any, Any] = {}
+    for name, values in value.items():
+        # A single value is accepted for one-element lists; Distribution insists on lists.
+        values = [values] if isinstance(values, str) else values
+        key = _canonical_header(name) if isinstance(name, str) else name
+        if key in headers and isinstance(headers[key], list) and isinstance(values, list):
+            headers[key] = [*headers[key], *values]
+        else:
+            headers[key] = values
+    return headers
 
 
 class HTTP(Section):
@@ -225,28 +412,59 @@ class HTTP(Section):
     net: str = "tcp"
     prefix: str = ""
     host: str | None = None
+    # Distribution signs upload state it hands to clients with this; Dockyard keeps
+    # upload state in storage, where every worker and replica finds it, and needs none.
     secret: str | None = None
     relativeurls: bool = False
     draintimeout: Duration | None = None
-    headers: dict[str, list[str]] = Field(default_factory=dict)
+    headers: Annotated[dict[str, list[str]], BeforeValidator(_headers)] = Field(
+        default_factory=dict
+    )
     tls: TLS = Field(default_factory=TLS)
     debug: Debug = Field(default_factory=Debug)
     http2: HTTP2 = Field(default_factory=HTTP2)
+    h2c: H2C = Field(default_factory=H2C)
 
-    @model_validator(mode="after")
-    def _check(self) -> HTTP:
-        if self.net not in ("tcp", "unix"):
-            raise ValueError(f"http.net must be tcp or unix, not {self.net!r}")
-        return self
+    @field_validator("net")
+    @classmethod
+    def _net(cls, value: str) -> str:
+        if value == "":
+            return "tcp"
+        if value not in HTTP_NETWORKS:
+            raise ValueError(f"unknown network {value!r} (tcp or unix)")
+        return value
+
+
+# --- health -------------------------------------------------------------------------------
 
 
 class StorageDriverHealth(Section):
     enabled: bool = False
     interval: Duration = timedelta(seconds=10)
-    threshold: int = 3
+    # Distribution's documented default: one failure marks the storage unhealthy.
+    threshold: int = 1
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, value: timedelta) -> timedelta:
+        if value < timedelta(0):
+            raise ValueError("interval must not be negative")
+        # Distribution checks every 10s when the interval is zero.
+        return value or timedelta(seconds=10)
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("threshold must not be negative")
+        return value
 
 
 class Health(Section):
+    env_aliases: ClassVar[Mapping[str, str]] = MappingProxyType(
+        {"filecheckers": "file", "httpcheckers": "http", "tcpcheckers": "tcp"}
+    )
+
     storagedriver: StorageDriverHealth = Field(default_factory=StorageDriverHealth)
     file: list[dict[str, Any]] = Field(default_factory=list)
     http: list[dict[str, Any]] = Field(default_factory=list)
@@ -255,6 +473,16 @@ class Health(Section):
 
 class Catalog(Section):
     maxentries: int = 1000
+
+    @field_validator("maxentries")
+    @classmethod
+    def _maxentries(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("maxentries must be at least 1")
+        return value
+
+
+# --- Dockyard's own section -----------------------------------------------------------------
 
 
 class GarbageCollection(Section):
@@ -319,35 +547,56 @@ class DockyardAuth(Section):
 
 
 class Dockyard(Section):
-    """Settings Distribution does not have."""
+    """Settings Distribution does not have; Distribution ignores this section."""
 
     ui: UI = Field(default_factory=UI)
-    auth: DockyardAuth = Field(default_factory=DockyardAuth)
     workers: int | None = None
+    auth: DockyardAuth = Field(default_factory=DockyardAuth)
     gc: GarbageCollection = Field(default_factory=GarbageCollection)
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError("workers must be at least 1")
+        return value
+
+
+# --- the file -----------------------------------------------------------------------------
+
+CONFIG_VERSION = "0.1"
 
 
 class Config(Section):
-    version: str = "0.1"
+    version: str = CONFIG_VERSION
     log: Log = Field(default_factory=Log)
-    storage: Storage = Field(
-        default_factory=lambda: Storage.model_validate(
-            {"filesystem": {"rootdirectory": "/var/lib/registry"}}
-        )
-    )
+    # Deprecated by Distribution in favour of log.level, which wins when both are set.
+    loglevel: Annotated[str | None, BeforeValidator(_log_level)] = None
+    storage: Storage = Field(default_factory=lambda: Storage(filesystem=FilesystemParams()))
     auth: Auth | None = None
     middleware: dict[str, Any] | None = None
+    reporting: dict[str, Any] | None = None
     http: HTTP = Field(default_factory=HTTP)
     notifications: dict[str, Any] | None = None
     redis: dict[str, Any] | None = None
     health: Health = Field(default_factory=Health)
     proxy: dict[str, Any] | None = None
+    compatibility: dict[str, Any] | None = None
     validation: dict[str, Any] | None = None
+    policy: dict[str, Any] | None = None
     catalog: Catalog = Field(default_factory=Catalog)
     dockyard: Dockyard = Field(default_factory=Dockyard)
 
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        # Distribution knows exactly one configuration format and refuses any other.
+        if value != CONFIG_VERSION:
+            raise ValueError(f"unsupported version {value!r}: the only version is {CONFIG_VERSION}")
+        return value
+
     @model_validator(mode="after")
-    def _check(self) -> Config:
-        if self.version != "0.1":
-            raise ValueError(f"version must be 0.1, not {self.version!r}")
+    def _old_log_level(self) -> Config:
+        if self.loglevel is not None and "level" not in self.log.model_fields_set:
+            self.log.level = self.loglevel
         return self
