@@ -9,6 +9,7 @@ page costs one request per tag (its HEAD) or, against Dockyard, one in all.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from dockyard.web.model import (
     parse_time,
 )
 
+log = logging.getLogger("dockyard.web")
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -409,7 +411,8 @@ class Browser:
             return None
         try:
             return await self.repository_details(name, fresh)
-        except RegistryFailure:
+        except RegistryFailure as failure:
+            log.info("tag details of %s unavailable, asking tag by tag: %s", name, failure)
             return None
 
     async def repository_details(self, name: str, fresh: bool = False) -> dict[str, Any]:

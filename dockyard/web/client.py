@@ -266,7 +266,7 @@ class RegistryClient:
             started = time.monotonic()
             try:
                 async with self.http.get(url, headers=headers) as response:
-                    body = await response.content.read(1 << 20)
+                    body = await _read_limited(response, 1 << 20, url)
                     status = response.status
             except (TimeoutError, aiohttp.ClientError) as error:
                 raise Unreachable(f"cannot reach the token service {realm}: {error}") from None
@@ -318,11 +318,7 @@ class RegistrySession:
             async with self.client.http.request(method, url, headers=headers) as response:
                 body = b""
                 if method != "HEAD":
-                    body = await response.content.read(limit + 1)
-                    if len(body) > limit:
-                        raise RegistryHTTPError(
-                            502, None, f"the answer is larger than {limit} bytes", url
-                        )
+                    body = await _read_limited(response, limit, url)
                 return Response(response.status, response.headers, body, str(response.url))
         except (TimeoutError, aiohttp.ClientError, OSError) as error:
             raise Unreachable(
@@ -459,6 +455,18 @@ class RegistrySession:
             raise RegistryHTTPError(
                 502, None, f"{path} did not answer JSON", response.url
             ) from None
+
+
+async def _read_limited(response: aiohttp.ClientResponse, limit: int, url: str) -> bytes:
+    """The whole body, refusing one over ``limit`` before it is all in memory."""
+    if response.content_length is not None and response.content_length > limit:
+        raise RegistryHTTPError(502, None, f"the answer is larger than {limit} bytes", url)
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(1 << 16):
+        body += chunk
+        if len(body) > limit:
+            raise RegistryHTTPError(502, None, f"the answer is larger than {limit} bytes", url)
+    return bytes(body)
 
 
 def _path(name: str) -> str:

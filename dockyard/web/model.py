@@ -392,6 +392,9 @@ def ago(moment: datetime | float | None, now: datetime | None = None) -> str:
         moment = datetime.fromtimestamp(moment, UTC)
     now = now or datetime.now(UTC)
     seconds = (now - moment).total_seconds()
+    if seconds >= 30 * 86_400:
+        # Past a month "2 years ago" tells apart nothing in a table of old builds.
+        return moment.astimezone(UTC).strftime("%Y-%m-%d")
     future = seconds < 0
     seconds = abs(seconds)
     for size, unit in (

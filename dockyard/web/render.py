@@ -152,5 +152,8 @@ def make_environment() -> jinja2.Environment:
         number=_number,
         highlight_json=highlight_json,
         media=lambda value: model.MEDIA_TYPE_NAMES.get(value or "", ""),
+        # Jinja's tojson escapes < and > as \u003c for use inside <script>; these values
+        # go into text, where autoescaping is the right tool and keeps them readable.
+        jsonlist=lambda value: json.dumps(value, ensure_ascii=False),
     )
     return environment

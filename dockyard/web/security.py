@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import re
 import secrets
+from http.cookies import Morsel
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -73,11 +74,12 @@ def add_headers(request: web.Request, response: web.StreamResponse, cookie_path:
     headers.setdefault("X-Frame-Options", "DENY")
     headers.setdefault("Referrer-Policy", "same-origin")
     if request.get(_NEW_KEY):
-        response.set_cookie(
-            CSRF_COOKIE,
-            request[_TOKEN_KEY],
-            path=cookie_path or "/",
-            httponly=True,
-            samesite="Strict",
-            secure=request.secure,
-        )
+        # Written as a header: aiohttp turns response.set_cookie() into headers before
+        # the prepare signal runs, so a cookie set from here would be dropped.
+        morsel: Morsel[str] = Morsel()
+        morsel.set(CSRF_COOKIE, request[_TOKEN_KEY], request[_TOKEN_KEY])
+        morsel["path"] = cookie_path or "/"
+        morsel["httponly"] = True
+        morsel["samesite"] = "Strict"
+        morsel["secure"] = request.secure
+        headers.add("Set-Cookie", morsel.OutputString())

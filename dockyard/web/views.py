@@ -81,6 +81,8 @@ def page_context(request: web.Request, state: UIState, context: dict[str, Any]) 
         "elapsed_ms": (time.monotonic() - started) * 1000,
         "nav": "",
         "messages": [],
+        # A page sent in pieces renders its footer first, before any request is made.
+        "streamed": False,
     }
     base.update(context)
     return base
@@ -586,6 +588,7 @@ async def collect(request: web.Request) -> web.StreamResponse:
             "dry_run": dry_run,
             "delete_untagged": delete_untagged,
             "marker": marker,
+            "streamed": True,
         },
     )
     head, _, tail = page.partition(marker)

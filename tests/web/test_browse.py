@@ -12,6 +12,7 @@ import httpx
 from playwright.sync_api import Page, expect
 
 from tests.web.conftest import Target, screenshot
+from tests.web.support import HOSTILE
 
 
 def test_root_leads_to_the_repository_list(page: Page, target: Target) -> None:
@@ -162,3 +163,31 @@ def test_the_registry_credentials_never_reach_the_browser(target: Target) -> Non
         assert response.status_code == 200
         assert secret not in response.text
         assert secret not in str(response.headers)
+
+
+def test_markup_from_an_image_is_shown_as_text_and_never_runs(page: Page, target: Target) -> None:
+    """Labels, annotations, env, author and history carrying HTML and script."""
+    page.goto(target.ui_url + "/ui/r/xss/evil/-/tag/latest")
+    expect(page.locator("#labels")).to_contain_text(HOSTILE)
+    expect(page.locator("#labels")).to_contain_text(f"evil{HOSTILE}")
+    expect(page.locator("#annotations")).to_contain_text(HOSTILE)
+    expect(page.locator("#annotations")).to_contain_text(
+        "</code></td><script>window.pwned=3</script>"
+    )
+    expect(page.locator("#env")).to_contain_text(HOSTILE)
+    expect(page.locator("#config")).to_contain_text(f"Mallory {HOSTILE}")
+    expect(page.locator("ol.history")).to_contain_text(f"echo '{HOSTILE}'")
+    page.locator("details.raw summary").click()
+    expect(page.locator("pre.json")).to_contain_text("window.pwned")
+    screenshot(page, f"{target.kind}-hostile-image")
+    # Nothing ran, and nothing became an element: escaping, not only the CSP, did it.
+    assert page.evaluate("typeof window.pwned") == "undefined"
+    assert page.locator("main script, main img").count() == 0
+    for path in ("/ui/r/xss/evil/-/tag/latest", "/ui/r/xss/evil", "/ui/?q=%3Cscript%3E"):
+        html = httpx.get(target.ui_url + path, auth=None).text
+        assert "<script>window.pwned" not in html
+        assert "<img src=x onerror" not in html
+    assert (
+        "&lt;script&gt;window.pwned = 1&lt;/script&gt;"
+        in httpx.get(target.ui_url + "/ui/r/xss/evil/-/tag/latest").text
+    )
