@@ -156,6 +156,7 @@ class Catalogue:
         # Keyed by who is asking: with auth, each user sees what their grants allow.
         self.dockyard: TTLCache[str, bool] = TTLCache(60)
         self.admin: TTLCache[str, bool] = TTLCache(60)
+        self.anonymous_refused: TTLCache[str, bool] = TTLCache(60)
         self.usage: dict[str, Snapshot] = {}
         self.details: TTLCache[tuple[str, str], dict[str, Any]] = TTLCache(3)
         self.resolved: TTLCache[tuple[str, str], list[TagRow]] = TTLCache(15)
@@ -196,6 +197,7 @@ class Browser:
             answer = admin = isinstance(status, dict) and "running" in status
         except AuthRequired:
             answer = True
+            self.catalogue.anonymous_refused.put(self.who, True)
         except RegistryHTTPError as error:
             answer = error.denied
         except RegistryFailure:
@@ -204,11 +206,23 @@ class Browser:
         self.catalogue.admin.put(self.who, admin)
         return answer
 
-    async def is_admin(self) -> bool:
-        """May run collections and read the store's usage (the probe said 200)."""
+    async def is_admin(self, required: bool = False) -> bool:
+        """May run collections and read the store's usage (the probe said 200).
+
+        ``required``: the page is about administration, so an anonymous viewer the
+        registry turned away is asked to sign in rather than told it is unavailable.
+        """
         if not await self.is_dockyard():
             return False
-        return bool(self.catalogue.admin.get(self.who))
+        admin = bool(self.catalogue.admin.get(self.who))
+        anonymous = self.session.credentials is None
+        if required and not admin and anonymous and self.catalogue.anonymous_refused.get(self.who):
+            # A browser sends Basic credentials unasked only below the path it signed in
+            # at; a 401 makes it send them here too, where a 404 would end the visit.
+            raise AuthRequired(
+                "the registry's administration needs a user name and password", False
+            )
+        return admin
 
     # --- repositories ------------------------------------------------------------------
 

@@ -518,7 +518,7 @@ async def delete_repository(request: web.Request, name: str) -> web.StreamRespon
 
 async def storage(request: web.Request) -> web.StreamResponse:
     browser = browser_for(request)
-    if not await browser.is_admin():
+    if not await browser.is_admin(required=True):
         raise PageError(
             404,
             "Not available",
@@ -567,7 +567,7 @@ async def collect(request: web.Request) -> web.StreamResponse:
     _refuse_if_read_only(request)
     state = state_of(request)
     browser = browser_for(request)
-    if not await browser.is_admin():
+    if not await browser.is_admin(required=True):
         raise PageError(404, "Not available", "Garbage collection needs Dockyard's API.")
     form = await request.post()
     dry_run = form.get("mode") != "collect"

@@ -303,3 +303,35 @@ def test_bad_paths_are_404_pages(dockyard: Target, path: str) -> None:
     response = httpx.get(dockyard.registry.url + path)
     assert response.status_code == 404
     assert "text/html" in response.headers["Content-Type"]
+
+
+def test_builtin_ui_behind_dockyards_own_auth(browser: object, tmp_path: Path) -> None:
+    """With htpasswd auth in dockyard serve, the UI asks the browser and passes it on."""
+    from playwright.sync_api import Browser
+
+    from tests.web.support import PASSWORD, USER, write_htpasswd
+
+    assert isinstance(browser, Browser)
+    htpasswd = write_htpasswd(tmp_path / "htpasswd")
+    server = start_dockyard(
+        tmp_path / "authed",
+        {
+            "auth": {"htpasswd": {"realm": "test", "path": str(htpasswd)}},
+            "dockyard": {"workers": 1, "auth": {"admins": [USER]}},
+        },
+    )
+    try:
+        with httpx.Client(auth=(USER, PASSWORD)) as client:
+            push_artifact(client, server.url, "private/app", "v1", make_image("authed"))
+        assert httpx.get(server.url + "/ui/").status_code == 401
+        context = browser.new_context(http_credentials={"username": USER, "password": PASSWORD})
+        try:
+            page = context.new_page()
+            page.goto(server.url + "/ui/r/private/app/-/tag/v1")
+            expect(page.locator("#layers tbody tr")).to_have_count(2)
+            page.get_by_role("link", name="Storage").click()
+            expect(page.locator("#total-bytes")).not_to_have_text("0 B")
+        finally:
+            context.close()
+    finally:
+        server.stop()
