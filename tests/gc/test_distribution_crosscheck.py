@@ -22,8 +22,21 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.gc_images import error_code, get_manifest, image_with_layers, index_of, make_layer
-from tests.support.gc_store import V2, copy_store, distribution_gc, dockyard_gc, stored_blobs, wait_until_quiet
+from tests.support.gc_images import (
+    error_code,
+    get_manifest,
+    image_with_layers,
+    index_of,
+    make_layer,
+)
+from tests.support.gc_store import (
+    V2,
+    copy_store,
+    distribution_gc,
+    dockyard_gc,
+    stored_blobs,
+    wait_until_quiet,
+)
 from tests.support.images import (
     Image,
     ImageIndex,
@@ -83,7 +96,11 @@ class StoreModel:
 
     def children(self, digest: str) -> set[str]:
         artifact = self.artifacts[digest]
-        return {image.digest for image in artifact.images} if isinstance(artifact, ImageIndex) else set()
+        return (
+            {image.digest for image in artifact.images}
+            if isinstance(artifact, ImageIndex)
+            else set()
+        )
 
     def untagged_revisions(self) -> set[str]:
         return {
@@ -181,13 +198,17 @@ def build_store_with_distribution(server_factory: ServerFactory, workdir: Path) 
             image_with_layers("old-arm64", [make_layer("x-old-arm64")], architecture="arm64"),
         ]
     )
-    layout = write_oci_layout(
-        workdir / "oci", {**images, "multi": multi, "old-index": old_index}
-    )
+    layout = write_oci_layout(workdir / "oci", {**images, "multi": multi, "old-index": old_index})
     write_dir_layout(workdir / "docker-list", docker_list)
 
     def push(ref: str, repository: str, tag: str, *options: str) -> None:
-        skopeo("copy", *options, PUSH, f"oci:{layout}:{ref}", f"docker://{server.host}/{repository}:{tag}")
+        skopeo(
+            "copy",
+            *options,
+            PUSH,
+            f"oci:{layout}:{ref}",
+            f"docker://{server.host}/{repository}:{tag}",
+        )
         artifact = multi if ref == "multi" else old_index if ref == "old-index" else images[ref]
         model.pushed(repository, artifact, tag)
 
@@ -202,13 +223,22 @@ def build_store_with_distribution(server_factory: ServerFactory, workdir: Path) 
     push("lib1", "team/lib", "1.0")
     push("multi", "multi", "1.0", "--all")
     push("old-index", "multi", "0.9", "--all")
-    skopeo("copy", "--all", PUSH, f"dir:{workdir / 'docker-list'}", f"docker://{server.host}/multi:docker")
+    skopeo(
+        "copy",
+        "--all",
+        PUSH,
+        f"dir:{workdir / 'docker-list'}",
+        f"docker://{server.host}/multi:docker",
+    )
     model.pushed("multi", docker_list, "docker")
     with httpx.Client(timeout=30) as client:
         # A manifest pushed by digest only, as `crane`/`oras` and CI pipelines do.
         push_artifact(client, server.url, "team/lib", by_digest.digest, by_digest)
         model.pushed("team/lib", by_digest, None)
-        for repository, digest in (("team/app", images["gone"].digest), ("multi", old_index.digest)):
+        for repository, digest in (
+            ("team/app", images["gone"].digest),
+            ("multi", old_index.digest),
+        ):
             response = client.delete(f"{server.url}/v2/{repository}/manifests/{digest}")
             assert response.status_code == 202, response.text
             model.deleted(repository, digest)
@@ -228,9 +258,13 @@ def built(server_factory: ServerFactory, tmp_path: Path) -> BuiltStore:
     return build_store_with_distribution(server_factory, tmp_path / "build")
 
 
-def test_dry_runs_agree_on_every_blob_without_delete_untagged(built: BuiltStore, tmp_path: Path) -> None:
+def test_dry_runs_agree_on_every_blob_without_delete_untagged(
+    built: BuiltStore, tmp_path: Path
+) -> None:
     model = built.model
-    _, distribution_config = copy_store(built.server.config, built.server.root, tmp_path / "distribution")
+    _, distribution_config = copy_store(
+        built.server.config, built.server.root, tmp_path / "distribution"
+    )
     _, dockyard_config = copy_store(built.server.config, built.server.root, tmp_path / "dockyard")
 
     distribution = distribution_gc(distribution_config, "--dry-run")
@@ -254,18 +288,24 @@ def test_dry_runs_with_delete_untagged_differ_exactly_by_distribution_3004(
     built: BuiltStore, tmp_path: Path
 ) -> None:
     model = built.model
-    _, distribution_config = copy_store(built.server.config, built.server.root, tmp_path / "distribution")
+    _, distribution_config = copy_store(
+        built.server.config, built.server.root, tmp_path / "distribution"
+    )
     _, dockyard_config = copy_store(built.server.config, built.server.root, tmp_path / "dockyard")
 
     distribution = distribution_gc(distribution_config, "--dry-run", "--delete-untagged")
-    dockyard = dockyard_gc(dockyard_config, "--dry-run", "--delete-untagged", "--delay", "0", "--settle", "1")
+    dockyard = dockyard_gc(
+        dockyard_config, "--dry-run", "--delete-untagged", "--delay", "0", "--settle", "1"
+    )
 
     assert distribution.eligible_blobs == model.blobs - model.marked_distribution_untagged()
     assert dockyard.eligible_blobs == model.blobs - model.marked_dockyard_untagged()
 
     # Untagged: old, edge1, lib-2 (by digest), the deleted index's two children, and the
     # four platform manifests of the two tagged multi-arch images.
-    platform_children = {image.digest for index in (built.multi, built.docker_list) for image in index.images}
+    platform_children = {
+        image.digest for index in (built.multi, built.docker_list) for image in index.images
+    }
     assert distribution.eligible_manifests == model.untagged_revisions()
     assert len(distribution.eligible_manifests) == 9
     assert dockyard.eligible_manifests == model.untagged_revisions() - platform_children
@@ -314,7 +354,9 @@ def test_real_delete_untagged_runs_side_by_side_3004(
     distribution_root, distribution_config = copy_store(
         built.server.config, built.server.root, tmp_path / "distribution"
     )
-    dockyard_root, dockyard_config = copy_store(built.server.config, built.server.root, tmp_path / "dockyard")
+    dockyard_root, dockyard_config = copy_store(
+        built.server.config, built.server.root, tmp_path / "dockyard"
+    )
 
     distribution_gc(distribution_config, "--delete-untagged")
     dockyard = dockyard_gc(dockyard_config, "--delete-untagged", "--delay", "0", "--settle", "1")
@@ -325,7 +367,9 @@ def test_real_delete_untagged_runs_side_by_side_3004(
     # Distribution after its own collection: the tagged index is there, its platform
     # manifests are not, and pulling it fails.
     served = server_factory("distribution", root=distribution_root, name="distribution-after")
-    error = skopeo_fails("copy", "--all", PULL, f"docker://{served.host}/multi:1.0", f"oci:{tmp_path / 'd'}:x")
+    error = skopeo_fails(
+        "copy", "--all", PULL, f"docker://{served.host}/multi:1.0", f"oci:{tmp_path / 'd'}:x"
+    )
     assert "manifest unknown" in error, error
     with httpx.Client(timeout=30) as client:
         assert get_manifest(client, served.url, "multi", "1.0").status_code == 200
@@ -345,8 +389,11 @@ def test_real_delete_untagged_runs_side_by_side_3004(
         assert pulled.tags == {"pulled": multi.digest}
         assert set(pulled.blobs) == multi.all_digests
         skopeo(
-            "copy", "--all", PULL,
-            f"docker://{served.host}/multi:docker", f"dir:{tmp_path / kind / 'docker'}",
+            "copy",
+            "--all",
+            PULL,
+            f"docker://{served.host}/multi:docker",
+            f"dir:{tmp_path / kind / 'docker'}",
         )
         listed = read_dir_layout(tmp_path / kind / "docker")
         assert listed.tags == {"": docker_list.digest}

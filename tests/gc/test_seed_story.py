@@ -17,7 +17,14 @@ import httpx
 import pytest
 
 from tests.support.gc_images import error_code, get_manifest, image_with_layers, make_layer
-from tests.support.gc_store import LINK_SIZE, V2, dockyard_gc, store_size, stored_blobs, wait_until_quiet
+from tests.support.gc_store import (
+    LINK_SIZE,
+    V2,
+    dockyard_gc,
+    store_size,
+    stored_blobs,
+    wait_until_quiet,
+)
 from tests.support.images import Image, read_oci_layout, skopeo, skopeo_fails, write_oci_layout
 from tests.support.servers import ServerProcess
 

@@ -125,7 +125,9 @@ def error_code(response: httpx.Response) -> str | None:
     return None
 
 
-def get_manifest(client: httpx.Client, base_url: str, repository: str, reference: str) -> httpx.Response:
+def get_manifest(
+    client: httpx.Client, base_url: str, repository: str, reference: str
+) -> httpx.Response:
     return client.get(
         f"{base_url}/v2/{repository}/manifests/{reference}", headers={"Accept": ALL_MANIFEST_TYPES}
     )

@@ -10,7 +10,7 @@ long) and the client pushes again. Anything else is a failure of the registry.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -24,6 +24,10 @@ class PushFailed(AssertionError):
     """The registry answered a push with something no collection explains."""
 
 
+class ServerError(PushFailed):
+    """A 5xx other than UNAVAILABLE: a registry bug, though a client would retry it."""
+
+
 @dataclass
 class PushStats:
     pushes: int = 0
@@ -32,6 +36,8 @@ class PushStats:
     mounted: int = 0  # blobs a cross-repository mount linked
     retried_blob_unknown: int = 0
     retried_unavailable: int = 0
+    # 5xx answers retried as a client would, each described: bugs, reported by the caller.
+    server_errors: list[str] = field(default_factory=list)
 
     def add(self, other: PushStats) -> None:
         for name in self.__dataclass_fields__:
@@ -40,6 +46,11 @@ class PushStats:
 
 def _absolute(base_url: str, location: str) -> str:
     return location if location.startswith("http") else base_url + location
+
+
+def _fail(what: str, response: httpx.Response) -> PushFailed:
+    kind = ServerError if response.status_code >= 500 else PushFailed
+    return kind(f"{what}: {response.status_code} {response.text[:300]}")
 
 
 def _upload(client: httpx.Client, base_url: str, location: str, blob: Blob) -> None:
@@ -51,7 +62,7 @@ def _upload(client: httpx.Client, base_url: str, location: str, blob: Blob) -> N
         headers={"Content-Type": "application/octet-stream"},
     )
     if response.status_code != 201:
-        raise PushFailed(f"PUT upload of {blob.digest}: {response.status_code} {response.text}")
+        raise _fail(f"PUT upload of {blob.digest}", response)
 
 
 def ensure_blob(
@@ -68,14 +79,14 @@ def ensure_blob(
         stats.skipped += 1
         return
     if head.status_code != 404:
-        raise PushFailed(f"HEAD {repository}@{blob.digest}: {head.status_code}")
+        raise _fail(f"HEAD {repository}@{blob.digest}", head)
     params = {"mount": blob.digest, "from": mount_from} if mount_from else None
     start = client.post(f"{base_url}/v2/{repository}/blobs/uploads/", params=params)
     if start.status_code == 201 and mount_from:
         stats.mounted += 1
         return
     if start.status_code != 202:
-        raise PushFailed(f"POST upload {repository}: {start.status_code} {start.text}")
+        raise _fail(f"POST upload {repository}", start)
     _upload(client, base_url, start.headers["Location"], blob)
     stats.uploads += 1
 
@@ -99,24 +110,34 @@ def push_retrying(
     mount_from: str | None = None,
     attempts: int = 20,
 ) -> PushStats:
-    """Push an image or index (children by digest first) until the registry accepts it."""
+    """Push an image or index (children by digest first) until the registry accepts it.
+
+    Refusals a collection explains are retried and counted; 5xx answers are retried too
+    (docker does) but recorded in ``server_errors``; anything else raises.
+    """
     stats = PushStats()
     for _ in range(attempts):
-        if isinstance(artifact, ImageIndex):
-            for image in artifact.images:
-                stats.add(push_retrying(client, base_url, repository, image.digest, image, mount_from))
-        else:
-            for blob in artifact.blobs:
-                ensure_blob(client, base_url, repository, blob, stats, mount_from)
-        response = put_manifest(client, base_url, repository, reference, artifact.manifest)
-        if response.status_code == 201:
-            if response.headers.get("Docker-Content-Digest") != artifact.digest:
-                raise PushFailed(f"PUT manifest answered digest {response.headers}")
-            stats.pushes += 1
-            return stats
-        outcome = (response.status_code, error_code(response))
-        if outcome not in RETRYABLE:
-            raise PushFailed(f"PUT {repository}:{reference}: {response.status_code} {response.text}")
+        try:
+            if isinstance(artifact, ImageIndex):
+                for image in artifact.images:
+                    stats.add(
+                        push_retrying(client, base_url, repository, image.digest, image, mount_from)
+                    )
+            else:
+                for blob in artifact.blobs:
+                    ensure_blob(client, base_url, repository, blob, stats, mount_from)
+            response = put_manifest(client, base_url, repository, reference, artifact.manifest)
+            if response.status_code == 201:
+                if response.headers.get("Docker-Content-Digest") != artifact.digest:
+                    raise PushFailed(f"PUT manifest answered digest {response.headers}")
+                stats.pushes += 1
+                return stats
+            outcome = (response.status_code, error_code(response))
+            if outcome not in RETRYABLE:
+                raise _fail(f"PUT {repository}:{reference}", response)
+        except ServerError as error:
+            stats.server_errors.append(str(error))
+            continue
         if outcome[1] == "MANIFEST_BLOB_UNKNOWN":
             stats.retried_blob_unknown += 1
         else:

@@ -1,0 +1,198 @@
+"""The races of the online stress test, made deterministic.
+
+A collection plans (reads everything), then sets candidates aside one by one, waits
+``settle``, and decides. Pushes and deletes that land between the plan and the set-aside
+are the hard case its design covers with holds and modification times. Here the
+collector runs in the test process on the live server's data directory (as
+``dockyard garbage-collect`` does, same code), with a storage driver that pauses at the
+first set-aside so the test can push and delete over HTTP exactly then, and that lets it
+look at the registry right after a given path was set aside.
+
+What must hold (docs/garbage-collection.md): a push racing a collection gets 201 or a
+refusal it can retry, "never a manifest that points at missing content", and nothing a
+kept manifest reaches is ever deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from dockyard.registry import layout
+from dockyard.registry.digest import Digest
+from dockyard.registry.gc import TRASH, GarbageCollector, GcOptions, GcReport
+from dockyard.storage.filesystem import FilesystemDriver
+from tests.support.gc_images import error_code, get_manifest, image_with_layers, make_layer
+from tests.support.gc_push import push_retrying
+from tests.support.gc_store import V2, wait_until_quiet
+from tests.support.images import Image, push_blob, push_manifest
+from tests.support.servers import ServerProcess
+
+ServerFactory = Callable[..., ServerProcess]
+
+# The server's hold limit is 0.4 * its settle; the collector here settles as long.
+CONFIG = {"dockyard": {"workers": 1, "gc": {"settle": "1s"}}}
+
+
+class RacingDriver(FilesystemDriver):
+    """The filesystem driver, with hooks at the collector's set-aside moves.
+
+    ``before_set_aside`` runs once, just before the first candidate is moved to the
+    trash (the plan is complete by then); ``after_set_aside(path)`` after each move
+    into the trash. Both are plain functions, run in a thread, that may talk HTTP.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        before_set_aside: Callable[[], None],
+        after_set_aside: Callable[[str], None] = lambda path: None,
+    ) -> None:
+        super().__init__(str(root))
+        self.before_set_aside = before_set_aside
+        self.after_set_aside = after_set_aside
+        self.started = False
+
+    async def move(self, source: str, dest: str) -> None:
+        into_trash = dest.startswith(TRASH + "/")
+        if into_trash and not self.started:
+            self.started = True
+            await asyncio.to_thread(self.before_set_aside)
+        await super().move(source, dest)
+        if into_trash:
+            await asyncio.to_thread(self.after_set_aside, source)
+
+
+def collect(driver: RacingDriver, delay: float = 3600.0) -> GcReport:
+    """One real collection, as ``dockyard garbage-collect --settle 1`` runs it."""
+    return asyncio.run(GarbageCollector(driver, GcOptions(delay=delay, settle=1.0)).run())
+
+
+def blob_status(
+    client: httpx.Client, server: ServerProcess, repository: str, digest: str
+) -> tuple[int, str | None]:
+    response = client.get(f"{server.url}/v2/{repository}/blobs/{digest}")
+    return response.status_code, error_code(response)
+
+
+def pull_statuses(
+    client: httpx.Client, server: ServerProcess, repository: str, image: Image
+) -> dict[str, int]:
+    """Status of the manifest and of each blob, by what they are."""
+    statuses = {"manifest": get_manifest(client, server.url, repository, image.digest).status_code}
+    statuses["config"] = blob_status(client, server, repository, image.config.digest)[0]
+    for i, layer in enumerate(image.layers):
+        statuses[f"layer{i}"] = blob_status(client, server, repository, layer.digest)[0]
+    return statuses
+
+
+def whole(image: Image) -> dict[str, int]:
+    return {"manifest": 200, "config": 200, **{f"layer{i}": 200 for i in range(len(image.layers))}}
+
+
+@pytest.fixture
+def client() -> httpx.Client:
+    return httpx.Client(timeout=30)
+
+
+def test_delete_during_collection_does_not_undo_a_concurrent_push_s_hold(
+    server_factory: ServerFactory, client: httpx.Client
+) -> None:
+    """A layer one push holds while another manifest using it is deleted stays linked.
+
+    Sequence: X (layer L) is deleted, so L's link is aged and L is a candidate. Between
+    the plan and the set-aside, Y (also on L) is pushed (201: its hold touched L's link)
+    and then W (also on L) is pushed and deleted: the DELETE ages L's link again, erasing
+    the mark of Y's hold. The collector then judges the link by its time alone.
+    """
+    server = server_factory("dockyard", config=CONFIG)
+    shared = make_layer("race-shared")
+    x, y, w = (
+        image_with_layers(name, [shared, make_layer(f"race-{name}")]) for name in ("x", "y", "w")
+    )
+    push_retrying(client, server.url, "race/app", "x", x)
+    assert client.delete(f"{server.url}/v2/race/app/manifests/{x.digest}").status_code == 202
+    wait_until_quiet(server.root / V2, 0.5)
+
+    def in_the_window() -> None:
+        with httpx.Client(timeout=30) as http:
+            assert push_retrying(http, server.url, "race/app", "y", y).pushes == 1
+            assert push_retrying(http, server.url, "race/app", "w", w).pushes == 1
+            assert http.delete(f"{server.url}/v2/race/app/manifests/{w.digest}").status_code == 202
+
+    collect(RacingDriver(server.root, in_the_window))
+
+    # Y was accepted and is tagged: every part of it must still be there.
+    assert pull_statuses(client, server, "race/app", y) == whole(y)
+    assert get_manifest(client, server.url, "race/app", "y").status_code == 200
+
+
+def test_manifest_pushed_as_its_new_repository_is_judged_empty_stays_visible(
+    server_factory: ServerFactory, client: httpx.Client
+) -> None:
+    """The first push into a new repository, racing a collection, is visible at once.
+
+    The collection plans while fresh/app has layers but no manifest yet, so it plans to
+    remove the repository's (absent) ``_manifests``; the manifest arrives before that
+    step, and the whole ``_manifests`` directory with it goes to the trash.
+    """
+    server = server_factory("dockyard", config=CONFIG)
+    image = image_with_layers("fresh", [make_layer("fresh-1")])
+    for blob in image.blobs:
+        push_blob(client, server.url, "fresh/app", blob.data)
+    seen: dict[str, int] = {}
+
+    def push_manifest_now() -> None:
+        with httpx.Client(timeout=30) as http:
+            response = push_manifest(http, server.url, "fresh/app", "v1", image.manifest)
+            assert response.status_code == 201, response.text
+
+    def look(path: str) -> None:
+        if path == layout.manifests("fresh/app"):
+            with httpx.Client(timeout=30) as http:
+                seen["during"] = get_manifest(http, server.url, "fresh/app", "v1").status_code
+
+    report = collect(RacingDriver(server.root, push_manifest_now, look))
+
+    assert get_manifest(client, server.url, "fresh/app", "v1").status_code == 200
+    assert report.repositories_removed == []
+    # Read after write: the accepted manifest never disappears, not even for `settle`.
+    assert seen == {"during": 200}, seen
+
+
+def test_image_pushed_again_during_collection_never_points_at_missing_content(
+    server_factory: ServerFactory, client: httpx.Client
+) -> None:
+    """Delete an image, push it again while a collection runs: it pulls throughout.
+
+    The collection plans right after the DELETE, so the image's blobs are candidates;
+    the push again holds them (HEAD → 200) and is accepted before they are set aside.
+    The design puts them back after ``settle``; until then the accepted image misses
+    them, which docs/garbage-collection.md says a push can never observe.
+    """
+    server = server_factory("dockyard", config=CONFIG)
+    image = image_with_layers("again", [make_layer("again-1"), make_layer("again-2")])
+    push_retrying(client, server.url, "again/app", "v1", image)
+    assert client.delete(f"{server.url}/v2/again/app/manifests/{image.digest}").status_code == 202
+    wait_until_quiet(server.root / V2, 0.5)
+    during: dict[str, int] = {}
+
+    def push_again() -> None:
+        with httpx.Client(timeout=30) as http:
+            stats = push_retrying(http, server.url, "again/app", "v1", image)
+            assert (stats.pushes, stats.uploads, stats.skipped) == (1, 0, 3), stats
+
+    def look(path: str) -> None:
+        last_layer = layout.blob_dir(Digest.parse(image.layers[-1].digest))
+        if path == last_layer:
+            with httpx.Client(timeout=30) as http:
+                during.update(pull_statuses(http, server, "again/app", image))
+
+    collect(RacingDriver(server.root, push_again, look))
+
+    assert pull_statuses(client, server, "again/app", image) == whole(image)
+    assert during == whole(image), during
