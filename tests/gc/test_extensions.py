@@ -375,6 +375,42 @@ def test_read_only_refuses_every_write_and_serves_every_read(
     assert files(server.root) == snapshot
 
 
+@pytest.mark.parametrize("kind", ["dockyard", "distribution"])
+def test_read_only_reads_write_nothing(
+    server_factory: ServerFactory, client: httpx.Client, kind: str
+) -> None:
+    """Read-only mode serves storage that may itself be read-only (a snapshot, a
+    read-only mount or bucket policy, a replica during a collection elsewhere): a read
+    must not write, not even a file's modification time. On a read-only mount such a
+    write fails, and the read with it (measured: Dockyard's HEAD of a blob answers 500
+    there, EROFS from utime)."""
+    writable = server_factory(kind, name=f"{kind}-rw")
+    image = images()["a"]
+    with httpx.Client(timeout=30) as http:
+        push_artifact(http, writable.url, "ro/app", "v1", image)
+    writable.stop()
+    server = server_factory(
+        kind,
+        config={"storage": {"maintenance": {"readonly": {"enabled": True}}}},
+        root=writable.root,
+        name=f"{kind}-ro",
+    )
+    url = f"{server.url}/v2/ro/app"
+    before = {str(p): p.stat().st_mtime_ns for p in server.root.rglob("*") if p.is_file()}
+    assert client.head(f"{url}/blobs/{image.layers[0].digest}").status_code == 200
+    assert client.get(f"{url}/blobs/{image.config.digest}").status_code == 200
+    assert get_manifest(client, server.url, "ro/app", "v1").status_code == 200
+    assert (
+        client.head(
+            f"{url}/manifests/v1", headers={"Accept": image.manifest.media_type}
+        ).status_code
+        == 200
+    )
+    after = {str(p): p.stat().st_mtime_ns for p in server.root.rglob("*") if p.is_file()}
+    changed = sorted(path.split("/v2/")[-1] for path in before if before[path] != after.get(path))
+    assert changed == [], changed
+
+
 # --- upload purging ---------------------------------------------------------------------
 
 # The seed's date, written as Go writes RFC 3339 with nanoseconds.
