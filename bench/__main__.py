@@ -135,7 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     log = Progress()
     scratch: Path | None = None
     servers: list[RegistryServer] = []
+    # asyncio.run's own SIGINT handler only cancels at the next await, and a wrk or GC run
+    # in between would keep going for minutes: Ctrl-C stops at once (unless ignored).
+    interrupt = signal.getsignal(signal.SIGINT)
     previous = {
+        signal.SIGINT: signal.signal(
+            signal.SIGINT,
+            interrupt if interrupt == signal.SIG_IGN else _raise(KeyboardInterrupt, "SIGINT"),
+        ),
         signal.SIGTERM: signal.signal(signal.SIGTERM, _raise(KeyboardInterrupt, "SIGTERM")),
         signal.SIGALRM: signal.signal(
             signal.SIGALRM, _raise(BenchTimeout, "the run went past its time limit")
@@ -164,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(run_suite(suite, plan, log))
         text = report.render(suite.results, context(plan, args, servers[0], source), suite.notes())
         print(text)
-        out = args.out or (DEFAULT_OUT if plan.mode == "full" else None)
+        # Only a complete, unprofiled full run replaces the committed RESULTS.md.
+        complete = plan.mode == "full" and groups == set(GROUPS) and args.profile is None
+        out = args.out or (DEFAULT_OUT if complete else None)
         if out is not None:
             out.write_text(text)
             log(f"wrote {out}")

@@ -20,6 +20,8 @@ class Plan:
     chunked_size: int
     chunk: int
     pull_size: int
+    # A 512 MiB pull from the page cache lasts a quarter second: too short to time alone.
+    pull_repeat: int
     range_span: int
     range_connections: int
     range_seconds: float
@@ -55,6 +57,7 @@ QUICK = Plan(
     chunked_size=16 * MiB,
     chunk=8 * MiB,
     pull_size=16 * MiB,
+    pull_repeat=1,
     range_span=64 * KiB,
     range_connections=8,
     # wrk and ab count whole seconds; two connection counts keep quick mode short.
@@ -83,6 +86,7 @@ FULL = Plan(
     chunked_size=512 * MiB,
     chunk=8 * MiB,
     pull_size=512 * MiB,
+    pull_repeat=4,
     range_span=64 * KiB,
     range_connections=8,
     range_seconds=4,

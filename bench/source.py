@@ -60,5 +60,8 @@ def snapshot(rev: str, destination: Path) -> DockyardSource:
     with tarfile.open(archive) as tar:
         tar.extractall(destination, filter="data")
     archive.unlink()
-    subject = _git("log", "-1", "--format=%s", commit)
-    return DockyardSource(destination, f"commit {commit[:12]} ({subject})")
+    # The last commit that changed dockyard/ names the code measured better than REV.
+    changed = _git("log", "-1", "--format=%h %s", commit, "--", "dockyard")
+    return DockyardSource(
+        destination, f"dockyard/ as of {rev} ({commit[:12]}): last changed by {changed}"
+    )
