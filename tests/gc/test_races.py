@@ -196,3 +196,40 @@ def test_image_pushed_again_during_collection_never_points_at_missing_content(
 
     assert pull_statuses(client, server, "again/app", image) == whole(image)
     assert during == whole(image), during
+
+
+def test_delete_acknowledged_during_settle_is_not_undone_by_the_restore(
+    server_factory: ServerFactory, client: httpx.Client
+) -> None:
+    """A manifest deleted with 202 stays deleted, whatever a collection puts back.
+
+    As above, the first manifest of fresh/app goes to the trash with ``_manifests``. The
+    client, finding it gone, pushes it again (201) and later deletes it (202), all
+    within ``settle``. The collection then restores the set-aside ``_manifests``, merged
+    with the live one: the deleted manifest and its tag come back. (Seen in the stress
+    run after a push answered 500 in the same window.)
+    """
+    server = server_factory("dockyard", config=CONFIG)
+    image = image_with_layers("undone", [make_layer("undone-1")])
+    for blob in image.blobs:
+        push_blob(client, server.url, "fresh/app", blob.data)
+
+    def push_manifest_now() -> None:
+        with httpx.Client(timeout=30) as http:
+            response = push_manifest(http, server.url, "fresh/app", "v1", image.manifest)
+            assert response.status_code == 201, response.text
+
+    def push_again_then_delete(path: str) -> None:
+        if path != layout.manifests("fresh/app"):
+            return
+        with httpx.Client(timeout=30) as http:
+            response = push_manifest(http, server.url, "fresh/app", "v1", image.manifest)
+            assert response.status_code == 201, response.text
+            deleted = http.delete(f"{server.url}/v2/fresh/app/manifests/{image.digest}")
+            assert deleted.status_code == 202, deleted.text
+
+    collect(RacingDriver(server.root, push_manifest_now, push_again_then_delete))
+
+    by_digest = get_manifest(client, server.url, "fresh/app", image.digest)
+    by_tag = get_manifest(client, server.url, "fresh/app", "v1")
+    assert (by_digest.status_code, by_tag.status_code) == (404, 404), (by_digest.text, by_tag.text)
