@@ -55,6 +55,9 @@ log = logging.getLogger("dockyard.gc")
 
 TRASH = f"{layout.ROOT}/_dockyard/trash"
 
+# The modification time a collection gives a link released by a DELETE since its last hold.
+RELEASED = 0.0
+
 
 @dataclass(frozen=True, slots=True)
 class GcOptions:
@@ -108,6 +111,12 @@ class GcPlan:
     blobs: dict[Digest, int] = field(default_factory=dict)
     layer_links: list[tuple[str, Digest]] = field(default_factory=list)
     repositories: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class SetAside:
+    original: str
+    slot: str
 
 
 @dataclass(slots=True)
@@ -234,23 +243,35 @@ class GarbageCollector:
                     found.append(Digest.parse(text))
         return found
 
-    async def scan_repository(self, name: str) -> RepositoryScan:
+    async def _references(self, digest: Digest) -> References:
+        references = self.cache.references.get(digest)
+        if references is None:
+            try:
+                data = await self.driver.read(layout.blob_data(digest))
+            except PathNotFoundError:
+                data = b""
+            references = references_of(data)
+            if data:
+                self.cache.remember_references(digest, references)
+        return references
+
+    async def _link_mtime(self, link: str, young_after: float) -> float | None:
+        """When the link was last written or held; RELEASED if a DELETE released it since."""
+        mtime = await self._mtime(link)
+        if mtime is None or mtime < young_after:
+            return mtime  # old already: whether it was released does not matter
+        released = await self._mtime(layout.released_marker(link))
+        return RELEASED if released is not None and released >= mtime else mtime
+
+    async def scan_repository(self, name: str, young_after: float = 0.0) -> RepositoryScan:
+        """What the repository holds; links younger than ``young_after`` checked for release."""
         scan = RepositoryScan(name)
         for digest in await self._digests_under(layout.revisions(name)):
-            mtime = await self._mtime(layout.revision_link(name, digest))
+            mtime = await self._link_mtime(layout.revision_link(name, digest), young_after)
             if mtime is None:
                 continue
             info = ManifestInfo(digest, mtime)
-            references = self.cache.references.get(digest)
-            if references is None:
-                try:
-                    data = await self.driver.read(layout.blob_data(digest))
-                except PathNotFoundError:
-                    data = b""
-                references = references_of(data)
-                if data:
-                    self.cache.remember_references(digest, references)
-            info.blobs, info.children, info.subject = references
+            info.blobs, info.children, info.subject = await self._references(digest)
             scan.manifests[digest] = info
         for tag in await self._children(layout.tags(name)):
             current = await read_link(self.driver, layout.tag_current_link(name, tag))
@@ -258,7 +279,7 @@ class GarbageCollector:
                 scan.tags[tag] = current
             scan.tag_history[tag] = await self._digests_under(f"{layout.tag_dir(name, tag)}/index")
         for digest in await self._digests_under(layout.layers(name)):
-            mtime = await self._mtime(layout.layer_link(name, digest))
+            mtime = await self._link_mtime(layout.layer_link(name, digest), young_after)
             if mtime is not None:
                 scan.layers[digest] = mtime
         scan.has_uploads = bool(await self._children(layout.uploads(name)))
@@ -299,7 +320,10 @@ class GarbageCollector:
         held = start - self.options.hold_limit
         cutoff = min(start - self.options.delay, held)
         plan = GcPlan(started_at=start, held=held)
-        plan.scans = [await self.scan_repository(name) for name in await self.repository_names()]
+        plan.scans = [
+            await self.scan_repository(name, young_after=cutoff)
+            for name in await self.repository_names()
+        ]
         for scan in plan.scans:
             kept = self.kept_manifests(scan, cutoff)
             plan.kept[scan.name] = kept
@@ -329,14 +353,21 @@ class GarbageCollector:
             if not kept and not any(i.mtime >= cutoff for i in scan.manifests.values()):
                 plan.repositories.append(scan.name)
 
+        # A blob linked recently by any repository may be awaiting its manifest.
+        linked_recently = {
+            digest
+            for scan in plan.scans
+            for digest, mtime in scan.layers.items()
+            if mtime >= cutoff
+        }
         for digest in await self.all_blobs():
-            if digest in plan.marked:
+            if digest in plan.marked or digest in linked_recently:
                 continue
             try:
                 blob = await self.driver.stat(layout.blob_data(digest))
             except PathNotFoundError:
                 continue
-            if blob.mtime >= held or any(s.layers.get(digest, 0.0) >= cutoff for s in plan.scans):
+            if blob.mtime >= held:
                 continue
             plan.blobs[digest] = blob.size
         return plan
@@ -368,47 +399,85 @@ class GarbageCollector:
 
     async def _execute(self, plan: GcPlan, report: GcReport) -> None:
         trash = f"{TRASH}/{uuid.uuid4()}"
-        set_aside: list[tuple[str, str]] = []
+        aside: list[SetAside] = []
 
-        async def set_aside_path(path: str) -> bool:
-            # Each item gets its own slot: a directory set aside may contain an earlier one.
-            aside = f"{trash}/{len(set_aside)}{path}"
-            try:
-                await self.driver.move(path, aside)
-            except PathNotFoundError:
-                return False
-            set_aside.append((path, aside))
-            return True
+        async def set_aside(path: str) -> bool:
+            moved = await self._set_aside(path, f"{trash}/{len(aside)}", plan.held)
+            if moved is not None:
+                aside.append(SetAside(path, moved))
+            return moved is not None
 
+        # Links are set aside as files: the directory around one may hold a fresh
+        # release marker, which says nothing about whether the link is in use.
         for name, digest, subject in plan.manifests:
-            if await set_aside_path(layout.revision_dir(name, digest)):
+            if await set_aside(layout.revision_link(name, digest)):
                 report.manifests_deleted.append((name, digest))
                 if subject is not None:
-                    await set_aside_path(layout.referrer_dir(name, subject, digest))
+                    await set_aside(layout.referrer_link(name, subject, digest))
         for name, tag, digest in plan.tag_history:
-            await set_aside_path(
-                f"{layout.tag_dir(name, tag)}/index/{digest.algorithm}/{digest.hex}"
-            )
+            await set_aside(layout.tag_index_link(name, tag, digest))
         for digest in plan.blobs:
-            if await set_aside_path(layout.blob_dir(digest)):
+            if await set_aside(layout.blob_dir(digest)):
                 self.emit(f"Deleting blob: {layout.blob_dir(digest)}")
                 report.blobs_deleted.append(digest)
         for name, digest in plan.layer_links:
-            if await set_aside_path(layout.layer_dir(name, digest)):
+            if await set_aside(layout.layer_link(name, digest)):
                 report.layer_links_deleted += 1
-        # The catalog lists a directory as a repository only while it has ``_manifests``.
+
+        if aside:
+            await asyncio.sleep(self.options.settle)
+            report.restored = await self._decide(aside, plan.held, report)
+        try:
+            await self.driver.delete(trash)
+        except PathNotFoundError:
+            pass
+        for entry in aside:
+            if entry.original.endswith("/link"):
+                await self._clear_link_dir(entry.original)
+        # The catalog lists a directory as a repository only while it has ``_manifests``;
+        # removed last, once the repository's manifests are gone for good.
         for name in plan.repositories:
-            if await set_aside_path(layout.manifests(name)):
+            if await self.driver.remove_empty(layout.manifests(name)):
                 report.repositories_removed.append(name)
                 self.emit(f"{name}: repository has no manifests left; removing it")
 
-        if set_aside:
-            await asyncio.sleep(self.options.settle)
-            report.restored = await self._decide(set_aside, plan.held, report)
-            try:
-                await self.driver.delete(trash)
-            except PathNotFoundError:
-                pass
+    async def _set_aside(self, path: str, slot: str, held: float) -> str | None:
+        """Move ``path`` to ``slot`` unless it is in use; where it went, or None.
+
+        The driver refuses the move if a hold touched the path since ``held``, in one
+        step with the touch, so what a push holds is never missing, not even for a
+        moment. A file *replaced* meanwhile (a manifest pushed again rewrites its link)
+        is seen after the move and put back at once.
+        """
+        if not await self.driver.move_unless_touched(path, slot, held):
+            return None
+        if await self._recently_touched(slot, held):
+            await self._restore(slot, path)
+            log.info("garbage collection: %s was rewritten while being set aside; kept", path)
+            return None
+        return slot
+
+    async def _decide(self, aside: list[SetAside], held: float, report: GcReport) -> int:
+        """Put back what was touched just as it was set aside; the rest goes."""
+        restored = 0
+        for entry in aside:
+            if not await self._recently_touched(entry.slot, held):
+                continue
+            await self._restore(entry.slot, entry.original)
+            restored += 1
+            log.info("garbage collection: %s was used while set aside; kept", entry.original)
+            self._unreport(entry.original, report)
+        return restored
+
+    async def _clear_link_dir(self, link: str) -> None:
+        """Remove what is left around a deleted link: its release marker, empty directories."""
+        if await self._mtime(link) is not None:
+            return  # linked again since; an old marker there is harmless
+        try:
+            await self.driver.delete(layout.released_marker(link))
+        except PathNotFoundError:
+            pass
+        await self.driver.remove_empty(link.rsplit("/", 1)[0])
 
     async def all_blobs(self) -> list[Digest]:
         found = []
@@ -432,30 +501,13 @@ class GarbageCollector:
                 return False
         return False
 
-    async def _decide(
-        self, set_aside: list[tuple[str, str]], cutoff: float, report: GcReport
-    ) -> int:
-        """Put back whatever was touched while set aside; what remains in the trash goes."""
-        restored = 0
-        for original, aside in set_aside:
-            if not await self._recently_touched(aside, cutoff):
-                continue
-            await self._restore(aside, original)
-            restored += 1
-            log.info("garbage collection: %s was used while set aside; kept", original)
-            self._unreport(original, report)
-        return restored
-
     def _unreport(self, original: str, report: GcReport) -> None:
         for digest in list(report.blobs_deleted):
             if original == layout.blob_dir(digest):
                 report.blobs_deleted.remove(digest)
         for name, digest in list(report.manifests_deleted):
-            if original == layout.revision_dir(name, digest):
+            if original == layout.revision_link(name, digest):
                 report.manifests_deleted.remove((name, digest))
-        for name in list(report.repositories_removed):
-            if original == layout.manifests(name):
-                report.repositories_removed.remove(name)
 
     async def _restore(self, aside: str, original: str) -> None:
         """Move back, merging with whatever a client created at the original path since."""

@@ -37,6 +37,11 @@ def layer_dir(name: str, digest: Digest) -> str:
     return f"{layers(name)}/{digest.algorithm}/{digest.hex}"
 
 
+def released_marker(link: str) -> str:
+    """Beside a link: written when a deleted manifest stops using what the link names."""
+    return f"{link.rsplit('/', 1)[0]}/released"
+
+
 def manifests(name: str) -> str:
     return f"{repository(name)}/_manifests"
 

@@ -29,9 +29,6 @@ from dockyard.registry.manifests import (
 from dockyard.registry.tags import TagStore
 from dockyard.storage.driver import PathNotFoundError, StorageDriver
 
-# The modification time given to links a deleted manifest no longer needs.
-RELEASED_MTIME = 0.0
-
 
 @dataclass(frozen=True, slots=True)
 class StoredManifest:
@@ -128,19 +125,22 @@ class ManifestStore:
         return manifest
 
     async def _release(self, manifest: Manifest) -> None:
-        """Age the links this manifest held, so a collection may free them right away.
+        """Mark the links this manifest used as released, so a collection may free them now.
 
         Links of content pushed recently are kept by garbage collection for a while, for a
         push whose manifest has not arrived yet; a deleted manifest's content is not that.
-        Another manifest still using it keeps it by reference, whatever its age.
+        A marker beside the link says so until the link is held again (its mtime then
+        passes the marker's); the link's own mtime, which records holds, is left alone.
+        Another manifest still using the content keeps it by reference, whatever its age.
         """
-        paths = [layout.layer_link(self.name, blob) for blob in manifest.referenced_blobs()]
-        paths += [layout.revision_link(self.name, child.digest) for child in manifest.children]
-        for path in paths:
+        links = [layout.layer_link(self.name, blob) for blob in manifest.referenced_blobs()]
+        links += [layout.revision_link(self.name, child.digest) for child in manifest.children]
+        for link in links:
             try:
-                await self.driver.touch(path, mtime=RELEASED_MTIME)
+                await self.driver.stat(link)
             except PathNotFoundError:
                 continue
+            await self.driver.write(layout.released_marker(link), b"")
 
     async def _hold_references(self, manifest: Manifest) -> None:
         """Check every referenced blob and child manifest is there, marking each in use."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 
-from dockyard.errors import ManifestUnknown
+from dockyard.errors import ManifestUnknown, NameUnknown
 from dockyard.registry import layout
 from dockyard.registry.digest import Digest
 from dockyard.registry.links import delete_if_exists, read_link, write_link
@@ -35,10 +35,18 @@ class TagStore:
             raise ManifestUnknown(detail={"tag": tag})
 
     async def list(self) -> builtins.list[str]:
-        """Every tag, sorted; a directory that is not a valid tag is not one."""
+        """Every tag, sorted; a directory that is not a valid tag is not one.
+
+        A repository is known while it has ``_manifests`` (as the catalog lists it), even
+        with no tag left; without it the name is unknown.
+        """
         try:
             names = await self.driver.list(layout.tags(self.name))
         except PathNotFoundError:
+            try:
+                await self.driver.stat(layout.manifests(self.name))
+            except PathNotFoundError:
+                raise NameUnknown(detail={"name": self.name}) from None
             return []
         return sorted(name for name in names if is_valid_tag(name))
 

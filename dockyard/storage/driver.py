@@ -134,6 +134,26 @@ class StorageDriver(ABC):
         """
         await self.write(path, await self.read(path))
 
+    async def move_unless_touched(self, source: str, dest: str, since: float) -> bool:
+        """Move ``source`` to ``dest`` unless a file under it was modified at ``since`` or later.
+
+        Whether it moved. Drivers that can, make this one step with :meth:`touch`: a touch
+        either lands before (and the move is refused) or finds ``source`` gone. This
+        default checks, then moves, leaving a short window between the two.
+        """
+        try:
+            top = await self.stat(source)
+            if top.is_dir:
+                async for info in self.walk(source):
+                    if not info.is_dir and info.mtime >= since:
+                        return False
+            elif top.mtime >= since:
+                return False
+            await self.move(source, dest)
+        except PathNotFoundError:
+            return False
+        return True
+
     @abstractmethod
     async def list(self, path: str) -> list[str]:
         """Names (not paths) of the directory's direct children, sorted."""
@@ -145,6 +165,21 @@ class StorageDriver(ABC):
     @abstractmethod
     async def delete(self, path: str) -> None:
         """Remove a file or a whole directory tree."""
+
+    async def remove_empty(self, path: str) -> bool:
+        """Remove the directory tree at ``path`` if it holds no file; whether it is gone.
+
+        Never removes a file, not even one written while this runs. This default suits
+        drivers whose directories exist only through their files (object stores): there
+        is nothing to remove.
+        """
+        try:
+            async for info in self.walk(path):
+                if not info.is_dir:
+                    return False
+        except PathNotFoundError:
+            pass
+        return True
 
     @abstractmethod
     def walk(self, path: str) -> AsyncIterator[FileInfo]:

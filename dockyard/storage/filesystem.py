@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import os
 import re
 import shutil
@@ -87,7 +88,10 @@ def _read_file(real: str) -> bytes:
 
 
 def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return  # moved away since: its entries are durable wherever it went
     try:
         os.fsync(fd)
     finally:
@@ -114,7 +118,24 @@ def _make_dirs(directory: str) -> None:
         _fsync_dir(os.path.dirname(new))
 
 
+# How often a write retries when its directory is removed or moved away under it
+# (garbage collection removes an empty tree once per run, so a few retries suffice).
+_VANISHED_RETRIES = 100
+
+
 def _replace_atomically(real: str, data: bytes) -> None:
+    # A directory on the way may be moved away concurrently (garbage collection removing
+    # an empty repository); the write then starts again and recreates it.
+    for attempt in range(_VANISHED_RETRIES):
+        try:
+            _replace_once(real, data)
+            return
+        except FileNotFoundError:
+            if attempt == _VANISHED_RETRIES - 1:
+                raise
+
+
+def _replace_once(real: str, data: bytes) -> None:
     parent = os.path.dirname(real)
     _make_dirs(parent)
     temp = os.path.join(parent, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
@@ -135,12 +156,110 @@ def _replace_atomically(real: str, data: bytes) -> None:
 
 def _rename_durably(source: str, dest: str) -> None:
     dest_parent = os.path.dirname(dest)
-    _make_dirs(dest_parent)
-    os.replace(source, dest)
+    for attempt in range(_VANISHED_RETRIES):
+        try:
+            _make_dirs(dest_parent)
+            os.replace(source, dest)
+            break
+        except FileNotFoundError:
+            # Only the destination's directory moved away (see _replace_atomically).
+            if attempt == _VANISHED_RETRIES - 1 or not os.path.lexists(source):
+                raise
     _fsync_dir(dest_parent)
     source_parent = os.path.dirname(source)
     if source_parent != dest_parent:
         _fsync_dir(source_parent)
+
+
+def _touch_in_place(real: str, times: tuple[float, float] | None) -> bool:
+    """Set a file's times while it is at ``real``; False if it is not (or not a file).
+
+    Under a shared lock, which :func:`_move_unless_touched` takes exclusively: a touch
+    either lands before that check, or finds the file moved away.
+    """
+    fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        held = os.fstat(fd)
+        if S_ISDIR(held.st_mode):
+            return False
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        os.utime(fd, times)
+        try:
+            now = os.stat(real)
+        except FileNotFoundError:
+            return False
+        return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+    finally:
+        os.close(fd)
+
+
+def _move_unless_touched(source: str, dest: str, since: float) -> bool:
+    """Rename ``source`` unless a file in it was modified at ``since`` or later.
+
+    Each file is locked exclusively while checked and until the rename is done, so no
+    :func:`_touch_in_place` can fall between the check and the move.
+    """
+    try:
+        top = os.lstat(source)
+    except FileNotFoundError:
+        return False
+    files = (
+        [source]
+        if not S_ISDIR(top.st_mode)
+        else [os.path.join(base, name) for base, _, names in os.walk(source) for name in names]
+    )
+    locked: list[int] = []
+    try:
+        for path in sorted(files):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                continue  # replaced meanwhile; its successor is judged below
+            except OSError as error:
+                if error.errno != errno.ELOOP:
+                    raise
+                continue  # a symbolic link: no content of its own to hold
+            locked.append(fd)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_mtime >= since:
+                return False
+        dest_parent = os.path.dirname(dest)
+        _make_dirs(dest_parent)
+        try:
+            os.replace(source, dest)
+        except FileNotFoundError:
+            if os.path.lexists(source):
+                raise
+            return False
+    finally:
+        for fd in locked:
+            os.close(fd)
+    # Durability after the locks are gone: holders wait only for the rename itself.
+    _fsync_dir(dest_parent)
+    _fsync_dir(os.path.dirname(source))
+    return True
+
+
+def _remove_empty_tree(real: str) -> bool:
+    """Remove directories bottom-up with ``rmdir``, which refuses any that gained an entry."""
+    try:
+        if not S_ISDIR(os.lstat(real).st_mode):
+            return False
+        names = os.listdir(real)
+    except FileNotFoundError:
+        return True
+    for name in names:
+        if not _remove_empty_tree(os.path.join(real, name)):
+            return False
+    try:
+        os.rmdir(real)
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            return False
+        raise
+    return True
 
 
 def _remove(real: str) -> None:
@@ -387,9 +506,16 @@ class FilesystemDriver(StorageDriver):
     async def touch(self, path: str, mtime: float | None = None) -> None:
         real = self._resolve(path)
         with _translated(path, _READ_MISSING):
-            if S_ISDIR(os.stat(real).st_mode):
+            if not _touch_in_place(real, None if mtime is None else (mtime, mtime)):
                 raise PathNotFoundError(path)
-            os.utime(real, None if mtime is None else (mtime, mtime))
+
+    async def move_unless_touched(self, source: str, dest: str, since: float) -> bool:
+        source_real = self._resolve(source, follow=False)
+        dest_real = self._resolve(dest, follow=False)
+        if dest == source or dest.startswith(source + "/"):
+            raise StorageError(f"cannot move {source} onto or into itself ({dest})")
+        with _translated(source):
+            return await asyncio.to_thread(_move_unless_touched, source_real, dest_real, since)
 
     async def list(self, path: str) -> list[str]:
         real = self._resolve(path)
@@ -420,6 +546,11 @@ class FilesystemDriver(StorageDriver):
         real = self._resolve(path, follow=False)
         with _translated(path, _LISTING_MISSING):
             await asyncio.to_thread(_remove, real)
+
+    async def remove_empty(self, path: str) -> bool:
+        real = self._resolve(path, follow=False)
+        with _translated(path):
+            return await asyncio.to_thread(_remove_empty_tree, real)
 
     def walk(self, path: str) -> AsyncIterator[FileInfo]:
         check_path(path)

@@ -49,6 +49,18 @@ class _Directory:
         self.mtime = time.time()
 
 
+def _holds_no_file(node: _File | _Directory) -> bool:
+    if isinstance(node, _File):
+        return False
+    return all(_holds_no_file(child) for child in node.children.values())
+
+
+def _touched_since(node: _File | _Directory, since: float) -> bool:
+    if isinstance(node, _File):
+        return node.mtime >= since
+    return any(_touched_since(child, since) for child in node.children.values())
+
+
 def _parts(path: str) -> list[str]:
     return check_path(path).split("/")[1:]
 
@@ -233,6 +245,14 @@ class MemoryDriver(StorageDriver):
     async def list(self, path: str) -> list[str]:
         return sorted(self._tree.directory(path).children)
 
+    async def move_unless_touched(self, source: str, dest: str, since: float) -> bool:
+        # No await before the move: no touch can come between the check and the move.
+        node = self._tree.lookup(source)
+        if node is None or _touched_since(node, since):
+            return False
+        await self.move(source, dest)
+        return True
+
     async def move(self, source: str, dest: str) -> None:
         check_path(dest)
         node = self._tree.lookup(source)
@@ -259,6 +279,17 @@ class MemoryDriver(StorageDriver):
             raise PathNotFoundError(path)
         parent, name = self._tree.parent_of(path)
         parent.remove(name)
+
+    async def remove_empty(self, path: str) -> bool:
+        # No await in between: nothing can be written while this looks and removes.
+        node = self._tree.lookup(path)
+        if node is None:
+            return True
+        if not _holds_no_file(node):
+            return False
+        parent, name = self._tree.parent_of(path)
+        parent.remove(name)
+        return True
 
     def walk(self, path: str) -> AsyncIterator[FileInfo]:
         check_path(path)

@@ -23,7 +23,6 @@ import httpx
 import pytest
 
 from dockyard.registry import layout
-from dockyard.registry.digest import Digest
 from dockyard.registry.gc import TRASH, GarbageCollector, GcOptions, GcReport
 from dockyard.storage.filesystem import FilesystemDriver
 from tests.support.gc_images import error_code, get_manifest, image_with_layers, make_layer
@@ -39,11 +38,12 @@ CONFIG = {"dockyard": {"workers": 1, "gc": {"settle": "1s"}}}
 
 
 class RacingDriver(FilesystemDriver):
-    """The filesystem driver, with hooks at the collector's set-aside moves.
+    """The filesystem driver, with hooks at the collector's removal steps.
 
     ``before_set_aside`` runs once, just before the first candidate is moved to the
-    trash (the plan is complete by then); ``after_set_aside(path)`` after each move
-    into the trash. Both are plain functions, run in a thread, that may talk HTTP.
+    trash or the first empty repository is removed (the plan is complete by then);
+    ``after_set_aside(path)`` after each such step. Both are plain functions, run in a
+    thread, that may talk HTTP.
     """
 
     def __init__(
@@ -57,14 +57,23 @@ class RacingDriver(FilesystemDriver):
         self.after_set_aside = after_set_aside
         self.started = False
 
-    async def move(self, source: str, dest: str) -> None:
+    async def move_unless_touched(self, source: str, dest: str, since: float) -> bool:
         into_trash = dest.startswith(TRASH + "/")
         if into_trash and not self.started:
             self.started = True
             await asyncio.to_thread(self.before_set_aside)
-        await super().move(source, dest)
-        if into_trash:
+        moved = await super().move_unless_touched(source, dest, since)
+        if into_trash and moved:
             await asyncio.to_thread(self.after_set_aside, source)
+        return moved
+
+    async def remove_empty(self, path: str) -> bool:
+        if not self.started:
+            self.started = True
+            await asyncio.to_thread(self.before_set_aside)
+        removed = await super().remove_empty(path)
+        await asyncio.to_thread(self.after_set_aside, path)
+        return removed
 
 
 def collect(driver: RacingDriver, delay: float = 3600.0) -> GcReport:
@@ -137,8 +146,8 @@ def test_manifest_pushed_as_its_new_repository_is_judged_empty_stays_visible(
     """The first push into a new repository, racing a collection, is visible at once.
 
     The collection plans while fresh/app has layers but no manifest yet, so it plans to
-    remove the repository's (absent) ``_manifests``; the manifest arrives before that
-    step, and the whole ``_manifests`` directory with it goes to the trash.
+    remove the repository's (absent) ``_manifests``; the manifest arrives just before
+    that step, which must leave it in place.
     """
     server = server_factory("dockyard", config=CONFIG)
     image = image_with_layers("fresh", [make_layer("fresh-1")])
@@ -171,15 +180,19 @@ def test_image_pushed_again_during_collection_never_points_at_missing_content(
 
     The collection plans right after the DELETE, so the image's blobs are candidates;
     the push again holds them (HEAD → 200) and is accepted before they are set aside.
-    The design puts them back after ``settle``; until then the accepted image misses
-    them, which docs/garbage-collection.md says a push can never observe.
+    Held, they must not be set aside at all: a collection that put them back only
+    after ``settle`` would leave the accepted image missing them until then.
     """
     server = server_factory("dockyard", config=CONFIG)
     image = image_with_layers("again", [make_layer("again-1"), make_layer("again-2")])
     push_retrying(client, server.url, "again/app", "v1", image)
     assert client.delete(f"{server.url}/v2/again/app/manifests/{image.digest}").status_code == 202
+    # Real garbage too, so that the collection does set things aside meanwhile.
+    junk = image_with_layers("junk", [make_layer("junk-1"), make_layer("junk-2")])
+    push_retrying(client, server.url, "junk/app", "v1", junk)
+    assert client.delete(f"{server.url}/v2/junk/app/manifests/{junk.digest}").status_code == 202
     wait_until_quiet(server.root / V2, 0.5)
-    during: dict[str, int] = {}
+    during: list[dict[str, int]] = []
 
     def push_again() -> None:
         with httpx.Client(timeout=30) as http:
@@ -187,15 +200,15 @@ def test_image_pushed_again_during_collection_never_points_at_missing_content(
             assert (stats.pushes, stats.uploads, stats.skipped) == (1, 0, 3), stats
 
     def look(path: str) -> None:
-        last_layer = layout.blob_dir(Digest.parse(image.layers[-1].digest))
-        if path == last_layer:
-            with httpx.Client(timeout=30) as http:
-                during.update(pull_statuses(http, server, "again/app", image))
+        with httpx.Client(timeout=30) as http:
+            during.append(pull_statuses(http, server, "again/app", image))
 
-    collect(RacingDriver(server.root, push_again, look))
+    report = collect(RacingDriver(server.root, push_again, look))
 
     assert pull_statuses(client, server, "again/app", image) == whole(image)
-    assert during == whole(image), during
+    # The junk went; the image pulled whole after each step of that.
+    assert during and all(statuses == whole(image) for statuses in during), during
+    assert set(map(str, report.blobs_deleted)) == junk.all_digests
 
 
 def test_delete_acknowledged_during_settle_is_not_undone_by_the_restore(
@@ -203,11 +216,11 @@ def test_delete_acknowledged_during_settle_is_not_undone_by_the_restore(
 ) -> None:
     """A manifest deleted with 202 stays deleted, whatever a collection puts back.
 
-    As above, the first manifest of fresh/app goes to the trash with ``_manifests``. The
-    client, finding it gone, pushes it again (201) and later deletes it (202), all
-    within ``settle``. The collection then restores the set-aside ``_manifests``, merged
-    with the live one: the deleted manifest and its tag come back. (Seen in the stress
-    run after a push answered 500 in the same window.)
+    As above, the first manifest of fresh/app arrives just before the collection removes
+    the repository it judged empty. The client pushes it again (201) and deletes it
+    (202) right after that step. A collection that had set ``_manifests`` aside would
+    restore it, merged with the live one, and bring the deleted manifest and its tag
+    back. (Seen in the stress run after a push answered 500 in the same window.)
     """
     server = server_factory("dockyard", config=CONFIG)
     image = image_with_layers("undone", [make_layer("undone-1")])

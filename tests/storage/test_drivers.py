@@ -676,6 +676,114 @@ async def test_delete_a_whole_tree(driver: StorageDriver) -> None:
     assert await driver.list("/repo") == ["a"]
 
 
+async def test_remove_empty_removes_a_tree_of_empty_directories(driver: StorageDriver) -> None:
+    for path in ["/repo/_manifests/revisions/sha256/a/link", "/repo/_manifests/tags/v1/x"]:
+        await driver.write(path, b"x")
+        await driver.delete(path)
+    await driver.write("/repo/_layers/l", b"keep")
+    assert await driver.remove_empty("/repo/_manifests") is True
+    with pytest.raises(PathNotFoundError):
+        await driver.stat("/repo/_manifests")
+    assert await driver.read("/repo/_layers/l") == b"keep"
+    # Gone already counts as removed.
+    assert await driver.remove_empty("/repo/_manifests") is True
+
+
+async def test_remove_empty_keeps_a_tree_holding_any_file(driver: StorageDriver) -> None:
+    await driver.write("/repo/_manifests/tags/v1/current/link", b"sha256:x")
+    await driver.write("/repo/_manifests/revisions/sha256/a/link", b"a")
+    await driver.delete("/repo/_manifests/revisions/sha256/a/link")
+    assert await driver.remove_empty("/repo/_manifests") is False
+    assert await driver.read("/repo/_manifests/tags/v1/current/link") == b"sha256:x"
+    assert await driver.remove_empty("/repo/_manifests/tags/v1/current/link") is False
+    assert await driver.read("/repo/_manifests/tags/v1/current/link") == b"sha256:x"
+
+
+async def test_remove_empty_never_removes_a_file_written_meanwhile(
+    driver: StorageDriver,
+) -> None:
+    """Writers and the removal race on one tree: every acknowledged write survives."""
+    written: list[str] = []
+
+    async def writer() -> None:
+        for i in range(40):
+            path = f"/r/_manifests/revisions/sha256/{i:02d}/link"
+            await driver.write(path, b"x")
+            written.append(path)
+            await asyncio.sleep(0)
+
+    async def remover() -> None:
+        for _ in range(40):
+            await driver.remove_empty("/r/_manifests")
+            await asyncio.sleep(0)
+
+    await asyncio.gather(writer(), remover())
+    for path in written:
+        assert await driver.read(path) == b"x"
+
+
+async def test_move_unless_touched_moves_what_nobody_touched(driver: StorageDriver) -> None:
+    await driver.write("/blobs/ab/data", b"x")
+    await driver.write("/single", b"y")
+    await driver.touch("/blobs/ab/data", mtime=1000.0)
+    await driver.touch("/single", mtime=1000.0)
+    assert await driver.move_unless_touched("/blobs/ab", "/trash/0", since=2000.0) is True
+    assert await driver.move_unless_touched("/single", "/trash/1", since=2000.0) is True
+    assert await driver.read("/trash/0/data") == b"x"
+    assert await driver.read("/trash/1") == b"y"
+    with pytest.raises(PathNotFoundError):
+        await driver.stat("/blobs/ab")
+    # Gone already: nothing moved.
+    assert await driver.move_unless_touched("/blobs/ab", "/trash/2", since=2000.0) is False
+
+
+async def test_move_unless_touched_refuses_what_was_touched_since(driver: StorageDriver) -> None:
+    await driver.write("/blobs/ab/data", b"x")
+    await driver.write("/blobs/ab/other", b"z")
+    await driver.touch("/blobs/ab/data", mtime=1000.0)
+    since = time.time() - 1
+    assert await driver.move_unless_touched("/blobs/ab", "/trash/0", since=since) is False
+    assert await driver.read("/blobs/ab/data") == b"x"
+    with pytest.raises(PathNotFoundError):
+        await driver.stat("/trash/0")
+
+
+async def test_touch_after_a_move_finds_nothing(driver: StorageDriver) -> None:
+    await driver.write("/blobs/ab/data", b"x")
+    await driver.touch("/blobs/ab/data", mtime=1000.0)
+    assert await driver.move_unless_touched("/blobs/ab", "/trash/0", since=2000.0)
+    with pytest.raises(PathNotFoundError):
+        await driver.touch("/blobs/ab/data")
+    assert (await driver.stat("/trash/0/data")).mtime == 1000.0
+
+
+async def test_a_touch_and_a_move_unless_touched_never_both_succeed(
+    driver: StorageDriver,
+) -> None:
+    """Raced many times from threads: a hold that succeeded is never moved away."""
+    outcomes: set[tuple[bool, bool]] = set()
+    for i in range(60):
+        path = f"/blobs/{i:02d}/data"
+        await driver.write(path, b"x")
+        await driver.touch(path, mtime=1000.0)
+        since = time.time() - 0.5
+
+        async def hold(path: str = path) -> bool:
+            try:
+                await driver.touch(path)
+            except PathNotFoundError:
+                return False
+            return True
+
+        held, moved = await asyncio.gather(
+            asyncio.create_task(hold()),
+            driver.move_unless_touched(path.rsplit("/", 1)[0], f"/trash/{i}", since),
+        )
+        outcomes.add((held, moved))
+        assert held != moved, (i, held, moved)
+    assert outcomes <= {(True, False), (False, True)}
+
+
 # --- walk -------------------------------------------------------------------------------
 
 
@@ -909,3 +1017,55 @@ async def test_fs_symlinks_inside_the_root_are_followed(
         "/store/blobs/data",
         "/store/loop",
     ]
+
+
+def test_fs_touch_and_move_unless_touched_race_in_threads(
+    fs: FilesystemDriver, fs_root: Path
+) -> None:
+    """Two processes' worth of contention: holds from threads, moves from another.
+
+    A hold that reported success must find its file still in place afterwards.
+    """
+    import threading
+
+    rounds = 300
+    for i in range(rounds):
+        directory = fs_root / "blobs" / f"{i:03d}"
+        directory.mkdir(parents=True)
+        (directory / "data").write_bytes(b"x")
+        os.utime(directory / "data", (1000.0, 1000.0))
+    since = time.time() - 0.5
+    held: list[int] = []
+    moved: list[int] = []
+
+    # Both threads start each round together, the hold a little later each time, so
+    # that some holds land between a check and its move.
+    start = threading.Barrier(2)
+
+    def holder() -> None:
+        for i in range(rounds):
+            start.wait()
+            deadline = time.perf_counter() + (i % 30) * 20e-6
+            while time.perf_counter() < deadline:
+                pass
+            try:
+                asyncio.run(fs.touch(f"/blobs/{i:03d}/data"))
+            except PathNotFoundError:
+                continue
+            held.append(i)
+
+    def mover() -> None:
+        for i in range(rounds):
+            start.wait()
+            if asyncio.run(fs.move_unless_touched(f"/blobs/{i:03d}", f"/trash/{i:03d}", since)):
+                moved.append(i)
+
+    threads = [threading.Thread(target=holder), threading.Thread(target=mover)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not set(held) & set(moved)
+    assert set(held) | set(moved) == set(range(rounds))
+    for i in held:
+        assert (fs_root / "blobs" / f"{i:03d}" / "data").exists()
