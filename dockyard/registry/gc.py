@@ -2,37 +2,29 @@
 
 Mark: every repository's manifests that are kept (all of them, or with
 ``delete_untagged`` those reachable from a tag), their index children, the manifests
-whose ``subject`` is kept, and everything changed recently, are marked with the blobs
-they reference. Sweep: what is left is removed in three steps.
+whose ``subject`` is kept, and everything written or held recently, are marked with the
+blobs they reference. Sweep: what is left is removed in three steps.
 
-1. Set aside: each candidate (blob directory, manifest revision, layer link, empty
-   repository) is *moved* into a trash directory. Moving is atomic, so from then on the
-   registry sees it as gone.
+1. Set aside: each candidate (blob directory, or a link file) is moved into a trash
+   directory by ``move_unless_touched``, which refuses it if any hold touched it since
+   ``start - hold_limit``, in one step with the holds.
 2. Settle: wait ``settle`` seconds.
-3. Decide: a candidate any of whose files was modified after ``start - hold_limit`` is
-   put back; the rest is deleted.
+3. Delete the trash; remove repositories left without any manifest (``rmdir`` only).
 
-Why nothing a kept manifest reaches is lost. Every push that references existing content
-*holds* it first: it touches the link or blob file (sets its mtime to now) and, in the
-same system call, learns whether it is still there. A manifest is committed at most
-``hold_limit`` seconds after its holds (the registry refuses it otherwise), and
-``settle`` is more than twice that. Take a manifest committed at time t3 that references
-a blob held at t1 (t3 - t1 < hold_limit):
-
-* committed before the mark began (t3 < start): the mark sees it, the blob is marked;
-* held after the blob was set aside: the touch fails, the push is refused, nothing
-  references the blob;
-* held before it was set aside, committed after the mark began: the touch happened at
-  t1 > start - hold_limit, before the decision, so the decision sees a recent mtime and
-  puts the blob back. (A blob touched after ``start - hold_limit`` is not even set aside.)
+Why nothing a kept manifest reaches is lost: every push that references existing
+content *holds* it first (touches it, learning in the same step that it is still in
+place) and commits at most ``hold_limit`` seconds later. A manifest committed before
+the mark is marked; one committed after it held what it references after
+``start - hold_limit``, so the set-aside refuses those; a hold after the set-aside
+fails and the push is refused. Nothing sets a modification time back: a DELETE writes a
+release marker beside each link it no longer needs, and a link whose marker is newer
+than itself is exempt from ``delay``. docs/garbage-collection.md has the whole argument.
 
 ``delay`` protects pushes in flight: a repository's layer link or manifest revision
-written less than ``delay`` ago keeps its content, so layers pushed for a manifest that
-has not arrived yet survive. Deleting a manifest ages the links it held (see
-``ManifestStore.delete``), so what it alone used is freed by the next collection, as
-users of ``registry garbage-collect`` expect. A manifest pushed more than ``delay``
-after its layers, with a collection in between, is refused (``MANIFEST_BLOB_UNKNOWN``,
-and the client pushes the layers again): never left dangling.
+written or held less than ``delay`` ago keeps its content, so layers pushed for a
+manifest that has not arrived yet survive. A manifest pushed more than ``delay`` after
+its layers, with a collection in between, is refused (``MANIFEST_BLOB_UNKNOWN``, and
+the client pushes the layers again): never left dangling.
 """
 
 from __future__ import annotations
