@@ -9,10 +9,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from dockyard.api.extensions import CollectorState
+from dockyard.api.extensions import CollectorState, run_collection
 from dockyard.config import Config
+from dockyard.errors import Unsupported
 from dockyard.registry import Registry
-from dockyard.registry.gc import GarbageCollector, GcOptions
+from dockyard.registry.gc import GcOptions
 from dockyard.registry.maintenance import purge_uploads
 
 log = logging.getLogger("dockyard.background")
@@ -48,16 +49,17 @@ def start_jobs(
     if gc.enabled and config.storage.delete.enabled and not registry.options.read_only:
 
         async def collect() -> None:
-            async with collector.lock:
-                options = GcOptions(
-                    delete_untagged=gc.deleteuntagged,
-                    delay=gc.delay.total_seconds(),
-                    settle=gc.settle.total_seconds(),
-                )
-                report = await GarbageCollector(
-                    registry.driver, options, cache=collector.cache
-                ).run()
-                log.info("scheduled garbage collection: %s", report.summary(dry_run=False))
+            options = GcOptions(
+                delete_untagged=gc.deleteuntagged,
+                delay=gc.delay.total_seconds(),
+                settle=gc.settle.total_seconds(),
+            )
+            try:
+                report = await run_collection(collector, registry.driver, options)
+            except Unsupported as busy:
+                log.info("scheduled garbage collection skipped: %s", busy.message)
+                return
+            log.info("scheduled garbage collection: %s", report["summary"])
 
         tasks.append(
             loop.create_task(_every(gc.interval.total_seconds(), collect, "garbage collection"))

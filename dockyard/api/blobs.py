@@ -50,8 +50,11 @@ async def get_blob(request: web.Request, name: str, digest_text: str) -> web.Str
     }
     if request.method == "HEAD":
         # Clients HEAD a blob to skip uploading it, then reference it from a manifest:
-        # mark it in use so a collection running meanwhile keeps it.
-        await repo.blobs.hold(digest)
+        # mark it in use so a collection running meanwhile keeps it. Read-only, nothing
+        # is pushed or collected here, and a read must not write (the store may be a
+        # read-only mount).
+        if not registry.options.read_only:
+            await repo.blobs.hold(digest)
         return web.Response(status=200, headers={**headers, "Content-Length": str(descriptor.size)})
     span = (
         parse_range(request.headers["Range"], descriptor.size)

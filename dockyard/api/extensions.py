@@ -21,21 +21,25 @@ from dockyard.registry import layout
 from dockyard.registry.cache import DigestCache
 from dockyard.registry.digest import Digest
 from dockyard.registry.gc import GarbageCollector, GcOptions, GcReport, ScanCache
+from dockyard.registry.gc_status import CollectionStatus
 from dockyard.registry.links import read_link
 from dockyard.registry.manifests import parse_stored
 from dockyard.registry.usage import compute_usage
-from dockyard.storage.driver import PathNotFoundError
+from dockyard.storage.driver import PathNotFoundError, StorageDriver
 
 
 @dataclass(slots=True)
 class CollectorState:
-    """The one collection this process runs at a time, and what the last one did."""
+    """This process's side of collecting: its scan cache and the run it has going.
+
+    Which collection runs in any worker, and what the last one did, is in storage
+    (:class:`CollectionStatus`); a dry run, which changes nothing, is known here only.
+    """
 
     options: GcOptions
     cache: ScanCache = field(default_factory=ScanCache)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     running: dict[str, Any] | None = None
-    last: dict[str, Any] | None = None
 
 
 COLLECTOR = web.AppKey("collector", CollectorState)
@@ -88,23 +92,38 @@ async def collect(request: web.Request) -> web.StreamResponse:
         delay=state.options.delay,
         settle=state.options.settle,
     )
-    if state.lock.locked() and not dry_run:
+    return web.json_response(await run_collection(state, registry.driver, options))
+
+
+async def run_collection(
+    state: CollectorState, driver: StorageDriver, options: GcOptions
+) -> dict[str, Any]:
+    """Collect and report; a real collection is recorded as the last one, whoever asked.
+
+    ``Unsupported`` when a collection is already running, in this worker or another.
+    """
+    if state.lock.locked() and not options.dry_run:
         raise Unsupported("a garbage collection is already running", detail=state.running)
     async with state.lock:
-        state.running = {"startedAt": time.time(), "dryRun": dry_run}
+        state.running = {"startedAt": time.time(), "dryRun": options.dry_run}
         try:
-            report = await GarbageCollector(registry.driver, options, cache=state.cache).run()
+            if options.dry_run:
+                report = await GarbageCollector(driver, options, cache=state.cache).run()
+                return report_json(report, dry_run=True)
+            status = CollectionStatus(driver)
+            async with status.collecting():
+                report = await GarbageCollector(driver, options, cache=state.cache).run()
+                body = report_json(report, dry_run=False)
+                await status.record({**body, "finishedAt": time.time()})
+                return body
         finally:
             state.running = None
-    body = report_json(report, dry_run)
-    if not dry_run:
-        state.last = {**body, "finishedAt": time.time()}
-    return web.json_response(body)
 
 
 async def collection_status(request: web.Request) -> web.StreamResponse:
-    state = request.app[COLLECTOR]
-    return web.json_response({"running": state.running, "last": state.last})
+    status = CollectionStatus(registry_of(request).driver)
+    running = await status.running() or request.app[COLLECTOR].running
+    return web.json_response({"running": running, "last": await status.last()})
 
 
 async def delete_repository(request: web.Request, name: str) -> web.StreamResponse:

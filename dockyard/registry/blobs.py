@@ -9,7 +9,8 @@ from dockyard.errors import BlobUnknown
 from dockyard.registry import layout
 from dockyard.registry.digest import Digest
 from dockyard.registry.links import delete_if_exists, read_link, write_link
-from dockyard.storage.driver import PathNotFoundError, StorageDriver
+from dockyard.storage.driver import PathNotFoundError, StorageDriver, StorageError
+from dockyard.storage.refusal import refuses_writes
 
 OCTET_STREAM = "application/octet-stream"
 
@@ -59,6 +60,12 @@ class BlobStore:
             await self.driver.touch(layout.blob_data(digest))
         except PathNotFoundError:
             return False
+        except StorageError as error:
+            # Storage that refuses writes (a read-only mount): no push can commit through
+            # it, so there is nothing to protect; being there is all a hold can say.
+            if not refuses_writes(error):
+                raise
+            return await self.exists(digest)
         return True
 
     async def put(self, data: bytes, digest: Digest | None = None) -> Digest:
@@ -112,6 +119,9 @@ class RepositoryBlobs:
             await self.driver.touch(layout.layer_link(self.name, digest))
         except PathNotFoundError:
             return False
+        except StorageError as error:
+            if not refuses_writes(error):  # as in BlobStore.hold
+                raise
         return await self.is_linked(digest) and await self.store.hold(digest)
 
     async def link(self, digest: Digest) -> None:

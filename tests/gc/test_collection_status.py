@@ -1,0 +1,86 @@
+"""The collection status kept in storage: one collection at a time across processes, and
+a collection whose process died is not running any more."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dockyard.errors import Unsupported
+from dockyard.registry.gc_status import TOKEN, CollectionStatus, this_host
+from dockyard.storage.filesystem import FilesystemDriver
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+async def test_a_second_collection_is_refused_while_the_first_runs(tmp_path: Path) -> None:
+    first = CollectionStatus(FilesystemDriver(str(tmp_path)))
+    second = CollectionStatus(FilesystemDriver(str(tmp_path)))
+    assert await first.running() is None
+    async with first.collecting():
+        running = await second.running()
+        assert running is not None and running["pid"] == os.getpid()
+        with pytest.raises(Unsupported) as refused:
+            async with second.collecting():
+                pass
+        assert refused.value.detail == running
+        await first.record({"bytesFreed": 1})
+    assert await second.running() is None
+    assert await second.last() == {"bytesFreed": 1}
+    async with second.collecting():  # given back: the next one may run
+        assert await first.running() is not None
+
+
+async def test_a_collection_whose_process_died_is_not_running(tmp_path: Path) -> None:
+    driver = FilesystemDriver(str(tmp_path))
+    started = int(time.time() * 1000)
+    await driver.write(f"{TOKEN}/held-7-{dead_pid()}-{started}-{this_host()}", b"")
+    status = CollectionStatus(driver)
+    assert await status.running() is None
+    async with status.collecting():
+        running = await status.running()
+        assert running is not None and running["pid"] == os.getpid()
+        assert [name for name in await driver.list(TOKEN) if name.startswith("held-8-")]
+
+
+def _claim(root: str, start: float, results: multiprocessing.Queue[bool]) -> None:
+    async def claim() -> bool:
+        status = CollectionStatus(FilesystemDriver(root))
+        await asyncio.sleep(max(start - time.time(), 0))
+        try:
+            async with status.collecting():
+                await asyncio.sleep(1)
+        except Unsupported:
+            return False
+        return True
+
+    results.put(asyncio.run(claim()))
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["fresh-store", "used-store"])
+async def test_of_processes_claiming_together_one_collects(tmp_path: Path, existing: bool) -> None:
+    if existing:
+        async with CollectionStatus(FilesystemDriver(str(tmp_path))).collecting():
+            pass
+    context = multiprocessing.get_context("spawn")
+    results: multiprocessing.Queue[bool] = context.Queue()
+    start = time.time() + 2
+    workers = [
+        context.Process(target=_claim, args=(str(tmp_path), start, results)) for _ in range(6)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        await asyncio.to_thread(worker.join, 30)
+    assert sorted(results.get(timeout=5) for _ in workers) == [False] * 5 + [True]
