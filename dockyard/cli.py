@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from typing import TYPE_CHECKING
 
 import click
@@ -140,7 +141,10 @@ def garbage_collect(
     settle: float | None,
 ) -> None:
     """Delete blobs and manifests nothing references; safe while the registry serves."""
+    from dockyard.api.extensions import report_json
+    from dockyard.errors import Unsupported
     from dockyard.registry.gc import GarbageCollector, GcOptions
+    from dockyard.registry.gc_status import CollectionStatus
     from dockyard.storage import create_driver
 
     config = _load_or_exit(config_path)
@@ -155,12 +159,25 @@ def garbage_collect(
 
     async def collect() -> None:
         try:
-            report = await GarbageCollector(driver, options, emit=click.echo).run()
+            if dry_run:
+                report = await GarbageCollector(driver, options, emit=click.echo).run()
+            else:
+                # One collection at a time, with the server's own: the same token and
+                # the same record of the last run, which the UI and the API show.
+                status = CollectionStatus(driver)
+                async with status.collecting():
+                    report = await GarbageCollector(driver, options, emit=click.echo).run()
+                    await status.record(
+                        {**report_json(report, dry_run=False), "finishedAt": time.time()}
+                    )
         finally:
             await driver.close()
         click.echo(report.summary(dry_run))
 
-    asyncio.run(collect())
+    try:
+        asyncio.run(collect())
+    except Unsupported as error:
+        raise click.ClickException(f"{error.message}: {error.detail}") from None
 
 
 def _driver_for(config: Config) -> StorageDriver:

@@ -84,3 +84,38 @@ async def test_of_processes_claiming_together_one_collects(tmp_path: Path, exist
     for worker in workers:
         await asyncio.to_thread(worker.join, 30)
     assert sorted(results.get(timeout=5) for _ in workers) == [False] * 5 + [True]
+
+
+def test_the_command_line_collection_takes_the_same_token(tmp_path: Path) -> None:
+    """`dockyard garbage-collect` beside a server: refused while one runs, then recorded."""
+    root = tmp_path / "data"
+    config = tmp_path / "config.yml"
+    config.write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}\n"
+        "  delete:\n    enabled: true\n"
+    )
+    command = [sys.executable, "-m", "dockyard", "garbage-collect", str(config), "--settle", "0"]
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*command, *extra], check=False, capture_output=True, text=True, timeout=120
+        )
+
+    status = CollectionStatus(FilesystemDriver(str(root)))
+
+    async def while_collecting() -> None:
+        async with status.collecting():
+            refused = await asyncio.to_thread(run)
+            assert refused.returncode == 1, refused.stdout + refused.stderr
+            assert "already running" in refused.stderr
+            # A dry run reads only: it may run beside a collection, as in the server.
+            dry = await asyncio.to_thread(run, "--dry-run")
+            assert dry.returncode == 0, dry.stderr
+
+    asyncio.run(while_collecting())
+    assert asyncio.run(status.last()) is None
+    done = run()
+    assert done.returncode == 0, done.stderr
+    last = asyncio.run(status.last())
+    assert last is not None and last["dryRun"] is False and "finishedAt" in last
+    assert asyncio.run(status.running()) is None
