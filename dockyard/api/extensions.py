@@ -65,7 +65,6 @@ def report_json(report: GcReport, dry_run: bool) -> dict[str, Any]:
         "layerLinksDeleted": report.layer_links_deleted,
         "repositoriesRemoved": report.repositories_removed,
         "bytesFreed": report.bytes_freed,
-        "restored": report.restored,
         "seconds": round(report.duration, 3),
         "summary": report.summary(dry_run),
     }

@@ -34,7 +34,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,12 +105,6 @@ class GcPlan:
     repositories: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
-class SetAside:
-    original: str
-    slot: str
-
-
 @dataclass(slots=True)
 class GcReport:
     repositories: int = 0
@@ -121,7 +115,6 @@ class GcReport:
     layer_links_deleted: int = 0
     repositories_removed: list[str] = field(default_factory=list)
     bytes_freed: int = 0
-    restored: int = 0
     duration: float = 0.0
 
     def summary(self, dry_run: bool) -> str:
@@ -391,41 +384,43 @@ class GarbageCollector:
 
     async def _execute(self, plan: GcPlan, report: GcReport) -> None:
         trash = f"{TRASH}/{uuid.uuid4()}"
-        aside: list[SetAside] = []
+        aside: list[str] = []
 
         async def set_aside(path: str) -> bool:
-            moved = await self._set_aside(path, f"{trash}/{len(aside)}", plan.held)
-            if moved is not None:
-                aside.append(SetAside(path, moved))
-            return moved is not None
+            slot = f"{trash}/{len(aside)}"
+            aside.append(path)  # the slot is taken whether or not the move happens
+            return await self.driver.move_unless_touched(path, slot, plan.held)
 
         # Links are set aside as files: the directory around one may hold a fresh
         # release marker, which says nothing about whether the link is in use.
-        for name, digest, subject in plan.manifests:
+        async def manifest(name: str, digest: Digest, subject: Digest | None) -> None:
             if await set_aside(layout.revision_link(name, digest)):
                 report.manifests_deleted.append((name, digest))
                 if subject is not None:
                     await set_aside(layout.referrer_link(name, subject, digest))
-        for name, tag, digest in plan.tag_history:
-            await set_aside(layout.tag_index_link(name, tag, digest))
-        for digest in plan.blobs:
+
+        async def blob(digest: Digest) -> None:
             if await set_aside(layout.blob_dir(digest)):
                 self.emit(f"Deleting blob: {layout.blob_dir(digest)}")
                 report.blobs_deleted.append(digest)
-        for name, digest in plan.layer_links:
+
+        async def layer_link(name: str, digest: Digest) -> None:
             if await set_aside(layout.layer_link(name, digest)):
                 report.layer_links_deleted += 1
 
+        await self._each(manifest(*item) for item in plan.manifests)
+        await self._each(set_aside(layout.tag_index_link(*item)) for item in plan.tag_history)
+        await self._each(blob(digest) for digest in plan.blobs)
+        await self._each(layer_link(*item) for item in plan.layer_links)
+
         if aside:
+            # A grace period before the deletion; nothing is judged again after it.
             await asyncio.sleep(self.options.settle)
-            report.restored = await self._decide(aside, plan.held, report)
         try:
             await self.driver.delete(trash)
         except PathNotFoundError:
             pass
-        for entry in aside:
-            if entry.original.endswith("/link"):
-                await self._clear_link_dir(entry.original)
+        await self._each(self._clear_link_dir(path) for path in aside if path.endswith("/link"))
         # The catalog lists a directory as a repository only while it has ``_manifests``;
         # removed last, once the repository's manifests are gone for good.
         for name in plan.repositories:
@@ -433,33 +428,21 @@ class GarbageCollector:
                 report.repositories_removed.append(name)
                 self.emit(f"{name}: repository has no manifests left; removing it")
 
-    async def _set_aside(self, path: str, slot: str, held: float) -> str | None:
-        """Move ``path`` to ``slot`` unless it is in use; where it went, or None.
-
-        The driver refuses the move if a hold touched the path since ``held``, in one
-        step with the touch, so what a push holds is never missing, not even for a
-        moment. A file *replaced* meanwhile (a manifest pushed again rewrites its link)
-        is seen after the move and put back at once.
-        """
-        if not await self.driver.move_unless_touched(path, slot, held):
-            return None
-        if await self._recently_touched(slot, held):
-            await self._restore(slot, path)
-            log.info("garbage collection: %s was rewritten while being set aside; kept", path)
-            return None
-        return slot
-
-    async def _decide(self, aside: list[SetAside], held: float, report: GcReport) -> int:
-        """Put back what was touched just as it was set aside; the rest goes."""
-        restored = 0
-        for entry in aside:
-            if not await self._recently_touched(entry.slot, held):
-                continue
-            await self._restore(entry.slot, entry.original)
-            restored += 1
-            log.info("garbage collection: %s was used while set aside; kept", entry.original)
-            self._unreport(entry.original, report)
-        return restored
+    @staticmethod
+    async def _each(steps: Iterable[Awaitable[Any]], at_once: int = 16) -> None:
+        """Run the steps with up to ``at_once`` in flight: each waits on storage."""
+        pending: set[asyncio.Future[Any]] = set()
+        try:
+            for step in steps:
+                pending.add(asyncio.ensure_future(step))
+                if len(pending) >= at_once:
+                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    for finished in done:
+                        finished.result()
+            await asyncio.gather(*pending)
+        finally:
+            for unfinished in pending:
+                unfinished.cancel()
 
     async def _clear_link_dir(self, link: str) -> None:
         """Remove what is left around a deleted link: its release marker, empty directories."""
@@ -480,36 +463,3 @@ class GarbageCollector:
                     if Digest.is_valid(text) and encoded.startswith(prefix):
                         found.append(Digest.parse(text))
         return found
-
-    async def _recently_touched(self, path: str, cutoff: float) -> bool:
-        try:
-            async for info in self.driver.walk(path):
-                if not info.is_dir and info.mtime >= cutoff:
-                    return True
-        except PathNotFoundError:
-            try:
-                return (await self.driver.stat(path)).mtime >= cutoff
-            except PathNotFoundError:
-                return False
-        return False
-
-    def _unreport(self, original: str, report: GcReport) -> None:
-        for digest in list(report.blobs_deleted):
-            if original == layout.blob_dir(digest):
-                report.blobs_deleted.remove(digest)
-        for name, digest in list(report.manifests_deleted):
-            if original == layout.revision_link(name, digest):
-                report.manifests_deleted.remove((name, digest))
-
-    async def _restore(self, aside: str, original: str) -> None:
-        """Move back, merging with whatever a client created at the original path since."""
-        try:
-            dest = await self.driver.stat(original)
-        except PathNotFoundError:
-            await self.driver.move(aside, original)
-            return
-        source = await self.driver.stat(aside)
-        if not (dest.is_dir and source.is_dir):
-            return  # the original path holds newer content already
-        for child in await self._children(aside):
-            await self._restore(f"{aside}/{child}", f"{original}/{child}")

@@ -138,21 +138,33 @@ class StorageDriver(ABC):
         """Move ``source`` to ``dest`` unless a file under it was modified at ``since`` or later.
 
         Whether it moved. Drivers that can, make this one step with :meth:`touch`: a touch
-        either lands before (and the move is refused) or finds ``source`` gone. This
-        default checks, then moves, leaving a short window between the two.
+        either lands before (and the move is refused) or finds ``source`` gone. A file
+        *replaced* under ``source`` during the call is judged too: if what was moved
+        turns out modified since, it is moved back. This default checks, moves, and
+        checks again; what a touch lands on in between is missing for that moment.
         """
         try:
-            top = await self.stat(source)
-            if top.is_dir:
-                async for info in self.walk(source):
-                    if not info.is_dir and info.mtime >= since:
-                        return False
-            elif top.mtime >= since:
+            if await self._modified_since(source, since):
                 return False
             await self.move(source, dest)
         except PathNotFoundError:
             return False
+        if await self._modified_since(dest, since):
+            try:
+                await self.stat(source)
+            except PathNotFoundError:
+                await self.move(dest, source)
+            return False
         return True
+
+    async def _modified_since(self, path: str, since: float) -> bool:
+        top = await self.stat(path)
+        if not top.is_dir:
+            return top.mtime >= since
+        async for info in self.walk(path):
+            if not info.is_dir and info.mtime >= since:
+                return True
+        return False
 
     @abstractmethod
     async def list(self, path: str) -> list[str]:

@@ -231,13 +231,29 @@ def _move_unless_touched(source: str, dest: str, since: float) -> bool:
             if os.path.lexists(source):
                 raise
             return False
+        # A file replaced (new inode, not touched) after the walk above moved too.
+        if _modified_since(dest, since):
+            if not os.path.lexists(source):
+                os.replace(dest, source)
+            return False
     finally:
         for fd in locked:
             os.close(fd)
-    # Durability after the locks are gone: holders wait only for the rename itself.
-    _fsync_dir(dest_parent)
-    _fsync_dir(os.path.dirname(source))
+    # Not made durable: a crash that undoes this move only brings the item back where it
+    # was, to be judged again; garbage collection sets aside thousands of items.
     return True
+
+
+def _modified_since(real: str, since: float) -> bool:
+    top = os.lstat(real)
+    if not S_ISDIR(top.st_mode):
+        return top.st_mtime >= since
+    for base, _, names in os.walk(real):
+        for name in names:
+            with suppress(FileNotFoundError):
+                if os.lstat(os.path.join(base, name)).st_mtime >= since:
+                    return True
+    return False
 
 
 def _remove_empty_tree(real: str) -> bool:

@@ -275,7 +275,6 @@ class CollectorTally:
     runs: int = 0
     blobs_deleted: int = 0
     bytes_freed: int = 0
-    restored: int = 0
     pool_layers_collected: int = 0
     manifests_deleted: int = 0
     layer_links_deleted: int = 0
@@ -300,7 +299,6 @@ def collector_loop(
             tally.runs += 1
             tally.blobs_deleted += len(report["blobsDeleted"])
             tally.bytes_freed += report["bytesFreed"]
-            tally.restored += report["restored"]
             tally.pool_layers_collected += len(pool_digests & set(report["blobsDeleted"]))
             tally.manifests_deleted += len(report["manifestsDeleted"])
             tally.layer_links_deleted += report["layerLinksDeleted"]
@@ -395,7 +393,6 @@ def test_collections_back_to_back_while_clients_push_move_tags_and_delete(
         "bytes_freed": tally.bytes_freed,
         "pool_layers_collected_then_pushed_again": tally.pool_layers_collected,
         "layer_links_deleted": tally.layer_links_deleted,
-        "set_aside_then_restored": tally.restored,
         "manifest_pushes": totals.pushes,
         "indexes": sum(m.indexes for m in models),
         "blobs_uploaded": totals.uploads,

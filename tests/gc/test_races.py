@@ -56,21 +56,27 @@ class RacingDriver(FilesystemDriver):
         self.before_set_aside = before_set_aside
         self.after_set_aside = after_set_aside
         self.started = False
+        # The collector sets aside several candidates at once: all wait for the hook.
+        self.hook_done = asyncio.Event()
+
+    async def _before_first_step(self) -> None:
+        if not self.started:
+            self.started = True
+            await asyncio.to_thread(self.before_set_aside)
+            self.hook_done.set()
+        await self.hook_done.wait()
 
     async def move_unless_touched(self, source: str, dest: str, since: float) -> bool:
         into_trash = dest.startswith(TRASH + "/")
-        if into_trash and not self.started:
-            self.started = True
-            await asyncio.to_thread(self.before_set_aside)
+        if into_trash:
+            await self._before_first_step()
         moved = await super().move_unless_touched(source, dest, since)
         if into_trash and moved:
             await asyncio.to_thread(self.after_set_aside, source)
         return moved
 
     async def remove_empty(self, path: str) -> bool:
-        if not self.started:
-            self.started = True
-            await asyncio.to_thread(self.before_set_aside)
+        await self._before_first_step()
         removed = await super().remove_empty(path)
         await asyncio.to_thread(self.after_set_aside, path)
         return removed
