@@ -1,16 +1,18 @@
-"""Logging as Distribution's ``log`` section sets it: level, text/json format, fields."""
+"""Logging as Distribution's ``log`` section sets it: level, formatter, fields.
+
+``text`` is logrus's ``key=value`` line, ``json`` its JSON object (``time``, ``level``,
+``msg``), ``logstash`` the logstash event shape (``@timestamp``, ``@version``,
+``message``); ``log.fields`` are on every line. Access lines are written by
+:mod:`dockyard.api.observe` through the ``dockyard.access`` logger.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
-
-from aiohttp.abc import AbstractAccessLogger
-from aiohttp.web import BaseRequest, StreamResponse
 
 LEVELS = {
     "panic": logging.CRITICAL,
@@ -20,6 +22,7 @@ LEVELS = {
     "warning": logging.WARNING,
     "info": logging.INFO,
     "debug": logging.DEBUG,
+    "trace": logging.DEBUG,
 }
 
 
@@ -77,36 +80,38 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class LogstashFormatter(logging.Formatter):
+    """A logstash event: ``@timestamp``, ``@version``, ``level``, ``message`` and the fields."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        super().__init__()
+        self.fields = fields
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "@timestamp": _timestamp(record),
+            "@version": "1",
+            "level": record.levelname.lower(),
+            "message": record.getMessage(),
+            **self.fields,
+            **_record_fields(record),
+        }
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def formatter_for(formatter: str, fields: dict[str, Any]) -> logging.Formatter:
+    if formatter == "json":
+        return JsonFormatter(fields)
+    if formatter == "logstash":
+        return LogstashFormatter(fields)
+    return TextFormatter(fields)
+
+
 def setup_logging(level: str, formatter: str, fields: dict[str, Any]) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter(fields) if formatter in ("json", "logstash") else TextFormatter(fields)
-    )
+    handler.setFormatter(formatter_for(formatter, fields))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(LEVELS.get(level.lower(), logging.INFO))
-
-
-class AccessLogger(AbstractAccessLogger):
-    """One line per request, with what an operator looks for first."""
-
-    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
-        self.logger.info(
-            "%s %s %s",
-            request.method,
-            request.path_qs,
-            response.status,
-            extra={
-                "fields": {
-                    "http.request.method": request.method,
-                    "http.request.uri": request.path_qs,
-                    "http.request.remoteaddr": request.remote,
-                    "http.request.useragent": request.headers.get("User-Agent", ""),
-                    "http.response.status": response.status,
-                    "http.response.written": response.body_length,
-                    "http.response.duration": f"{time:.6f}s",
-                    # Which worker process answered: requests of one client spread over all.
-                    "pid": os.getpid(),
-                }
-            },
-        )

@@ -4,6 +4,12 @@ The parent binds the address, then forks the workers; each listens on its own
 SO_REUSEPORT socket and the kernel spreads connections among them. Everything a request needs that must be shared (upload
 sessions, tags, blobs) lives in storage, so any worker can serve any request. Only the
 first worker runs the periodic maintenance jobs.
+
+With metrics on (``http.debug``), the parent also binds the debug address; with
+several workers it forks one more process that serves the metrics of all of them (see
+:mod:`dockyard.metrics`). On SIGTERM or SIGINT every worker stops accepting, lets the
+requests in flight finish for up to ``http.draintimeout`` and exits; the parent exits
+0 once they all have, killing any that outlives the bound.
 """
 
 from __future__ import annotations
@@ -11,18 +17,28 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from dockyard import metrics
 from dockyard.certs import server_ssl_context
 from dockyard.config import Config
-from dockyard.logs import AccessLogger
 
 log = logging.getLogger("dockyard")
+
+# Seconds requests in flight get to finish after SIGTERM without http.draintimeout.
+DEFAULT_DRAIN_TIMEOUT = 5.0
+# How much longer than the drain the parent waits for a worker before killing it.
+DRAIN_MARGIN = 5.0
+# The worker index of the process that serves the metrics of all the workers.
+METRICS_PROCESS = -1
 
 
 def parse_addr(addr: str) -> tuple[str | None, int]:
@@ -43,46 +59,124 @@ def bind(config: Config, reuse_port: bool = False, listen: bool = True) -> socke
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(path)
     else:
-        host, port = parse_addr(config.http.addr)
-        if host is None:
-            # Go's ":5000" listens on every address, IPv6 and IPv4 alike.
-            try:
-                sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-                address: tuple[str, int] = ("::", port)
-            except OSError:
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                address = ("0.0.0.0", port)
-        else:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            address = (host, port)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
+        sock = _tcp_socket(config.http.addr, reuse_port)
     if listen:
         sock.listen(1024)
     sock.setblocking(False)
     return sock
 
 
-def run_worker(config: Config, sock: socket.socket, index: int) -> None:
+def bind_debug(config: Config) -> socket.socket | None:
+    """The debug address's socket when metrics are on (``http.debug``), else None."""
+    if not metrics.enabled(config):
+        if config.http.debug.addr:
+            log.warning(
+                "http.debug.addr is set without http.debug.prometheus.enabled: Dockyard's "
+                "debug address serves only Prometheus metrics, so it is not opened"
+            )
+        return None
+    address = config.http.debug.addr or ""
+    try:
+        sock = _tcp_socket(address, reuse_port=False)
+    except (ValueError, OSError) as error:
+        raise OSError(f"http.debug.addr {address}: {error}") from error
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def _tcp_socket(addr: str, reuse_port: bool) -> socket.socket:
+    host, port = parse_addr(addr)
+    if host is None:
+        # Go's ":5000" listens on every address, IPv6 and IPv4 alike.
+        try:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            address: tuple[str, int] = ("::", port)
+        except OSError:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            address = ("0.0.0.0", port)
+    else:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        address = (host, port)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
+    return sock
+
+
+def drain_timeout(config: Config) -> float:
+    """Seconds requests in flight get after SIGTERM (``http.draintimeout``)."""
+    drain = config.http.draintimeout
+    if drain is None:
+        return DEFAULT_DRAIN_TIMEOUT
+    return max(drain.total_seconds(), 0.0)
+
+
+def run_worker(
+    config: Config,
+    sock: socket.socket,
+    index: int,
+    debug_sock: socket.socket | None = None,
+    metrics_dir: str | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT, then drain. ``debug_sock``: also serve this process's
+    metrics there (one worker); ``metrics_dir``: write them for the metrics process."""
+    from dockyard.api import observe
     from dockyard.api.app import create_app
 
+    process_metrics = metrics.activate(metrics_dir) if metrics.enabled(config) else None
     app = create_app(config, background=index == 0)
-    access_log = None if config.log.accesslog.disabled else logging.getLogger("dockyard.access")
+    if debug_sock is not None and process_metrics is not None:
+        app.cleanup_ctx.append(
+            _debug_site(
+                debug_sock,
+                metrics.debug_app(
+                    metrics.metrics_path(config), metrics.collector_for(process_metrics)
+                ),
+            )
+        )
+    emit = not config.log.accesslog.disabled
+    prefix = "/" + config.http.prefix.strip("/") if config.http.prefix.strip("/") else ""
     web.run_app(
         app,
         sock=sock,
         # http.tls: each worker loads the certificate itself (None: plain HTTP).
         ssl_context=server_ssl_context(config.http.tls),
-        access_log=access_log,
-        access_log_class=AccessLogger,
+        # The access logger also counts each finished request in the metrics.
+        access_log=observe.access_logger() if emit or process_metrics is not None else None,
+        access_log_class=observe.request_logger(prefix, emit, process_metrics),
         print=None,
-        shutdown_timeout=config.http.draintimeout.total_seconds()
-        if config.http.draintimeout
-        else 60.0,
+        shutdown_timeout=drain_timeout(config),
+    )
+
+
+def _debug_site(
+    sock: socket.socket, debug: web.Application
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The debug listener inside a worker's event loop (when there is one worker)."""
+
+    async def site(_app: web.Application) -> AsyncIterator[None]:
+        runner = web.AppRunner(debug, access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+        yield
+        await runner.cleanup()
+
+    return site
+
+
+def run_metrics_process(config: Config, sock: socket.socket, directory: str) -> None:
+    """Serve the sum of every worker's metrics on the debug address."""
+    collect = metrics.multiprocess_collector(directory)
+    web.run_app(
+        metrics.debug_app(metrics.metrics_path(config), collect),
+        sock=sock,
+        access_log=None,
+        print=None,
+        shutdown_timeout=1.0,
     )
 
 
@@ -98,44 +192,73 @@ def serve(config: Config) -> None:
     # port and reports a bad address before any worker starts.
     shared = workers == 1 or config.http.net == "unix"
     sock = bind(config, reuse_port=not shared, listen=shared)
+    debug_sock = bind_debug(config)
     log.info(
         "listening on %s with %d worker%s",
         config.http.addr,
         workers,
         "" if workers == 1 else "s",
     )
+    if debug_sock is not None:
+        log.info("metrics on %s%s", config.http.debug.addr, metrics.metrics_path(config))
     if workers == 1:
-        run_worker(config, sock, 0)
+        run_worker(config, sock, 0, debug_sock=debug_sock)
+        log.info("stopped")
         return
-    Supervisor(config, sock, workers).run()
+    Supervisor(config, sock, workers, debug_sock).run()
 
 
 class Supervisor:
     """Forks the workers, replaces any that dies, and stops them all on SIGTERM/SIGINT."""
 
-    def __init__(self, config: Config, sock: socket.socket, workers: int) -> None:
+    def __init__(
+        self,
+        config: Config,
+        sock: socket.socket,
+        workers: int,
+        debug_sock: socket.socket | None = None,
+    ) -> None:
         self.config = config
         self.sock = sock
         self.workers = workers
+        self.debug_sock = debug_sock
         self.children: dict[int, int] = {}  # pid -> worker index
         self.stopping = False
+        # Each worker writes its metrics to files here; the metrics process sums them.
+        self.metrics_dir: str | None = None
 
     def spawn(self, index: int) -> None:
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
             try:
+                if index == METRICS_PROCESS:
+                    self.sock.close()
+                    assert self.debug_sock is not None and self.metrics_dir is not None
+                    run_metrics_process(self.config, self.debug_sock, self.metrics_dir)
+                    return
+                if self.debug_sock is not None:
+                    self.debug_sock.close()
                 sock = self.sock
                 if self.config.http.net != "unix":
                     self.sock.close()
                     sock = bind(self.config, reuse_port=True)
-                run_worker(self.config, sock, index)
+                run_worker(self.config, sock, index, metrics_dir=self.metrics_dir)
             finally:
                 os._exit(0)
         self.children[pid] = index
 
     def stop(self, signum: int, _frame: object) -> None:
+        if not self.stopping:
+            log.info(
+                "stopping: draining requests in flight for up to %.1fs",
+                drain_timeout(self.config),
+            )
+            # A worker that outlives its drain (a handler that ignores cancellation)
+            # must not keep the parent from exiting.
+            signal.setitimer(signal.ITIMER_REAL, drain_timeout(self.config) + DRAIN_MARGIN)
         self.stopping = True
         for pid in list(self.children):
             try:
@@ -143,11 +266,32 @@ class Supervisor:
             except ProcessLookupError:
                 self.children.pop(pid, None)
 
+    def overdue(self, signum: int, _frame: object) -> None:
+        for pid, index in list(self.children.items()):
+            log.error("worker %d (pid %d) did not stop in time; killing it", index, pid)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                self.children.pop(pid, None)
+
     def run(self) -> None:
+        if self.debug_sock is not None:
+            self.metrics_dir = tempfile.mkdtemp(prefix="dockyard-metrics-")
+        try:
+            self._run()
+        finally:
+            if self.metrics_dir is not None:
+                shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        sys.exit(0)
+
+    def _run(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
+        signal.signal(signal.SIGALRM, self.overdue)
         for index in range(self.workers):
             self.spawn(index)
+        if self.debug_sock is not None:
+            self.spawn(METRICS_PROCESS)
         while self.children:
             try:
                 pid, status = os.wait()
@@ -158,9 +302,12 @@ class Supervisor:
             if pid not in self.children:
                 continue
             index = self.children.pop(pid)
+            if self.metrics_dir is not None and index != METRICS_PROCESS:
+                metrics.forget_process(self.metrics_dir, pid)
             if self.stopping:
                 continue
-            log.error("worker %d (pid %d) exited with status %d; restarting", index, pid, status)
+            name = "metrics process" if index == METRICS_PROCESS else f"worker {index}"
+            log.error("%s (pid %d) exited with status %d; restarting", name, pid, status)
             time.sleep(0.5)
             self.spawn(index)
-        sys.exit(0)
+        log.info("stopped")

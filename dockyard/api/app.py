@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from dockyard.api import extensions, health, routes
+from dockyard import metrics as metrics_module
+from dockyard.api import extensions, health, observe, routes
 from dockyard.api.background import start_jobs
 from dockyard.api.context import CATALOG_MAX_ENTRIES, REGISTRY, URLS
 from dockyard.api.errors import error_middleware, error_response
@@ -26,6 +27,10 @@ API_VERSION_HEADER = ("Docker-Distribution-Api-Version", "registry/2.0")
 
 def build_registry(config: Config) -> Registry:
     driver = create_driver(config.storage.driver_name, dict(config.storage.driver_params))
+    metrics = metrics_module.active()
+    if metrics is not None:
+        # Storage operations are timed and their failures counted from outside the driver.
+        driver = metrics_module.InstrumentedDriver(driver, metrics)
     options = RegistryOptions(
         delete_enabled=config.storage.delete.enabled,
         read_only=config.storage.maintenance.readonly.enabled,
@@ -61,6 +66,9 @@ def create_app(
             config.health.storagedriver.threshold,
         )
         middlewares.insert(0, _health_gate(checker))
+    # Outermost: every request gets its id, route and repository before anything can
+    # answer it, for the access log line and the metrics.
+    middlewares.insert(0, observe.middleware(_prefix(config), metrics_module.active()))
     # A larger read buffer lets the socket keep filling while an upload piece is hashed.
     app = web.Application(
         middlewares=middlewares, client_max_size=0, handler_args={"read_bufsize": 1 << 20}
@@ -81,7 +89,7 @@ def create_app(
         app[health.STORAGE_HEALTH] = checker
     app.on_response_prepare.append(_header_adder(config))
 
-    prefix = "/" + config.http.prefix.strip("/") if config.http.prefix.strip("/") else ""
+    prefix = _prefix(config)
     app.router.add_route("*", f"{prefix}/v2", routes.dispatch)
     app.router.add_route("*", f"{prefix}/v2/{{tail:.*}}", routes.dispatch)
     app.router.add_get("/debug/health", health.health)
@@ -97,6 +105,10 @@ def create_app(
 
     app.cleanup_ctx.append(_lifecycle(config, registry, checker, background))
     return app
+
+
+def _prefix(config: Config) -> str:
+    return "/" + config.http.prefix.strip("/") if config.http.prefix.strip("/") else ""
 
 
 def _lifecycle(

@@ -50,7 +50,6 @@ UNSUPPORTED_KEYS: Final[frozenset[str]] = frozenset(
         "http.tls.clientauth=request-client-cert",
         "http.tls.clientauth=require-any-client-cert",
         "http.tls.clientauth=verify-client-cert-if-given",
-        "http.debug",
         "http.h2c",
         "notifications",
         "redis",

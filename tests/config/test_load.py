@@ -415,7 +415,6 @@ def test_bad_environment_values_are_errors_naming_the_variable(
         ("proxy:\n  remoteurl: https://registry-1.docker.io\n", "proxy", 2),
         ("validation:\n  disabled: true\n", "validation", 2),
         ("http:\n  tls:\n    letsencrypt:\n      email: a@b.example\n", "http.tls.letsencrypt", 4),
-        ("http:\n  debug:\n    addr: localhost:5001\n", "http.debug", 3),
         ("http:\n  h2c:\n    enabled: true\n", "http.h2c", 3),
         ("health:\n  file:\n    - file: /tmp/down\n", "health.file", 3),
         ("health:\n  http:\n    - uri: http://x\n", "health.http", 3),

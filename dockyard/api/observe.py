@@ -1,0 +1,204 @@
+"""What each request leaves behind: an access log line and its metrics.
+
+A middleware (outermost) gives every request an id, names its route and repository
+and counts it in flight; when the response has been sent in full, aiohttp calls the
+access logger, which writes the line (unless ``log.accesslog.disabled``) and counts
+the request, its status, duration and bytes. Only then is the size of a response sent
+with ``sendfile`` known, which is why the counting happens there and not in the
+middleware.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.typedefs import Handler, Middleware
+from aiohttp.web import BaseRequest, StreamResponse
+
+from dockyard.api.context import REGISTRY
+from dockyard.api.extensions import SUMMARIES
+from dockyard.auth.http import identity_of
+from dockyard.auth.service import TOKEN_PATH
+from dockyard.metrics import Metrics
+
+ACCESS_LOGGER = "dockyard.access"
+
+_API_ROUTES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"^/?$"), "base"),
+    (re.compile(r"^_catalog$"), "catalog"),
+    (re.compile(r"^_dockyard/repositories/(?P<name>.+)$"), "extension"),
+    (re.compile(r"^_dockyard/"), "extension"),
+    (re.compile(r"^(?P<name>.+)/tags/list$"), "tags"),
+    (re.compile(r"^(?P<name>.+)/manifests/[^/]+$"), "manifest"),
+    (re.compile(r"^(?P<name>.+)/blobs/uploads(?:/[^/]*)?$"), "blob_upload"),
+    (re.compile(r"^(?P<name>.+)/blobs/[^/]+$"), "blob"),
+    (re.compile(r"^(?P<name>.+)/referrers/[^/]+$"), "referrers"),
+)
+_UPLOAD_METHODS = frozenset({"POST", "PATCH", "PUT"})
+
+
+def classify(path: str, prefix: str = "") -> tuple[str, str | None]:
+    """The route name (one of :data:`dockyard.metrics.ROUTES`) and repository of a path.
+
+    The patterns are the API router's, tried in the same order, so a repository whose
+    name ends in ``blobs`` or ``manifests`` is told apart the same way.
+    """
+    if prefix and path.startswith(prefix):
+        path = path[len(prefix) :] or "/"
+    if path == "/v2" or path.startswith("/v2/"):
+        tail = path[3:].lstrip("/")
+        for pattern, route in _API_ROUTES:
+            match = pattern.match(tail)
+            if match is not None:
+                return route, match.groupdict().get("name")
+        return "other", None
+    if path == "/ui" or path.startswith("/ui/") or path == "/":
+        return "ui", None
+    if path == TOKEN_PATH:
+        return "auth", None
+    if path == "/debug/health":
+        return "health", None
+    return "other", None
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    id: str
+    route: str
+    repository: str | None
+    received: int = 0
+
+
+REQUEST_INFO = "dockyard.request"
+
+
+def request_info(request: BaseRequest, prefix: str = "") -> RequestInfo:
+    """The request's id, route and repository (made here for requests no middleware saw)."""
+    info = request.get(REQUEST_INFO)
+    if isinstance(info, RequestInfo):
+        return info
+    route, repository = classify(request.path, prefix)
+    info = RequestInfo(str(uuid.uuid4()), route, repository)
+    request[REQUEST_INFO] = info
+    return info
+
+
+def middleware(prefix: str, metrics: Metrics | None) -> Middleware:
+    @web.middleware
+    async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+        info = request_info(request, prefix)
+        if metrics is None:
+            return await handler(request)
+        uploading = info.route == "blob_upload" and request.method in _UPLOAD_METHODS
+        in_flight = metrics.in_flight.labels(info.route)
+        in_flight.inc()
+        if uploading:
+            metrics.uploads_in_flight.inc()
+        try:
+            return await handler(request)
+        finally:
+            in_flight.dec()
+            if uploading:
+                metrics.uploads_in_flight.dec()
+            registry = request.app.get(REGISTRY)
+            if registry is not None:
+                cache = registry.manifest_cache
+                metrics.observe_cache("manifests", cache.hits, cache.misses)
+            summaries = request.app.get(SUMMARIES)
+            if summaries is not None:
+                metrics.observe_cache("summaries", summaries.hits, summaries.misses)
+
+    return observe
+
+
+def _received(request: BaseRequest) -> int:
+    # What was read of the body, so streamed (chunked) uploads count too.
+    content: Any = request.content
+    total = getattr(content, "total_bytes", 0)
+    return total if isinstance(total, int) else 0
+
+
+def _sent(request: BaseRequest, response: StreamResponse) -> int:
+    if request.method == "HEAD" or response.status in (204, 304) or response.status < 200:
+        return 0
+    if response.content_length is not None and not response.chunked:
+        # FileResponse sends with sendfile, past aiohttp's byte count; the length it
+        # announced is what went out (a client that hung up early ends the request
+        # before this is called).
+        return response.content_length
+    return response.body_length
+
+
+def request_logger(prefix: str, emit: bool, metrics: Metrics | None) -> type[AbstractAccessLogger]:
+    """aiohttp's access-logger class for this server: the line and/or the metrics."""
+
+    class RequestLogger(AbstractAccessLogger):
+        @property
+        def enabled(self) -> bool:
+            return True
+
+        def log(self, request: BaseRequest, response: StreamResponse, time_: float) -> None:
+            info = request_info(request, prefix)
+            received = _received(request)
+            sent = _sent(request, response)
+            if metrics is not None:
+                metrics.record_request(
+                    info.route, request.method, response.status, time_, received, sent
+                )
+            if emit:
+                self._line(request, response, time_, info, received, sent)
+
+        def _line(
+            self,
+            request: BaseRequest,
+            response: StreamResponse,
+            seconds: float,
+            info: RequestInfo,
+            received: int,
+            sent: int,
+        ) -> None:
+            identity = identity_of(request) if isinstance(request, web.Request) else None
+            fields: dict[str, Any] = {
+                "http.request.id": info.id,
+                "http.request.remoteaddr": request.remote,
+                "http.request.method": request.method,
+                "http.request.uri": request.path_qs,
+                "http.request.host": request.host,
+                "http.request.useragent": request.headers.get("User-Agent", ""),
+                "http.request.contentlength": received,
+                "http.response.status": response.status,
+                "http.response.written": sent,
+                "http.response.duration": f"{seconds:.6f}s",
+                "http.route": info.route,
+            }
+            if identity is not None and identity.user is not None:
+                fields["auth.user.name"] = identity.user
+            if info.repository is not None:
+                fields["vars.name"] = info.repository
+            # Which worker process answered: requests of one client spread over all.
+            fields["pid"] = os.getpid()
+            self.logger.info(
+                "%s %s %s",
+                request.method,
+                request.path_qs,
+                response.status,
+                extra={"fields": fields},
+            )
+
+    return RequestLogger
+
+
+def access_logger() -> logging.Logger:
+    """The logger access lines go to: at info whatever ``log.level`` says, as
+    Distribution's access log is independent of its level (``log.accesslog.disabled``
+    turns it off)."""
+    logger = logging.getLogger(ACCESS_LOGGER)
+    logger.setLevel(logging.INFO)
+    return logger
