@@ -16,6 +16,7 @@ from dockyard.storage.driver import (
 )
 from dockyard.storage.filesystem import FilesystemDriver
 from dockyard.storage.memory import MemoryDriver
+from dockyard.storage.s3 import S3Driver, S3Parameters, create_s3_driver
 
 __all__ = [
     "DEFAULT_ROOT",
@@ -26,6 +27,8 @@ __all__ = [
     "InvalidPathError",
     "MemoryDriver",
     "PathNotFoundError",
+    "S3Driver",
+    "S3Parameters",
     "StorageDriver",
     "StorageError",
     "check_path",
@@ -40,7 +43,9 @@ def create_driver(kind: str, params: Mapping[str, object]) -> StorageDriver:
     """The driver a configuration's ``storage`` section names, with its parameters.
 
     Parameters a driver does not use are ignored, as Distribution does, so that a
-    registry:2 configuration works unchanged.
+    registry:2 configuration works unchanged. For ``s3``, ``redirect`` (not a
+    Distribution parameter: the configuration's ``storage.redirect.disable`` inverted)
+    says whether blob downloads are redirected to pre-signed URLs; it defaults to true.
     """
     if kind == "filesystem":
         root = params.get("rootdirectory", DEFAULT_ROOT)
@@ -49,4 +54,11 @@ def create_driver(kind: str, params: Mapping[str, object]) -> StorageDriver:
         return FilesystemDriver(root)
     if kind == "inmemory":
         return MemoryDriver()
-    raise ValueError(f"unknown storage driver {kind!r} (known: filesystem, inmemory)")
+    if kind == "s3":
+        redirect = params.get("redirect", True)
+        if not isinstance(redirect, bool):
+            raise ValueError(f"redirect must be true or false, not {redirect!r}")
+        return create_s3_driver(
+            {key: value for key, value in params.items() if key != "redirect"}, redirect
+        )
+    raise ValueError(f"unknown storage driver {kind!r} (known: filesystem, inmemory, s3)")

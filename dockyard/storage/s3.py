@@ -1,0 +1,969 @@
+"""The ``s3`` driver: the registry tree as objects in an S3-compatible bucket.
+
+Keys are ``<rootdirectory>/<path without its leading slash>``, exactly as Distribution's
+s3 driver names them, so a bucket either registry wrote is served by the other.
+Directories are implicit: a directory exists while some key lies below it, and vanishes
+with its last file (an object store has no empty directories).
+
+Modification times, which garbage collection depends on, are kept to the microsecond in
+the object's ``x-amz-meta-mtime`` metadata by every write, copy and touch; objects
+written by other tools fall back to the store's ``Last-Modified``. A touch copies the
+object onto itself with new metadata (a server-side copy: no data passes through here).
+
+A :class:`FileWriter` streams into a multipart upload in parts of ``chunksize`` and
+holds at most one part in memory. :meth:`FileWriter.commit` completes the upload, so the
+committed content is a plain object that any replica can read, stat and resume; writing
+on afterwards starts a new upload whose first part is a server-side copy of that object
+(or, below S3's 5 MiB part minimum, its bytes read back into the pending part), as
+Distribution's writer does when it continues after a small part. Uncommitted parts are
+aborted on close; those of a process that died are aborted when their upload directory
+is deleted (finish or purge), and a bucket lifecycle rule for incomplete multipart
+uploads catches the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+from dockyard.storage.driver import (
+    FileInfo,
+    FileWriter,
+    InvalidOffsetError,
+    PathNotFoundError,
+    StorageDriver,
+    StorageError,
+    check_path,
+)
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+
+T = TypeVar("T")
+log = logging.getLogger("dockyard.storage.s3")
+
+MiB = 1 << 20
+# S3's limits on multipart uploads: every part but the last at least 5 MiB, at most
+# 5 GiB, at most 10,000 parts; CopyObject copies at most 5 GiB in one request.
+MIN_PART_SIZE = 5 * MiB
+MAX_PART_SIZE = 5 << 30
+MAX_PARTS = 10_000
+CHUNK_SIZE = MiB
+# Distribution's lifetime for pre-signed blob URLs.
+REDIRECT_EXPIRY = 20 * 60
+# Requests in flight at once for one fan-out (ancestor checks, stats while walking,
+# copying a tree).
+FAN_OUT = 16
+# Directories known to exist, so that writes need not check again that no file stands
+# in their way; a bounded memory of recent ones.
+KNOWN_DIRECTORIES = 4096
+MTIME_KEY = "mtime"
+_ADDRESSABLE = re.compile(r"[A-Za-z0-9._-]+\Z")
+_MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+# For annotations inside S3Driver, where ``list`` is the method.
+_FileInfos = list[FileInfo]
+_Keys = list[str]
+
+
+class S3Parameters(BaseModel):
+    """Distribution's ``storage.s3`` parameters, with its defaults."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    accesskey: str | None = None
+    secretkey: str | None = None
+    sessiontoken: str | None = None
+    region: str
+    regionendpoint: str | None = None
+    # Distribution 2.8 addresses buckets by path whenever regionendpoint is set (MinIO,
+    # Ceph RGW...), and virtual-host style on AWS; an explicit value wins.
+    forcepathstyle: bool | None = None
+    bucket: str
+    encrypt: bool = False
+    keyid: str | None = None
+    secure: bool = True
+    skipverify: bool = False
+    v4auth: bool = True
+    chunksize: int = 10 * MiB
+    multipartcopychunksize: int = 32 * MiB
+    multipartcopymaxconcurrency: int = 100
+    multipartcopythresholdsize: int = 32 * MiB
+    rootdirectory: str = ""
+    storageclass: str = "STANDARD"
+    objectacl: str = "private"
+    useragent: str | None = None
+    usedualstack: bool = False
+    accelerate: bool = False
+    loglevel: str | None = None
+
+    @field_validator("region", "bucket")
+    @classmethod
+    def _required(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("chunksize", "multipartcopychunksize")
+    @classmethod
+    def _part_size(cls, value: int) -> int:
+        if not MIN_PART_SIZE <= value <= MAX_PART_SIZE:
+            raise ValueError(f"must be between {MIN_PART_SIZE} (5 MiB) and {MAX_PART_SIZE} (5 GiB)")
+        return value
+
+    @field_validator("multipartcopythresholdsize")
+    @classmethod
+    def _threshold(cls, value: int) -> int:
+        if not 0 <= value <= MAX_PART_SIZE:
+            raise ValueError(f"must be between 0 and {MAX_PART_SIZE} (5 GiB)")
+        return value
+
+    @field_validator("multipartcopymaxconcurrency")
+    @classmethod
+    def _concurrency(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+    @field_validator("storageclass")
+    @classmethod
+    def _storage_class(cls, value: str) -> str:
+        return value.upper() or "STANDARD"
+
+    @model_validator(mode="after")
+    def _credentials(self) -> S3Parameters:
+        if bool(self.accesskey) != bool(self.secretkey):
+            raise ValueError(
+                "accesskey and secretkey go together (or neither: the AWS credential chain)"
+            )
+        return self
+
+    @property
+    def path_style(self) -> bool:
+        if self.forcepathstyle is not None:
+            return self.forcepathstyle
+        return bool(self.regionendpoint)
+
+    @property
+    def endpoint_url(self) -> str | None:
+        endpoint = self.regionendpoint
+        if not endpoint:
+            return None
+        if "://" not in endpoint:
+            endpoint = f"{'https' if self.secure else 'http'}://{endpoint}"
+        return endpoint
+
+
+def _code(error: BaseException) -> str:
+    from botocore.exceptions import ClientError
+
+    if isinstance(error, ClientError):
+        return str(error.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def _is_missing(error: BaseException) -> bool:
+    return _code(error) in _MISSING_CODES
+
+
+def _failure(path: str, error: Exception) -> StorageError:
+    if _is_missing(error):
+        return PathNotFoundError(path)
+    return StorageError(f"{path}: s3: {_code(error) or type(error).__name__}: {error}")
+
+
+def _mtime(metadata: dict[str, str] | None, last_modified: Any) -> float:
+    raw = (metadata or {}).get(MTIME_KEY)
+    if raw is not None:
+        try:
+            return float(raw)
+        except ValueError:
+            pass
+    return float(last_modified.timestamp())
+
+
+def _ancestors(path: str) -> list[str]:
+    parts = path.split("/")[1:-1]
+    return ["/" + "/".join(parts[: index + 1]) for index in range(len(parts))]
+
+
+def _copy_ranges(size: int, chunk: int) -> list[tuple[int, int]]:
+    """Byte ranges (start, end inclusive) covering ``size`` in parts S3 accepts.
+
+    Every range is at least ``chunk`` long except when ``size`` itself is smaller, so a
+    range may be followed by more parts.
+    """
+    chunk = max(chunk, -(-size // MAX_PARTS))
+    count = max(1, size // chunk)
+    ranges = []
+    for index in range(count):
+        start = index * chunk
+        end = size - 1 if index == count - 1 else start + chunk - 1
+        ranges.append((start, end))
+    return ranges
+
+
+class S3Driver(StorageDriver):
+    name = "s3"
+
+    def __init__(self, params: S3Parameters, redirect: bool = True) -> None:
+        self.params = params
+        self.bucket = params.bucket
+        root = params.rootdirectory.strip("/")
+        self._prefix = f"{root}/" if root else ""
+        self._redirect = redirect
+        self._client: S3Client | None = None
+        self._stack: AsyncExitStack | None = None
+        self._client_lock: asyncio.Lock | None = None
+        self._directories: OrderedDict[str, None] = OrderedDict()
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    def key(self, path: str) -> str:
+        """The object key for a driver path."""
+        return self._prefix + check_path(path)[1:]
+
+    async def client(self) -> S3Client:
+        if self._client is not None:
+            return self._client
+        if self._client_lock is None:
+            self._client_lock = asyncio.Lock()
+        async with self._client_lock:
+            if self._client is None:
+                self._client = await self._connect()
+        return self._client
+
+    async def _connect(self) -> S3Client:
+        from aiobotocore.config import AioConfig
+        from aiobotocore.session import get_session
+
+        params = self.params
+        s3_options: dict[str, Any] = {"addressing_style": "path" if params.path_style else "auto"}
+        if params.usedualstack:
+            s3_options["use_dualstack_endpoint"] = True
+        if params.accelerate:
+            s3_options["use_accelerate_endpoint"] = True
+        config = AioConfig(
+            signature_version="s3v4" if params.v4auth else "s3",
+            s3=s3_options,
+            user_agent_extra=params.useragent,
+            max_pool_connections=max(64, params.multipartcopymaxconcurrency),
+            retries={"max_attempts": 5, "mode": "standard"},
+            # Checksums only when S3 requires them: S3-compatible stores (and Distribution)
+            # predate the newer default of a CRC on every request.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        credentials: dict[str, Any] = {}
+        if params.accesskey and params.secretkey:
+            credentials = {
+                "aws_access_key_id": params.accesskey,
+                "aws_secret_access_key": params.secretkey,
+                "aws_session_token": params.sessiontoken or None,
+            }
+        stack = AsyncExitStack()
+        client: S3Client = await stack.enter_async_context(
+            get_session().create_client(
+                "s3",
+                region_name=params.region,
+                endpoint_url=params.endpoint_url,
+                use_ssl=params.secure,
+                verify=not params.skipverify,
+                config=config,
+                **credentials,
+            )
+        )
+        self._stack = stack
+        return client
+
+    async def close(self) -> None:
+        stack, self._stack, self._client = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    def object_args(self, mtime: float) -> dict[str, Any]:
+        """Arguments every object this driver creates carries: its time, class, encryption."""
+        args: dict[str, Any] = {"Metadata": {MTIME_KEY: repr(mtime)}}
+        if self.params.storageclass != "NONE":
+            args["StorageClass"] = self.params.storageclass
+        if self.params.encrypt:
+            if self.params.keyid:
+                args["ServerSideEncryption"] = "aws:kms"
+                args["SSEKMSKeyId"] = self.params.keyid
+            else:
+                args["ServerSideEncryption"] = "AES256"
+        if self.params.objectacl and self.params.objectacl != "private":
+            args["ACL"] = self.params.objectacl
+        return args
+
+    async def _fan_out(
+        self, calls: Iterable[Callable[[], Awaitable[T]]], limit: int = FAN_OUT
+    ) -> list[T]:
+        gate = asyncio.Semaphore(limit)
+
+        async def run(call: Callable[[], Awaitable[T]]) -> T:
+            async with gate:
+                return await call()
+
+        return list(await asyncio.gather(*(run(call) for call in calls)))
+
+    async def _head(self, path: str) -> FileInfo | None:
+        """The file at ``path``, or None when there is no object there."""
+        key = self.key(path)
+        client = await self.client()
+        try:
+            head = await client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as error:
+            if _is_missing(error):
+                return None
+            raise _failure(path, error) from error
+        return FileInfo(
+            path, head["ContentLength"], _mtime(head.get("Metadata"), head["LastModified"]), False
+        )
+
+    async def _is_dir(self, path: str) -> bool:
+        prefix = self.key(path) + "/"
+        client = await self.client()
+        try:
+            found = await client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1)
+        except Exception as error:
+            raise _failure(path, error) from error
+        return bool(found.get("KeyCount") or found.get("Contents"))
+
+    async def _keys_below(self, path: str) -> list[tuple[str, int]]:
+        """Every key below the directory ``path`` with its size, in key order."""
+        client = await self.client()
+        prefix = self.key(path) + "/"
+        found: list[tuple[str, int]] = []
+        token: str | None = None
+        try:
+            while True:
+                extra: dict[str, Any] = {"ContinuationToken": token} if token else {}
+                page = await client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, **extra)
+                found.extend((item["Key"], item["Size"]) for item in page.get("Contents", []))
+                token = page.get("NextContinuationToken")
+                if not page.get("IsTruncated") or not token:
+                    return found
+        except Exception as error:
+            raise _failure(path, error) from error
+
+    async def _children(self, path: str) -> tuple[bool, dict[str, tuple[bool, int]]]:
+        """Whether anything is below ``path``, and its addressable children: name -> (is_dir, size)."""
+        client = await self.client()
+        prefix = self.key(path) + "/"
+        children: dict[str, tuple[bool, int]] = {}
+        anything = False
+        token: str | None = None
+        try:
+            while True:
+                extra: dict[str, Any] = {"ContinuationToken": token} if token else {}
+                page = await client.list_objects_v2(
+                    Bucket=self.bucket, Prefix=prefix, Delimiter="/", **extra
+                )
+                for common in page.get("CommonPrefixes", []):
+                    anything = True
+                    name = common["Prefix"][len(prefix) : -1]
+                    if _ADDRESSABLE.match(name) and name not in (".", ".."):
+                        children[name] = (True, 0)
+                for item in page.get("Contents", []):
+                    anything = True
+                    name = item["Key"][len(prefix) :]
+                    if (
+                        _ADDRESSABLE.match(name)
+                        and name not in (".", "..")
+                        and name not in children
+                    ):
+                        children[name] = (False, item["Size"])
+                token = page.get("NextContinuationToken")
+                if not page.get("IsTruncated") or not token:
+                    return anything, children
+        except Exception as error:
+            raise _failure(path, error) from error
+
+    def _remember_directories(self, path: str, is_dir: bool = False) -> None:
+        """``path`` was just written (or, ``is_dir``, made a directory): so were its parents."""
+        for directory in [*_ancestors(path), *([path] if is_dir else [])]:
+            self._directories[directory] = None
+            self._directories.move_to_end(directory)
+        while len(self._directories) > KNOWN_DIRECTORIES:
+            self._directories.popitem(last=False)
+        if not is_dir:
+            self._directories.pop(path, None)
+
+    async def check_writable(self, path: str, directory_ok: bool = False) -> None:
+        """Refuse to put a file where a directory is, or below a file, as a filesystem does.
+
+        One listing for ``path`` and one HEAD per ancestor not already known to be a
+        directory, all at once.
+        """
+        unknown = [d for d in _ancestors(path) if d not in self._directories]
+        checks: list[Callable[[], Awaitable[bool]]] = (
+            [] if directory_ok else [lambda: self._is_dir(path)]
+        )
+        checks += [lambda d=d: self._is_file(d) for d in unknown]  # type: ignore[misc]
+        results = await self._fan_out(checks)
+        if not directory_ok and results[0]:
+            raise StorageError(f"{path}: is a directory")
+        for directory, is_file in zip(unknown, results[0 if directory_ok else 1 :], strict=True):
+            if is_file:
+                raise StorageError(f"{directory}: not a directory")
+
+    async def _is_file(self, path: str) -> bool:
+        return await self._head(path) is not None
+
+    async def copy_object(self, source_key: str, dest_key: str, size: int, mtime: float) -> None:
+        """Copy on the server, as one request or, above the threshold, a multipart copy."""
+        client = await self.client()
+        source = {"Bucket": self.bucket, "Key": source_key}
+        if size <= self.params.multipartcopythresholdsize or size == 0:
+            await client.copy_object(
+                Bucket=self.bucket,
+                Key=dest_key,
+                CopySource=source,  # type: ignore[arg-type]
+                MetadataDirective="REPLACE",
+                **self.object_args(mtime),
+            )
+            return
+        upload = await client.create_multipart_upload(
+            Bucket=self.bucket, Key=dest_key, **self.object_args(mtime)
+        )
+        upload_id = upload["UploadId"]
+        try:
+            ranges = _copy_ranges(size, self.params.multipartcopychunksize)
+
+            async def part(number: int, start: int, end: int) -> dict[str, Any]:
+                copied = await client.upload_part_copy(
+                    Bucket=self.bucket,
+                    Key=dest_key,
+                    CopySource=source,  # type: ignore[arg-type]
+                    CopySourceRange=f"bytes={start}-{end}",
+                    PartNumber=number,
+                    UploadId=upload_id,
+                )
+                return {"PartNumber": number, "ETag": copied["CopyPartResult"]["ETag"]}
+
+            parts = await self._fan_out(
+                [
+                    lambda n=n, s=s, e=e: part(n, s, e)  # type: ignore[misc]
+                    for n, (s, e) in enumerate(ranges, start=1)
+                ],
+                limit=self.params.multipartcopymaxconcurrency,
+            )
+            await client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=dest_key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+            )
+        except BaseException:
+            await self._abort(dest_key, upload_id)
+            raise
+
+    async def _abort(self, key: str, upload_id: str) -> None:
+        client = await self.client()
+        try:
+            await asyncio.shield(
+                client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            )
+        except Exception as error:  # noqa: BLE001 - best effort; a lifecycle rule is the backstop
+            log.warning("s3: could not abort the multipart upload of %s: %s", key, error)
+
+    async def _abort_uploads_below(self, path: str) -> None:
+        """Abort multipart uploads under a directory being deleted (a dead writer's parts)."""
+        client = await self.client()
+        prefix = self.key(path) + "/"
+        try:
+            listing = await client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)
+        except Exception:  # noqa: BLE001 - not every S3-compatible store lists uploads
+            return
+        for upload in listing.get("Uploads", []):
+            if "Key" in upload and "UploadId" in upload:
+                await self._abort(upload["Key"], upload["UploadId"])
+
+    # --- the interface ------------------------------------------------------------------
+
+    async def read(self, path: str) -> bytes:
+        key = self.key(path)
+        client = await self.client()
+        try:
+            response = await client.get_object(Bucket=self.bucket, Key=key)
+            async with response["Body"] as body:
+                return await body.read()
+        except Exception as error:
+            raise _failure(path, error) from error
+
+    async def write(self, path: str, data: bytes) -> None:
+        key = self.key(path)
+        await self.check_writable(path)
+        client = await self.client()
+        try:
+            await client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, **self.object_args(time.time())
+            )
+        except Exception as error:
+            raise _failure(path, error) from error
+        self._remember_directories(path)
+
+    def stream(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        check_path(path)
+        if length is not None and length < 0:
+            raise ValueError(f"negative length {length}")
+        return self._stream(path, offset, length)
+
+    async def _stream(self, path: str, offset: int, length: int | None) -> AsyncIterator[bytes]:
+        key = self.key(path)
+        if offset < 0:
+            raise InvalidOffsetError(path, offset)
+        if length == 0:
+            info = await self._head(path)
+            if info is None:
+                raise PathNotFoundError(path)
+            if offset > info.size:
+                raise InvalidOffsetError(path, offset)
+            return
+        extra: dict[str, Any] = {}
+        if offset or length is not None:
+            end = "" if length is None else str(offset + length - 1)
+            extra["Range"] = f"bytes={offset}-{end}"
+        client = await self.client()
+        try:
+            response = await client.get_object(Bucket=self.bucket, Key=key, **extra)
+        except Exception as error:
+            if _code(error) != "InvalidRange":
+                raise _failure(path, error) from error
+            # Past the last byte: at the very end is an empty read, beyond it an error.
+            info = await self._head(path)
+            if info is None:
+                raise PathNotFoundError(path) from error
+            if offset != info.size:
+                raise InvalidOffsetError(path, offset) from error
+            return
+        body = response["Body"]
+        try:
+            pending = bytearray()
+            while True:
+                try:
+                    piece = await body.read(CHUNK_SIZE - len(pending))
+                except Exception as error:
+                    raise _failure(path, error) from error
+                if not piece:
+                    break
+                pending += piece
+                if len(pending) >= CHUNK_SIZE:
+                    yield bytes(pending)
+                    pending.clear()
+            if pending:
+                yield bytes(pending)
+        finally:
+            body.close()
+
+    async def writer(self, path: str, resume_at: int | None = None) -> FileWriter:
+        key = self.key(path)
+        if resume_at is None:
+            # Created (or emptied) at once, as opening a file with O_TRUNC does.
+            await self.check_writable(path)
+            client = await self.client()
+            try:
+                await client.put_object(
+                    Bucket=self.bucket, Key=key, Body=b"", **self.object_args(time.time())
+                )
+            except Exception as error:
+                raise _failure(path, error) from error
+            self._remember_directories(path)
+            return S3Writer(self, path, 0)
+        info = await self._head(path)
+        if info is None:
+            raise PathNotFoundError(path)
+        if not 0 <= resume_at <= info.size:
+            raise InvalidOffsetError(path, resume_at)
+        writer = S3Writer(self, path, resume_at)
+        if resume_at < info.size:
+            await writer.truncate()
+        return writer
+
+    async def stat(self, path: str) -> FileInfo:
+        check_path(path)
+        info = await self._head(path)
+        if info is not None:
+            return info
+        if await self._is_dir(path):
+            # A prefix has no time of its own (Distribution's s3 driver reports zero).
+            return FileInfo(path, 0, 0.0, True)
+        raise PathNotFoundError(path)
+
+    async def touch(self, path: str, mtime: float | None = None) -> None:
+        info = await self._head(path)
+        if info is None:
+            raise PathNotFoundError(path)
+        key = self.key(path)
+        try:
+            await self.copy_object(key, key, info.size, time.time() if mtime is None else mtime)
+        except Exception as error:
+            raise _failure(path, error) from error
+
+    async def list(self, path: str) -> list[str]:
+        check_path(path)
+        anything, children = await self._children(path)
+        if not anything:
+            raise PathNotFoundError(path)
+        return sorted(children)
+
+    async def move(self, source: str, dest: str) -> None:
+        await self._move(source, dest, None)
+
+    async def move_unless_touched(self, source: str, dest: str, since: float) -> bool:
+        """Check, copy, check again, then delete the source.
+
+        The second check, after the copy, narrows the window in which a touch can be lost
+        to the time between it and the delete (one request), however large the content.
+        """
+        check_path(source)
+        check_path(dest)
+        if dest == source or dest.startswith(source + "/"):
+            raise StorageError(f"cannot move {source} onto or into itself ({dest})")
+
+        async def untouched(files: _FileInfos) -> bool:
+            now = await self._fan_out([lambda f=f: self._head(f.path) for f in files])  # type: ignore[misc]
+            return all(info is not None and info.mtime < since for info in now)
+
+        try:
+            return await self._move(source, dest, untouched)
+        except PathNotFoundError:
+            return False
+
+    async def _move(
+        self,
+        source: str,
+        dest: str,
+        untouched: Callable[[_FileInfos], Awaitable[bool]] | None,
+    ) -> bool:
+        source_key = self.key(source)
+        dest_key = self.key(dest)
+        top = await self.stat(source)
+        if dest == source:
+            return True
+        if dest.startswith(source + "/"):
+            raise StorageError(f"cannot move {source} into itself ({dest})")
+        if top.is_dir:
+            if await self._is_file(dest):
+                raise StorageError(f"{dest}: not a directory")
+            if await self._is_dir(dest):
+                raise StorageError(f"{dest}: directory not empty")
+            await self.check_writable(dest, directory_ok=True)
+            below = await self._keys_below(source)
+            files = await self._fan_out(
+                [
+                    lambda k=k: self._head("/" + k[len(self._prefix) :])  # type: ignore[misc]
+                    for k, _ in below
+                ]
+            )
+            present = [info for info in files if info is not None]
+        else:
+            await self.check_writable(dest)
+            present = [top]
+        if untouched is not None and not await untouched(present):
+            return False
+        moves = [
+            (self.key(info.path), dest_key + self.key(info.path)[len(source_key) :], info)
+            for info in present
+        ]
+        try:
+            await self._fan_out(
+                [
+                    lambda s=s, d=d, i=i: self.copy_object(s, d, i.size, i.mtime)  # type: ignore[misc]
+                    for s, d, i in moves
+                ]
+            )
+        except Exception as error:
+            raise _failure(source, error) from error
+        if untouched is not None and not await untouched(present):
+            await self._delete_keys(dest, [d for _, d, _ in moves])
+            return False
+        await self._delete_keys(source, [s for s, _, _ in moves])
+        self._remember_directories(dest, is_dir=top.is_dir)
+        return True
+
+    async def _delete_keys(self, path: str, keys: _Keys) -> None:
+        client = await self.client()
+        try:
+            for start in range(0, len(keys), 1000):
+                batch = keys[start : start + 1000]
+                if len(batch) == 1:
+                    await client.delete_object(Bucket=self.bucket, Key=batch[0])
+                    continue
+                result = await client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True},
+                )
+                errors = result.get("Errors", [])
+                if errors:
+                    raise StorageError(
+                        f"{path}: s3: deleting {errors[0].get('Key')}: {errors[0].get('Code')}"
+                    )
+        except StorageError:
+            raise
+        except Exception as error:
+            raise _failure(path, error) from error
+
+    async def delete(self, path: str) -> None:
+        key = self.key(path)
+        if await self._is_file(path):
+            await self._delete_keys(path, [key])
+            return
+        below = await self._keys_below(path)
+        if not below:
+            raise PathNotFoundError(path)
+        await self._delete_keys(path, [k for k, _ in below])
+        await self._abort_uploads_below(path)
+
+    async def remove_empty(self, path: str) -> bool:
+        # The default (nothing to remove where directories are implicit), except that a
+        # file is not an empty tree.
+        if await self._is_file(path):
+            return False
+        return await super().remove_empty(path)
+
+    def walk(self, path: str) -> AsyncIterator[FileInfo]:
+        check_path(path)
+        return self._walk(path)
+
+    async def _entries(self, path: str) -> _FileInfos:
+        """A directory's children, sorted, files with their times (one HEAD each)."""
+        anything, children = await self._children(path)
+        if not anything:
+            raise PathNotFoundError(path)
+        names = sorted(children)
+        files = await self._fan_out(
+            [
+                lambda n=n: self._head(f"{path}/{n}")  # type: ignore[misc]
+                for n in names
+                if not children[n][0]
+            ]
+        )
+        by_name = {info.path.rsplit("/", 1)[1]: info for info in files if info is not None}
+        entries = []
+        for name in names:
+            if children[name][0]:
+                entries.append(FileInfo(f"{path}/{name}", 0, 0.0, True))
+            elif name in by_name:
+                entries.append(by_name[name])
+        return entries
+
+    async def _walk(self, path: str) -> AsyncIterator[FileInfo]:
+        # One level at a time, as a directory walk: a subtree deleted while walking is
+        # not reported, and memory holds one listing per level.
+        stack: list[Iterator[FileInfo]] = [iter(await self._entries(path))]
+        while stack:
+            info = next(stack[-1], None)
+            if info is None:
+                stack.pop()
+                continue
+            yield info
+            if info.is_dir:
+                try:
+                    stack.append(iter(await self._entries(info.path)))
+                except PathNotFoundError:
+                    continue
+
+    def local_path(self, path: str) -> str | None:
+        check_path(path)
+        return None
+
+    async def redirect_url(self, path: str, method: str = "GET") -> str | None:
+        key = self.key(path)
+        if not self._redirect or method not in ("GET", "HEAD"):
+            return None
+        client = await self.client()
+        url: str = await client.generate_presigned_url(
+            "get_object" if method == "GET" else "head_object",
+            Params={"Bucket": self.bucket, "Key": key},
+            ExpiresIn=REDIRECT_EXPIRY,
+        )
+        return url
+
+
+class S3Writer(FileWriter):
+    """Appends through multipart uploads; see the module's description."""
+
+    def __init__(self, driver: S3Driver, path: str, size: int) -> None:
+        self._driver = driver
+        self._path = path
+        self._key = driver.key(path)
+        self._size = size
+        # Bytes of the committed object this writer continues from that the current upload
+        # does not hold yet: brought in (copied or read back) when writing goes on.
+        self._base = size
+        self._pending = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+        self._dirty = False
+        self._broken = False
+        self._closed = False
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"writer for {self._path} is closed")
+        if self._broken:
+            raise StorageError(
+                f"{self._path}: an earlier write failed; resume from the committed size"
+            )
+
+    async def _guarded(self, operation: Awaitable[T]) -> T:
+        try:
+            return await operation
+        except BaseException as error:
+            # A part that failed (or was cancelled) may or may not have landed.
+            self._broken = True
+            if isinstance(error, Exception) and not isinstance(error, StorageError):
+                raise _failure(self._path, error) from error
+            raise
+
+    async def _start_upload(self) -> str:
+        if self._upload_id is None:
+            client = await self._driver.client()
+            created = await client.create_multipart_upload(
+                Bucket=self._driver.bucket, Key=self._key, **self._driver.object_args(time.time())
+            )
+            self._upload_id = created["UploadId"]
+        return self._upload_id
+
+    async def _bring_in_base(self) -> None:
+        base = self._base
+        if not base:
+            return
+        client = await self._driver.client()
+        if base < MIN_PART_SIZE:
+            # Too small to be a part of its own: it goes ahead of the pending bytes.
+            response = await client.get_object(
+                Bucket=self._driver.bucket, Key=self._key, Range=f"bytes=0-{base - 1}"
+            )
+            async with response["Body"] as body:
+                head = await body.read()
+            if len(head) != base:
+                raise StorageError(f"{self._path}: changed underneath the writer")
+            self._pending[:0] = head
+        else:
+            upload_id = await self._start_upload()
+            source = {"Bucket": self._driver.bucket, "Key": self._key}
+            for start, end in _copy_ranges(base, self._driver.params.multipartcopychunksize):
+                number = len(self._parts) + 1
+                copied = await client.upload_part_copy(
+                    Bucket=self._driver.bucket,
+                    Key=self._key,
+                    CopySource=source,  # type: ignore[arg-type]
+                    CopySourceRange=f"bytes={start}-{end}",
+                    PartNumber=number,
+                    UploadId=upload_id,
+                )
+                self._parts.append({"PartNumber": number, "ETag": copied["CopyPartResult"]["ETag"]})
+        self._base = 0
+
+    async def _upload_part(self, data: bytes) -> None:
+        if len(self._parts) >= MAX_PARTS:
+            raise StorageError(f"{self._path}: more than {MAX_PARTS} parts; raise chunksize")
+        upload_id = await self._start_upload()
+        client = await self._driver.client()
+        number = len(self._parts) + 1
+        uploaded = await client.upload_part(
+            Bucket=self._driver.bucket,
+            Key=self._key,
+            Body=data,
+            PartNumber=number,
+            UploadId=upload_id,
+        )
+        self._parts.append({"PartNumber": number, "ETag": uploaded["ETag"]})
+
+    async def write(self, data: bytes) -> None:
+        self._check_open()
+        if self._base:
+            await self._guarded(self._bring_in_base())
+        self._pending += data
+        self._size += len(data)
+        self._dirty = True
+        chunk = self._driver.params.chunksize
+        while len(self._pending) >= chunk:
+            part = bytes(self._pending[:chunk])
+            await self._guarded(self._upload_part(part))
+            del self._pending[:chunk]
+
+    async def truncate(self) -> None:
+        """Cut the committed object to this writer's size at once."""
+        self._dirty = True
+        await self._guarded(self._bring_in_base())
+        await self.commit()
+
+    async def commit(self) -> None:
+        self._check_open()
+        if not self._dirty:
+            return
+        await self._guarded(self._complete())
+        self._dirty = False
+
+    async def _complete(self) -> None:
+        client = await self._driver.client()
+        if self._upload_id is None:
+            # Everything is pending (at most one part): one PUT, and the bytes stay
+            # pending for what is written next.
+            await client.put_object(
+                Bucket=self._driver.bucket,
+                Key=self._key,
+                Body=bytes(self._pending),
+                **self._driver.object_args(time.time()),
+            )
+            return
+        if self._pending or not self._parts:
+            await self._upload_part(bytes(self._pending))
+        await client.complete_multipart_upload(
+            Bucket=self._driver.bucket,
+            Key=self._key,
+            UploadId=self._upload_id,
+            MultipartUpload={"Parts": self._parts},  # type: ignore[typeddict-item]
+        )
+        self._upload_id = None
+        self._parts = []
+        self._pending.clear()
+        self._base = self._size
+
+    async def cancel(self) -> None:
+        await self.close()
+        client = await self._driver.client()
+        try:
+            await client.delete_object(Bucket=self._driver.bucket, Key=self._key)
+        except Exception as error:
+            if not _is_missing(error):
+                raise _failure(self._path, error) from error
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._pending = bytearray()
+        upload_id, self._upload_id = self._upload_id, None
+        if upload_id is not None:
+            await self._driver._abort(self._key, upload_id)
+
+
+def create_s3_driver(params: dict[str, Any], redirect: bool = True) -> S3Driver:
+    from pydantic import ValidationError
+
+    try:
+        parsed = S3Parameters.model_validate(params)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"storage.s3.{'.'.join(str(p) for p in problem['loc'])}: "
+            f"{str(problem['msg']).removeprefix('Value error, ')}"
+            for problem in error.errors()
+        )
+        raise ValueError(problems) from None
+    return S3Driver(parsed, redirect=redirect)
