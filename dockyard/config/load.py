@@ -33,7 +33,7 @@ UNSUPPORTED_KEYS: Final[frozenset[str]] = frozenset(
     {
         "log.hooks",
         "log.reportcaller",
-        "storage.s3",
+        "storage.s3.loglevel",
         "storage.gcs",
         "storage.azure",
         "storage.swift",

@@ -18,6 +18,8 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from dockyard.storage.s3 import S3Parameters
+
 # --- Go durations ---------------------------------------------------------------------
 
 # Go's time.ParseDuration: an optional sign, then one or more <number><unit> runs (or a
@@ -203,9 +205,13 @@ class Cache(Section):
 
 
 class Redirect(Section):
-    # Only object storage drivers redirect; filesystem and inmemory never do, for
-    # Distribution as for Dockyard, so this is honoured by construction.
+    # Only object storage drivers redirect (s3: to pre-signed URLs); filesystem and
+    # inmemory never do, for Distribution as for Dockyard.
     disable: bool = False
+
+
+class S3Params(S3Parameters, Section):
+    """``storage.s3``: Distribution's parameters and defaults (see dockyard.storage.s3)."""
 
 
 class UploadPurging(Section):
@@ -242,7 +248,7 @@ class Storage(Section):
 
     filesystem: FilesystemParams | None = None
     inmemory: dict[str, Any] | None = None
-    s3: dict[str, Any] | None = None
+    s3: S3Params | None = None
     gcs: dict[str, Any] | None = None
     azure: dict[str, Any] | None = None
     swift: dict[str, Any] | None = None
@@ -282,10 +288,16 @@ class Storage(Section):
 
     @property
     def driver_params(self) -> dict[str, Any]:
-        """The driver's parameters, with filesystem's rootdirectory default filled in."""
+        """The driver's parameters, with filesystem's rootdirectory default filled in.
+
+        For s3, with its defaults, and ``redirect``: whether blob downloads are redirected
+        to pre-signed URLs (``redirect.disable`` inverted).
+        """
         params = getattr(self, self.driver_name)
         if isinstance(params, FilesystemParams):
             return params.model_dump(exclude_none=True)
+        if isinstance(params, S3Params):
+            return {**params.model_dump(exclude_none=True), "redirect": not self.redirect.disable}
         return dict(params)
 
 

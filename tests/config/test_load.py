@@ -326,8 +326,8 @@ def test_registry_storage_switches_the_driver_as_distribution_does(tmp_path: Pat
 def test_switching_to_a_driver_dockyard_lacks_is_an_error_naming_the_variable(
     tmp_path: Path,
 ) -> None:
-    message = load_error(tmp_path, SEED_CONFIG, REGISTRY_STORAGE="s3")
-    assert message.startswith("environment variable REGISTRY_STORAGE: storage.s3:")
+    message = load_error(tmp_path, SEED_CONFIG, REGISTRY_STORAGE="gcs")
+    assert message.startswith("environment variable REGISTRY_STORAGE: storage.gcs:")
     assert "not supported by Dockyard yet" in message
 
 
@@ -471,11 +471,11 @@ def test_an_unsupported_key_in_the_file_and_the_environment_warns_once(tmp_path:
 
 
 def test_a_storage_driver_dockyard_lacks_is_an_error(tmp_path: Path) -> None:
-    text = "version: 0.1\nstorage:\n  s3:\n    bucket: images\n"
+    text = "version: 0.1\nstorage:\n  gcs:\n    bucket: images\n"
     message = load_error(tmp_path, text)
     assert message.endswith(
-        "config.yml:3: storage.s3: the s3 storage driver is not supported by Dockyard yet "
-        "(use filesystem or inmemory)"
+        "config.yml:3: storage.gcs: the gcs storage driver is not supported by Dockyard yet "
+        "(use filesystem or inmemory or s3)"
     )
 
 
