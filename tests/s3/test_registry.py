@@ -1,0 +1,176 @@
+"""The registry on S3: real servers (``dockyard serve``, Distribution 2.8.2) on a moto
+bucket, real clients (skopeo), digests compared.
+
+Layers of several MiB cross the 5 MiB part size the fixture configures, so pushes go
+through multipart uploads and pulls through pre-signed redirects to the S3 server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.s3.moto_server import MotoServer
+from tests.support.images import (
+    Image,
+    make_image,
+    read_oci_layout,
+    skopeo,
+    write_oci_layout,
+)
+from tests.support.servers import ServerProcess, distribution_available
+
+PUSH = "--dest-tls-verify=false"
+PULL = "--src-tls-verify=false"
+MiB = 1 << 20
+
+Start = Callable[..., ServerProcess]
+
+
+@pytest.fixture
+def bucket(moto_server: MotoServer) -> Iterator[str]:
+    yield moto_server.new_bucket()
+    moto_server.reset()
+
+
+@pytest.fixture
+def start_on_s3(moto_server: MotoServer, tmp_path: Path) -> Iterator[Start]:
+    """Start a registry whose storage is ``bucket`` on the moto server."""
+    started: list[ServerProcess] = []
+
+    def start(kind: str, bucket: str, redirect: bool = True, **s3: Any) -> ServerProcess:
+        # Distribution's AWS SDK refuses to start when AWS_CA_BUNDLE names a bundle it
+        # cannot attach to its HTTP transport; empty means none.
+        env = {"AWS_CA_BUNDLE": ""} if kind == "distribution" else {}
+        server = ServerProcess(kind, tmp_path / f"{kind}-{len(started)}", env=env)
+        storage = server.config["storage"]
+        del storage["filesystem"]
+        storage["s3"] = moto_server.driver_params(bucket, **s3)
+        if kind == "distribution":
+            # Distribution 2.8 takes these as given; secure decides the endpoint's scheme.
+            storage["s3"].update({"secure": False, "v4auth": True, "forcepathstyle": True})
+        storage["redirect"] = {"disable": not redirect}
+        server.config_path.write_text(yaml.safe_dump(server.config))
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def big_image(seed: str) -> Image:
+    # Random (incompressible) content: the first layer is 8 to 16 MiB.
+    return make_image(seed, layers=2, files_per_layer=4, file_size=4 * MiB)
+
+
+def push(registry: ServerProcess, image: Image, reference: str, workdir: Path) -> None:
+    source = write_oci_layout(workdir / "push-src", {"v1": image})
+    skopeo("copy", PUSH, f"oci:{source}:v1", f"docker://{registry.host}/{reference}")
+
+
+def assert_pulls(registry: ServerProcess, image: Image, reference: str, workdir: Path) -> None:
+    out = workdir / f"pull-{registry.port}"
+    skopeo("copy", PULL, f"docker://{registry.host}/{reference}", f"oci:{out}:v1")
+    pulled = read_oci_layout(out)
+    assert pulled.tags == {"v1": image.digest}
+    assert set(pulled.blobs) == image.all_digests
+    assert pulled.blobs[image.digest] == image.manifest.data
+    for blob in image.blobs:
+        assert pulled.blobs[blob.digest] == blob.data
+
+
+def bucket_keys(moto_server: MotoServer, bucket: str) -> set[str]:
+    client = moto_server.client()
+    keys: set[str] = set()
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys.update(item["Key"] for item in page.get("Contents", []))
+    return keys
+
+
+def test_skopeo_round_trip_through_dockyard_on_s3(
+    start_on_s3: Start, moto_server: MotoServer, bucket: str, tmp_path: Path
+) -> None:
+    registry = start_on_s3("dockyard", bucket)
+    image = big_image("s3-round-trip")
+    assert max(len(layer.data) for layer in image.layers) > 5 * MiB
+    push(registry, image, "s3/app:v1", tmp_path)
+    assert_pulls(registry, image, "s3/app:v1", tmp_path)
+
+    # Distribution's layout, key for key.
+    keys = bucket_keys(moto_server, bucket)
+    base = "docker/registry/v2"
+    for blob in image.blobs:
+        hex_digest = blob.digest.removeprefix("sha256:")
+        assert f"{base}/blobs/sha256/{hex_digest[:2]}/{hex_digest}/data" in keys
+    assert f"{base}/repositories/s3/app/_manifests/tags/v1/current/link" in keys
+    manifest_hex = image.digest.removeprefix("sha256:")
+    assert f"{base}/repositories/s3/app/_manifests/revisions/sha256/{manifest_hex}/link" in keys
+    # Finished uploads leave nothing behind, not even multipart uploads in progress.
+    assert not any("/_uploads/" in key for key in keys)
+    assert moto_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+    # A large blob is served by a redirect to a pre-signed URL on the S3 server.
+    layer = max(image.layers, key=lambda blob: len(blob.data))
+    response = httpx.get(f"{registry.url}/v2/s3/app/blobs/{layer.digest}")
+    assert response.status_code == 307
+    location = response.headers["Location"]
+    assert location.startswith(moto_server.endpoint + "/")
+    assert "X-Amz-Signature=" in location
+    assert httpx.get(location).content == layer.data
+
+
+def test_redirect_disabled_streams_from_s3(start_on_s3: Start, bucket: str, tmp_path: Path) -> None:
+    registry = start_on_s3("dockyard", bucket, redirect=False)
+    image = big_image("s3-no-redirect")
+    push(registry, image, "s3/streamed:v1", tmp_path)
+    layer = max(image.layers, key=lambda blob: len(blob.data))
+    response = httpx.get(f"{registry.url}/v2/s3/streamed/blobs/{layer.digest}")
+    assert response.status_code == 200
+    assert response.content == layer.data
+    ranged = httpx.get(
+        f"{registry.url}/v2/s3/streamed/blobs/{layer.digest}",
+        headers={"Range": "bytes=5242870-5242889"},
+    )
+    assert ranged.status_code == 206
+    assert ranged.content == layer.data[5242870:5242890]
+    assert_pulls(registry, image, "s3/streamed:v1", tmp_path)
+
+
+needs_distribution = pytest.mark.skipif(
+    not distribution_available(), reason="Distribution (docker-registry) is not installed"
+)
+
+
+@needs_distribution
+def test_a_bucket_distribution_wrote_is_served_by_dockyard(
+    start_on_s3: Start, bucket: str, tmp_path: Path
+) -> None:
+    distribution = start_on_s3("distribution", bucket)
+    image = big_image("s3-from-distribution")
+    push(distribution, image, "interop/from-distribution:v1", tmp_path)
+    distribution.stop()
+    dockyard = start_on_s3("dockyard", bucket)
+    assert_pulls(dockyard, image, "interop/from-distribution:v1", tmp_path)
+    tags = httpx.get(f"{dockyard.url}/v2/interop/from-distribution/tags/list").json()
+    assert tags == {"name": "interop/from-distribution", "tags": ["v1"]}
+
+
+@needs_distribution
+def test_a_bucket_dockyard_wrote_is_served_by_distribution(
+    start_on_s3: Start, bucket: str, tmp_path: Path
+) -> None:
+    dockyard = start_on_s3("dockyard", bucket)
+    image = big_image("s3-from-dockyard")
+    push(dockyard, image, "interop/from-dockyard:v1", tmp_path)
+    dockyard.stop()
+    distribution = start_on_s3("distribution", bucket)
+    assert_pulls(distribution, image, "interop/from-dockyard:v1", tmp_path)
+    catalog = httpx.get(f"{distribution.url}/v2/_catalog").json()
+    assert catalog == {"repositories": ["interop/from-dockyard"]}
