@@ -1,0 +1,198 @@
+"""What only the s3 driver has: keys in the bucket, multipart uploads, server-side
+copies, resuming from another process, redirects. Against the session's moto server,
+looked at from outside with a plain boto3 client."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from dockyard.storage import S3Driver, create_driver
+from tests.s3.moto_server import MotoServer
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def bucket(moto_server: MotoServer) -> Iterator[str]:
+    yield moto_server.new_bucket()
+    moto_server.reset()
+
+
+def make(moto_server: MotoServer, bucket: str, **extra: Any) -> S3Driver:
+    driver = create_driver("s3", moto_server.driver_params(bucket, **extra))
+    assert isinstance(driver, S3Driver)
+    return driver
+
+
+@pytest.fixture
+async def s3(moto_server: MotoServer, bucket: str) -> AsyncIterator[S3Driver]:
+    driver = make(moto_server, bucket, rootdirectory="/registry/root/")
+    yield driver
+    await driver.close()
+
+
+def keys(moto_server: MotoServer, bucket: str) -> dict[str, int]:
+    client = moto_server.client()
+    found: dict[str, int] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        found.update((item["Key"], item["Size"]) for item in page.get("Contents", []))
+    return found
+
+
+def uploads_in_progress(moto_server: MotoServer, bucket: str) -> list[dict[str, Any]]:
+    result = moto_server.client().list_multipart_uploads(Bucket=bucket)
+    return list(result.get("Uploads", []))
+
+
+async def test_keys_are_the_paths_below_the_root_directory(
+    s3: S3Driver, moto_server: MotoServer, bucket: str
+) -> None:
+    await s3.write("/docker/registry/v2/blobs/sha256/ab/abcd/data", b"blob")
+    writer = await s3.writer("/docker/registry/v2/repositories/r/_uploads/u/data")
+    await writer.write(b"up")
+    await writer.commit()
+    await writer.close()
+    assert keys(moto_server, bucket) == {
+        "registry/root/docker/registry/v2/blobs/sha256/ab/abcd/data": 4,
+        "registry/root/docker/registry/v2/repositories/r/_uploads/u/data": 2,
+    }
+
+
+async def test_objects_written_by_others_are_read_with_their_store_times(
+    s3: S3Driver, moto_server: MotoServer, bucket: str
+) -> None:
+    # As Distribution writes them: no metadata of ours.
+    moto_server.client().put_object(
+        Bucket=bucket, Key="registry/root/docker/registry/v2/x/link", Body=b"sha256:x"
+    )
+    info = await s3.stat("/docker/registry/v2/x/link")
+    assert abs(info.mtime - time.time()) < 5
+    assert await s3.list("/docker/registry/v2/x") == ["link"]
+    # Keys no driver path can name (a console's directory marker) are not listed.
+    moto_server.client().put_object(Bucket=bucket, Key="registry/root/docker/odd name", Body=b"")
+    assert await s3.list("/docker") == ["registry"]
+
+
+async def test_a_writer_streams_parts_and_keeps_at_most_one_in_memory(
+    s3: S3Driver, moto_server: MotoServer, bucket: str
+) -> None:
+    content = os.urandom(17 * MiB + 3)
+    writer = await s3.writer("/u/data")
+    for start in range(0, len(content), MiB):
+        await writer.write(content[start : start + MiB])
+    # Three 5 MiB parts are on the server before anything is committed.
+    (upload,) = uploads_in_progress(moto_server, bucket)
+    parts = moto_server.client().list_parts(
+        Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+    )
+    assert [part["Size"] for part in parts["Parts"]] == [5 * MiB] * 3
+    assert len(writer._pending) == 2 * MiB + 3
+    await writer.commit()
+    await writer.close()
+    assert await s3.read("/u/data") == content
+    assert uploads_in_progress(moto_server, bucket) == []
+
+
+async def test_resume_in_another_process_continues_the_committed_object(
+    moto_server: MotoServer, bucket: str
+) -> None:
+    """A chunked upload whose chunks land on different replicas (or a restarted one)."""
+    expected = hashlib.sha256()
+    size = 0
+    # Chunks below and above the part size, so each resume starts from a small object
+    # read back or from a server-side copy of a large one.
+    for index, chunk_size in enumerate([MiB, 3 * MiB, 6 * MiB, 1, 5 * MiB + 1, 2]):
+        replica = make(moto_server, bucket)
+        writer = await (
+            replica.writer("/u/data") if index == 0 else replica.writer("/u/data", resume_at=size)
+        )
+        assert writer.size == size
+        chunk = os.urandom(chunk_size)
+        await writer.write(chunk)
+        await writer.commit()
+        await writer.close()
+        await replica.close()
+        expected.update(chunk)
+        size += chunk_size
+        assert (await make(moto_server, bucket).stat("/u/data")).size == size
+    reader = make(moto_server, bucket)
+    streamed = hashlib.sha256()
+    async for piece in reader.stream("/u/data"):
+        streamed.update(piece)
+    assert streamed.hexdigest() == expected.hexdigest()
+    assert uploads_in_progress(moto_server, bucket) == []
+    await reader.close()
+
+
+async def test_uncommitted_parts_are_aborted_on_close_and_on_delete(
+    s3: S3Driver, moto_server: MotoServer, bucket: str
+) -> None:
+    writer = await s3.writer("/r/_uploads/a/data")
+    await writer.write(os.urandom(6 * MiB))
+    assert len(uploads_in_progress(moto_server, bucket)) == 1
+    await writer.close()
+    assert uploads_in_progress(moto_server, bucket) == []
+    assert (await s3.stat("/r/_uploads/a/data")).size == 0
+
+    # A writer that never closes (its process died): deleting the upload directory
+    # (finishing or purging the upload) aborts its parts.
+    orphan = await s3.writer("/r/_uploads/b/data")
+    await orphan.write(os.urandom(6 * MiB))
+    await s3.delete("/r/_uploads/b")
+    assert uploads_in_progress(moto_server, bucket) == []
+
+
+async def test_touch_and_move_of_large_objects_copy_in_parts(
+    s3: S3Driver, moto_server: MotoServer, bucket: str
+) -> None:
+    content = os.urandom(12 * MiB + 5)
+    await s3.write("/blobs/big/data", content)
+    await s3.touch("/blobs/big/data", mtime=1000.0)
+    assert (await s3.stat("/blobs/big/data")).mtime == 1000.0
+    before = time.time()
+    await s3.touch("/blobs/big/data")
+    assert (await s3.stat("/blobs/big/data")).mtime >= before
+    await s3.touch("/blobs/big/data", mtime=2000.0)
+    await s3.move("/blobs/big", "/trash/0")
+    moved = await s3.stat("/trash/0/data")
+    assert (moved.size, moved.mtime) == (len(content), 2000.0)
+    assert await s3.read("/trash/0/data") == content
+    assert set(keys(moto_server, bucket)) == {"registry/root/trash/0/data"}
+    assert uploads_in_progress(moto_server, bucket) == []
+
+
+async def test_redirect_urls_are_pre_signed_and_can_be_disabled(
+    moto_server: MotoServer, bucket: str
+) -> None:
+    driver = make(moto_server, bucket)
+    await driver.write("/blobs/data", b"content")
+    url = await driver.redirect_url("/blobs/data")
+    assert url is not None
+    assert url.startswith(f"{moto_server.endpoint}/{bucket}/blobs/data?")
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(url)).content == b"content"
+    assert await driver.redirect_url("/blobs/data", "DELETE") is None
+    await driver.close()
+    quiet = create_driver("s3", {**moto_server.driver_params(bucket), "redirect": False})
+    assert await quiet.redirect_url("/blobs/data") is None
+    await quiet.close()
+
+
+async def test_an_unreachable_or_missing_bucket_is_a_storage_error(
+    moto_server: MotoServer,
+) -> None:
+    from dockyard.storage import PathNotFoundError, StorageError
+
+    driver = make(moto_server, "no-such-bucket")
+    with pytest.raises(StorageError) as error:
+        await driver.read("/docker/x")
+    assert not isinstance(error.value, PathNotFoundError)
+    assert "NoSuchBucket" in str(error.value)
+    await driver.close()
