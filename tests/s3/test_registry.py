@@ -7,6 +7,8 @@ through multipart uploads and pulls through pre-signed redirects to the S3 serve
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,7 @@ def push(registry: ServerProcess, image: Image, reference: str, workdir: Path) -
 
 
 def assert_pulls(registry: ServerProcess, image: Image, reference: str, workdir: Path) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / f"pull-{registry.port}"
     skopeo("copy", PULL, f"docker://{registry.host}/{reference}", f"oci:{out}:v1")
     pulled = read_oci_layout(out)
@@ -174,3 +177,47 @@ def test_a_bucket_dockyard_wrote_is_served_by_distribution(
     assert_pulls(distribution, image, "interop/from-dockyard:v1", tmp_path)
     catalog = httpx.get(f"{distribution.url}/v2/_catalog").json()
     assert catalog == {"repositories": ["interop/from-dockyard"]}
+
+
+def test_garbage_collection_on_s3_frees_exactly_the_deleted_image(
+    start_on_s3: Start, moto_server: MotoServer, bucket: str, tmp_path: Path
+) -> None:
+    """The seed's story on a bucket: delete one image by digest, collect while serving."""
+    registry = start_on_s3("dockyard", bucket)
+    kept = make_image("s3-gc-kept", layers=2)
+    dropped = make_image("s3-gc-dropped", layers=2)
+    push(registry, kept, "gc/kept:v1", tmp_path / "kept")
+    push(registry, dropped, "gc/dropped:v1", tmp_path / "dropped")
+    deleted = httpx.delete(f"{registry.url}/v2/gc/dropped/manifests/{dropped.digest}")
+    assert deleted.status_code == 202
+
+    collected = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dockyard",
+            "garbage-collect",
+            str(registry.config_path),
+            "--delay",
+            "0",
+            "--settle",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert collected.returncode == 0, collected.stderr + collected.stdout
+
+    def blob_key(digest: str) -> str:
+        hex_digest = digest.removeprefix("sha256:")
+        return f"docker/registry/v2/blobs/sha256/{hex_digest[:2]}/{hex_digest}/data"
+
+    keys = bucket_keys(moto_server, bucket)
+    assert {blob_key(d) for d in kept.all_digests} <= keys
+    assert not {blob_key(d) for d in dropped.all_digests} & keys
+    assert not any("/_dockyard/trash/" in key for key in keys)
+    assert_pulls(registry, kept, "gc/kept:v1", tmp_path / "after")
+    catalog = httpx.get(f"{registry.url}/v2/_catalog").json()
+    assert catalog == {"repositories": ["gc/kept"]}
