@@ -6,8 +6,9 @@ import re
 
 from aiohttp import web
 
+from dockyard import proxy
 from dockyard.api.context import empty, registry_of
-from dockyard.errors import RangeInvalid
+from dockyard.errors import BlobUnknown, RangeInvalid
 from dockyard.registry.blobs import OCTET_STREAM
 from dockyard.registry.digest import Digest
 
@@ -39,7 +40,16 @@ async def get_blob(request: web.Request, name: str, digest_text: str) -> web.Str
     registry = registry_of(request)
     digest = Digest.parse(digest_text)
     repo = registry.repository(name)
-    descriptor = await repo.blobs.stat(digest)
+    try:
+        descriptor = await repo.blobs.stat(digest)
+    except BlobUnknown:
+        # A mirror brings the blob in from its upstream (dockyard.proxy).
+        pulled = await proxy.pull_blob(request, repo, digest)
+        if pulled is None:
+            raise
+        if isinstance(pulled, web.StreamResponse):
+            return pulled
+        descriptor = pulled
     headers = {
         "Docker-Content-Digest": str(digest),
         "Content-Type": OCTET_STREAM,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from dockyard import proxy
 from dockyard.api.context import empty, registry_of, urls_of
 from dockyard.errors import ManifestInvalid, ManifestUnknown
 from dockyard.registry import Repository
@@ -31,7 +32,10 @@ async def _resolve(repo: Repository, reference: str) -> Digest:
 
 async def get_manifest(request: web.Request, name: str, reference: str) -> web.StreamResponse:
     repo = registry_of(request).repository(name)
-    stored = await repo.manifests.get(await _resolve(repo, reference))
+    # A mirror answers from its cache or its upstream (dockyard.proxy).
+    stored = await proxy.pull_manifest(request, repo, reference) or await repo.manifests.get(
+        await _resolve(repo, reference)
+    )
     headers = {
         "Docker-Content-Digest": str(stored.digest),
         "Content-Type": stored.media_type,

@@ -13,6 +13,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from dockyard import proxy
 from dockyard.api import blobs, extensions, listing, manifests, referrers, uploads
 from dockyard.api.context import urls_of
 from dockyard.errors import NameUnknown, Unsupported
@@ -94,4 +95,6 @@ def raw_tail(request: web.Request) -> str:
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
     endpoint, params = resolve(raw_tail(request), request.method)
+    if request.method not in ("GET", "HEAD") and "name" in params:
+        proxy.refuse_writes(request, unquote(params["name"]))
     return await endpoint(request, **{key: unquote(value) for key, value in params.items()})

@@ -56,7 +56,6 @@ UNSUPPORTED_KEYS: Final[frozenset[str]] = frozenset(
         "health.file",
         "health.http",
         "health.tcp",
-        "proxy",
         "validation",
     }
 )

@@ -494,6 +494,52 @@ class Catalog(Section):
         return value
 
 
+# --- proxy (pull-through cache) ----------------------------------------------------------------
+
+# Distribution's default for proxy.ttl: cached content unused this long is dropped.
+PROXY_TTL = timedelta(hours=168)
+
+
+class Proxy(Section):
+    """Distribution's ``proxy``: the whole registry mirrors ``remoteurl``."""
+
+    remoteurl: str | None = None
+    username: str | None = None
+    password: str | None = None
+    ttl: Duration = PROXY_TTL
+
+
+class ProxyUpstream(BaseModel):
+    """One ``dockyard.proxy`` entry: repositories under ``prefix`` mirror ``remoteurl``.
+
+    ``local: true`` (and no ``remoteurl``) keeps the prefix an ordinary repository area
+    that accepts pushes. ``library`` adds Docker Hub's implied ``library/`` to one-part
+    names; unset, it is on for Docker Hub's addresses.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    prefix: str = ""
+    remoteurl: str | None = None
+    username: str | None = None
+    password: str | None = None
+    ttl: Duration = PROXY_TTL
+    cafile: str | None = None
+    insecureskipverify: bool = False
+    library: bool | None = None
+    local: bool = False
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return value.strip("/")
+
+    @model_validator(mode="after")
+    def _target(self) -> ProxyUpstream:
+        if self.local == (self.remoteurl is not None):
+            raise ValueError("an entry needs a remoteurl, or local: true without one")
+        return self
+
+
 # --- Dockyard's own section -----------------------------------------------------------------
 
 
@@ -565,6 +611,7 @@ class Dockyard(Section):
     workers: int | None = None
     auth: DockyardAuth = Field(default_factory=DockyardAuth)
     gc: GarbageCollection = Field(default_factory=GarbageCollection)
+    proxy: list[ProxyUpstream] = Field(default_factory=list)
 
     @field_validator("workers")
     @classmethod
@@ -592,7 +639,7 @@ class Config(Section):
     notifications: dict[str, Any] | None = None
     redis: dict[str, Any] | None = None
     health: Health = Field(default_factory=Health)
-    proxy: dict[str, Any] | None = None
+    proxy: Proxy | None = None
     compatibility: dict[str, Any] | None = None
     validation: dict[str, Any] | None = None
     policy: dict[str, Any] | None = None

@@ -324,6 +324,8 @@ class S3Driver(StorageDriver):
             if _is_missing(error):
                 return None
             raise _failure(path, error) from error
+        # A file here means directories above it (what writes check for).
+        self._remember_directories(path)
         return FileInfo(
             path, head["ContentLength"], _mtime(head.get("Metadata"), head["LastModified"]), False
         )
@@ -613,6 +615,7 @@ class S3Driver(StorageDriver):
         anything, children = await self._children(path)
         if not anything:
             raise PathNotFoundError(path)
+        self._remember_directories(path, is_dir=True)
         return sorted(children)
 
     async def move(self, source: str, dest: str) -> None:

@@ -1,0 +1,150 @@
+"""Registry mirror: a pull-through cache of one or more upstream registries.
+
+Configured by Distribution's ``proxy`` section (one upstream for every repository) or
+by ``dockyard.proxy`` (upstreams chosen by repository prefix). The API handlers call
+the three hooks here; each is a no-op for a repository that no upstream serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from dockyard.config import Config
+from dockyard.errors import Unsupported
+from dockyard.proxy.fetch import Finished
+from dockyard.proxy.mirror import Mirror
+from dockyard.proxy.routing import routes_of
+from dockyard.registry import Registry, Repository
+from dockyard.registry.blobs import OCTET_STREAM, BlobDescriptor
+from dockyard.registry.digest import Digest
+from dockyard.registry.manifest_store import StoredManifest
+
+log = logging.getLogger("dockyard.proxy")
+
+MIRROR = web.AppKey("mirror", Mirror)
+# Expiry runs this often at most, and at least every quarter of the shortest ttl.
+EXPIRY_INTERVAL = 600.0
+
+__all__ = ["MIRROR", "Mirror", "install", "pull_blob", "pull_manifest", "refuse_writes"]
+
+
+def install(app: web.Application, config: Config, registry: Registry, background: bool) -> None:
+    """Make the application a mirror when the configuration names an upstream."""
+    routes = routes_of(config)
+    if not any(route.client is not None for route in routes):
+        return
+    mirror = Mirror(registry, routes)
+    app[MIRROR] = mirror
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        job = None
+        if background and not registry.options.read_only:
+            job = asyncio.get_running_loop().create_task(_expire_periodically(mirror))
+        yield
+        if job is not None:
+            job.cancel()
+            await asyncio.gather(job, return_exceptions=True)
+        await mirror.close()
+
+    app.cleanup_ctx.append(lifecycle)
+
+
+def _expiry_interval(mirror: Mirror) -> float:
+    ttls = [route.ttl for route in mirror.routes if route.client is not None and route.ttl > 0]
+    return min([EXPIRY_INTERVAL, *(max(ttl / 4, 1.0) for ttl in ttls)])
+
+
+async def _expire_periodically(mirror: Mirror) -> None:
+    interval = _expiry_interval(mirror)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            count = await mirror.expire()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("expiring cached content failed")
+            continue
+        if count:
+            log.info("expired %d cached manifest(s)", count)
+
+
+def _mirror(request: web.Request) -> Mirror | None:
+    mirror = request.app.get(MIRROR)
+    if mirror is None or mirror.registry.options.read_only:
+        return None
+    return mirror
+
+
+def refuse_writes(request: web.Request, name: str) -> None:
+    """Pushes and deletes in a mirrored repository: 405 UNSUPPORTED, as Distribution."""
+    mirror = request.app.get(MIRROR)
+    if mirror is not None and mirror.target(name) is not None:
+        raise Unsupported(
+            "this repository is a pull-through cache: pushes and deletes are not supported",
+            detail={"name": name[:300]},
+        )
+
+
+async def pull_manifest(
+    request: web.Request, repo: Repository, reference: str
+) -> StoredManifest | None:
+    """The manifest of a mirrored repository, from the cache or the upstream."""
+    mirror = _mirror(request)
+    target = mirror.target(repo.name) if mirror is not None else None
+    if mirror is None or target is None:
+        return None
+    return await mirror.manifest(target, reference)
+
+
+async def pull_blob(
+    request: web.Request, repo: Repository, digest: Digest
+) -> web.StreamResponse | BlobDescriptor | None:
+    """A blob the repository does not have: None when it is not mirrored; a descriptor
+    when it is now linked here (serve it as usual); else the answer, streamed from the
+    upstream while it is stored."""
+    mirror = _mirror(request)
+    target = mirror.target(repo.name) if mirror is not None else None
+    if mirror is None or target is None:
+        return None
+    local = await mirror.adopt_local(repo, digest)
+    if local is not None:
+        return local
+    headers = {
+        "Docker-Content-Digest": str(digest),
+        "Content-Type": OCTET_STREAM,
+        "ETag": f'"{digest}"',
+        "Cache-Control": "max-age=31536000",
+    }
+    if request.method == "HEAD":
+        size = await mirror.blob_size(target, digest)
+        return web.Response(status=200, headers={**headers, "Content-Length": str(size)})
+    fetch = mirror.fetch(target, digest)
+    try:
+        fd = await fetch.started()
+    except Finished:
+        return await mirror.registry.blobs.stat(digest)
+    response = web.StreamResponse(status=200, headers=headers)
+    if fetch.size is not None:
+        response.content_length = fetch.size
+    try:
+        await response.prepare(request)
+        async for piece in fetch.pieces(fd):
+            await response.write(piece)
+    except Exception as error:
+        if not response.prepared:
+            raise
+        # The status line is out: cutting the connection short is the only way left to
+        # tell the client that what it received is not the blob.
+        log.warning("cut %s short: %s", request.path, error)
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+    finally:
+        fetch.release()
+    await response.write_eof()
+    return response

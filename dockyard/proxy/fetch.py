@@ -1,0 +1,215 @@
+"""One blob fetched from an upstream once, streamed to every client that asks meanwhile.
+
+The fetch runs in its own task, independent of the requests that started or joined it
+(a client that goes away does not stop it). It appends the upstream's bytes to a spool
+file while hashing them; readers follow the spool from its start up to what has been
+written, so each client receives bytes as soon as they arrive, whether it came first
+or joined late. When the upstream's body is complete and its digest matches, the spool
+becomes the blob in one move (filesystem storage) or is copied into the storage driver,
+and is linked into the repository; on a mismatch, or if the upstream fails, nothing is
+stored and every reader's response is cut short, so no client takes it for complete.
+
+Readers share the spool's file descriptor, so the move that commits it does not
+disturb them. Single flight is per process: with several workers, each may fetch the
+same blob once (see ``Mirror``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from dockyard.errors import BlobUnknown, Unavailable
+from dockyard.proxy.routing import Target
+from dockyard.proxy.upstream import UpstreamUnavailable
+from dockyard.registry import Registry, layout
+from dockyard.registry.digest import Digest, new_hasher
+
+log = logging.getLogger("dockyard.proxy")
+
+PIECE = 1 << 20
+INCOMING = f"{layout.ROOT}/_dockyard/proxy/incoming"
+
+
+class BlobFetch:
+    def __init__(
+        self,
+        registry: Registry,
+        target: Target,
+        digest: Digest,
+        done: Callable[[BlobFetch], None],
+    ) -> None:
+        self.registry = registry
+        self.target = target
+        self.digest = digest
+        self.size: int | None = None
+        self.written = 0
+        self.complete = False
+        self.error: Exception | None = None
+        self._changed = asyncio.Condition()
+        self._started = asyncio.Event()
+        self._fd: int | None = None
+        self._users = 0
+        self._done = done
+        self._storage_path: str | None = None
+        self._spool_path = ""
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    # --- the fetch ---------------------------------------------------------------------
+
+    def _open_spool(self) -> None:
+        name = str(uuid.uuid4())
+        storage_path = f"{INCOMING}/{name}"
+        local = self.registry.driver.local_path(storage_path)
+        if local is not None:
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+            self._storage_path, self._spool_path = storage_path, local
+        else:
+            handle, self._spool_path = tempfile.mkstemp(prefix="dockyard-proxy-")
+            os.close(handle)
+        self._fd = os.open(self._spool_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._users += 1
+
+    async def _run(self) -> None:
+        try:
+            await self._fetch()
+        except Exception as error:  # noqa: BLE001 - every reader learns of it; nothing is stored
+            if isinstance(error, UpstreamUnavailable):
+                error = Unavailable("upstream unavailable", detail={"reason": str(error)})
+            self.error = error
+            log.warning("fetching %s for %s failed: %s", self.digest, self.target.name, error)
+            self._discard_spool()
+        finally:
+            self._done(self)
+            self._started.set()
+            async with self._changed:
+                self._changed.notify_all()
+            if self._fd is not None:
+                self.release()
+
+    async def _fetch(self) -> None:
+        response = await self.target.client.request(
+            "GET", self.target.remote, f"blobs/{self.digest}"
+        )
+        async with response:
+            if response.status == 404:
+                raise BlobUnknown(detail={"digest": str(self.digest)})
+            if response.status != 200:
+                raise Unavailable(
+                    "upstream refused the blob",
+                    detail={"digest": str(self.digest), "status": response.status},
+                )
+            if response.content_length is not None:
+                self.size = response.content_length
+            await asyncio.to_thread(self._open_spool)
+            self._started.set()
+            hasher = new_hasher(self.digest.algorithm)
+            pending = bytearray()
+            async for chunk in response.content.iter_any():
+                pending += chunk
+                if len(pending) >= PIECE:
+                    await self._append(hasher, bytes(pending))
+                    pending.clear()
+            if pending:
+                await self._append(hasher, bytes(pending))
+        actual = Digest(self.digest.algorithm, hasher.hexdigest())
+        if actual != self.digest or (self.size is not None and self.size != self.written):
+            raise Unavailable(
+                "upstream content does not match its digest",
+                detail={"digest": str(self.digest), "actual": str(actual), "size": self.written},
+            )
+        self.size = self.written
+        await self._commit()
+        self.complete = True
+
+    async def _append(self, hasher: Any, piece: bytes) -> None:
+        assert self._fd is not None
+        fd, offset = self._fd, self.written
+        await asyncio.gather(
+            asyncio.to_thread(hasher.update, piece),
+            asyncio.to_thread(os.pwrite, fd, piece, offset),
+        )
+        self.written += len(piece)
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _commit(self) -> None:
+        assert self._fd is not None
+        await asyncio.to_thread(os.fsync, self._fd)
+        driver = self.registry.driver
+        if self._storage_path is None:
+            # Storage that is not a local directory: copy the verified spool into it.
+            path = f"{INCOMING}/{uuid.uuid4()}"
+            writer = await driver.writer(path)
+            try:
+                offset = 0
+                while offset < self.written:
+                    piece = await asyncio.to_thread(os.pread, self._fd, PIECE, offset)
+                    await writer.write(piece)
+                    offset += len(piece)
+                await writer.commit()
+            finally:
+                await writer.close()
+            self._discard_spool()
+        else:
+            path = self._storage_path
+        await self.registry.blobs.adopt(path, self.digest)
+        await self.registry.repository(self.target.name).blobs.link(self.digest)
+
+    def _discard_spool(self) -> None:
+        if self._spool_path:
+            try:
+                os.unlink(self._spool_path)
+            except FileNotFoundError:
+                pass
+
+    def release(self) -> None:
+        self._users -= 1
+        if self._users == 0 and self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    # --- the readers -------------------------------------------------------------------
+
+    async def started(self) -> int:
+        """Wait until the upstream has answered, then take a reader's hold of the spool.
+
+        Raises the fetch's error, or ``Finished`` when it completed and closed its spool
+        before this reader came (the blob is stored by then). The caller ``release``s.
+        """
+        await self._started.wait()
+        if self.error is not None:
+            raise self.error
+        if self._fd is None:
+            raise Finished()
+        self._users += 1
+        return self._fd
+
+    def _beyond(self, offset: int) -> bool:
+        return self.written > offset or self.complete or self.error is not None
+
+    async def pieces(self, fd: int) -> AsyncIterator[bytes]:
+        """The blob's bytes from the start, as they arrive; raises if the fetch fails."""
+        offset = 0
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(functools.partial(self._beyond, offset))
+            if self.error is not None:
+                raise self.error
+            if offset < self.written:
+                length = min(self.written - offset, PIECE)
+                piece = await asyncio.to_thread(os.pread, fd, length, offset)
+                offset += len(piece)
+                yield piece
+            elif self.complete:
+                return
+
+
+class Finished(Exception):
+    """The fetch completed before the reader could join; serve the stored blob."""

@@ -1,0 +1,330 @@
+"""The pull-through cache: manifests and blobs missing here come from the upstream.
+
+What is fetched is stored exactly as a push would store it (blob content, the
+repository's layer and revision links, tags), so it is served from storage from then
+on, by this process or any other, and Distribution reading the same directory sees an
+ordinary repository. Bookkeeping lives under ``_dockyard/proxy/repositories/<name>/``,
+where Distribution does not look:
+
+- ``_tags/<tag>``: ``{"digest", "validated"}``, when the upstream last confirmed the tag.
+  A tag is served without asking the upstream for ``ttl`` after that; then a HEAD asks
+  again (a new digest is fetched and the tag moved). If the upstream cannot be reached
+  the cached manifest is served.
+- ``_manifests/<alg>/<hex>``: ``{"fetched"}``; its modification time is the last pull.
+  A manifest neither fetched nor pulled for ``ttl`` is expired by ``expire``: its tags
+  and revision are deleted like a DELETE would, so garbage collection frees the blobs
+  nothing else references. Expiry is skipped while the upstream is unreachable.
+
+Several worker processes each keep their own single flight: a blob that several workers
+are asked for at once is fetched at most once per worker. Storage is the only thing
+workers share, and a spool another process is still writing cannot be followed through
+every storage driver, nor told apart from one whose writer died; committing is
+idempotent (the second ``adopt`` of the same digest is a no-op), so the cost of the
+rare duplicate is upstream bandwidth, never correctness.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from dockyard.errors import (
+    BlobUnknown,
+    DigestInvalid,
+    ManifestInvalid,
+    ManifestUnknown,
+    NameUnknown,
+    Unavailable,
+)
+from dockyard.proxy.fetch import BlobFetch
+from dockyard.proxy.routing import Route, Target, find_target
+from dockyard.proxy.upstream import UpstreamUnavailable
+from dockyard.registry import Registry, Repository, layout
+from dockyard.registry.blobs import BlobDescriptor
+from dockyard.registry.digest import Digest
+from dockyard.registry.links import delete_if_exists, write_link
+from dockyard.registry.manifest_store import StoredManifest
+from dockyard.registry.manifests import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    DOCKER_SCHEMA1,
+    MAX_MANIFEST_SIZE,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    parse_stored,
+)
+from dockyard.registry.names import is_valid_tag
+from dockyard.storage.driver import PathNotFoundError
+
+log = logging.getLogger("dockyard.proxy")
+
+RECORDS = f"{layout.ROOT}/_dockyard/proxy/repositories"
+ACCEPT = ", ".join(
+    (OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST, *DOCKER_SCHEMA1)
+)
+
+
+def tag_record(name: str, tag: str) -> str:
+    return f"{RECORDS}/{name}/_tags/{tag}"
+
+
+def manifest_record(name: str, digest: Digest) -> str:
+    return f"{RECORDS}/{name}/_manifests/{digest.algorithm}/{digest.hex}"
+
+
+@dataclass(frozen=True, slots=True)
+class TagState:
+    digest: Digest
+    validated: float
+
+
+class Mirror:
+    def __init__(self, registry: Registry, routes: list[Route]) -> None:
+        self.registry = registry
+        self.routes = routes
+        self.fetches: dict[Digest, BlobFetch] = {}
+
+    def target(self, name: str) -> Target | None:
+        return find_target(self.routes, name)
+
+    async def close(self) -> None:
+        for fetch in list(self.fetches.values()):
+            fetch.task.cancel()
+        for route in self.routes:
+            if route.client is not None:
+                await route.client.close()
+
+    # --- manifests ---------------------------------------------------------------------
+
+    async def manifest(self, target: Target, reference: str) -> StoredManifest:
+        repo = self.registry.repository(target.name)
+        if ":" in reference:
+            digest = Digest.parse(reference)
+            if not await repo.manifests.exists(digest):
+                await self._fetch_manifest(target, repo, reference, digest)
+            return await self._serve(repo, digest)
+        if not is_valid_tag(reference):
+            raise ManifestUnknown(detail={"tag": reference[:200]})
+        return await self._serve(repo, await self._tag(target, repo, reference))
+
+    async def _serve(self, repo: Repository, digest: Digest) -> StoredManifest:
+        stored = await repo.manifests.get(digest)
+        try:
+            await self.registry.driver.touch(manifest_record(repo.name, digest))
+        except PathNotFoundError:
+            # Content that was here before the cache was: it never expires.
+            pass
+        return stored
+
+    async def _tag(self, target: Target, repo: Repository, tag: str) -> Digest:
+        local: Digest | None
+        try:
+            local = await repo.tags.resolve(tag)
+        except ManifestUnknown:
+            local = None
+        state = await self._tag_state(repo.name, tag)
+        ttl = target.route.ttl
+        if (
+            local is not None
+            and state is not None
+            and state.digest == local
+            and ttl > 0
+            and time.time() - state.validated < ttl
+        ):
+            return local
+        try:
+            remote = await self._head_manifest(target, tag)
+            if remote is None or not await repo.manifests.exists(remote):
+                remote = await self._fetch_manifest(target, repo, tag, remote)
+            elif remote != local:
+                await repo.tags.tag(tag, remote)
+        except (Unavailable, ManifestUnknown) as error:
+            if local is None:
+                raise
+            # The upstream is down, or no longer has the tag: serve what is cached,
+            # as Distribution's proxy does.
+            log.info("serving cached %s:%s: %s", repo.name, tag, error.message)
+            return local
+        await self.registry.driver.write(
+            tag_record(repo.name, tag),
+            json.dumps({"digest": str(remote), "validated": time.time()}).encode(),
+        )
+        return remote
+
+    async def _tag_state(self, name: str, tag: str) -> TagState | None:
+        try:
+            body = json.loads(await self.registry.driver.read(tag_record(name, tag)))
+            return TagState(Digest.parse(body["digest"]), float(body["validated"]))
+        except PathNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError, DigestInvalid):
+            return None  # a damaged record is as good as none
+
+    async def _head_manifest(self, target: Target, tag: str) -> Digest | None:
+        """The tag's digest upstream; None when the upstream does not say (then GET)."""
+        try:
+            response = await target.client.request(
+                "HEAD", target.remote, f"manifests/{tag}", {"Accept": ACCEPT}
+            )
+        except UpstreamUnavailable as error:
+            raise Unavailable("upstream unavailable", detail={"reason": str(error)}) from None
+        async with response:
+            if response.status == 404:
+                raise ManifestUnknown(detail={"tag": tag})
+            if response.status != 200:
+                raise Unavailable(
+                    "upstream refused the manifest", detail={"status": response.status}
+                )
+            header = response.headers.get("Docker-Content-Digest")
+        try:
+            return Digest.parse(header) if header else None
+        except DigestInvalid:
+            return None
+
+    async def _fetch_manifest(
+        self, target: Target, repo: Repository, reference: str, expected: Digest | None
+    ) -> Digest:
+        """GET the manifest upstream, check its digest, store it (and tag it)."""
+        try:
+            response = await target.client.request(
+                "GET", target.remote, f"manifests/{reference}", {"Accept": ACCEPT}
+            )
+            async with response:
+                if response.status == 404:
+                    raise ManifestUnknown(detail={"reference": reference[:200]})
+                if response.status != 200:
+                    raise Unavailable(
+                        "upstream refused the manifest", detail={"status": response.status}
+                    )
+                if (response.content_length or 0) > MAX_MANIFEST_SIZE:
+                    raise Unavailable("upstream manifest is too large")
+                data = await response.content.read(MAX_MANIFEST_SIZE + 1)
+                header = response.headers.get("Docker-Content-Digest")
+        except UpstreamUnavailable as error:
+            raise Unavailable("upstream unavailable", detail={"reason": str(error)}) from None
+        if len(data) > MAX_MANIFEST_SIZE:
+            raise Unavailable("upstream manifest is too large")
+        claimed = expected or (Digest.parse(header) if header else None)
+        digest = Digest.of(data, claimed.algorithm if claimed else "sha256")
+        if claimed is not None and digest != claimed:
+            raise Unavailable(
+                "upstream manifest does not match its digest",
+                detail={"expected": str(claimed), "actual": str(digest)},
+            )
+        await self._store_manifest(repo, data, digest, None if ":" in reference else reference)
+        return digest
+
+    async def _store_manifest(
+        self, repo: Repository, data: bytes, digest: Digest, tag: str | None
+    ) -> None:
+        driver = self.registry.driver
+        await driver.write(
+            manifest_record(repo.name, digest), json.dumps({"fetched": time.time()}).encode()
+        )
+        await self.registry.blobs.put(data, digest)
+        await write_link(driver, layout.revision_link(repo.name, digest), digest)
+        try:
+            subject = parse_stored(data, digest).subject
+        except ManifestInvalid:
+            subject = None
+        if subject is not None:
+            await write_link(
+                driver, layout.referrer_link(repo.name, subject.digest, digest), digest
+            )
+        if tag is not None:
+            await repo.tags.tag(tag, digest)
+
+    # --- blobs -------------------------------------------------------------------------
+
+    async def blob_size(self, target: Target, digest: Digest) -> int:
+        """What a HEAD of a blob not cached yet answers, from the upstream's HEAD."""
+        try:
+            response = await target.client.request("HEAD", target.remote, f"blobs/{digest}")
+        except UpstreamUnavailable as error:
+            raise Unavailable("upstream unavailable", detail={"reason": str(error)}) from None
+        async with response:
+            if response.status == 404:
+                raise BlobUnknown(detail={"digest": str(digest)})
+            if response.status != 200 or response.content_length is None:
+                raise Unavailable("upstream refused the blob", detail={"status": response.status})
+            return response.content_length
+
+    async def adopt_local(self, repo: Repository, digest: Digest) -> BlobDescriptor | None:
+        """Link a blob another repository already brought in; None when it is not here."""
+        try:
+            descriptor = await self.registry.blobs.stat(digest)
+        except BlobUnknown:
+            return None
+        await repo.blobs.link(digest)
+        return descriptor
+
+    def fetch(self, target: Target, digest: Digest) -> BlobFetch:
+        """The fetch of ``digest`` in flight in this process, started if there is none."""
+        fetch = self.fetches.get(digest)
+        if fetch is None:
+            fetch = self.fetches[digest] = BlobFetch(
+                self.registry, target, digest, self._fetch_done
+            )
+        return fetch
+
+    def _fetch_done(self, fetch: BlobFetch) -> None:
+        if self.fetches.get(fetch.digest) is fetch:
+            del self.fetches[fetch.digest]
+
+    # --- expiry ------------------------------------------------------------------------
+
+    async def expire(self, now: float | None = None) -> int:
+        """Delete cached manifests unused for their route's ttl; returns how many."""
+        now = time.time() if now is None else now
+        driver = self.registry.driver
+        expired = 0
+        reachable: dict[str, bool] = {}
+        try:
+            entries = [info async for info in driver.walk(RECORDS)]
+        except PathNotFoundError:
+            return 0
+        for info in entries:
+            if info.is_dir or "/_manifests/" not in info.path:
+                continue
+            name, _, rest = info.path[len(RECORDS) + 1 :].partition("/_manifests/")
+            algorithm, _, hex_part = rest.partition("/")
+            target = self.target(name)
+            if target is None or target.route.ttl <= 0:
+                continue
+            if now - info.mtime < target.route.ttl:
+                continue
+            try:
+                digest = Digest.parse(f"{algorithm}:{hex_part}")
+                fetched = float(json.loads(await driver.read(info.path))["fetched"])
+            except (PathNotFoundError, ValueError, KeyError, TypeError, DigestInvalid):
+                fetched = 0.0
+                digest = None
+            if digest is None or now - fetched < target.route.ttl:
+                continue
+            if target.route.prefix not in reachable:
+                reachable[target.route.prefix] = await target.client.ping()
+            if not reachable[target.route.prefix]:
+                continue
+            await self._expire_one(name, digest)
+            expired += 1
+        return expired
+
+    async def _expire_one(self, name: str, digest: Digest) -> None:
+        repo = self.registry.repository(name)
+        for tag in await _tags_at(repo, digest):
+            await delete_if_exists(self.registry.driver, tag_record(name, tag))
+        try:
+            await repo.manifests.delete(digest)
+        except ManifestUnknown:
+            pass
+        await delete_if_exists(self.registry.driver, manifest_record(name, digest))
+        log.info("expired cached manifest %s@%s", name, digest)
+
+
+async def _tags_at(repo: Repository, digest: Digest) -> list[str]:
+    try:
+        return await repo.tags.pointing_at(digest)
+    except NameUnknown:
+        return []
