@@ -54,7 +54,9 @@ def proxies() -> Iterator[Callable[[ServerProcess], CountingProxy]]:
         proxy.close()
 
 
-def push_image(registry: ServerProcess, tmp_path: Path, ref: str, image: Image, *creds: str) -> None:
+def push_image(
+    registry: ServerProcess, tmp_path: Path, ref: str, image: Image, *creds: str
+) -> None:
     layout = write_oci_layout(tmp_path / f"src-{image.digest[7:19]}", {"v": image})
     skopeo("copy", PUSH, *creds, f"oci:{layout}:v", f"docker://{registry.host}/{ref}")
 
@@ -115,3 +117,316 @@ def test_pull_through_then_served_locally(
     response = httpx.get(f"{mirror.url}/v2/team/app/manifests/nope")
     assert response.status_code == 404
     assert response.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+
+
+def test_cached_tag_is_served_while_the_upstream_is_down(
+    server_factory: ServerFactory,
+    proxies: Callable[[ServerProcess], CountingProxy],
+    tmp_path: Path,
+) -> None:
+    upstream = server_factory("dockyard", name="upstream")
+    counter = proxies(upstream)
+    mirror = mirror_of(server_factory, counter.url, ttl="1s")
+    image = make_image("outage")
+    push_image(upstream, tmp_path, "team/app:v1", image)
+    assert_same_image(pull_image(mirror, tmp_path / "first", "team/app:v1"), image)
+
+    counter.go_down()
+    # Past the ttl the tag is due for a check the upstream cannot answer.
+    time.sleep(1.5)
+    assert_same_image(pull_image(mirror, tmp_path / "second", "team/app:v1"), image)
+    assert_same_image(pull_image(mirror, tmp_path / "third", f"team/app@{image.digest}"), image)
+    # What was never cached cannot be served.
+    response = httpx.get(f"{mirror.url}/v2/team/other/manifests/v1")
+    assert response.status_code == 503
+    assert response.json()["errors"][0]["code"] == "UNAVAILABLE"
+
+    counter.come_back()
+    assert_same_image(pull_image(mirror, tmp_path / "fourth", "team/app:v1"), image)
+
+
+def test_tag_is_revalidated_after_ttl(
+    server_factory: ServerFactory,
+    proxies: Callable[[ServerProcess], CountingProxy],
+    tmp_path: Path,
+) -> None:
+    upstream = server_factory("dockyard", name="upstream")
+    counter = proxies(upstream)
+    mirror = mirror_of(server_factory, counter.url, ttl="2s")
+    old, new = make_image("ttl-old"), make_image("ttl-new")
+    push_image(upstream, tmp_path, "team/app:latest", old)
+    assert_same_image(pull_image(mirror, tmp_path / "first", "team/app:latest"), old)
+
+    # The tag moves upstream; within the ttl the mirror does not ask.
+    push_image(upstream, tmp_path, "team/app:latest", new)
+    heads = counter.count("HEAD", "/manifests/latest")
+    assert_same_image(pull_image(mirror, tmp_path / "second", "team/app:latest"), old)
+    assert counter.count("HEAD", "/manifests/latest") == heads
+
+    time.sleep(2.5)
+    assert_same_image(pull_image(mirror, tmp_path / "third", "team/app:latest"), new)
+    assert counter.count("HEAD", "/manifests/latest") == heads + 1
+    # The new image's layers came from the upstream; the old one's stayed cached.
+    assert counter.count("GET", f"/blobs/{new.layers[0].digest}") == 1
+    assert counter.count("GET", f"/blobs/{old.layers[0].digest}") == 1
+
+
+def test_unused_content_expires_and_garbage_collection_frees_it(
+    server_factory: ServerFactory,
+    proxies: Callable[[ServerProcess], CountingProxy],
+    tmp_path: Path,
+) -> None:
+    upstream = server_factory("dockyard", name="upstream")
+    counter = proxies(upstream)
+    mirror = mirror_of(
+        server_factory, counter.url, ttl="1s", dockyard={"gc": {"delay": "0s", "settle": "1s"}}
+    )
+    image = make_image("expiry")
+    push_image(upstream, tmp_path, "team/app:v1", image)
+    pull_image(mirror, tmp_path / "first", "team/app:v1")
+    v2 = mirror.root / "docker" / "registry" / "v2"
+    revision = v2 / "repositories/team/app/_manifests/revisions/sha256" / image.digest[7:]
+    layer = image.layers[0].digest[7:]
+    assert revision.exists()
+    assert (v2 / "blobs/sha256" / layer[:2] / layer / "data").exists()
+
+    deadline = time.monotonic() + 60
+    while revision.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not revision.exists(), "the expired manifest is still there"
+    assert not (v2 / "repositories/team/app/_manifests/tags/v1").exists()
+
+    collect = subprocess.run(
+        [sys.executable, "-m", "dockyard", "garbage-collect", str(mirror.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert collect.returncode == 0, collect.stderr
+    assert not (v2 / "blobs/sha256" / layer[:2] / layer).exists(), collect.stdout
+
+    # Pulled again, it comes back from the upstream.
+    assert_same_image(pull_image(mirror, tmp_path / "second", "team/app:v1"), image)
+
+
+BIG = 256 << 20
+CLIENTS = 10
+
+
+def test_concurrent_pulls_of_a_cold_blob_fetch_it_once_and_stream(
+    server_factory: ServerFactory,
+    proxies: Callable[[ServerProcess], CountingProxy],
+) -> None:
+    upstream = server_factory("dockyard", name="upstream")
+    counter = proxies(upstream)
+    # Single flight is per worker process (several workers fetch at most once each).
+    mirror = mirror_of(server_factory, counter.url, dockyard={"workers": 1})
+    data = os.urandom(BIG)
+    expected = hashlib.sha256(data).hexdigest()
+    with httpx.Client(timeout=120) as client:
+        digest = push_blob(client, upstream.url, "big/blob", data)
+    del data
+
+    # The upstream's body stops one MiB short of the end until every client has bytes.
+    counter.gate_path = f"/blobs/{digest}"
+    started = threading.Semaphore(0)
+    results: list[tuple[int, str, int]] = []
+    errors: list[BaseException] = []
+
+    def pull() -> None:
+        try:
+            hasher = hashlib.sha256()
+            size = 0
+            first = True
+            with httpx.stream(
+                "GET", f"{mirror.url}/v2/big/blob/blobs/{digest}", timeout=120
+            ) as response:
+                for chunk in response.iter_bytes():
+                    if first and chunk:
+                        first = False
+                        started.release()
+                    hasher.update(chunk)
+                    size += len(chunk)
+                results.append((response.status_code, hasher.hexdigest(), size))
+        except Exception as error:  # noqa: BLE001 - reported below, with the others
+            errors.append(error)
+            started.release()
+
+    threads = [threading.Thread(target=pull) for _ in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    for _ in range(CLIENTS):
+        assert started.acquire(timeout=120), "a client received nothing while the fetch ran"
+    # Every client is receiving while the upstream body is incomplete.
+    assert not counter.gate.is_set()
+    assert not errors, errors
+    counter.gate.set()
+    for thread in threads:
+        thread.join(300)
+    assert not errors, errors
+    assert results == [(200, expected, BIG)] * CLIENTS
+    assert counter.count("GET", f"/blobs/{digest}") == 1
+
+    # Stored: the next pull is local.
+    with httpx.stream("GET", f"{mirror.url}/v2/big/blob/blobs/{digest}", timeout=120) as response:
+        hasher = hashlib.sha256()
+        for chunk in response.iter_bytes():
+            hasher.update(chunk)
+    assert hasher.hexdigest() == expected
+    assert counter.count("GET", f"/blobs/{digest}") == 1
+
+
+def test_content_that_does_not_match_its_digest_is_not_stored(
+    server_factory: ServerFactory,
+    proxies: Callable[[ServerProcess], CountingProxy],
+    tmp_path: Path,
+) -> None:
+    upstream = server_factory("dockyard", name="upstream")
+    counter = proxies(upstream)
+    mirror = mirror_of(server_factory, counter.url)
+    image = make_image("corrupt")
+    push_image(upstream, tmp_path, "team/app:v1", image)
+    layer = image.layers[0]
+    counter.corrupt_path = f"/blobs/{layer.digest}"
+
+    url = f"{mirror.url}/v2/team/app/blobs/{layer.digest}"
+    with pytest.raises(httpx.HTTPError), httpx.stream("GET", url) as response:
+        received = b"".join(response.iter_bytes())
+        # A body that ended cleanly must at least not pass for the blob.
+        assert hashlib.sha256(received).hexdigest() != layer.digest[7:]
+        raise httpx.ReadError("short body")
+    blob_dir = (
+        mirror.root / "docker/registry/v2/blobs/sha256" / layer.digest[7:9] / layer.digest[7:]
+    )
+    assert not blob_dir.exists()
+
+    counter.corrupt_path = None
+    response = httpx.get(f"{mirror.url}/v2/team/app/blobs/{layer.digest}")
+    assert response.status_code == 200
+    assert response.content == layer.data
+    # The client has every byte once the body's length is reached; the commit follows.
+    deadline = time.monotonic() + 30
+    while not blob_dir.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert blob_dir.exists()
+
+
+def test_pushes_to_a_mirror_are_refused_unless_the_prefix_is_local(
+    server_factory: ServerFactory,
+    proxies: Callable[[ServerProcess], CountingProxy],
+    tmp_path: Path,
+) -> None:
+    upstream = server_factory("dockyard", name="upstream")
+    counter = proxies(upstream)
+    mirror = server_factory(
+        "dockyard",
+        config={
+            "dockyard": {
+                "proxy": [
+                    {"prefix": "hub", "remoteurl": counter.url},
+                    {"prefix": "hub/ours", "local": True},
+                ]
+            }
+        },
+        name="mirror",
+    )
+    image = make_image("push")
+    for name in ("hub/team/app", "hub/single"):
+        response = httpx.post(f"{mirror.url}/v2/{name}/blobs/uploads/")
+        assert response.status_code == 405
+        assert response.json()["errors"][0]["code"] == "UNSUPPORTED"
+        response = httpx.put(
+            f"{mirror.url}/v2/{name}/manifests/v1",
+            content=image.manifest.data,
+            headers={"Content-Type": image.manifest.media_type},
+        )
+        assert response.status_code == 405
+        assert response.json()["errors"][0]["code"] == "UNSUPPORTED"
+        response = httpx.delete(f"{mirror.url}/v2/{name}/manifests/{image.digest}")
+        assert response.status_code == 405
+    stderr = skopeo_fails(
+        "copy",
+        PUSH,
+        f"oci:{write_oci_layout(tmp_path / 'src', {'v': image})}:v",
+        f"docker://{mirror.host}/hub/team/app:v1",
+    )
+    assert "405" in stderr or "unsupported" in stderr.lower()
+    # skopeo asks whether the blobs exist (which the mirror answers from upstream);
+    # nothing is written anywhere.
+    assert counter.count("POST") == counter.count("PUT") == counter.count("PATCH") == 0
+
+    # A local prefix inside the mirrored one, and names outside every prefix, take pushes.
+    for name in ("hub/ours/app", "elsewhere/app"):
+        push_image(mirror, tmp_path, f"{name}:v1", image)
+        assert_same_image(
+            pull_image(mirror, tmp_path / name.replace("/", "-"), f"{name}:v1"), image
+        )
+    assert counter.count(contains="/ours/") == counter.count(contains="/elsewhere/") == 0
+
+
+def test_upstreams_by_prefix_with_implied_library(
+    server_factory: ServerFactory,
+    proxies: Callable[[ServerProcess], CountingProxy],
+    tmp_path: Path,
+) -> None:
+    first = server_factory("dockyard", name="first")
+    second = server_factory(UPSTREAM_KINDS[-1], name="second")
+    first_counter, second_counter = proxies(first), proxies(second)
+    mirror = server_factory(
+        "dockyard",
+        config={
+            "dockyard": {
+                "proxy": [
+                    {"prefix": "docker.io", "remoteurl": first_counter.url, "library": True},
+                    {"prefix": "quay.example", "remoteurl": second_counter.url},
+                ]
+            }
+        },
+        name="mirror",
+    )
+    alpine, app, other = make_image("alpine"), make_image("app"), make_image("other")
+    push_image(first, tmp_path, "library/alpine:3", alpine)
+    push_image(first, tmp_path, "team/app:1", app)
+    push_image(second, tmp_path, "org/other:2", other)
+
+    assert_same_image(pull_image(mirror, tmp_path / "a", "docker.io/alpine:3"), alpine)
+    assert_same_image(pull_image(mirror, tmp_path / "b", "docker.io/library/alpine:3"), alpine)
+    assert_same_image(pull_image(mirror, tmp_path / "c", "docker.io/team/app:1"), app)
+    assert_same_image(pull_image(mirror, tmp_path / "d", "quay.example/org/other:2"), other)
+    assert second_counter.count("GET", "/v2/library/") == 0
+    assert first_counter.count(contains="/v2/org/") == 0
+    assert second_counter.count(contains="/v2/org/other/") > 0
+    # No prefix matches: an ordinary local repository, no upstream asked.
+    response = httpx.get(f"{mirror.url}/v2/alpine/manifests/3")
+    assert response.status_code == 404
+
+
+def test_upstream_with_token_auth(
+    server_factory: ServerFactory,
+    proxies: Callable[[ServerProcess], CountingProxy],
+    tmp_path: Path,
+) -> None:
+    upstream_dir = tmp_path / "upstream-auth"
+    upstream_dir.mkdir()
+    upstream = server_factory("dockyard", config=token_config(upstream_dir), name="upstream")
+    counter = proxies(upstream)
+    image = make_image("token")
+    push_image(upstream, tmp_path, "proj/app:v1", image, "--dest-creds", "writer:writer-pw")
+
+    mirror = server_factory(
+        "dockyard",
+        config={"proxy": {"remoteurl": counter.url, "username": "reader", "password": "reader-pw"}},
+        name="mirror",
+    )
+    assert_same_image(pull_image(mirror, tmp_path / "first", "proj/app:v1"), image)
+    # The token flow ran through the upstream's own token service.
+    assert counter.count("GET", "/auth/token") >= 1
+    assert counter.count(contains="/v2/proj/app/blobs/") >= len(image.blobs)
+
+    # Without credentials the upstream refuses, and so does the mirror.
+    anonymous = server_factory(
+        "dockyard", config={"proxy": {"remoteurl": counter.url}}, name="anonymous"
+    )
+    response = httpx.get(f"{anonymous.url}/v2/proj/app/manifests/v1")
+    assert response.status_code in (404, 503)
