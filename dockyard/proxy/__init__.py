@@ -63,6 +63,7 @@ async def _expire_periodically(mirror: Mirror) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
+            await mirror.purge_spools()
             count = await mirror.expire()
         except asyncio.CancelledError:
             raise

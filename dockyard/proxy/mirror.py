@@ -38,7 +38,7 @@ from dockyard.errors import (
     NameUnknown,
     Unavailable,
 )
-from dockyard.proxy.fetch import BlobFetch
+from dockyard.proxy.fetch import INCOMING, BlobFetch
 from dockyard.proxy.routing import Route, Target, find_target
 from dockyard.proxy.upstream import UpstreamUnavailable
 from dockyard.registry import Registry, Repository, layout
@@ -61,6 +61,8 @@ from dockyard.storage.driver import PathNotFoundError
 log = logging.getLogger("dockyard.proxy")
 
 RECORDS = f"{layout.ROOT}/_dockyard/proxy/repositories"
+# A spool nothing has written to for this long belongs to a fetch that died with its process.
+SPOOL_AGE = 3600.0
 ACCEPT = ", ".join(
     (OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST, *DOCKER_SCHEMA1)
 )
@@ -310,6 +312,19 @@ class Mirror:
             await self._expire_one(name, digest)
             expired += 1
         return expired
+
+    async def purge_spools(self, now: float | None = None) -> int:
+        """Remove spools no fetch has written to for an hour (left by a crash)."""
+        now = time.time() if now is None else now
+        driver = self.registry.driver
+        try:
+            entries = [info async for info in driver.walk(INCOMING)]
+        except PathNotFoundError:
+            return 0
+        stale = [info for info in entries if not info.is_dir and now - info.mtime > SPOOL_AGE]
+        for info in stale:
+            await delete_if_exists(driver, info.path)
+        return len(stale)
 
     async def _expire_one(self, name: str, digest: Digest) -> None:
         repo = self.registry.repository(name)

@@ -8,6 +8,7 @@ repository's pull scope. Tokens are reused per scope until shortly before they e
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
 import ssl
@@ -59,7 +60,10 @@ class UpstreamClient:
         insecure: bool = False,
     ) -> None:
         self.url = url.rstrip("/")
-        self.basic = aiohttp.BasicAuth(username, password or "") if username else None
+        self.basic: str | None = None
+        if username:
+            pair = f"{username}:{password or ''}".encode()
+            self.basic = "Basic " + base64.b64encode(pair).decode("ascii")
         self.ssl: ssl.SSLContext | bool = True
         if insecure:
             self.ssl = False
@@ -90,7 +94,7 @@ class UpstreamClient:
         if token is not None and token[1] > time.monotonic():
             return {"Authorization": f"Bearer {token[0]}"}
         if self._basic_wanted and self.basic is not None:
-            return {"Authorization": self.basic.encode()}
+            return {"Authorization": self.basic}
         return {}
 
     async def request(
@@ -128,8 +132,9 @@ class UpstreamClient:
         query: list[tuple[str, str]] = [("scope", scope)]
         if "service" in challenge.params:
             query.append(("service", challenge.params["service"]))
+        credentials = {"Authorization": self.basic} if self.basic is not None else {}
         async with self.session.get(
-            challenge.params["realm"], params=query, auth=self.basic
+            challenge.params["realm"], params=query, headers=credentials
         ) as answer:
             if answer.status != 200:
                 log.warning(
