@@ -6,9 +6,12 @@ Directories are implicit: a directory exists while some key lies below it, and v
 with its last file (an object store has no empty directories).
 
 Modification times, which garbage collection depends on, are kept to the microsecond in
-the object's ``x-amz-meta-mtime`` metadata by every write, copy and touch; objects
-written by other tools fall back to the store's ``Last-Modified``. A touch copies the
-object onto itself with new metadata (a server-side copy: no data passes through here).
+the object's ``x-amz-meta-mtime`` metadata by every write and copy; objects written by
+other tools fall back to the store's ``Last-Modified``. A touch (a push holding a blob)
+must not cost a copy of a blob of gigabytes, so it writes an empty "time object" under
+``<rootdirectory>/~times/`` naming the content's ETag: a file's time is the later of
+its own and that of a touch of the same content. No driver path can reach ``~times``
+and Distribution never looks there.
 
 A :class:`FileWriter` streams into a multipart upload in parts of ``chunksize`` and
 holds at most one part in memory. :meth:`FileWriter.commit` completes the upload, so the
@@ -66,6 +69,10 @@ FAN_OUT = 16
 # in their way; a bounded memory of recent ones.
 KNOWN_DIRECTORIES = 4096
 MTIME_KEY = "mtime"
+ETAG_KEY = "etag"
+# Touches are recorded in small "time objects" below this name in the root, which no
+# driver path can reach ('~' is not allowed in one) and Distribution never looks at.
+TIMES = "~times"
 _ADDRESSABLE = re.compile(r"[A-Za-z0-9._-]+\Z")
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 # For annotations inside S3Driver, where ``list`` is the method.
@@ -314,21 +321,43 @@ class S3Driver(StorageDriver):
 
         return list(await asyncio.gather(*(run(call) for call in calls)))
 
-    async def _head(self, path: str) -> FileInfo | None:
-        """The file at ``path``, or None when there is no object there."""
-        key = self.key(path)
+    def time_key(self, path: str) -> str:
+        """The key of the object recording the last touch of the file at ``path``."""
+        return f"{self._prefix}{TIMES}/{check_path(path)[1:]}"
+
+    async def _head_key(self, path: str, key: str) -> Any:
         client = await self.client()
         try:
-            head = await client.head_object(Bucket=self.bucket, Key=key)
+            return await client.head_object(Bucket=self.bucket, Key=key)
         except Exception as error:
             if _is_missing(error):
                 return None
             raise _failure(path, error) from error
+
+    async def _head(self, path: str, with_touch: bool = True) -> FileInfo | None:
+        """The file at ``path``, or None when there is no object there.
+
+        Its time is the later of the object's own and that of its last touch, when the
+        touch was of this very content (same ETag): a rewrite with new content starts
+        afresh, and the time only ever moves forward otherwise.
+        """
+        key = self.key(path)
+        if with_touch:
+            head, touched = await asyncio.gather(
+                self._head_key(path, key), self._head_key(path, self.time_key(path))
+            )
+        else:
+            head, touched = await self._head_key(path, key), None
+        if head is None:
+            return None
+        mtime = _mtime(head.get("Metadata"), head["LastModified"])
+        if touched is not None:
+            recorded = touched.get("Metadata", {})
+            if recorded.get(ETAG_KEY) == head["ETag"].strip('"'):
+                mtime = max(mtime, _mtime(recorded, touched["LastModified"]))
         # A file here means directories above it (what writes check for).
         self._remember_directories(path)
-        return FileInfo(
-            path, head["ContentLength"], _mtime(head.get("Metadata"), head["LastModified"]), False
-        )
+        return FileInfo(path, head["ContentLength"], mtime, False)
 
     async def _is_dir(self, path: str) -> bool:
         prefix = self.key(path) + "/"
@@ -339,10 +368,13 @@ class S3Driver(StorageDriver):
             raise _failure(path, error) from error
         return bool(found.get("KeyCount") or found.get("Contents"))
 
-    async def _keys_below(self, path: str) -> list[tuple[str, int]]:
-        """Every key below the directory ``path`` with its size, in key order."""
+    async def _keys_below(self, path: str, raw: bool = False) -> list[tuple[str, int]]:
+        """Every key below the directory ``path`` with its size, in key order.
+
+        ``raw``: ``path`` is not checked (for the time objects' namespace).
+        """
         client = await self.client()
-        prefix = self.key(path) + "/"
+        prefix = self._prefix + path[1:] + "/" if raw else self.key(path) + "/"
         found: list[tuple[str, int]] = []
         token: str | None = None
         try:
@@ -418,7 +450,7 @@ class S3Driver(StorageDriver):
                 raise StorageError(f"{directory}: not a directory")
 
     async def _is_file(self, path: str) -> bool:
-        return await self._head(path) is not None
+        return await self._head(path, with_touch=False) is not None
 
     async def copy_object(self, source_key: str, dest_key: str, size: int, mtime: float) -> None:
         """Copy on the server, as one request or, above the threshold, a multipart copy."""
@@ -601,12 +633,33 @@ class S3Driver(StorageDriver):
         raise PathNotFoundError(path)
 
     async def touch(self, path: str, mtime: float | None = None) -> None:
-        info = await self._head(path)
-        if info is None:
-            raise PathNotFoundError(path)
+        """To now: a small time object beside the content, whatever the content's size.
+
+        To a given time (which may be earlier): the object is copied onto itself with
+        that time and the time object removed.
+        """
         key = self.key(path)
+        client = await self.client()
+        if mtime is not None:
+            info = await self._head(path, with_touch=False)
+            if info is None:
+                raise PathNotFoundError(path)
+            try:
+                await self.copy_object(key, key, info.size, mtime)
+                await client.delete_object(Bucket=self.bucket, Key=self.time_key(path))
+            except Exception as error:
+                raise _failure(path, error) from error
+            return
+        head = await self._head_key(path, key)
+        if head is None:
+            raise PathNotFoundError(path)
         try:
-            await self.copy_object(key, key, info.size, time.time() if mtime is None else mtime)
+            await client.put_object(
+                Bucket=self.bucket,
+                Key=self.time_key(path),
+                Body=b"",
+                Metadata={MTIME_KEY: repr(time.time()), ETAG_KEY: head["ETag"].strip('"')},
+            )
         except Exception as error:
             raise _failure(path, error) from error
 
@@ -660,12 +713,9 @@ class S3Driver(StorageDriver):
             if await self._is_dir(dest):
                 raise StorageError(f"{dest}: directory not empty")
             await self.check_writable(dest, directory_ok=True)
-            below = await self._keys_below(source)
+            below = [p for p in (self._path_of(k) for k, _ in await self._keys_below(source)) if p]
             files = await self._fan_out(
-                [
-                    lambda k=k: self._head("/" + k[len(self._prefix) :])  # type: ignore[misc]
-                    for k, _ in below
-                ]
+                [lambda p=p: self._head(p) for p in below]  # type: ignore[misc]
             )
             present = [info for info in files if info is not None]
         else:
@@ -689,9 +739,20 @@ class S3Driver(StorageDriver):
         if untouched is not None and not await untouched(present):
             await self._delete_keys(dest, [d for _, d, _ in moves])
             return False
-        await self._delete_keys(source, [s for s, _, _ in moves])
+        # The copies carry their times; earlier touches of source and dest are spent.
+        spent = [self.time_key(i.path) for _, _, i in moves]
+        spent += [self.time_key(dest + i.path[len(source) :]) for _, _, i in moves]
+        await self._delete_keys(source, [s for s, _, _ in moves] + spent)
         self._remember_directories(dest, is_dir=top.is_dir)
         return True
+
+    def _path_of(self, key: str) -> str | None:
+        """The driver path of a key below the root, if a driver path can name it."""
+        path = "/" + key[len(self._prefix) :]
+        try:
+            return check_path(path)
+        except StorageError:
+            return None
 
     async def _delete_keys(self, path: str, keys: _Keys) -> None:
         client = await self.client()
@@ -718,12 +779,13 @@ class S3Driver(StorageDriver):
     async def delete(self, path: str) -> None:
         key = self.key(path)
         if await self._is_file(path):
-            await self._delete_keys(path, [key])
+            await self._delete_keys(path, [key, self.time_key(path)])
             return
         below = await self._keys_below(path)
         if not below:
             raise PathNotFoundError(path)
-        await self._delete_keys(path, [k for k, _ in below])
+        times_below = await self._keys_below(f"/{TIMES}{path}", raw=True)
+        await self._delete_keys(path, [k for k, _ in below] + [k for k, _ in times_below])
         await self._abort_uploads_below(path)
 
     async def remove_empty(self, path: str) -> bool:
@@ -940,12 +1002,7 @@ class S3Writer(FileWriter):
 
     async def cancel(self) -> None:
         await self.close()
-        client = await self._driver.client()
-        try:
-            await client.delete_object(Bucket=self._driver.bucket, Key=self._key)
-        except Exception as error:
-            if not _is_missing(error):
-                raise _failure(self._path, error) from error
+        await self._driver._delete_keys(self._path, [self._key, self._driver.time_key(self._path)])
 
     async def close(self) -> None:
         if self._closed:

@@ -196,3 +196,36 @@ async def test_an_unreachable_or_missing_bucket_is_a_storage_error(
     assert not isinstance(error.value, PathNotFoundError)
     assert "NoSuchBucket" in str(error.value)
     await driver.close()
+
+
+async def test_a_touch_writes_a_time_object_not_the_content(
+    s3: S3Driver, moto_server: MotoServer, bucket: str
+) -> None:
+    client = moto_server.client()
+    await s3.write("/blobs/ab/data", os.urandom(7 * MiB))
+    content_key = "registry/root/blobs/ab/data"
+    await s3.touch("/blobs/ab/data", mtime=1000.0)
+    before = time.time()
+    await s3.touch("/blobs/ab/data")
+    # The content object is the copy the explicit touch made, untouched since.
+    assert client.head_object(Bucket=bucket, Key=content_key)["Metadata"]["mtime"] == "1000.0"
+    assert set(keys(moto_server, bucket)) == {content_key, "registry/root/~times/blobs/ab/data"}
+    touched = await s3.stat("/blobs/ab/data")
+    assert touched.mtime >= before
+    # Walks and listings see the file, never the time object.
+    assert [info.path async for info in s3.walk("/blobs")] == ["/blobs/ab", "/blobs/ab/data"]
+    assert (await anext(aiter(s3.walk("/blobs/ab")))).mtime == touched.mtime
+
+    # New content starts afresh: an old touch of other content does not apply to it.
+    await s3.touch("/blobs/ab/data")
+    await s3.write("/blobs/ab/data", b"new")
+    await s3.touch("/blobs/ab/data", mtime=2000.0)
+    assert (await s3.stat("/blobs/ab/data")).mtime == 2000.0
+    # Deleting the file takes its time object along.
+    await s3.touch("/blobs/ab/data")
+    await s3.delete("/blobs/ab/data")
+    assert keys(moto_server, bucket) == {}
+    await s3.write("/blobs/cd/data", b"x")
+    await s3.touch("/blobs/cd/data")
+    await s3.delete("/blobs")
+    assert keys(moto_server, bucket) == {}
