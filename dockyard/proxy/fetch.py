@@ -27,7 +27,7 @@ from typing import Any
 
 from dockyard.errors import BlobUnknown, Unavailable
 from dockyard.proxy.routing import Target
-from dockyard.proxy.upstream import UpstreamUnavailable
+from dockyard.proxy.upstream import UPSTREAM_UNKNOWN, UpstreamUnavailable
 from dockyard.registry import Registry, layout
 from dockyard.registry.digest import Digest, new_hasher
 
@@ -98,7 +98,7 @@ class BlobFetch:
             "GET", self.target.remote, f"blobs/{self.digest}"
         )
         async with response:
-            if response.status == 404:
+            if response.status in UPSTREAM_UNKNOWN:
                 raise BlobUnknown(detail={"digest": str(self.digest)})
             if response.status != 200:
                 raise Unavailable(

@@ -40,7 +40,7 @@ from dockyard.errors import (
 )
 from dockyard.proxy.fetch import INCOMING, BlobFetch
 from dockyard.proxy.routing import Route, Target, find_target
-from dockyard.proxy.upstream import UpstreamUnavailable
+from dockyard.proxy.upstream import UPSTREAM_UNKNOWN, UpstreamUnavailable
 from dockyard.registry import Registry, Repository, layout
 from dockyard.registry.blobs import BlobDescriptor
 from dockyard.registry.digest import Digest
@@ -173,7 +173,7 @@ class Mirror:
         except UpstreamUnavailable as error:
             raise Unavailable("upstream unavailable", detail={"reason": str(error)}) from None
         async with response:
-            if response.status == 404:
+            if response.status in UPSTREAM_UNKNOWN:
                 raise ManifestUnknown(detail={"tag": tag})
             if response.status != 200:
                 raise Unavailable(
@@ -194,20 +194,21 @@ class Mirror:
                 "GET", target.remote, f"manifests/{reference}", {"Accept": ACCEPT}
             )
             async with response:
-                if response.status == 404:
+                if response.status in UPSTREAM_UNKNOWN:
                     raise ManifestUnknown(detail={"reference": reference[:200]})
                 if response.status != 200:
                     raise Unavailable(
                         "upstream refused the manifest", detail={"status": response.status}
                     )
-                if (response.content_length or 0) > MAX_MANIFEST_SIZE:
-                    raise Unavailable("upstream manifest is too large")
-                data = await response.content.read(MAX_MANIFEST_SIZE + 1)
+                body = bytearray()
+                async for chunk in response.content.iter_any():
+                    body += chunk
+                    if len(body) > MAX_MANIFEST_SIZE:
+                        raise Unavailable("upstream manifest is too large")
+                data = bytes(body)
                 header = response.headers.get("Docker-Content-Digest")
         except UpstreamUnavailable as error:
             raise Unavailable("upstream unavailable", detail={"reason": str(error)}) from None
-        if len(data) > MAX_MANIFEST_SIZE:
-            raise Unavailable("upstream manifest is too large")
         claimed = expected or (Digest.parse(header) if header else None)
         digest = Digest.of(data, claimed.algorithm if claimed else "sha256")
         if claimed is not None and digest != claimed:
@@ -247,7 +248,7 @@ class Mirror:
         except UpstreamUnavailable as error:
             raise Unavailable("upstream unavailable", detail={"reason": str(error)}) from None
         async with response:
-            if response.status == 404:
+            if response.status in UPSTREAM_UNKNOWN:
                 raise BlobUnknown(detail={"digest": str(digest)})
             if response.status != 200 or response.content_length is None:
                 raise Unavailable("upstream refused the blob", detail={"status": response.status})

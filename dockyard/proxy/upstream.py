@@ -27,6 +27,12 @@ CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
 
 
+# What the upstream answers for content it does not have, or will not admit to having
+# with the mirror's credentials (Docker Hub answers 401 for a repository that does not
+# exist): the client is told the content is unknown, as it would be by the upstream.
+UPSTREAM_UNKNOWN = (401, 403, 404)
+
+
 class UpstreamUnavailable(Exception):
     """The upstream could not be reached or did not answer usefully."""
 

@@ -429,4 +429,5 @@ def test_upstream_with_token_auth(
         "dockyard", config={"proxy": {"remoteurl": counter.url}}, name="anonymous"
     )
     response = httpx.get(f"{anonymous.url}/v2/proj/app/manifests/v1")
-    assert response.status_code in (404, 503)
+    assert response.status_code == 404
+    assert response.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
