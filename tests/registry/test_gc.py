@@ -97,21 +97,30 @@ def manifest_bytes(
     return data, str(body["mediaType"])
 
 
-def expected_kept(nodes: list[Node], delete_untagged: bool) -> set[int]:
-    """The specification: tagged manifests (or all), their children, referrers of kept ones."""
+def expected_kept(
+    nodes: list[Node], delete_untagged: bool, digests: dict[int, Digest]
+) -> set[int]:
+    """The specification: tagged manifests (or all), their children, referrers of kept ones.
+
+    Two nodes with the same bytes in one repository are one manifest: kept together.
+    """
     kept = {i for i, n in enumerate(nodes) if n.tag is not None}
     if not delete_untagged:
         kept |= {i for i, n in enumerate(nodes) if n.subject is None}
     changed = True
     while changed:
         changed = False
+        kept_digests = {(nodes[i].repo, digests[i]) for i in kept}
         for i, node in enumerate(nodes):
             if i in kept:
                 for child in node.children:
                     if child not in kept:
                         kept.add(child)
                         changed = True
-            elif node.subject is not None and node.subject in kept:
+            elif (node.repo, digests[i]) in kept_digests or (
+                node.subject is not None
+                and (node.repo, digests[node.subject]) in kept_digests
+            ):
                 kept.add(i)
                 changed = True
     return kept
@@ -157,7 +166,7 @@ async def _check_collection(graph: tuple[int, int, list[Node]], delete_untagged:
     repos, blob_count, nodes = graph
     registry, digests = await build(repos, blob_count, nodes)
     await collect(registry, delete_untagged)
-    kept = expected_kept(nodes, delete_untagged)
+    kept = expected_kept(nodes, delete_untagged, digests)
     kept_digests = {(nodes[i].repo, digests[i]) for i in kept}
     needed_blobs = {Digest.of(blob_bytes(b)) for i in kept for b in nodes[i].blobs}
     needed_blobs |= {digests[i] for i in kept}
@@ -168,7 +177,7 @@ async def _check_collection(graph: tuple[int, int, list[Node]], delete_untagged:
         assert present == ((node.repo, digests[index]) in kept_digests), (index, node)
         if present:
             await repo.manifests.get(digests[index])
-            for blob in nodes[index].blobs:
+            for blob in node.blobs:
                 assert await repo.blobs.stat(Digest.of(blob_bytes(blob)))
         if node.tag is not None:
             assert await repo.tags.resolve(node.tag) == digests[index]
