@@ -87,6 +87,8 @@ class RepositoryScan:
     tag_history: dict[str, list[Digest]] = field(default_factory=dict)
     layers: dict[Digest, float] = field(default_factory=dict)
     has_uploads: bool = False
+    # Listed in the catalog: a repository is one while it has ``_manifests``.
+    listed: bool = True
 
 
 @dataclass(slots=True)
@@ -268,6 +270,7 @@ class GarbageCollector:
             if mtime is not None:
                 scan.layers[digest] = mtime
         scan.has_uploads = bool(await self._children(layout.uploads(name)))
+        scan.listed = await self._mtime(layout.manifests(name)) is not None
         return scan
 
     # --- marking --------------------------------------------------------------------

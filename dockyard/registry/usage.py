@@ -13,7 +13,7 @@ from typing import Any
 
 from dockyard.registry import layout
 from dockyard.registry.digest import Digest
-from dockyard.registry.gc import GarbageCollector, GcOptions, ScanCache
+from dockyard.registry.gc import RELEASED, GarbageCollector, GcOptions, ScanCache
 from dockyard.storage.driver import PathNotFoundError, StorageDriver
 
 
@@ -86,6 +86,8 @@ async def compute_usage(
         reclaimable_bytes=sum(plan.blobs.values()),
     )
     for scan in plan.scans:
+        if not scan.listed:
+            continue  # left-over links or uploads of a removed repository
         digests = referenced[scan.name]
         reclaimable = {d for d in plan.blobs if d in digests or d in scan.layers}
         usage.repositories.append(
@@ -96,7 +98,10 @@ async def compute_usage(
                 referenced_bytes=sum(sizes.get(d, 0) for d in digests),
                 shared_bytes=sum(sizes.get(d, 0) for d in digests if users[d] > 1),
                 reclaimable_bytes=sum(plan.blobs[d] for d in reclaimable),
-                last_push=max((i.mtime for i in scan.manifests.values()), default=None),
+                last_push=max(
+                    (i.mtime for i in scan.manifests.values() if i.mtime > RELEASED),
+                    default=None,
+                ),
             )
         )
     return usage

@@ -252,6 +252,8 @@ def test_gutted_repository_leaves_the_catalog_after_a_collection(
     report = collect(client, server, dry_run=False)
     assert report["repositoriesRemoved"] == ["gutted/app"]
     assert catalog(client, server) == ["kept/app"]
+    # Its left-over directories do not make it a repository in the usage report either.
+    assert set(usage(client, server)["repositories"]) == {"kept/app"}
     assert set(stored_blobs(server.root)) == built["b"].all_digests
     # Out of the catalog means unknown by name, as Distribution answers once
     # _manifests is gone.
