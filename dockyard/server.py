@@ -14,22 +14,30 @@ requests in flight finish for up to ``http.draintimeout`` and exits; the parent 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
 import shutil
 import signal
 import socket
+import ssl
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from dockyard import metrics
 from dockyard.certs import server_ssl_context
 from dockyard.config import Config
+
+if TYPE_CHECKING:
+    from aiohttp.abc import AbstractAccessLogger
+
+    from dockyard.api.observe import Activity
 
 log = logging.getLogger("dockyard")
 
@@ -130,27 +138,69 @@ def run_worker(
     process_metrics = metrics.activate(metrics_dir) if metrics.enabled(config) else None
     app = create_app(config, background=index == 0)
     if debug_sock is not None and process_metrics is not None:
-        app.cleanup_ctx.append(
-            _debug_site(
-                debug_sock,
-                metrics.debug_app(
-                    metrics.metrics_path(config), metrics.collector_for(process_metrics)
-                ),
-            )
+        debug = metrics.debug_app(
+            metrics.metrics_path(config), metrics.collector_for(process_metrics)
         )
-    emit = not config.log.accesslog.disabled
+        app.cleanup_ctx.append(_debug_site(debug_sock, debug))
     prefix = "/" + config.http.prefix.strip("/") if config.http.prefix.strip("/") else ""
-    web.run_app(
-        app,
-        sock=sock,
-        # http.tls: each worker loads the certificate itself (None: plain HTTP).
-        ssl_context=server_ssl_context(config.http.tls),
-        # The access logger also counts each finished request in the metrics.
-        access_log=observe.access_logger() if emit or process_metrics is not None else None,
-        access_log_class=observe.request_logger(prefix, emit, process_metrics),
-        print=None,
-        shutdown_timeout=drain_timeout(config),
+    activity = app[observe.ACTIVITY]
+    # Called when each response has been sent: the access line (unless disabled), the
+    # request's metrics, and the end of its activity, which draining waits for.
+    logger_class = observe.request_logger(
+        prefix, not config.log.accesslog.disabled, process_metrics, activity
     )
+    asyncio.run(
+        _serve(
+            app,
+            sock,
+            # http.tls: each worker loads the certificate itself (None: plain HTTP).
+            server_ssl_context(config.http.tls),
+            logger_class,
+            activity,
+            drain_timeout(config),
+        )
+    )
+
+
+async def _serve(
+    app: web.Application,
+    sock: socket.socket,
+    ssl_context: ssl.SSLContext | None,
+    logger_class: type[AbstractAccessLogger],
+    activity: Activity,
+    drain: float,
+) -> None:
+    from dockyard.api import observe
+
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        # By the time aiohttp's own shutdown runs, the drain is over: what is left is
+        # idle keep-alive connections, or requests that overran the drain.
+        shutdown_timeout=1.0,
+        access_log=observe.access_logger(),
+        access_log_class=logger_class,
+    )
+    await runner.setup()
+    site = web.SockSite(runner, sock, ssl_context=ssl_context, backlog=1024)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await site.start()
+        await stop.wait()
+        # No new connections; the requests in flight (an upload still receiving its
+        # body included) get up to the drain timeout to finish.
+        await site.stop()
+        if not await activity.wait_idle(drain):
+            log.warning(
+                "%d request(s) still in flight after draining for %.1fs; cancelling",
+                activity.count,
+                drain,
+            )
+    finally:
+        await runner.cleanup()
 
 
 def _debug_site(

@@ -69,12 +69,14 @@ def create_app(
         middlewares.insert(0, _health_gate(checker))
     # Outermost: every request gets its id, route and repository before anything can
     # answer it, for the access log line and the metrics.
-    middlewares.insert(0, observe.middleware(_prefix(config), metrics_module.active()))
+    activity = observe.Activity()
+    middlewares.insert(0, observe.middleware(_prefix(config), metrics_module.active(), activity))
     # A larger read buffer lets the socket keep filling while an upload piece is hashed.
     app = web.Application(
         middlewares=middlewares, client_max_size=0, handler_args={"read_bufsize": 1 << 20}
     )
     app[REGISTRY] = registry
+    app[observe.ACTIVITY] = activity
     app[URLS] = UrlBuilder(config.http.prefix, config.http.host, config.http.relativeurls)
     app[CATALOG_MAX_ENTRIES] = config.catalog.maxentries
     gc = config.dockyard.gc

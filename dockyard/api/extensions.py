@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from dockyard import metrics
 from dockyard.api.context import registry_of
 from dockyard.errors import NameUnknown, RegistryError, Unsupported
 from dockyard.registry import Registry, Repository
@@ -108,13 +109,21 @@ async def run_collection(
         try:
             if options.dry_run:
                 report = await GarbageCollector(driver, options, cache=state.cache).run()
-                return report_json(report, dry_run=True)
+                body = report_json(report, dry_run=True)
+                metrics.record_collection(body, dry_run=True)
+                return body
             status = CollectionStatus(driver)
             async with status.collecting():
                 report = await GarbageCollector(driver, options, cache=state.cache).run()
                 body = report_json(report, dry_run=False)
                 await status.record({**body, "finishedAt": time.time()})
+                metrics.record_collection(body, dry_run=False)
                 return body
+        except Unsupported:
+            raise  # another worker's collection is running: not a failed one
+        except Exception:
+            metrics.record_collection(None, options.dry_run)
+            raise
         finally:
             state.running = None
 

@@ -10,6 +10,7 @@ middleware.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -73,7 +74,43 @@ class RequestInfo:
     id: str
     route: str
     repository: str | None
-    received: int = 0
+    # Counted in :class:`Activity` until its response has been sent.
+    active: bool = False
+
+
+class Activity:
+    """Requests between their start and the end of their response, for draining.
+
+    aiohttp's own shutdown stops reading from a connection at once, which would starve
+    an upload whose body is still arriving; the server waits on this instead, after it
+    has stopped accepting connections.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def begin(self, info: RequestInfo) -> None:
+        if not info.active:
+            info.active = True
+            self.count += 1
+
+    def end(self, info: RequestInfo) -> None:
+        if info.active:
+            info.active = False
+            self.count -= 1
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Whether every request finished within ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.count > 0:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+
+ACTIVITY = web.AppKey("activity", Activity)
 
 
 REQUEST_INFO = "dockyard.request"
@@ -90,32 +127,44 @@ def request_info(request: BaseRequest, prefix: str = "") -> RequestInfo:
     return info
 
 
-def middleware(prefix: str, metrics: Metrics | None) -> Middleware:
+def middleware(prefix: str, metrics: Metrics | None, activity: Activity) -> Middleware:
     @web.middleware
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         info = request_info(request, prefix)
-        if metrics is None:
-            return await handler(request)
-        uploading = info.route == "blob_upload" and request.method in _UPLOAD_METHODS
-        in_flight = metrics.in_flight.labels(info.route)
-        in_flight.inc()
-        if uploading:
-            metrics.uploads_in_flight.inc()
+        activity.begin(info)
         try:
-            return await handler(request)
-        finally:
-            in_flight.dec()
-            if uploading:
-                metrics.uploads_in_flight.dec()
-            registry = request.app.get(REGISTRY)
-            if registry is not None:
-                cache = registry.manifest_cache
-                metrics.observe_cache("manifests", cache.hits, cache.misses)
-            summaries = request.app.get(SUMMARIES)
-            if summaries is not None:
-                metrics.observe_cache("summaries", summaries.hits, summaries.misses)
+            if metrics is None:
+                return await handler(request)
+            return await _measured(request, handler, info, metrics)
+        except asyncio.CancelledError:
+            # The access logger, which ends the others, never hears of this one.
+            activity.end(info)
+            raise
 
     return observe
+
+
+async def _measured(
+    request: web.Request, handler: Handler, info: RequestInfo, metrics: Metrics
+) -> web.StreamResponse:
+    uploading = info.route == "blob_upload" and request.method in _UPLOAD_METHODS
+    in_flight = metrics.in_flight.labels(info.route)
+    in_flight.inc()
+    if uploading:
+        metrics.uploads_in_flight.inc()
+    try:
+        return await handler(request)
+    finally:
+        in_flight.dec()
+        if uploading:
+            metrics.uploads_in_flight.dec()
+        registry = request.app.get(REGISTRY)
+        if registry is not None:
+            cache = registry.manifest_cache
+            metrics.observe_cache("manifests", cache.hits, cache.misses)
+        summaries = request.app.get(SUMMARIES)
+        if summaries is not None:
+            metrics.observe_cache("summaries", summaries.hits, summaries.misses)
 
 
 def _received(request: BaseRequest) -> int:
@@ -136,8 +185,11 @@ def _sent(request: BaseRequest, response: StreamResponse) -> int:
     return response.body_length
 
 
-def request_logger(prefix: str, emit: bool, metrics: Metrics | None) -> type[AbstractAccessLogger]:
-    """aiohttp's access-logger class for this server: the line and/or the metrics."""
+def request_logger(
+    prefix: str, emit: bool, metrics: Metrics | None, activity: Activity | None = None
+) -> type[AbstractAccessLogger]:
+    """aiohttp's access-logger class for this server: called when a response has been
+    sent, it writes the line (``emit``), counts the request and ends its activity."""
 
     class RequestLogger(AbstractAccessLogger):
         @property
@@ -146,6 +198,8 @@ def request_logger(prefix: str, emit: bool, metrics: Metrics | None) -> type[Abs
 
         def log(self, request: BaseRequest, response: StreamResponse, time_: float) -> None:
             info = request_info(request, prefix)
+            if activity is not None:
+                activity.end(info)
             received = _received(request)
             sent = _sent(request, response)
             if metrics is not None:
