@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,9 +31,18 @@ def _timestamp(record: logging.LogRecord) -> str:
     return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
 
 
+# The id of the request being handled, for every line logged while handling it (set by
+# the request middleware; each request runs in its own task, so ids never mix).
+request_id: ContextVar[str | None] = ContextVar("dockyard_request_id", default=None)
+
+
 def _record_fields(record: logging.LogRecord) -> dict[str, Any]:
     extra = getattr(record, "fields", None)
-    return dict(extra) if isinstance(extra, dict) else {}
+    fields = dict(extra) if isinstance(extra, dict) else {}
+    current = request_id.get()
+    if current is not None:
+        fields.setdefault("http.request.id", current)
+    return fields
 
 
 class TextFormatter(logging.Formatter):

@@ -8,6 +8,7 @@ status, bytes and duration; ``log.formatter`` picks text, JSON or logstash;
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from dockyard.logs import formatter_for, request_id
 from tests.auth.support import basic, htpasswd_config
 from tests.support.images import push_blob, sha256_digest
 from tests.support.servers import ServerProcess
@@ -177,4 +179,22 @@ def test_log_level_filters_the_servers_own_lines(server_factory: ServerFactory) 
     # Access lines are independent of the level, as Distribution's access log is.
     assert len(own_lines(server, "text", 5)) == 5
     entries = log_entries(server, "text")
-    assert not [entry for entry in entries if entry["level"] == "info" and "http.request.id" not in entry]
+    assert not [
+        entry for entry in entries if entry["level"] == "info" and "http.request.id" not in entry
+    ]
+
+
+@pytest.mark.parametrize("formatter", ["json", "text", "logstash"])
+def test_lines_logged_while_handling_a_request_carry_its_id(formatter: str) -> None:
+    handler_formatter = formatter_for(formatter, dict(FIELDS))
+    record = logging.LogRecord("dockyard", logging.ERROR, __file__, 1, "boom", None, None)
+    outside = handler_formatter.format(record)
+    token = request_id.set("4f1c-request")
+    try:
+        inside = handler_formatter.format(record)
+    finally:
+        request_id.reset(token)
+    parse: Callable[[str], dict[str, Any]] = parse_text if formatter == "text" else json.loads
+    assert "http.request.id" not in parse(outside)
+    assert parse(inside)["http.request.id"] == "4f1c-request"
+    assert parse(inside)["service"] == "registry"

@@ -8,8 +8,10 @@ must add up what both answered.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +20,7 @@ import httpx
 import pytest
 
 from dockyard.metrics import metric_samples
+from tests.support.gc_store import wait_until_quiet
 from tests.support.images import (
     OCI_MANIFEST,
     make_image,
@@ -28,7 +31,6 @@ from tests.support.images import (
     start_upload,
     with_digest,
 )
-from tests.support.gc_store import wait_until_quiet
 from tests.support.servers import ServerProcess, free_port
 
 ServerFactory = Callable[..., ServerProcess]
@@ -120,7 +122,9 @@ def test_counters_follow_real_requests_over_two_workers(
         for blob in [image.config, *image.layers]:
             push_blob(client, server.url, repository, blob.data)
             uploaded += len(blob.data)
-        assert push_manifest(client, server.url, repository, "v1", image.manifest).status_code == 201
+        assert (
+            push_manifest(client, server.url, repository, "v1", image.manifest).status_code == 201
+        )
         pulled = client.get(f"{server.url}/v2/{repository}/blobs/{image.layers[0].digest}")
         assert pulled.status_code == 200
         missing = client.get(f"{server.url}/v2/{repository}/manifests/absent")
@@ -138,36 +142,52 @@ def test_counters_follow_real_requests_over_two_workers(
     )
     blobs = 1 + len(image.layers)
     # push_blob: POST (202) then PUT (201) per blob.
-    assert delta(
-        before, after, "registry_http_requests_total", handler="blob_upload", method="post"
-    ) == blobs
-    assert delta(
-        before, after, "registry_http_requests_total", handler="blob_upload", code="201"
-    ) == blobs
-    assert delta(
-        before, after, "registry_http_requests_total", handler="manifest", method="put", code="201"
-    ) == 1
-    assert delta(
-        before, after, "registry_http_requests_total", handler="manifest", code="404"
-    ) == 1
-    assert delta(
-        before, after, "registry_http_requests_total", handler="manifest", method="head"
-    ) == 1
+    assert (
+        delta(before, after, "registry_http_requests_total", handler="blob_upload", method="post")
+        == blobs
+    )
+    assert (
+        delta(before, after, "registry_http_requests_total", handler="blob_upload", code="201")
+        == blobs
+    )
+    assert (
+        delta(
+            before,
+            after,
+            "registry_http_requests_total",
+            handler="manifest",
+            method="put",
+            code="201",
+        )
+        == 1
+    )
+    assert delta(before, after, "registry_http_requests_total", handler="manifest", code="404") == 1
+    assert (
+        delta(before, after, "registry_http_requests_total", handler="manifest", method="head") == 1
+    )
     assert delta(before, after, "registry_http_requests_total", handler="tags") == 1
     assert delta(before, after, "registry_http_requests_total", handler="catalog") == 1
     assert delta(before, after, "registry_http_requests_total", handler="blob", code="200") == 1
     # Latency: one observation per request.
-    assert delta(
-        before, after, "registry_http_request_duration_seconds_count", handler="base"
-    ) == base_gets
-    assert delta(
-        before, after, "registry_http_request_duration_seconds_bucket", handler="base", le="+Inf"
-    ) == base_gets
+    assert (
+        delta(before, after, "registry_http_request_duration_seconds_count", handler="base")
+        == base_gets
+    )
+    assert (
+        delta(
+            before,
+            after,
+            "registry_http_request_duration_seconds_bucket",
+            handler="base",
+            le="+Inf",
+        )
+        == base_gets
+    )
     # Bytes: every blob's bytes came in on the upload route; the pulled layer went out
     # (sent with sendfile or streamed) and the manifest came in.
-    assert delta(before, after, "registry_http_request_size_bytes_total", handler="blob_upload") == (
-        uploaded
-    )
+    assert delta(
+        before, after, "registry_http_request_size_bytes_total", handler="blob_upload"
+    ) == (uploaded)
     assert delta(before, after, "registry_http_response_size_bytes_total", handler="blob") == len(
         image.layers[0].data
     )
@@ -175,13 +195,16 @@ def test_counters_follow_real_requests_over_two_workers(
         len(image.manifest.data)
     )
     # The storage driver's operations were timed, and nothing is in flight now.
-    assert delta(
-        before,
-        after,
-        "registry_storage_action_seconds_count",
-        driver="filesystem",
-        action="writer_commit",
-    ) >= blobs
+    assert (
+        delta(
+            before,
+            after,
+            "registry_storage_action_seconds_count",
+            driver="filesystem",
+            action="writer_commit",
+        )
+        >= blobs
+    )
     assert delta(before, after, "registry_storage_action_seconds_count", action="read") > 0
     assert value(after, "registry_blob_uploads_in_flight") == 0
     assert value(after, "registry_http_in_flight_requests") == 0
@@ -225,12 +248,13 @@ def test_chunked_upload_counts_bytes_and_in_flight_settles(
         done = client.put(with_digest(url, sha256_digest(data)))
         assert done.status_code == 201, done.text
     after = scrape(debug_port)
-    assert delta(
-        before, after, "registry_http_requests_total", handler="blob_upload", method="patch"
-    ) == 2
-    assert delta(before, after, "registry_http_request_size_bytes_total", handler="blob_upload") == (
-        len(data)
+    assert (
+        delta(before, after, "registry_http_requests_total", handler="blob_upload", method="patch")
+        == 2
     )
+    assert delta(
+        before, after, "registry_http_request_size_bytes_total", handler="blob_upload"
+    ) == (len(data))
     assert value(after, "registry_blob_uploads_in_flight") == 0
 
 
@@ -302,8 +326,18 @@ def test_routes_are_a_fixed_set(server_factory: ServerFactory, debug_port: int) 
         if name == "registry_http_requests_total"
     }
     assert handlers <= {
-        "base", "blob", "blob_upload", "manifest", "tags", "catalog", "referrers",
-        "extension", "ui", "auth", "health", "other",
+        "base",
+        "blob",
+        "blob_upload",
+        "manifest",
+        "tags",
+        "catalog",
+        "referrers",
+        "extension",
+        "ui",
+        "auth",
+        "health",
+        "other",
     }
     assert {"other", "ui", "health", "extension", "referrers"} <= handlers
     assert value(samples, "registry_http_requests_total", handler="other") == 10
@@ -314,7 +348,11 @@ def test_gc_runs_and_bytes_freed(server_factory: ServerFactory, debug_port: int)
         config=metrics_config(
             2,
             debug_port,
-            dockyard={"workers": 2, "ui": {"enabled": False}, "gc": {"delay": "0s", "settle": "1s"}},
+            dockyard={
+                "workers": 2,
+                "ui": {"enabled": False},
+                "gc": {"delay": "0s", "settle": "1s"},
+            },
         )
     )
     image = make_image("gc-metrics", layers=2)
@@ -351,3 +389,33 @@ def test_no_debug_listener_without_prometheus(
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{debug_port}/metrics", timeout=5)
     assert re.search(r"http\.debug\.addr is set without", server.log())
+
+
+def test_counts_survive_a_worker_that_dies(server_factory: ServerFactory, debug_port: int) -> None:
+    server = server_factory(
+        config=metrics_config(2, debug_port, log={"formatter": "json", "level": "warn"})
+    )
+    for _ in range(40):
+        with httpx.Client(timeout=30) as client:
+            assert client.get(server.url + "/v2/").status_code == 200
+        if len(access_pids(server)) == 2:
+            break
+    pids = access_pids(server)
+    assert len(pids) == 2
+    before = scrape(debug_port)
+    victim = min(pids)
+    os.kill(victim, signal.SIGKILL)
+    # The parent replaces it; the registry keeps answering meanwhile (the other worker).
+    deadline = time.monotonic() + 30
+    while True:
+        with httpx.Client(timeout=30) as client:
+            assert client.get(server.url + "/v2/").status_code == 200
+        if len(access_pids(server) - pids) >= 1 or time.monotonic() > deadline:
+            break
+    assert access_pids(server) - pids, "no replacement worker answered"
+    after = scrape(debug_port)
+    # What the dead worker counted is still in the sum: counters never go backwards.
+    assert value(after, "registry_http_requests_total") > value(
+        before, "registry_http_requests_total"
+    )
+    assert value(after, "registry_http_in_flight_requests") == 0

@@ -55,7 +55,9 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20) -> N
 
 def uploads_in_flight(debug_port: int) -> float:
     text = httpx.get(f"http://127.0.0.1:{debug_port}/metrics", timeout=10).text
-    return sum(v for name, _, v in metric_samples(text) if name == "registry_blob_uploads_in_flight")
+    return sum(
+        v for name, _, v in metric_samples(text) if name == "registry_blob_uploads_in_flight"
+    )
 
 
 def read_response(sock: socket.socket) -> tuple[int, dict[str, str]]:

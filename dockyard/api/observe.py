@@ -23,6 +23,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler, Middleware
 from aiohttp.web import BaseRequest, StreamResponse
 
+from dockyard import logs
 from dockyard.api.context import REGISTRY
 from dockyard.api.extensions import SUMMARIES
 from dockyard.auth.http import identity_of
@@ -132,6 +133,7 @@ def middleware(prefix: str, metrics: Metrics | None, activity: Activity) -> Midd
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         info = request_info(request, prefix)
         activity.begin(info)
+        logs.request_id.set(info.id)
         try:
             if metrics is None:
                 return await handler(request)

@@ -1,0 +1,48 @@
+"""Route names and repositories of request paths, as the access log and metrics see them."""
+
+from __future__ import annotations
+
+import pytest
+
+from dockyard.api.observe import classify
+from dockyard.metrics import ROUTES
+
+DIGEST = "sha256:" + "a" * 64
+
+
+@pytest.mark.parametrize(
+    ("path", "route", "repository"),
+    [
+        ("/v2", "base", None),
+        ("/v2/", "base", None),
+        ("/v2/_catalog", "catalog", None),
+        ("/v2/team/app/tags/list", "tags", "team/app"),
+        ("/v2/team/app/manifests/v1", "manifest", "team/app"),
+        (f"/v2/team/app/manifests/{DIGEST}", "manifest", "team/app"),
+        ("/v2/team/app/blobs/uploads/", "blob_upload", "team/app"),
+        ("/v2/team/app/blobs/uploads/0b4e-11", "blob_upload", "team/app"),
+        (f"/v2/team/app/blobs/{DIGEST}", "blob", "team/app"),
+        # A repository named like a route's suffix is told apart as the router does.
+        (f"/v2/a/blobs/blobs/{DIGEST}", "blob", "a/blobs"),
+        ("/v2/a/manifests/manifests/v1", "manifest", "a/manifests"),
+        (f"/v2/team/app/referrers/{DIGEST}", "referrers", "team/app"),
+        ("/v2/_dockyard/gc", "extension", None),
+        ("/v2/_dockyard/repositories/team/app", "extension", "team/app"),
+        ("/ui/", "ui", None),
+        ("/ui/repositories/team/app", "ui", None),
+        ("/", "ui", None),
+        ("/auth/token", "auth", None),
+        ("/debug/health", "health", None),
+        ("/favicon.ico", "other", None),
+        ("/v2/nothing-here", "other", None),
+    ],
+)
+def test_classify(path: str, route: str, repository: str | None) -> None:
+    assert classify(path) == (route, repository)
+    assert route in ROUTES
+
+
+def test_classify_under_a_prefix() -> None:
+    assert classify("/registry/v2/team/app/tags/list", "/registry") == ("tags", "team/app")
+    assert classify("/registry/auth/token", "/registry") == ("auth", None)
+    assert classify("/elsewhere/v2/", "/registry") == ("other", None)
