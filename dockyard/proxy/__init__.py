@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from dockyard.config import Config
-from dockyard.errors import Unsupported
+from dockyard.errors import Unavailable, Unsupported
+from dockyard.proxy.claims import Retry
 from dockyard.proxy.fetch import Finished
 from dockyard.proxy.mirror import Mirror
 from dockyard.proxy.routing import routes_of
@@ -124,11 +125,20 @@ async def pull_blob(
     if request.method == "HEAD":
         size = await mirror.blob_size(target, digest)
         return web.Response(status=200, headers={**headers, "Content-Length": str(size)})
-    fetch = mirror.fetch(target, digest)
-    try:
-        fd = await fetch.started()
-    except Finished:
-        return await mirror.registry.blobs.stat(digest)
+    for _ in range(3):
+        fetch = mirror.fetch(target, digest)
+        try:
+            fd = await fetch.started()
+            break
+        except Finished:
+            return await mirror.registry.blobs.stat(digest)
+        except Retry:
+            # Another worker's fetch ended as this one looked: stored, or to try again.
+            local = await mirror.adopt_local(repo, digest)
+            if local is not None:
+                return local
+    else:
+        raise Unavailable("the blob could not be fetched", detail={"digest": str(digest)})
     response = web.StreamResponse(status=200, headers=headers)
     if fetch.size is not None:
         response.content_length = fetch.size

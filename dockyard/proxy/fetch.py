@@ -10,8 +10,9 @@ and is linked into the repository; on a mismatch, or if the upstream fails, noth
 stored and every reader's response is cut short, so no client takes it for complete.
 
 Readers share the spool's file descriptor, so the move that commits it does not
-disturb them. Single flight is per process: with several workers, each may fetch the
-same blob once (see ``Mirror``).
+disturb them. With storage in a local directory the spool is named by the digest and
+claimed with a file lock, so other worker processes follow it instead of fetching
+again (``claims``); elsewhere each process fetches at most once.
 """
 
 from __future__ import annotations
@@ -26,15 +27,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from dockyard.errors import BlobUnknown, Unavailable
+from dockyard.proxy.claims import INCOMING, PIECE, Claim
 from dockyard.proxy.routing import Target
 from dockyard.proxy.upstream import UPSTREAM_UNKNOWN, UpstreamUnavailable
-from dockyard.registry import Registry, layout
+from dockyard.registry import Registry
 from dockyard.registry.digest import Digest, new_hasher
 
 log = logging.getLogger("dockyard.proxy")
-
-PIECE = 1 << 20
-INCOMING = f"{layout.ROOT}/_dockyard/proxy/incoming"
 
 
 class BlobFetch:
@@ -44,6 +43,7 @@ class BlobFetch:
         target: Target,
         digest: Digest,
         done: Callable[[BlobFetch], None],
+        claim: Claim | None = None,
     ) -> None:
         self.registry = registry
         self.target = target
@@ -59,6 +59,7 @@ class BlobFetch:
         self._done = done
         self._storage_path: str | None = None
         self._spool_path = ""
+        self._claim = claim
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     # --- the fetch ---------------------------------------------------------------------
@@ -67,7 +68,12 @@ class BlobFetch:
         name = str(uuid.uuid4())
         storage_path = f"{INCOMING}/{name}"
         local = self.registry.driver.local_path(storage_path)
-        if local is not None:
+        if self._claim is not None:
+            # Other processes follow this spool: its size first, then the named file.
+            self._claim.announce_size(self.size)
+            self._storage_path = self._claim.paths.storage_part
+            self._spool_path = self._claim.paths.part
+        elif local is not None:
             os.makedirs(os.path.dirname(local), exist_ok=True)
             self._storage_path, self._spool_path = storage_path, local
         else:
@@ -79,6 +85,8 @@ class BlobFetch:
     async def _run(self) -> None:
         try:
             await self._fetch()
+        except Finished:
+            pass  # another process stored it meanwhile; readers serve the stored blob
         except Exception as error:  # noqa: BLE001 - every reader learns of it; nothing is stored
             if isinstance(error, UpstreamUnavailable):
                 error = Unavailable("upstream unavailable", detail={"reason": str(error)})
@@ -92,8 +100,14 @@ class BlobFetch:
                 self._changed.notify_all()
             if self._fd is not None:
                 self.release()
+            if self._claim is not None:
+                self._claim.release()
 
     async def _fetch(self) -> None:
+        if self._claim is not None and await self.registry.blobs.exists(self.digest):
+            # Claimed just after another process finished storing it.
+            await self.registry.repository(self.target.name).blobs.link(self.digest)
+            raise Finished()
         response = await self.target.client.request(
             "GET", self.target.remote, f"blobs/{self.digest}"
         )

@@ -15,12 +15,12 @@ where Distribution does not look:
   and revision are deleted like a DELETE would, so garbage collection frees the blobs
   nothing else references. Expiry is skipped while the upstream is unreachable.
 
-Several worker processes each keep their own single flight: a blob that several workers
-are asked for at once is fetched at most once per worker. Storage is the only thing
-workers share, and a spool another process is still writing cannot be followed through
-every storage driver, nor told apart from one whose writer died; committing is
-idempotent (the second ``adopt`` of the same digest is a no-op), so the cost of the
-rare duplicate is upstream bandwidth, never correctness.
+With several worker processes and storage in a local directory (the filesystem driver),
+the first worker to claim a digest fetches it and the others follow its spool file
+(``claims``): one upstream fetch in all. Other drivers cannot be read while being
+written, so there each worker fetches at most once; committing is idempotent (a second
+``adopt`` of the same digest is a no-op), so a duplicate costs upstream bandwidth,
+never correctness.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ from dockyard.errors import (
     NameUnknown,
     Unavailable,
 )
-from dockyard.proxy.fetch import INCOMING, BlobFetch
+from dockyard.proxy.claims import INCOMING, FollowedFetch, claim, claimed, spool_paths
+from dockyard.proxy.fetch import BlobFetch
 from dockyard.proxy.routing import Route, Target, find_target
 from dockyard.proxy.upstream import UPSTREAM_UNKNOWN, UpstreamUnavailable
 from dockyard.registry import Registry, Repository, layout
@@ -263,13 +264,20 @@ class Mirror:
         await repo.blobs.link(digest)
         return descriptor
 
-    def fetch(self, target: Target, digest: Digest) -> BlobFetch:
-        """The fetch of ``digest`` in flight in this process, started if there is none."""
+    def fetch(self, target: Target, digest: Digest) -> BlobFetch | FollowedFetch:
+        """The fetch of ``digest`` in flight here, or in another process, or a new one."""
         fetch = self.fetches.get(digest)
-        if fetch is None:
-            fetch = self.fetches[digest] = BlobFetch(
-                self.registry, target, digest, self._fetch_done
-            )
+        if fetch is not None:
+            return fetch
+        paths = spool_paths(self.registry, digest)
+        taken = None
+        if paths is not None:
+            taken = claim(paths)
+            if taken is None:
+                return FollowedFetch(self.registry, digest, paths)
+        fetch = self.fetches[digest] = BlobFetch(
+            self.registry, target, digest, self._fetch_done, taken
+        )
         return fetch
 
     def _fetch_done(self, fetch: BlobFetch) -> None:
@@ -322,7 +330,11 @@ class Mirror:
             entries = [info async for info in driver.walk(INCOMING)]
         except PathNotFoundError:
             return 0
-        stale = [info for info in entries if not info.is_dir and now - info.mtime > SPOOL_AGE]
+        stale = [
+            info
+            for info in entries
+            if not info.is_dir and now - info.mtime > SPOOL_AGE and not claimed(driver, info.path)
+        ]
         for info in stale:
             await delete_if_exists(driver, info.path)
         return len(stale)

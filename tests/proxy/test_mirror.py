@@ -214,14 +214,17 @@ BIG = 256 << 20
 CLIENTS = 10
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_concurrent_pulls_of_a_cold_blob_fetch_it_once_and_stream(
     server_factory: ServerFactory,
     proxies: Callable[[ServerProcess], CountingProxy],
+    workers: int,
 ) -> None:
     upstream = server_factory("dockyard", name="upstream")
     counter = proxies(upstream)
-    # Single flight is per worker process (several workers fetch at most once each).
-    mirror = mirror_of(server_factory, counter.url, dockyard={"workers": 1})
+    # With two workers the kernel spreads the clients over both: one fetches, the
+    # other follows its spool.
+    mirror = mirror_of(server_factory, counter.url, dockyard={"workers": workers})
     data = os.urandom(BIG)
     expected = hashlib.sha256(data).hexdigest()
     with httpx.Client(timeout=120) as client:
