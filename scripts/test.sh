@@ -18,7 +18,12 @@ if ! is_root; then
 fi
 # chromium: Debian's browser, which Playwright drives headless in the web UI tests
 # (tests/web); Playwright's own browser download does not work offline.
-ensure_debian_packages skopeo docker-registry podman chromium
+# buildah, mmdebstrap, runc: the container image test (tests/packaging) builds the
+# Dockerfile with buildah on a Debian 12 base made by mmdebstrap (Docker Hub's base is
+# not reachable everywhere the tests run) and runs it with podman on runc (Debian's crun
+# refuses hosts with cgroup v1 and v2 mounted side by side). systemd: systemd-analyze
+# checks packaging/dockyard.service.
+ensure_debian_packages skopeo docker-registry podman chromium buildah mmdebstrap runc systemd
 quiet_debian_registry
 
 choose_python
