@@ -11,9 +11,11 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,8 +30,10 @@ from tests.support.images import (
     push_blob,
     push_manifest,
     sha256_digest,
+    skopeo,
     start_upload,
     with_digest,
+    write_oci_layout,
 )
 from tests.support.servers import ServerProcess, free_port
 
@@ -419,3 +423,61 @@ def test_counts_survive_a_worker_that_dies(server_factory: ServerFactory, debug_
         before, "registry_http_requests_total"
     )
     assert value(after, "registry_http_in_flight_requests") == 0
+
+
+@pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")
+def test_a_skopeo_push_and_pull_are_counted(
+    server_factory: ServerFactory, debug_port: int, tmp_path: Path
+) -> None:
+    server = server_factory(config=metrics_config(2, debug_port))
+    image = make_image("metrics-skopeo", layers=3)
+    source = write_oci_layout(tmp_path / "source", {"v1": image})
+    before = scrape(debug_port)
+    skopeo(
+        "copy",
+        "--dest-tls-verify=false",
+        f"oci:{source}:v1",
+        f"docker://{server.host}/metrics/skopeo:v1",
+    )
+    pushed = scrape(debug_port)
+    skopeo(
+        "copy",
+        "--src-tls-verify=false",
+        f"docker://{server.host}/metrics/skopeo:v1",
+        f"oci:{tmp_path / 'out'}:v1",
+    )
+    pulled = scrape(debug_port)
+
+    blobs = len(image.blobs)
+    total = sum(blob.size for blob in image.blobs)
+    assert (
+        delta(
+            before,
+            pushed,
+            "registry_http_requests_total",
+            handler="manifest",
+            method="put",
+            code="201",
+        )
+        == 1
+    )
+    assert (
+        delta(before, pushed, "registry_http_requests_total", handler="blob_upload", code="201")
+        == blobs
+    )
+    assert (
+        delta(before, pushed, "registry_http_request_size_bytes_total", handler="blob_upload")
+        == total
+    )
+    assert delta(before, pushed, "registry_http_request_size_bytes_total", handler="manifest") == (
+        image.manifest.size
+    )
+    assert (
+        delta(
+            pushed, pulled, "registry_http_requests_total", handler="blob", method="get", code="200"
+        )
+        == blobs
+    )
+    assert delta(pushed, pulled, "registry_http_response_size_bytes_total", handler="blob") == total
+    assert delta(pushed, pulled, "registry_http_requests_total", handler="blob_upload") == 0
+    assert value(pulled, "registry_blob_uploads_in_flight") == 0
