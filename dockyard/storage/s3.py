@@ -534,15 +534,32 @@ class S3Driver(StorageDriver):
             raise _failure(path, error) from error
 
     async def write(self, path: str, data: bytes) -> None:
+        """Put the object, record its time as a touch does, and check it is still there.
+
+        Link files are what garbage collection sets aside, and a rewrite of one must not
+        be lost to a collection deleting the previous version at that moment: like a
+        touch, the write leaves a time object the collection looks for after its delete
+        (see :meth:`move_unless_touched`), and is done again if the delete won.
+        """
         key = self.key(path)
         await self.check_writable(path)
         client = await self.client()
-        try:
-            await client.put_object(
-                Bucket=self.bucket, Key=key, Body=data, **self.object_args(time.time())
-            )
-        except Exception as error:
-            raise _failure(path, error) from error
+        for _ in range(3):
+            now = time.time()
+            try:
+                put = await client.put_object(
+                    Bucket=self.bucket, Key=key, Body=data, **self.object_args(now)
+                )
+                await client.put_object(
+                    Bucket=self.bucket,
+                    Key=self.time_key(path),
+                    Body=b"",
+                    Metadata={MTIME_KEY: repr(now), ETAG_KEY: put["ETag"].strip('"')},
+                )
+            except Exception as error:
+                raise _failure(path, error) from error
+            if await self._head_key(path, key) is not None:
+                break
         self._remember_directories(path)
 
     def stream(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
@@ -662,6 +679,10 @@ class S3Driver(StorageDriver):
             )
         except Exception as error:
             raise _failure(path, error) from error
+        # Still there after the time was recorded: a collection that moves it from now on
+        # finds the time object (see move_unless_touched).
+        if await self._head_key(path, key) is None:
+            raise PathNotFoundError(path)
 
     async def list(self, path: str) -> list[str]:
         check_path(path)
@@ -675,22 +696,19 @@ class S3Driver(StorageDriver):
         await self._move(source, dest, None)
 
     async def move_unless_touched(self, source: str, dest: str, since: float) -> bool:
-        """Check, copy, check again, then delete the source.
+        """Check, copy, check again, delete the source, and look for a late touch.
 
-        The second check, after the copy, narrows the window in which a touch can be lost
-        to the time between it and the delete (one request), however large the content.
+        A touch writes its time object and then checks that the content is still there.
+        So one that reported success either landed before the second check (nothing
+        moves) or before the delete, and then its time object is found after the delete
+        and the content is put back: missing for that moment, as with the default.
         """
         check_path(source)
         check_path(dest)
         if dest == source or dest.startswith(source + "/"):
             raise StorageError(f"cannot move {source} onto or into itself ({dest})")
-
-        async def untouched(files: _FileInfos) -> bool:
-            now = await self._fan_out([lambda f=f: self._head(f.path) for f in files])  # type: ignore[misc]
-            return all(info is not None and info.mtime < since for info in now)
-
         try:
-            return await self._move(source, dest, untouched)
+            return await self._move(source, dest, since)
         except PathNotFoundError:
             return False
 
@@ -698,8 +716,16 @@ class S3Driver(StorageDriver):
         self,
         source: str,
         dest: str,
-        untouched: Callable[[_FileInfos], Awaitable[bool]] | None,
+        since: float | None,
     ) -> bool:
+        """Move; with ``since``, only if no file was modified at ``since`` or later."""
+
+        async def untouched(files: _FileInfos) -> bool:
+            now = await self._fan_out([lambda f=f: self._head(f.path) for f in files])  # type: ignore[misc]
+            return all(
+                info is not None and since is not None and info.mtime < since for info in now
+            )
+
         source_key = self.key(source)
         dest_key = self.key(dest)
         top = await self.stat(source)
@@ -721,7 +747,7 @@ class S3Driver(StorageDriver):
         else:
             await self.check_writable(dest)
             present = [top]
-        if untouched is not None and not await untouched(present):
+        if since is not None and not await untouched(present):
             return False
         moves = [
             (self.key(info.path), dest_key + self.key(info.path)[len(source_key) :], info)
@@ -736,15 +762,37 @@ class S3Driver(StorageDriver):
             )
         except Exception as error:
             raise _failure(source, error) from error
-        if untouched is not None and not await untouched(present):
+        if since is not None and not await untouched(present):
             await self._delete_keys(dest, [d for _, d, _ in moves])
             return False
+        await self._delete_keys(source, [s for s, _, _ in moves])
+        if since is not None:
+            late = await self._fan_out(
+                [lambda i=i: self._touched_at(i.path) for _, _, i in moves]  # type: ignore[misc]
+            )
+            if any(at is not None and at >= since for at in late):
+                # Back where it was, with a fresh time: it is held.
+                now = time.time()
+                await self._fan_out(
+                    [
+                        lambda s=s, d=d, i=i: self.copy_object(d, s, i.size, now)  # type: ignore[misc]
+                        for s, d, i in moves
+                    ]
+                )
+                await self._delete_keys(dest, [d for _, d, _ in moves])
+                return False
         # The copies carry their times; earlier touches of source and dest are spent.
         spent = [self.time_key(i.path) for _, _, i in moves]
         spent += [self.time_key(dest + i.path[len(source) :]) for _, _, i in moves]
-        await self._delete_keys(source, [s for s, _, _ in moves] + spent)
+        await self._delete_keys(source, spent)
         self._remember_directories(dest, is_dir=top.is_dir)
         return True
+
+    async def _touched_at(self, path: str) -> float | None:
+        touched = await self._head_key(path, self.time_key(path))
+        if touched is None:
+            return None
+        return _mtime(touched.get("Metadata"), touched["LastModified"])
 
     def _path_of(self, key: str) -> str | None:
         """The driver path of a key below the root, if a driver path can name it."""

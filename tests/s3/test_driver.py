@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dockyard.storage import S3Driver, create_driver
+from dockyard.storage import PathNotFoundError, S3Driver, create_driver
 from tests.s3.moto_server import MotoServer
 
 MiB = 1 << 20
@@ -59,7 +59,9 @@ async def test_keys_are_the_paths_below_the_root_directory(
     await writer.write(b"up")
     await writer.commit()
     await writer.close()
+    # Besides the time object a write leaves (see test_a_touch_writes_a_time_object...).
     assert keys(moto_server, bucket) == {
+        "registry/root/~times/docker/registry/v2/blobs/sha256/ab/abcd/data": 0,
         "registry/root/docker/registry/v2/blobs/sha256/ab/abcd/data": 4,
         "registry/root/docker/registry/v2/repositories/r/_uploads/u/data": 2,
     }
@@ -188,7 +190,7 @@ async def test_redirect_urls_are_pre_signed_and_can_be_disabled(
 async def test_an_unreachable_or_missing_bucket_is_a_storage_error(
     moto_server: MotoServer,
 ) -> None:
-    from dockyard.storage import PathNotFoundError, StorageError
+    from dockyard.storage import StorageError
 
     driver = make(moto_server, "no-such-bucket")
     with pytest.raises(StorageError) as error:
@@ -229,3 +231,64 @@ async def test_a_touch_writes_a_time_object_not_the_content(
     await s3.touch("/blobs/cd/data")
     await s3.delete("/blobs")
     assert keys(moto_server, bucket) == {}
+
+
+class TouchBeforeDelete(S3Driver):
+    """Lands a touch of ``victim`` in the one window left: after the collector's second
+    check, right before it deletes the source."""
+
+    victim: str = ""
+    rewrite: bytes | None = None
+    touched: bool = False
+
+    async def _delete_keys(self, path: str, keys: list[str]) -> None:
+        if not self.touched and self.victim and self.key(self.victim) in keys:
+            self.touched = True
+            if self.rewrite is None:
+                await self.touch(self.victim)
+            else:
+                await self.write(self.victim, self.rewrite)
+        await super()._delete_keys(path, keys)
+
+
+async def test_a_touch_landing_just_before_the_delete_puts_the_content_back(
+    moto_server: MotoServer, bucket: str
+) -> None:
+    base = make(moto_server, bucket)
+    driver = TouchBeforeDelete(base.params)
+    await driver.write("/blobs/ab/data", b"held")
+    await driver.touch("/blobs/ab/data", mtime=1000.0)
+    driver.victim = "/blobs/ab/data"
+    since = time.time() - 1
+    assert await driver.move_unless_touched("/blobs/ab", "/trash/0", since) is False
+    assert driver.touched
+    assert await driver.read("/blobs/ab/data") == b"held"
+    assert (await driver.stat("/blobs/ab/data")).mtime >= since
+    assert set(keys(moto_server, bucket)) == {"blobs/ab/data", "~times/blobs/ab/data"}
+    # Untouched, it goes.
+    driver.victim = ""
+    assert await driver.move_unless_touched("/blobs/ab", "/trash/0", time.time() + 60) is True
+    assert set(keys(moto_server, bucket)) == {"trash/0/data"}
+    await driver.close()
+    await base.close()
+
+
+async def test_a_link_rewritten_just_before_the_delete_is_put_back(
+    moto_server: MotoServer, bucket: str
+) -> None:
+    """A manifest pushed again rewrites its revision link as the collector takes it."""
+    base = make(moto_server, bucket)
+    driver = TouchBeforeDelete(base.params)
+    link = "/r/_manifests/revisions/sha256/ab/link"
+    await driver.write(link, b"sha256:ab")
+    await driver.touch(link, mtime=1000.0)
+    driver.victim, driver.rewrite = link, b"sha256:ab"
+    since = time.time() - 1
+    assert await driver.move_unless_touched(link.rsplit("/", 1)[0], "/trash/0", since) is False
+    assert driver.touched
+    assert await driver.read(link) == b"sha256:ab"
+    assert (await driver.stat(link)).mtime >= since
+    with pytest.raises(PathNotFoundError):
+        await driver.stat("/trash/0")
+    await driver.close()
+    await base.close()
