@@ -560,6 +560,8 @@ class S3Driver(StorageDriver):
                 raise _failure(path, error) from error
             if await self._head_key(path, key) is not None:
                 break
+        else:
+            raise StorageError(f"{path}: deleted as soon as written, three times over")
         self._remember_directories(path)
 
     def stream(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
