@@ -9,8 +9,8 @@ Modification times, which garbage collection depends on, are kept to the microse
 the object's ``x-amz-meta-mtime`` metadata by every write and copy; objects written by
 other tools fall back to the store's ``Last-Modified``. A touch (a push holding a blob)
 must not cost a copy of a blob of gigabytes, so it writes an empty "time object" under
-``<rootdirectory>/~times/`` naming the content's ETag: a file's time is the later of
-its own and that of a touch of the same content. No driver path can reach ``~times``
+``<rootdirectory>/~times/``: a file's time is the later of its own and its time
+object's. No driver path can reach ``~times``
 and Distribution never looks there.
 
 A :class:`FileWriter` streams into a multipart upload in parts of ``chunksize`` and
@@ -69,7 +69,6 @@ FAN_OUT = 16
 # in their way; a bounded memory of recent ones.
 KNOWN_DIRECTORIES = 4096
 MTIME_KEY = "mtime"
-ETAG_KEY = "etag"
 # Touches are recorded in small "time objects" below this name in the root, which no
 # driver path can reach ('~' is not allowed in one) and Distribution never looks at.
 TIMES = "~times"
@@ -337,9 +336,10 @@ class S3Driver(StorageDriver):
     async def _head(self, path: str, with_touch: bool = True) -> FileInfo | None:
         """The file at ``path``, or None when there is no object there.
 
-        Its time is the later of the object's own and that of its last touch, when the
-        touch was of this very content (same ETag): a rewrite with new content starts
-        afresh, and the time only ever moves forward otherwise.
+        Its time is the later of the object's own and that of its time object. Taking
+        the later makes a time object left from earlier content harmless: the content
+        written since is newer. Only touches to a given (earlier) time, and moves, which
+        carry the time in the copy, remove the time object.
         """
         key = self.key(path)
         if with_touch:
@@ -352,9 +352,7 @@ class S3Driver(StorageDriver):
             return None
         mtime = _mtime(head.get("Metadata"), head["LastModified"])
         if touched is not None:
-            recorded = touched.get("Metadata", {})
-            if recorded.get(ETAG_KEY) == head["ETag"].strip('"'):
-                mtime = max(mtime, _mtime(recorded, touched["LastModified"]))
+            mtime = max(mtime, _mtime(touched.get("Metadata"), touched["LastModified"]))
         # A file here means directories above it (what writes check for).
         self._remember_directories(path)
         return FileInfo(path, head["ContentLength"], mtime, False)
@@ -547,14 +545,11 @@ class S3Driver(StorageDriver):
         for _ in range(3):
             now = time.time()
             try:
-                put = await client.put_object(
-                    Bucket=self.bucket, Key=key, Body=data, **self.object_args(now)
-                )
-                await client.put_object(
-                    Bucket=self.bucket,
-                    Key=self.time_key(path),
-                    Body=b"",
-                    Metadata={MTIME_KEY: repr(now), ETAG_KEY: put["ETag"].strip('"')},
+                await asyncio.gather(
+                    client.put_object(
+                        Bucket=self.bucket, Key=key, Body=data, **self.object_args(now)
+                    ),
+                    self._put_time(path, now),
                 )
             except Exception as error:
                 raise _failure(path, error) from error
@@ -669,22 +664,21 @@ class S3Driver(StorageDriver):
             except Exception as error:
                 raise _failure(path, error) from error
             return
-        head = await self._head_key(path, key)
-        if head is None:
-            raise PathNotFoundError(path)
         try:
-            await client.put_object(
-                Bucket=self.bucket,
-                Key=self.time_key(path),
-                Body=b"",
-                Metadata={MTIME_KEY: repr(time.time()), ETAG_KEY: head["ETag"].strip('"')},
-            )
+            await self._put_time(path, time.time())
         except Exception as error:
             raise _failure(path, error) from error
         # Still there after the time was recorded: a collection that moves it from now on
-        # finds the time object (see move_unless_touched).
+        # finds the time object (see move_unless_touched). A time object left for nothing
+        # is harmless (see _head).
         if await self._head_key(path, key) is None:
             raise PathNotFoundError(path)
+
+    async def _put_time(self, path: str, mtime: float) -> None:
+        client = await self.client()
+        await client.put_object(
+            Bucket=self.bucket, Key=self.time_key(path), Body=b"", Metadata={MTIME_KEY: repr(mtime)}
+        )
 
     async def list(self, path: str) -> list[str]:
         check_path(path)
