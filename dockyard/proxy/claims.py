@@ -151,9 +151,14 @@ class FollowedFetch:
         return self._fd
 
     async def pieces(self, fd: int) -> AsyncIterator[bytes]:
+        """The spool's bytes as they arrive; the last one only once the blob is stored."""
         offset = 0
+        # Up to the last byte, bytes come as the other process writes them.
+        limit = self.size - 1 if self.size is not None else None
         while True:
             available = os.fstat(fd).st_size
+            if limit is not None:
+                available = min(available, limit)
             if offset < available:
                 piece = await asyncio.to_thread(
                     os.pread, fd, min(available - offset, PIECE), offset
@@ -162,23 +167,29 @@ class FollowedFetch:
                 yield piece
                 continue
             running = fetch_in_progress(self.paths)
-            if (self.size is not None and offset >= self.size) or not running:
-                if offset < os.fstat(fd).st_size:
+            if (limit is not None and offset >= limit) or not running:
+                if limit is None and offset < os.fstat(fd).st_size:
                     continue  # written just before the fetch ended
-                if await self._verified(offset):
-                    return
-                raise Unavailable("the upstream fetch failed", detail={"digest": str(self.digest)})
+                break
             await asyncio.sleep(POLL)
+        stored = await self._outcome()
+        if stored is None or (self.size is not None and stored != self.size):
+            raise Unavailable("the upstream fetch failed", detail={"digest": str(self.digest)})
+        while offset < stored:
+            piece = await asyncio.to_thread(os.pread, fd, min(stored - offset, PIECE), offset)
+            if not piece:
+                raise Unavailable("the spool ended early", detail={"digest": str(self.digest)})
+            offset += len(piece)
+            yield piece
 
-    async def _verified(self, size: int) -> bool:
-        """Wait for the fetch's outcome: the blob stored with ``size`` bytes, or not."""
+    async def _outcome(self) -> int | None:
+        """Wait for the fetch to end: the stored blob's size, or None when it failed."""
         while fetch_in_progress(self.paths):
             await asyncio.sleep(POLL)
         try:
-            descriptor = await self.registry.blobs.stat(self.digest)
+            return (await self.registry.blobs.stat(self.digest)).size
         except BlobUnknown:
-            return False
-        return descriptor.size == size
+            return None
 
     def release(self) -> None:
         if self._fd is not None:

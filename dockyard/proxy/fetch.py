@@ -205,8 +205,15 @@ class BlobFetch:
         self._users += 1
         return self._fd
 
+    def _readable(self) -> int:
+        """How much readers may have: the last byte waits until the content is verified,
+        so a client never holds a complete body that turns out wrong."""
+        if self.complete or self.size is None:
+            return self.written
+        return min(self.written, self.size - 1)
+
     def _beyond(self, offset: int) -> bool:
-        return self.written > offset or self.complete or self.error is not None
+        return self._readable() > offset or self.complete or self.error is not None
 
     async def pieces(self, fd: int) -> AsyncIterator[bytes]:
         """The blob's bytes from the start, as they arrive; raises if the fetch fails."""
@@ -216,8 +223,9 @@ class BlobFetch:
                 await self._changed.wait_for(functools.partial(self._beyond, offset))
             if self.error is not None:
                 raise self.error
-            if offset < self.written:
-                length = min(self.written - offset, PIECE)
+            readable = self._readable()
+            if offset < readable:
+                length = min(readable - offset, PIECE)
                 piece = await asyncio.to_thread(os.pread, fd, length, offset)
                 offset += len(piece)
                 yield piece

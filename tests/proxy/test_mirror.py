@@ -294,11 +294,11 @@ def test_content_that_does_not_match_its_digest_is_not_stored(
     counter.corrupt_path = f"/blobs/{layer.digest}"
 
     url = f"{mirror.url}/v2/team/app/blobs/{layer.digest}"
+    # The last byte waits for verification, which fails: the body is cut short.
     with pytest.raises(httpx.HTTPError), httpx.stream("GET", url) as response:
-        received = b"".join(response.iter_bytes())
-        # A body that ended cleanly must at least not pass for the blob.
-        assert hashlib.sha256(received).hexdigest() != layer.digest[7:]
-        raise httpx.ReadError("short body")
+        assert response.status_code == 200
+        for _ in response.iter_bytes():
+            pass
     blob_dir = (
         mirror.root / "docker/registry/v2/blobs/sha256" / layer.digest[7:9] / layer.digest[7:]
     )
