@@ -10,8 +10,7 @@ the object's ``x-amz-meta-mtime`` metadata by every write and copy; objects writ
 other tools fall back to the store's ``Last-Modified``. A touch (a push holding a blob)
 must not cost a copy of a blob of gigabytes, so it writes an empty "time object" under
 ``<rootdirectory>/~times/``: a file's time is the later of its own and its time
-object's. No driver path can reach ``~times``
-and Distribution never looks there.
+object's. No driver path can reach ``~times`` and Distribution never looks there.
 
 A :class:`FileWriter` streams into a multipart upload in parts of ``chunksize`` and
 holds at most one part in memory. :meth:`FileWriter.commit` completes the upload, so the
@@ -206,7 +205,8 @@ def _copy_ranges(size: int, chunk: int) -> list[tuple[int, int]]:
     Every range is at least ``chunk`` long except when ``size`` itself is smaller, so a
     range may be followed by more parts.
     """
-    chunk = max(chunk, -(-size // MAX_PARTS))
+    # The last range takes the remainder, so it stays below twice the chunk: at most 5 GiB.
+    chunk = max(min(chunk, MAX_PART_SIZE // 2), -(-size // MAX_PARTS))
     count = max(1, size // chunk)
     ranges = []
     for index in range(count):

@@ -8,6 +8,7 @@ import hashlib
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
+from itertools import pairwise
 from typing import Any
 
 import httpx
@@ -292,3 +293,26 @@ async def test_a_link_rewritten_just_before_the_delete_is_put_back(
         await driver.stat("/trash/0")
     await driver.close()
     await base.close()
+
+
+@pytest.mark.parametrize(
+    ("size", "chunk"),
+    [
+        (40 * MiB, 32 * MiB),
+        (9 << 30, 5 << 30),
+        (5 * MiB, 32 * MiB),
+        (1, 5 * MiB),
+        (100 << 30, 5 * MiB),
+    ],
+)
+def test_copy_ranges_are_parts_s3_accepts(size: int, chunk: int) -> None:
+    from dockyard.storage.s3 import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, _copy_ranges
+
+    ranges = _copy_ranges(size, chunk)
+    assert ranges[0][0] == 0 and ranges[-1][1] == size - 1
+    assert all(a[1] + 1 == b[0] for a, b in pairwise(ranges))
+    assert len(ranges) <= MAX_PARTS
+    lengths = [end - start + 1 for start, end in ranges]
+    assert max(lengths) <= MAX_PART_SIZE
+    # Any range may be followed by more parts, so none is below the minimum part size.
+    assert min(lengths) >= min(size, MIN_PART_SIZE)
