@@ -22,7 +22,7 @@ import yaml
 
 from tests.packaging.containers import Container, Storage, build_image, make_base_image
 from tests.support.images import ALL_MANIFEST_TYPES, make_image, skopeo, write_oci_layout
-from tests.support.servers import ServerProcess
+from tests.support.servers import ServerProcess, free_port
 
 BUILT = "localhost/dockyard:test"
 REPOSITORY = "dockyard/registry"
@@ -155,6 +155,8 @@ def test_seed_docker_run_serves_pushes_as_a_non_root_user(image: PulledImage, tm
         refused = httpx.delete(f"{container.url}/v2/zhang/nginx/manifests/{pushed.manifest.digest}")
         assert refused.status_code == 405
 
+        check_compose_ui(image, container, tmp_path)
+
         # The images are in the host directory, owned by the dockyard user (uid 10000).
         blobs = data / "docker/registry/v2/blobs/sha256"
         assert blobs.is_dir()
@@ -242,3 +244,66 @@ def test_seed_config_and_garbage_collect_on_a_store_written_as_root(
         assert container.stop() == 0
     finally:
         container.remove()
+
+
+def test_compose_registry_service_is_the_seed_docker_run() -> None:
+    compose = yaml.safe_load((Path(__file__).parents[2] / "compose.yaml").read_text())
+    registry = compose["services"]["registry"]
+    assert registry["build"] == "."
+    assert registry["ports"] == ["5000:5000"]
+    assert "/opt/data/registry:/var/lib/registry" in registry["volumes"]
+    ui = compose["services"]["ui"]
+    assert ui["image"] == registry["image"]
+    assert ui["depends_on"]["registry"]["condition"] == "service_healthy"
+
+
+def check_compose_ui(image: PulledImage, registry: Container, tmp_path: Path) -> None:
+    """compose.yaml's ``ui`` service, run from the image as Compose would run it.
+
+    Compose itself is not installed here, nor a network where containers find each other
+    by name: the service's command, environment and health check come from compose.yaml,
+    with the registry's address and the UI's port on the host's loopback in place of
+    ``registry:5000`` and ``8080``.
+    """
+    compose = yaml.safe_load((Path(__file__).parents[2] / "compose.yaml").read_text())
+    service = compose["services"]["ui"]
+    assert service["environment"]["REGISTRY_URL"] == "http://registry:5000/v2"
+    port = free_port()
+    environment = {**service["environment"], "REGISTRY_URL": f"{registry.url}/v2"}
+    command = [f"127.0.0.1:{port}" if arg == ":8080" else arg for arg in service["command"]]
+    health = [
+        arg.replace("127.0.0.1:8080", f"127.0.0.1:{port}") for arg in service["healthcheck"]["test"]
+    ]
+    name = "dockyard-compose-ui"
+    assert health[0] == "CMD"
+    options = ["--detach", "--name", name, "--network", "host"]
+    for key, value in environment.items():
+        options += ["--env", f"{key}={value}"]
+    try:
+        image.storage.podman_run(*options, image.reference, *command)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                page = httpx.get(f"http://127.0.0.1:{port}/ui/", timeout=2.0)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, image.storage.podman("logs", name)
+                time.sleep(0.2)
+        assert page.status_code == 200
+        assert "zhang/nginx" in page.text
+        # The health check's command, run in the container as Docker runs it (podman
+        # 4.3 takes --health-cmd only as one string split at spaces).
+        checked = subprocess.run(
+            image.storage.podman_command("exec", name, *health[1:]),
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        top = image.storage.podman("top", name, "user", "args")
+        assert "dockyard ui" in top and {
+            line.split()[0] for line in top.splitlines()[1:] if line.strip()
+        } == {"dockyard"}, top
+    finally:
+        subprocess.run(
+            image.storage.podman_command("rm", "--force", name),
+            capture_output=True, timeout=60, check=False,
+        )
