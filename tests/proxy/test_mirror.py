@@ -21,11 +21,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.auth.support import token_config
+from tests.auth.support import htpasswd_config, token_config
 from tests.proxy.support import CountingProxy
 from tests.support.images import (
     Image,
     make_image,
+    make_index,
     push_blob,
     read_oci_layout,
     skopeo,
@@ -405,14 +406,17 @@ def test_upstreams_by_prefix_with_implied_library(
     assert response.status_code == 404
 
 
-def test_upstream_with_token_auth(
+@pytest.mark.parametrize("scheme", ["token", "basic"])
+def test_upstream_with_auth(
     server_factory: ServerFactory,
     proxies: Callable[[ServerProcess], CountingProxy],
     tmp_path: Path,
+    scheme: str,
 ) -> None:
     upstream_dir = tmp_path / "upstream-auth"
     upstream_dir.mkdir()
-    upstream = server_factory("dockyard", config=token_config(upstream_dir), name="upstream")
+    config = token_config(upstream_dir) if scheme == "token" else htpasswd_config(upstream_dir)
+    upstream = server_factory("dockyard", config=config, name="upstream")
     counter = proxies(upstream)
     image = make_image("token")
     push_image(upstream, tmp_path, "proj/app:v1", image, "--dest-creds", "writer:writer-pw")
@@ -424,7 +428,7 @@ def test_upstream_with_token_auth(
     )
     assert_same_image(pull_image(mirror, tmp_path / "first", "proj/app:v1"), image)
     # The token flow ran through the upstream's own token service.
-    assert counter.count("GET", "/auth/token") >= 1
+    assert counter.count("GET", "/auth/token") >= (1 if scheme == "token" else 0)
     assert counter.count(contains="/v2/proj/app/blobs/") >= len(image.blobs)
 
     # Without credentials the upstream refuses, and so does the mirror.
@@ -434,3 +438,39 @@ def test_upstream_with_token_auth(
     response = httpx.get(f"{anonymous.url}/v2/proj/app/manifests/v1")
     assert response.status_code == 404
     assert response.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+
+
+def test_multi_platform_index_through_the_mirror(
+    server_factory: ServerFactory,
+    proxies: Callable[[ServerProcess], CountingProxy],
+    tmp_path: Path,
+) -> None:
+    upstream = server_factory("dockyard", name="upstream")
+    counter = proxies(upstream)
+    mirror = mirror_of(server_factory, counter.url)
+    index = make_index("mirror-multi")
+    layout = write_oci_layout(tmp_path / "src", {"v": index})
+    skopeo("copy", "--all", PUSH, f"oci:{layout}:v", f"docker://{upstream.host}/team/multi:1")
+
+    skopeo(
+        "copy", "--all", PULL, f"docker://{mirror.host}/team/multi:1", f"oci:{tmp_path / 'all'}:v"
+    )
+    pulled = read_oci_layout(tmp_path / "all")
+    assert pulled.tags == {"v": index.digest}
+    assert set(pulled.blobs) == index.all_digests
+    fetched = counter.count()
+
+    # One platform, as `docker pull` on an arm64 host: the cached index resolves it.
+    skopeo(
+        "--override-os",
+        "linux",
+        "--override-arch",
+        "arm64",
+        "copy",
+        PULL,
+        f"docker://{mirror.host}/team/multi:1",
+        f"oci:{tmp_path / 'arm64'}:v",
+    )
+    arm64 = next(i for i in index.images if i.platform["architecture"] == "arm64")
+    assert read_oci_layout(tmp_path / "arm64").tags == {"v": arm64.digest}
+    assert counter.count() == fetched
