@@ -316,3 +316,20 @@ def test_copy_ranges_are_parts_s3_accepts(size: int, chunk: int) -> None:
     assert max(lengths) <= MAX_PART_SIZE
     # Any range may be followed by more parts, so none is below the minimum part size.
     assert min(lengths) >= min(size, MIN_PART_SIZE)
+
+
+async def test_credentials_from_the_environment_and_signature_version_2(
+    moto_server: MotoServer, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No accesskey/secretkey: the AWS credential chain (here its environment variables)."""
+    from tests.s3.moto_server import ACCESS_KEY, SECRET_KEY
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    params = moto_server.driver_params(bucket)
+    del params["accesskey"], params["secretkey"]
+    for v4auth in (True, False):
+        driver = create_driver("s3", {**params, "v4auth": v4auth})
+        await driver.write(f"/v4-{v4auth}", b"signed")
+        assert await driver.read(f"/v4-{v4auth}") == b"signed"
+        await driver.close()
