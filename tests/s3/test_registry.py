@@ -7,6 +7,7 @@ through multipart uploads and pulls through pre-signed redirects to the S3 serve
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -21,7 +22,9 @@ from tests.s3.moto_server import MotoServer
 from tests.support.images import (
     Image,
     make_image,
+    push_blob_chunked,
     read_oci_layout,
+    sha256_digest,
     skopeo,
     write_oci_layout,
 )
@@ -45,7 +48,9 @@ def start_on_s3(moto_server: MotoServer, tmp_path: Path) -> Iterator[Start]:
     """Start a registry whose storage is ``bucket`` on the moto server."""
     started: list[ServerProcess] = []
 
-    def start(kind: str, bucket: str, redirect: bool = True, **s3: Any) -> ServerProcess:
+    def start(
+        kind: str, bucket: str, redirect: bool = True, workers: int = 2, **s3: Any
+    ) -> ServerProcess:
         # Distribution's AWS SDK refuses to start when AWS_CA_BUNDLE names a bundle it
         # cannot attach to its HTTP transport; empty means none.
         env = {"AWS_CA_BUNDLE": ""} if kind == "distribution" else {}
@@ -57,6 +62,8 @@ def start_on_s3(moto_server: MotoServer, tmp_path: Path) -> Iterator[Start]:
             # Distribution 2.8 takes these as given; secure decides the endpoint's scheme.
             storage["s3"].update({"secure": False, "v4auth": True, "forcepathstyle": True})
         storage["redirect"] = {"disable": not redirect}
+        if kind == "dockyard":
+            server.config["dockyard"] = {"workers": workers}
         server.config_path.write_text(yaml.safe_dump(server.config))
         server.start()
         started.append(server)
@@ -221,3 +228,21 @@ def test_garbage_collection_on_s3_frees_exactly_the_deleted_image(
     assert_pulls(registry, kept, "gc/kept:v1", tmp_path / "after")
     catalog = httpx.get(f"{registry.url}/v2/_catalog").json()
     assert catalog == {"repositories": ["gc/kept"]}
+
+
+def test_chunked_upload_across_workers_on_s3(
+    start_on_s3: Start, bucket: str, moto_server: MotoServer
+) -> None:
+    """Every request on a new connection, which the kernel may give to either worker:
+    each chunk continues, wherever it lands, from the object the last one committed (the
+    driver test of resuming from another process makes that deterministic)."""
+    registry = start_on_s3("dockyard", bucket, workers=2)
+    data = os.urandom(14 * MiB + 11)
+    # No kept-alive connections: each request is a new one.
+    with httpx.Client(limits=httpx.Limits(max_keepalive_connections=0), timeout=60) as client:
+        digest = push_blob_chunked(client, registry.url, "s3/chunked", data, 3 * MiB)
+        assert digest == sha256_digest(data)
+        pulled = client.get(f"{registry.url}/v2/s3/chunked/blobs/{digest}", follow_redirects=True)
+    assert pulled.status_code == 200
+    assert pulled.content == data
+    assert moto_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
