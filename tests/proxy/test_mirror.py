@@ -153,18 +153,24 @@ def test_tag_is_revalidated_after_ttl(
 ) -> None:
     upstream = server_factory("dockyard", name="upstream")
     counter = proxies(upstream)
-    mirror = mirror_of(server_factory, counter.url, ttl="2s")
+    mirror = mirror_of(server_factory, counter.url, ttl="3s")
     old, new = make_image("ttl-old"), make_image("ttl-new")
     push_image(upstream, tmp_path, "team/app:latest", old)
+    push_image(upstream, tmp_path, "team/app:next", new)
     assert_same_image(pull_image(mirror, tmp_path / "first", "team/app:latest"), old)
 
-    # The tag moves upstream; within the ttl the mirror does not ask.
-    push_image(upstream, tmp_path, "team/app:latest", new)
+    # The tag moves upstream (one manifest PUT); within the ttl the mirror does not ask.
+    moved = httpx.put(
+        f"{upstream.url}/v2/team/app/manifests/latest",
+        content=new.manifest.data,
+        headers={"Content-Type": new.manifest.media_type},
+    )
+    assert moved.status_code == 201
     heads = counter.count("HEAD", "/manifests/latest")
     assert_same_image(pull_image(mirror, tmp_path / "second", "team/app:latest"), old)
     assert counter.count("HEAD", "/manifests/latest") == heads
 
-    time.sleep(2.5)
+    time.sleep(3.5)
     assert_same_image(pull_image(mirror, tmp_path / "third", "team/app:latest"), new)
     assert counter.count("HEAD", "/manifests/latest") == heads + 1
     # The new image's layers came from the upstream; the old one's stayed cached.
