@@ -480,3 +480,36 @@ def test_multi_platform_index_through_the_mirror(
     arm64 = next(i for i in index.images if i.platform["architecture"] == "arm64")
     assert read_oci_layout(tmp_path / "arm64").tags == {"v": arm64.digest}
     assert counter.count() == fetched
+
+
+def test_garbage_collection_keeps_cached_manifests_whose_blobs_were_never_pulled(
+    server_factory: ServerFactory,
+    proxies: Callable[[ServerProcess], CountingProxy],
+    tmp_path: Path,
+) -> None:
+    upstream = server_factory("dockyard", name="upstream")
+    counter = proxies(upstream)
+    mirror = mirror_of(
+        server_factory, counter.url, dockyard={"gc": {"delay": "0s", "settle": "1s"}}
+    )
+    image = make_image("gc-partial")
+    push_image(upstream, tmp_path, "team/app:v1", image)
+    config = image.config
+    # The manifest and the config only, as a client that inspects an image fetches them.
+    assert httpx.get(f"{mirror.url}/v2/team/app/manifests/v1").status_code == 200
+    assert httpx.get(f"{mirror.url}/v2/team/app/blobs/{config.digest}").status_code == 200
+
+    collect = subprocess.run(
+        [sys.executable, "-m", "dockyard", "garbage-collect", str(mirror.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert collect.returncode == 0, collect.stderr
+    v2 = mirror.root / "docker/registry/v2"
+    assert (v2 / "blobs/sha256" / config.digest[7:9] / config.digest[7:] / "data").exists()
+    fetched = counter.count()
+    assert_same_image(pull_image(mirror, tmp_path / "out", "team/app:v1"), image)
+    # Only the layers were still missing.
+    assert counter.count() == fetched + len(image.layers)
