@@ -181,10 +181,7 @@ class Mirror:
                     "upstream refused the manifest", detail={"status": response.status}
                 )
             header = response.headers.get("Docker-Content-Digest")
-        try:
-            return Digest.parse(header) if header else None
-        except DigestInvalid:
-            return None
+        return _header_digest(header)
 
     async def _fetch_manifest(
         self, target: Target, repo: Repository, reference: str, expected: Digest | None
@@ -210,7 +207,7 @@ class Mirror:
                 header = response.headers.get("Docker-Content-Digest")
         except UpstreamUnavailable as error:
             raise Unavailable("upstream unavailable", detail={"reason": str(error)}) from None
-        claimed = expected or (Digest.parse(header) if header else None)
+        claimed = expected or _header_digest(header)
         digest = Digest.of(data, claimed.algorithm if claimed else "sha256")
         if claimed is not None and digest != claimed:
             raise Unavailable(
@@ -349,6 +346,14 @@ class Mirror:
             pass
         await delete_if_exists(self.registry.driver, manifest_record(name, digest))
         log.info("expired cached manifest %s@%s", name, digest)
+
+
+def _header_digest(header: str | None) -> Digest | None:
+    """The upstream's ``Docker-Content-Digest``; None when absent or not a digest."""
+    try:
+        return Digest.parse(header) if header else None
+    except DigestInvalid:
+        return None
 
 
 async def _tags_at(repo: Repository, digest: Digest) -> list[str]:
