@@ -513,3 +513,21 @@ def test_garbage_collection_keeps_cached_manifests_whose_blobs_were_never_pulled
     assert_same_image(pull_image(mirror, tmp_path / "out", "team/app:v1"), image)
     # Only the layers were still missing.
     assert counter.count() == fetched + len(image.layers)
+
+
+@pytest.mark.skipif(not distribution_available(), reason="Distribution is not installed")
+def test_distribution_serves_what_the_mirror_cached(
+    server_factory: ServerFactory,
+    proxies: Callable[[ServerProcess], CountingProxy],
+    tmp_path: Path,
+) -> None:
+    upstream = server_factory("dockyard", name="upstream")
+    counter = proxies(upstream)
+    mirror = mirror_of(server_factory, counter.url)
+    image = make_image("layout")
+    push_image(upstream, tmp_path, "team/app:v1", image)
+    pull_image(mirror, tmp_path / "first", "team/app:v1")
+    mirror.stop()
+
+    distribution = server_factory("distribution", root=mirror.root, name="distribution")
+    assert_same_image(pull_image(distribution, tmp_path / "second", "team/app:v1"), image)
