@@ -30,9 +30,10 @@ case "$1" in
 esac
 
 if [ "$(id -u)" = 0 ]; then
-    if [ -d /var/lib/registry ]; then
-        find /var/lib/registry \( \! -user dockyard -o \! -group dockyard \) \
-            -exec chown -h dockyard:dockyard {} +
+    # A store that cannot be changed (mounted :ro) is left as it is, with a warning.
+    if [ -d /var/lib/registry ] && ! find /var/lib/registry \( \! -user dockyard -o \! -group dockyard \) \
+            -exec chown -h dockyard:dockyard {} + ; then
+        echo "docker-entrypoint.sh: could not give all of /var/lib/registry to the dockyard user" >&2
     fi
     exec setpriv --reuid=dockyard --regid=dockyard --init-groups --inh-caps=-all \
         --no-new-privs -- "$@"

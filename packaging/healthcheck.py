@@ -40,12 +40,8 @@ def _config() -> Config:
     return load_config(path).config
 
 
-def _requires_client_cert() -> bool:
-    return bool(_config().http.tls.clientcas)
-
-
-def _connection() -> http.client.HTTPConnection:
-    http_config = _config().http
+def _connection(config: Config) -> http.client.HTTPConnection:
+    http_config = config.http
     if http_config.net == "unix":
         return _UnixConnection(http_config.addr)
     host, _, port = http_config.addr.rpartition(":")
@@ -67,8 +63,9 @@ def _connection() -> http.client.HTTPConnection:
 
 def main() -> int:
     try:
-        connection = _connection()
-        if isinstance(connection, http.client.HTTPSConnection) and _requires_client_cert():
+        config = _config()
+        connection = _connection(config)
+        if isinstance(connection, http.client.HTTPSConnection) and config.http.tls.clientcas:
             with socket.create_connection((connection.host, connection.port), TIMEOUT):
                 return 0
         connection.request("GET", "/debug/health")

@@ -202,7 +202,10 @@ class Container:
         raise AssertionError(f"no answer on {self.url}/v2/ within {timeout}s:\n{self.logs()}")
 
     def inspect(self) -> dict[str, Any]:
-        return json.loads(self.storage.podman("container", "inspect", self.name))[0]  # type: ignore[no-any-return]
+        inspected: list[dict[str, Any]] = json.loads(
+            self.storage.podman("container", "inspect", self.name)
+        )
+        return inspected[0]
 
     def logs(self) -> str:
         result = subprocess.run(

@@ -117,7 +117,9 @@ def test_image_is_laid_out_as_registry_2(image: PulledImage) -> None:
     assert "delete" not in expected["storage"]
 
 
-def test_seed_docker_run_serves_pushes_as_a_non_root_user(image: PulledImage, tmp_path: Path) -> None:
+def test_seed_docker_run_serves_pushes_as_a_non_root_user(
+    image: PulledImage, tmp_path: Path
+) -> None:
     # mkdir -p /opt/data/registry, as root, then the seed's docker run.
     data = tmp_path / "opt-data-registry"
     data.mkdir(mode=0o755)
@@ -135,7 +137,10 @@ def test_seed_docker_run_serves_pushes_as_a_non_root_user(image: PulledImage, tm
         # The HEALTHCHECK command passes (podman runs it on demand; timers need systemd).
         health = subprocess.run(
             container.storage.podman_command("healthcheck", "run", container.name),
-            capture_output=True, text=True, timeout=60, check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
         assert health.returncode == 0, health.stdout + health.stderr
 
@@ -180,8 +185,12 @@ def test_seed_config_and_garbage_collect_on_a_store_written_as_root(
         kept, dropped = make_image("kept", layers=2), make_image("dropped", layers=2)
         layout = write_oci_layout(tmp_path / "layout", {"kept": kept, "dropped": dropped})
         for tag in ("kept", "dropped"):
-            skopeo("copy", "--dest-tls-verify=false", f"oci:{layout}:{tag}",
-                   f"docker://{old.host}/zhang/{tag}:1")
+            skopeo(
+                "copy",
+                "--dest-tls-verify=false",
+                f"oci:{layout}:{tag}",
+                f"docker://{old.host}/zhang/{tag}:1",
+            )
     finally:
         old.stop()
     assert {path.stat().st_uid for path in data.rglob("*")} == {0}
@@ -220,10 +229,16 @@ def test_seed_config_and_garbage_collect_on_a_store_written_as_root(
         assert head.headers["Docker-Content-Digest"] == kept.manifest.digest
         fresh = make_image("fresh", layers=1)
         fresh_layout = write_oci_layout(tmp_path / "fresh", {"v1": fresh})
-        skopeo("copy", "--dest-tls-verify=false", f"oci:{fresh_layout}:v1",
-               f"docker://{container.host}/zhang/fresh:1")
+        skopeo(
+            "copy",
+            "--dest-tls-verify=false",
+            f"oci:{fresh_layout}:v1",
+            f"docker://{container.host}/zhang/fresh:1",
+        )
 
-        deleted = httpx.delete(f"{container.url}/v2/zhang/dropped/manifests/{dropped.manifest.digest}")
+        deleted = httpx.delete(
+            f"{container.url}/v2/zhang/dropped/manifests/{dropped.manifest.digest}"
+        )
         assert deleted.status_code == 202
         # The seed's `docker exec registry registry garbage-collect CONFIG`, as the
         # dockyard user so that what it writes stays the server's. Blobs written in the
@@ -295,7 +310,10 @@ def check_compose_ui(image: PulledImage, registry: Container, tmp_path: Path) ->
         # 4.3 takes --health-cmd only as one string split at spaces).
         checked = subprocess.run(
             image.storage.podman_command("exec", name, *health[1:]),
-            capture_output=True, text=True, timeout=60, check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
         assert checked.returncode == 0, checked.stdout + checked.stderr
         top = image.storage.podman("top", name, "user", "args")
@@ -305,5 +323,7 @@ def check_compose_ui(image: PulledImage, registry: Container, tmp_path: Path) ->
     finally:
         subprocess.run(
             image.storage.podman_command("rm", "--force", name),
-            capture_output=True, timeout=60, check=False,
+            capture_output=True,
+            timeout=60,
+            check=False,
         )

@@ -36,6 +36,7 @@ class Installed:
     wheel: Path
     root: Path  # a filesystem root holding the environment at opt/dockyard
     venv: Path
+    sources: list[str]  # the checkout's files the wheel was built from
 
     @property
     def dockyard(self) -> Path:
@@ -55,7 +56,8 @@ def tracked_files() -> list[str]:
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     workdir = tmp_path_factory.mktemp("wheel")
     source = workdir / "source"
-    for name in tracked_files():
+    sources = tracked_files()
+    for name in sources:
         target = source / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, target)
@@ -69,7 +71,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     venv = root / "opt" / "dockyard"
     run([sys.executable, "-m", "venv", str(venv)], timeout=120)
     run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", str(wheel)], timeout=400)
-    yield Installed(wheel, root, venv)
+    yield Installed(wheel, root, venv, sources)
     shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -82,12 +84,14 @@ def test_wheel_holds_the_package_and_what_the_server_reads(installed: Installed)
             for line in archive.read(metadata).decode().splitlines()
             if line.startswith("Requires-Dist:") and "extra ==" not in line
         }
-    tracked = [name for name in tracked_files() if name.startswith("dockyard/")]
+    tracked = [name for name in installed.sources if name.startswith("dockyard/")]
     modules = {name for name in tracked if name.endswith(".py")}
     assert modules <= names, sorted(modules - names)
     # The web UI's templates and assets, which the server loads from the package.
     ui_files = {
-        name for name in tracked if name.startswith(("dockyard/web/templates/", "dockyard/web/static/"))
+        name
+        for name in tracked
+        if name.startswith(("dockyard/web/templates/", "dockyard/web/static/"))
     }
     assert ui_files and ui_files <= names, sorted(ui_files - names)
     # The runtime dependencies, pinned as in pyproject.toml; not the test tools.
