@@ -94,6 +94,9 @@ def test_wheel_holds_the_package_and_what_the_server_reads(installed: Installed)
         if name.startswith(("dockyard/web/templates/", "dockyard/web/static/"))
     }
     assert ui_files and ui_files <= names, sorted(ui_files - names)
+    # Nor is any other file of the package left behind but its READMEs.
+    data = {name for name in tracked if not name.endswith((".py", ".md", ".pyc"))}
+    assert data <= names, sorted(data - names)
     # The runtime dependencies, pinned as in pyproject.toml; not the test tools.
     pinned = {line.replace(" ", "") for line in requires}
     for dependency in ("aiohttp==", "pydantic==", "PyYAML==", "click==", "Jinja2=="):
