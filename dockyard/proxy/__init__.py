@@ -82,6 +82,33 @@ def _mirror(request: web.Request) -> Mirror | None:
     return mirror
 
 
+def _span(header: str, size: int) -> tuple[int, int]:
+    # The API's own parsing, so a bad range gets the same error; imported here because
+    # the API's blob handler imports this package.
+    from dockyard.api.blobs import parse_range
+
+    span = parse_range(header, size)
+    return span if span is not None else (0, size - 1)
+
+
+async def _within(
+    pieces: AsyncIterator[bytes], start: int, end: int | None
+) -> AsyncIterator[bytes]:
+    """The bytes from ``start`` to ``end`` (inclusive; None: to the end) of a stream."""
+    offset = 0
+    async for piece in pieces:
+        first, offset = offset, offset + len(piece)
+        if end is not None and first > end:
+            return
+        if offset <= start:
+            continue
+        piece = piece[max(start - first, 0) :]
+        if end is not None and offset > end + 1:
+            yield piece[: len(piece) - (offset - end - 1)]
+            return
+        yield piece
+
+
 def refuse_writes(request: web.Request, name: str) -> None:
     """Pushes and deletes in a mirrored repository: 405 UNSUPPORTED, as Distribution."""
     mirror = request.app.get(MIRROR)
@@ -140,11 +167,17 @@ async def pull_blob(
     else:
         raise Unavailable("the blob could not be fetched", detail={"digest": str(digest)})
     response = web.StreamResponse(status=200, headers=headers)
-    if fetch.size is not None:
-        response.content_length = fetch.size
     try:
+        start, end = 0, None
+        if fetch.size is not None:
+            response.content_length = fetch.size
+            if "Range" in request.headers:
+                start, end = _span(request.headers["Range"], fetch.size)
+                response.set_status(206)
+                response.headers["Content-Range"] = f"bytes {start}-{end}/{fetch.size}"
+                response.content_length = end - start + 1
         await response.prepare(request)
-        async for piece in fetch.pieces(fd):
+        async for piece in _within(fetch.pieces(fd), start, end):
             await response.write(piece)
     except Exception as error:
         if not response.prepared:

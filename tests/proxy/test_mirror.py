@@ -531,3 +531,31 @@ def test_distribution_serves_what_the_mirror_cached(
 
     distribution = server_factory("distribution", root=mirror.root, name="distribution")
     assert_same_image(pull_image(distribution, tmp_path / "second", "team/app:v1"), image)
+
+
+def test_range_request_for_a_blob_not_cached_yet(
+    server_factory: ServerFactory,
+    proxies: Callable[[ServerProcess], CountingProxy],
+) -> None:
+    upstream = server_factory("dockyard", name="upstream")
+    counter = proxies(upstream)
+    mirror = mirror_of(server_factory, counter.url, dockyard={"workers": 1})
+    data = os.urandom(3 << 20)
+    with httpx.Client() as client:
+        digest = push_blob(client, upstream.url, "team/app", data)
+    url = f"{mirror.url}/v2/team/app/blobs/{digest}"
+
+    # As a client resuming a download: only the part asked for, while all is fetched.
+    response = httpx.get(url, headers={"Range": "bytes=1048000-2097999"})
+    assert response.status_code == 206
+    assert response.headers["Content-Range"] == f"bytes 1048000-2097999/{len(data)}"
+    assert response.content == data[1048000:2098000]
+    deadline = time.monotonic() + 30
+    blob = mirror.root / "docker/registry/v2/blobs/sha256" / digest[7:9] / digest[7:] / "data"
+    while not blob.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert blob.read_bytes() == data
+    response = httpx.get(url, headers={"Range": "bytes=-10"})
+    assert response.status_code == 206
+    assert response.content == data[-10:]
+    assert counter.count("GET", f"/blobs/{digest}") == 1
