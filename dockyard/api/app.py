@@ -17,6 +17,7 @@ from dockyard.api.urls import UrlBuilder
 from dockyard.auth.http import install as install_auth
 from dockyard.config import Config
 from dockyard.errors import Unavailable
+from dockyard.notifications import install as install_notifications
 from dockyard.proxy import install as install_proxy
 from dockyard.registry import Registry, RegistryOptions
 from dockyard.registry.cache import DigestCache
@@ -99,6 +100,7 @@ def create_app(
     # Access control (auth.*, dockyard.auth): a middleware innermost, inside the error
     # middleware, and the built-in token service's endpoint when it is enabled.
     install_auth(app, config)
+    install_notifications(app, config)  # notifications.endpoints: events, innermost
     # A pull-through cache when the configuration names an upstream (proxy sections).
     install_proxy(app, config, registry, background)
     if config.dockyard.ui.enabled:

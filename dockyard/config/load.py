@@ -51,7 +51,6 @@ UNSUPPORTED_KEYS: Final[frozenset[str]] = frozenset(
         "http.tls.clientauth=require-any-client-cert",
         "http.tls.clientauth=verify-client-cert-if-given",
         "http.h2c",
-        "notifications",
         "redis",
         "health.file",
         "health.http",

@@ -447,6 +447,49 @@ class HTTP(Section):
         return value
 
 
+# --- notifications ------------------------------------------------------------------------
+
+class NotificationIgnore(Section):
+    """``ignore``: events whose target media type or action is listed are not sent."""
+
+    mediatypes: list[str] = Field(default_factory=list)
+    actions: list[str] = Field(default_factory=list)
+
+
+class NotificationEndpoint(Section):
+    """One ``notifications.endpoints`` entry, with Distribution's defaults for zeros."""
+
+    name: str = ""
+    disabled: bool = False
+    url: str = ""
+    headers: Annotated[dict[str, list[str]], BeforeValidator(_headers)] = Field(
+        default_factory=dict
+    )
+    # Zero or unset: Distribution's defaults (1s, 10 failures, 1s).
+    timeout: Duration = timedelta(0)
+    threshold: int = 0
+    backoff: Duration = timedelta(0)
+    ignoredmediatypes: list[str] = Field(default_factory=list)
+    ignore: NotificationIgnore = Field(default_factory=NotificationIgnore)
+
+    @model_validator(mode="after")
+    def _url(self) -> NotificationEndpoint:
+        if not self.disabled and not re.match(r"^https?://[^/\s]+", self.url):
+            raise ValueError(
+                f"endpoint {self.name or '(unnamed)'}: url {self.url!r} is not an http(s) URL"
+            )
+        return self
+
+
+class NotificationEvents(Section):
+    includereferences: bool = False
+
+
+class Notifications(Section):
+    events: NotificationEvents = Field(default_factory=NotificationEvents)
+    endpoints: list[NotificationEndpoint] = Field(default_factory=list)
+
+
 # --- health -------------------------------------------------------------------------------
 
 
@@ -604,6 +647,13 @@ class DockyardAuth(Section):
     backoff: LoginBackoff = Field(default_factory=LoginBackoff)
 
 
+class NotificationSpool(Section):
+    """Where events wait for their endpoints (``dockyard.notifications``); unset: under
+    the filesystem driver's root, or a temporary directory for the other drivers."""
+
+    spooldirectory: str | None = None
+
+
 class Dockyard(Section):
     """Settings Distribution does not have; Distribution ignores this section."""
 
@@ -612,6 +662,7 @@ class Dockyard(Section):
     auth: DockyardAuth = Field(default_factory=DockyardAuth)
     gc: GarbageCollection = Field(default_factory=GarbageCollection)
     proxy: list[ProxyUpstream] = Field(default_factory=list)
+    notifications: NotificationSpool = Field(default_factory=lambda: NotificationSpool())
 
     @field_validator("workers")
     @classmethod
@@ -636,7 +687,7 @@ class Config(Section):
     middleware: dict[str, Any] | None = None
     reporting: dict[str, Any] | None = None
     http: HTTP = Field(default_factory=HTTP)
-    notifications: dict[str, Any] | None = None
+    notifications: Notifications = Field(default_factory=Notifications)
     redis: dict[str, Any] | None = None
     health: Health = Field(default_factory=Health)
     proxy: Proxy | None = None

@@ -410,7 +410,6 @@ def test_bad_environment_values_are_errors_naming_the_variable(
     ("snippet", "key", "line"),
     [
         ("middleware:\n  registry:\n    - name: x\n", "middleware", 2),
-        ("notifications:\n  endpoints:\n    - name: a\n", "notifications", 2),
         ("redis:\n  addr: localhost:6379\n", "redis", 2),
         ("validation:\n  disabled: true\n", "validation", 2),
         ("http:\n  tls:\n    letsencrypt:\n      email: a@b.example\n", "http.tls.letsencrypt", 4),
