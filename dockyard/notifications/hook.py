@@ -44,11 +44,13 @@ def middleware(notifier: Notifier, prefix: str) -> Middleware:
     async def notify(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not request.path.startswith(api) or request.method == "HEAD":
             return await handler(request)
+        # Deleting a manifest deletes the tags on it; each is an event of its own.
+        untagged = await _tags_on_deleted_manifest(notifier, request, api)
         try:
             response = await handler(request)
         except web.HTTPRedirection as redirect:
             # A blob served from object storage by a redirect is pulled all the same.
-            await _observe(notifier, request, redirect.status, redirect.headers, None, api)
+            await _observe(notifier, request, redirect.status, redirect.headers, None, api, [])
             raise
         body = response.body if isinstance(response, web.Response) else None
         await _observe(
@@ -58,10 +60,34 @@ def middleware(notifier: Notifier, prefix: str) -> Middleware:
             response.headers,
             body if isinstance(body, bytes) else None,
             api,
+            untagged,
         )
         return response
 
     return notify
+
+
+async def _tags_on_deleted_manifest(
+    notifier: Notifier, request: web.Request, api: str
+) -> list[str]:
+    if request.method != "DELETE" or not notifier.active:
+        return []
+    match = _MANIFEST.match(_tail(request, api))
+    if match is None or _REPOSITORY_DELETE.match(_tail(request, api)):
+        return []
+    reference = unquote(match["reference"])
+    if ":" not in reference:
+        return []
+    try:
+        repository = registry_of(request).repository(unquote(match["name"]))
+        return await repository.tags.pointing_at(Digest.parse(reference))
+    except (RegistryError, OSError):
+        # The handler will refuse the request for the same reason.
+        return []
+
+
+def _tail(request: web.Request, api: str) -> str:
+    return request.raw_path.split("?", 1)[0][len(api) :]
 
 
 async def _observe(
@@ -71,6 +97,7 @@ async def _observe(
     headers: Any,
     body: bytes | None,
     api: str,
+    untagged: list[str],
 ) -> None:
     if not notifier.active or status >= 400 or status < 200:
         return
@@ -80,8 +107,21 @@ async def _observe(
         # A notification must never cost the client its answer.
         log.exception("notifications: cannot describe %s %s", request.method, request.path)
         return
-    if event is not None:
-        notifier.publish(event)
+    if event is None:
+        return
+    notifier.publish(event)
+    if event["action"] == events.DELETE and "digest" in event["target"]:
+        repository = event["target"]["repository"]
+        for tag in untagged:
+            notifier.publish(
+                events.event(
+                    events.DELETE,
+                    events.deleted_target(repository, tag=tag),
+                    _request_record(request),
+                    _actor(request),
+                    notifier.source,
+                )
+            )
 
 
 async def _event(
@@ -92,7 +132,7 @@ async def _event(
     body: bytes | None,
     api: str,
 ) -> dict[str, Any] | None:
-    tail = request.raw_path.split("?", 1)[0][len(api) :]
+    tail = _tail(request, api)
     method = request.method
     digest_text = headers.get("Docker-Content-Digest")
     found: tuple[str, dict[str, Any]] | None = None

@@ -22,6 +22,7 @@ from tests.support.images import (
     make_image,
     push_artifact,
     push_blob,
+    sha256_digest,
     skopeo,
     write_oci_layout,
 )
@@ -84,9 +85,11 @@ def test_skopeo_push_pull_and_delete(
             set(blobs) <= {event["target"]["digest"] for event in seen if event["action"] == "pull"}
         )
     )
+    untagged = {"repository": "notify/app", "tag": "v1"}
     response = httpx.delete(f"{registry.url}/v2/notify/app/manifests/{image.digest}")
     assert response.status_code == 202
-    events = receiver.wait_for(lambda seen: seen[-1]["action"] == "delete")
+    # As Distribution does, deleting the manifest deletes (and notifies) its tags too.
+    events = receiver.wait_for(lambda seen: seen[-1]["target"] == untagged)
 
     # Blobs first (skopeo's HEAD checks make no events), then the manifest.
     split = next(i for i, event in enumerate(events) if event["target"].get("tag") == "v1")
@@ -113,7 +116,7 @@ def test_skopeo_push_pull_and_delete(
     ]
     assert target["references"][0]["mediaType"] == image.config.media_type
 
-    pulls = events[split + 1 : -1]
+    pulls = events[split + 1 : -2]
     assert pulls and all(event["action"] == "pull" for event in pulls)
     assert all(event["request"]["method"] == "GET" for event in pulls)
     manifest_pulls = [event for event in pulls if event["target"]["digest"] == image.digest]
@@ -126,9 +129,11 @@ def test_skopeo_push_pull_and_delete(
             assert event["target"]["mediaType"] == OCTET_STREAM
             assert event["target"]["size"] == len(blobs[event["target"]["digest"]].data)
 
-    delete = events[-1]
+    delete, untag = events[-2:]
+    assert delete["action"] == untag["action"] == "delete"
     assert delete["request"]["method"] == "DELETE"
     assert delete["target"] == {"digest": image.digest, "repository": "notify/app"}
+    assert untag["request"] == delete["request"]
 
     assert len({event["id"] for event in events}) == len(events)
     assert len({event["source"]["instanceID"] for event in events}) == 1
@@ -139,7 +144,7 @@ def test_skopeo_push_pull_and_delete(
         assert event["request"]["id"]
         assert event["timestamp"].endswith("Z")
         assert event["actor"] == {}
-    assert all(event["request"]["useragent"] for event in events[:-1])
+    assert all(event["request"]["useragent"] for event in events[:-2])
 
     for request in receiver.requests:
         assert request["count"] == 1
@@ -272,3 +277,27 @@ def test_ignored_media_types_and_actions(server_factory: ServerFactory, tmp_path
     finally:
         everything.shutdown()
         some.shutdown()
+
+
+def test_single_request_upload_and_repository_delete(
+    server_factory: ServerFactory, receiver: Receiver
+) -> None:
+    receiver.listen()
+    registry = server_factory(config=notifying(endpoint(receiver)))
+    data = b"one request"
+    digest = sha256_digest(data)
+    with httpx.Client() as client:
+        created = client.post(
+            f"{registry.url}/v2/single/app/blobs/uploads/",
+            params={"digest": digest},
+            content=data,
+            headers={"Content-Type": OCTET_STREAM},
+        )
+        assert created.status_code == 201
+        removed = client.delete(f"{registry.url}/v2/_dockyard/repositories/single/app")
+        assert removed.status_code < 300
+    events = _settled(receiver, 2)
+    assert summary(events) == [("push", "single/app", digest), ("delete", "single/app", "")]
+    assert events[0]["target"]["size"] == len(data)
+    assert events[0]["request"]["method"] == "POST"
+    assert events[1]["target"] == {"repository": "single/app"}
