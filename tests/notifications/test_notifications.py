@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.auth.support import PASSWORDS, htpasswd_config
 from tests.conftest import ServerFactory
 from tests.notifications.receiver import Receiver, summary
 from tests.support.images import (
@@ -301,3 +302,40 @@ def test_single_request_upload_and_repository_delete(
     assert events[0]["target"]["size"] == len(data)
     assert events[0]["request"]["method"] == "POST"
     assert events[1]["target"] == {"repository": "single/app"}
+
+
+def test_the_actor_is_the_signed_in_user_and_refused_requests_make_no_event(
+    server_factory: ServerFactory, receiver: Receiver, tmp_path: Path
+) -> None:
+    receiver.listen()
+    config = {**notifying(endpoint(receiver)), **htpasswd_config(tmp_path, rules=None)}
+    registry = server_factory(config=config)
+    with httpx.Client() as anonymous:
+        refused = anonymous.post(f"{registry.url}/v2/actor/app/blobs/uploads/")
+        assert refused.status_code == 401
+    with httpx.Client(auth=("writer", PASSWORDS["writer"])) as client:
+        digest = push_blob(client, registry.url, "actor/app", b"signed in")
+        assert client.get(f"{registry.url}/v2/actor/app/blobs/{digest}").status_code == 200
+    events = _settled(receiver, 2)
+    assert summary(events) == [("push", "actor/app", digest), ("pull", "actor/app", digest)]
+    assert [event["actor"] for event in events] == [{"name": "writer"}] * 2
+
+
+def test_events_pending_when_the_registry_is_killed_survive(
+    server_factory: ServerFactory, receiver: Receiver, tmp_path: Path
+) -> None:
+    receiver.failing = True
+    receiver.listen()
+    root = tmp_path / "data"
+    config = notifying(endpoint(receiver))
+    first = server_factory(config=config, root=root, name="one")
+    with httpx.Client() as client:
+        expected = [
+            ("push", "killed/app", push_blob(client, first.url, "killed/app", bytes([index])))
+            for index in range(4)
+        ]
+    first.kill()
+    receiver.failing = False
+    server_factory(config=config, root=root, name="two")
+    events = _settled(receiver, len(expected))
+    assert summary(events) == expected
