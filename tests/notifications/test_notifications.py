@@ -339,3 +339,24 @@ def test_events_pending_when_the_registry_is_killed_survive(
     server_factory(config=config, root=root, name="two")
     events = _settled(receiver, len(expected))
     assert summary(events) == expected
+
+
+def test_several_workers_send_each_event_once_and_each_in_its_order(
+    server_factory: ServerFactory, receiver: Receiver
+) -> None:
+    receiver.failing = True
+    receiver.listen()
+    registry = server_factory(config=notifying(endpoint(receiver), workers=2))
+    expected = set()
+    for index in range(12):
+        # A connection each, so that both workers take some.
+        with httpx.Client() as client:
+            expected.add(push_blob(client, registry.url, "workers/app", f"w{index}".encode()))
+    receiver.failing = False
+    events = _settled(receiver, len(expected))
+    assert {event["target"]["digest"] for event in events} == expected
+    by_process: dict[str, list[str]] = {}
+    for event in events:
+        by_process.setdefault(event["source"]["instanceID"], []).append(event["timestamp"])
+    for timestamps in by_process.values():
+        assert timestamps == sorted(timestamps)
