@@ -72,6 +72,8 @@ async def _tags_on_deleted_manifest(
 ) -> list[str]:
     if request.method != "DELETE" or not notifier.active:
         return []
+    if not registry_of(request).options.delete_enabled:
+        return []  # refused: nothing is deleted
     match = _MANIFEST.match(_tail(request, api))
     if match is None or _REPOSITORY_DELETE.match(_tail(request, api)):
         return []
