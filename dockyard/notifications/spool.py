@@ -102,16 +102,21 @@ class Spool:
         size = os.fstat(self._fd).st_size
         if size == 0:
             return 0
+        keep = size
         with open(self._path(self._tail), "rb") as file:
-            file.seek(max(size - 65536, 0))
-            tail = file.read()
-        if tail.endswith(b"\n"):
-            return size
-        cut = tail.rfind(b"\n")
-        keep = size - len(tail) + cut + 1 if cut >= 0 else (0 if size <= 65536 else size)
-        if keep != size:
-            log.warning("dropping a partly written event at the end of %s", self.directory)
-            os.truncate(self._path(self._tail), keep)
+            while keep > 0:
+                start = max(keep - 65536, 0)
+                file.seek(start)
+                block = file.read(keep - start)
+                if keep == size and block.endswith(b"\n"):
+                    return size
+                cut = block.rfind(b"\n")
+                if cut >= 0:
+                    keep = start + cut + 1
+                    break
+                keep = start
+        log.warning("dropping a partly written event at the end of %s", self.directory)
+        os.truncate(self._path(self._tail), keep)
         return keep
 
     def _read_cursor(self, first: int) -> Position:

@@ -57,7 +57,7 @@ def test_a_half_written_last_line_is_cut(tmp_path: Path) -> None:
     spool.close()
     (segment,) = [path for path in (tmp_path / "q").iterdir() if path.suffix == ".events"]
     with open(segment, "ab") as file:
-        file.write(b'{"n":2, "tor')
+        file.write(b'{"n":2, "torn": "' + b"x" * 200_000)
     spool = Spool(str(tmp_path / "q"))
     spool.append(b'{"n":3}')
     assert _drain(spool) == [b'{"n":1}', b'{"n":3}']
