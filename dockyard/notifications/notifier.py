@@ -5,7 +5,6 @@ or by a server that ran with more workers)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
@@ -24,6 +23,8 @@ log = logging.getLogger("dockyard.notifications")
 
 # Seconds between looks for slots that nobody holds and that still have events.
 ADOPT_INTERVAL = 5.0
+# Seconds after start-up before the first look.
+ADOPT_DELAY = 2.0
 # Where the filesystem driver's spool lives, below its root directory.
 SPOOL_BELOW_ROOT = ("docker", "registry", "v2", "_dockyard", "notifications")
 
@@ -135,6 +136,8 @@ class Notifier:
     # --- slots nobody holds ---
 
     async def _adopt_forever(self) -> None:
+        # Not at once: the other workers of this server are still claiming their slots.
+        await asyncio.sleep(ADOPT_DELAY)
         while True:
             try:
                 self._adopt_once()
@@ -177,5 +180,4 @@ class Notifier:
             for spool in spools:
                 spool.close()
             slot.release()
-            with contextlib.suppress(asyncio.CancelledError, KeyError):
-                self.adopting.pop(slot.number)
+            self.adopting.pop(slot.number, None)
