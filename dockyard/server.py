@@ -82,6 +82,11 @@ def bind_debug(config: Config) -> socket.socket | None:
                 "http.debug.addr is set without http.debug.prometheus.enabled: Dockyard's "
                 "debug address serves only Prometheus metrics, so it is not opened"
             )
+        elif config.http.debug.prometheus.enabled:
+            log.warning(
+                "http.debug.prometheus.enabled needs http.debug.addr, the address the "
+                "metrics are served on; no metrics are served"
+            )
         return None
     address = config.http.debug.addr or ""
     try:
@@ -360,4 +365,5 @@ class Supervisor:
             log.error("%s (pid %d) exited with status %d; restarting", name, pid, status)
             time.sleep(0.5)
             self.spawn(index)
+        signal.setitimer(signal.ITIMER_REAL, 0)
         log.info("stopped")

@@ -157,3 +157,45 @@ def test_upload_resumes_after_sigterm_and_restart(
         assert done.headers["Docker-Content-Digest"] == digest
         blob = client.get(f"{server.url}/v2/drain/resume/blobs/{digest}")
         assert blob.content == data
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_request_that_never_finishes_is_cut_at_the_drain_timeout(
+    server_factory: ServerFactory, workers: int
+) -> None:
+    debug_port = free_port()
+    server = server_factory(
+        config={
+            "log": {"level": "info"},
+            "http": {
+                "draintimeout": "1s",
+                "debug": {"addr": f"127.0.0.1:{debug_port}", "prometheus": {"enabled": True}},
+            },
+            "dockyard": {"workers": workers, "ui": {"enabled": False}},
+        }
+    )
+    with httpx.Client(timeout=30) as client:
+        url = start_upload(client, server.url, "drain/stalled")
+    target = urlsplit(url)
+    path = target.path + (f"?{target.query}" if target.query else "")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        # A body announced and never sent in full: the client has stalled.
+        sock.sendall(
+            (
+                f"PATCH {path} HTTP/1.1\r\nHost: {server.host}\r\n"
+                "Content-Type: application/octet-stream\r\n"
+                "Content-Length: 1000000\r\n\r\n"
+            ).encode()
+            + b"x" * 1000
+        )
+        wait_for(lambda: uploads_in_flight(debug_port) == 1, "the upload to be in flight")
+        terminate(server)
+        # The server does not wait past the drain timeout, and still exits cleanly;
+        # the stalled connection is closed.
+        assert wait_exit(server) == 0
+        try:
+            rest = sock.recv(65536)
+        except ConnectionResetError:
+            rest = b""
+        assert not rest.startswith(b"HTTP/1.1 2")
+    assert "still in flight after draining for 1.0s" in server.log()

@@ -403,6 +403,32 @@ def test_bad_environment_values_are_errors_naming_the_variable(
     assert expected in load_error(tmp_path, SEED_CONFIG, **{variable: value})
 
 
+def test_http_debug_metrics_are_read_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    text = (
+        "version: 0.1\nstorage:\n  inmemory:\nhttp:\n  debug:\n    addr: 127.0.0.1:5001\n"
+        "    prometheus:\n      enabled: true\n"
+    )
+    config, warnings = load(tmp_path, text)
+    assert warnings == []
+    assert config.http.debug.addr == "127.0.0.1:5001"
+    assert config.http.debug.prometheus.enabled is True
+    assert config.http.debug.prometheus.path == "/metrics"
+    config, warnings = load(
+        tmp_path,
+        "version: 0.1\nstorage:\n  inmemory:\n",
+        REGISTRY_HTTP_DEBUG_ADDR=":5001",
+        REGISTRY_HTTP_DEBUG_PROMETHEUS_ENABLED="true",
+        REGISTRY_HTTP_DEBUG_PROMETHEUS_PATH="/m",
+        REGISTRY_HTTP_DRAINTIMEOUT="15s",
+    )
+    assert warnings == []
+    assert config.http.debug.addr == ":5001"
+    assert config.http.debug.prometheus.enabled is True
+    assert config.http.debug.prometheus.path == "/m"
+    assert config.http.draintimeout is not None
+    assert config.http.draintimeout.total_seconds() == 15
+
+
 # --- keys Dockyard does not act on, and keys nobody knows ------------------------------------
 
 
