@@ -14,7 +14,7 @@ cd "$ROOT"
 # and the other side of the interoperability tests. podman: a second real client (pull,
 # retag, push, pull again), run as root on the vfs storage driver.
 if ! is_root; then
-    echo "warning: not root: skipping apt; the Debian packages listed below must already be installed" >&2
+    echo "warning: not root: skipping apt; the Debian packages named in ensure_debian_packages below must already be installed" >&2
 fi
 # chromium: Debian's browser, which Playwright drives headless in the web UI tests
 # (tests/web); Playwright's own browser download does not work offline.
