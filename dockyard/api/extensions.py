@@ -17,8 +17,7 @@ from aiohttp import web
 from dockyard import metrics
 from dockyard.api.context import registry_of
 from dockyard.errors import NameUnknown, RegistryError, Unsupported
-from dockyard.registry import Registry, Repository
-from dockyard.registry import layout
+from dockyard.registry import Registry, Repository, layout
 from dockyard.registry.cache import DigestCache
 from dockyard.registry.digest import Digest
 from dockyard.registry.gc import GarbageCollector, GcOptions, GcReport, ScanCache

@@ -150,9 +150,12 @@ class AuthService:
             raise AuthenticationFailed(str(error), invalid_token=True) from None
         user = verified.subject or None
         listing = None
-        if self.policy is not None and self.token_service is not None:
-            if verified.issuer == self.token_service.issuer.issuer:
-                listing = PolicyGrants(self.policy, user)
+        if (
+            self.policy is not None
+            and self.token_service is not None
+            and verified.issuer == self.token_service.issuer.issuer
+        ):
+            listing = PolicyGrants(self.policy, user)
         return Identity(user, TokenGrants(verified.access, listing), "token")
 
     async def identify(self, authorization: str | None, source: str) -> Identity:
