@@ -17,6 +17,8 @@ from aiohttp import web
 from dockyard import metrics
 from dockyard.api.context import registry_of
 from dockyard.errors import NameUnknown, RegistryError, Unsupported
+from dockyard.proxy import MIRROR
+from dockyard.proxy.mirror import describe_cache
 from dockyard.registry import Registry, Repository, layout
 from dockyard.registry.cache import DigestCache
 from dockyard.registry.digest import Digest
@@ -74,7 +76,13 @@ async def usage(request: web.Request) -> web.StreamResponse:
     registry = registry_of(request)
     state = request.app[COLLECTOR]
     result = await compute_usage(registry.driver, state.options, state.cache)
-    return web.json_response(result.to_json())
+    body = result.to_json()
+    for entry in body["repositories"]:
+        # A mirrored repository says which upstream it caches (dockyard.proxy).
+        cache = await describe_cache(request.app.get(MIRROR), entry["name"], [])
+        if cache is not None:
+            entry["cache"] = cache
+    return web.json_response(body)
 
 
 async def collect(request: web.Request) -> web.StreamResponse:
@@ -173,11 +181,16 @@ async def repository_details(request: web.Request, name: str) -> web.StreamRespo
 
     entries = await asyncio.gather(*(describe(tag) for tag in await repo.tags.list()))
     options = registry.options
+    tags = [entry for entry in entries if entry is not None]
+    # A mirrored repository: its upstream, and when each tag was fetched, last pulled
+    # and expires (dockyard.proxy); a local one has none of these fields.
+    source = await describe_cache(request.app.get(MIRROR), repo.name, tags)
     return web.json_response(
         {
             "name": repo.name,
             "deleteEnabled": options.delete_enabled and not options.read_only,
-            "tags": [entry for entry in entries if entry is not None],
+            **({"cache": source} if source is not None else {}),
+            "tags": tags,
         }
     )
 

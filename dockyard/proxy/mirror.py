@@ -25,10 +25,13 @@ never correctness.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from dockyard.errors import (
     BlobUnknown,
@@ -346,6 +349,64 @@ class Mirror:
             pass
         await delete_if_exists(self.registry.driver, manifest_record(name, digest))
         log.info("expired cached manifest %s@%s", name, digest)
+
+
+async def describe_cache(
+    mirror: Mirror | None, name: str, tags: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """What a mirrored repository's details say about the cache; None for a local one.
+
+    Returns ``{upstream, prefix, repository, ttl}`` (``ttl`` in seconds, None when
+    content never expires) and adds to each tag entry (``{"tag", "digest", ...}``) the
+    times its manifest's record holds: ``cachedAt`` (fetched from the upstream),
+    ``lastPulledAt`` and ``expiresAt`` (the later of the two plus ``ttl``). A manifest
+    without a record (here before the cache was) gets none of them: it never expires.
+    """
+    target = mirror.target(name) if mirror is not None else None
+    if mirror is None or target is None:
+        return None
+    route = target.route
+    ttl = route.ttl if route.ttl > 0 else None
+    parts = urlsplit(target.client.url)
+    netloc = parts.netloc.rpartition("@")[2]  # credentials in the URL stay here
+    cache = {
+        "upstream": urlunsplit((parts.scheme, netloc, parts.path, "", "")),
+        "prefix": route.prefix,
+        "repository": target.remote,
+        "ttl": ttl,
+    }
+    driver = mirror.registry.driver
+    semaphore = asyncio.Semaphore(16)
+
+    async def times(digest: Digest) -> dict[str, Any]:
+        path = manifest_record(name, digest)
+        async with semaphore:
+            try:
+                pulled = (await driver.stat(path)).mtime
+                fetched = float(json.loads(await driver.read(path))["fetched"])
+            except (PathNotFoundError, ValueError, KeyError, TypeError):
+                return {}
+        last = max(fetched, pulled)
+        return {
+            "cachedAt": fetched,
+            "lastPulledAt": pulled,
+            "expiresAt": last + ttl if ttl is not None else None,
+        }
+
+    digests: dict[Digest, dict[str, Any]] = {}
+    for entry in tags:
+        try:
+            digests.setdefault(Digest.parse(str(entry.get("digest"))), {})
+        except DigestInvalid:
+            continue
+    found = await asyncio.gather(*(times(digest) for digest in digests))
+    digests = dict(zip(digests, found, strict=True))
+    for entry in tags:
+        try:
+            entry.update(digests.get(Digest.parse(str(entry.get("digest"))), {}))
+        except DigestInvalid:
+            continue
+    return cache
 
 
 def _header_digest(header: str | None) -> Digest | None:

@@ -57,6 +57,20 @@ class TagRow:
     pushed: float | None = None
     kind: str = "image"  # image, index, artifact, unknown
     error: str | None = None
+    # A mirror's cached tag (Dockyard): fetched from the upstream, last pulled, expires.
+    cached_at: float | None = None
+    last_pulled_at: float | None = None
+    expires_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSource:
+    """The upstream a mirrored repository caches, as Dockyard's extension reports it."""
+
+    upstream: str
+    prefix: str = ""
+    repository: str | None = None
+    ttl: float | None = None  # seconds; None: cached content never expires
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +80,7 @@ class RepoRow:
     size: int | None = None
     last_push: float | None = None
     error: str | None = None
+    cache: CacheSource | None = None
 
 
 @dataclass(slots=True)
@@ -91,6 +106,7 @@ class TagListing:
     query: str
     complete_details: bool
     delete_enabled: bool | None = None
+    cache: CacheSource | None = None
 
 
 @dataclass(slots=True)
@@ -342,6 +358,7 @@ class Browser:
             tags=int(entry.get("tags") or 0),
             size=int(entry.get("referenced_bytes") or 0),
             last_push=entry.get("last_push"),
+            cache=cache_source(entry.get("cache")),
         )
 
     async def _counted_row(self, name: str) -> RepoRow:
@@ -373,9 +390,11 @@ class Browser:
         """
         query = query.strip()
         delete_enabled: bool | None = None
+        cache: CacheSource | None = None
         details = await self._details_or_none(name)
         if details is not None:
             delete_enabled = details.get("deleteEnabled")
+            cache = cache_source(details.get("cache"))
             all_rows = [_row_from_details(entry) for entry in details.get("tags") or []]
             total = len(all_rows)
             rows = [row for row in all_rows if query.lower() in row.tag.lower()]
@@ -413,6 +432,7 @@ class Browser:
             query=query,
             complete_details=complete,
             delete_enabled=delete_enabled,
+            cache=cache,
         )
 
     async def _details_or_none(self, name: str, fresh: bool = False) -> dict[str, Any] | None:
@@ -702,7 +722,31 @@ def _row_from_details(entry: dict[str, Any]) -> TagRow:
         pushed=entry.get("pushed"),
         kind=str(entry.get("kind") or "image"),
         error=entry.get("error"),
+        cached_at=_seconds(entry.get("cachedAt")),
+        last_pulled_at=_seconds(entry.get("lastPulledAt")),
+        expires_at=_seconds(entry.get("expiresAt")),
     )
+
+
+def cache_source(value: Any) -> CacheSource | None:
+    """A details or usage entry's ``cache``; None for a local repository or a registry
+    that does not report one (anything but a Dockyard mirror)."""
+    if not isinstance(value, dict) or not isinstance(value.get("upstream"), str):
+        return None
+    prefix = value.get("prefix")
+    repository = value.get("repository")
+    return CacheSource(
+        upstream=value["upstream"],
+        prefix=prefix if isinstance(prefix, str) else "",
+        repository=repository if isinstance(repository, str) else None,
+        ttl=_seconds(value.get("ttl")),
+    )
+
+
+def _seconds(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
 
 
 def _sorted(rows: list[TagRow], sort: str, order: str) -> list[TagRow]:

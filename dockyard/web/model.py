@@ -411,6 +411,19 @@ def ago(moment: datetime | float | None, now: datetime | None = None) -> str:
     return "just now"
 
 
+def duration(seconds: float | None) -> str:
+    """A ttl as a person says it: "7 days", "1 hour 30 minutes", "45 seconds"."""
+    if seconds is None:
+        return "—"
+    left = int(seconds)
+    parts = []
+    for size, unit in ((86_400, "day"), (3_600, "hour"), (60, "minute"), (1, "second")):
+        count, left = divmod(left, size)
+        if count:
+            parts.append(f"{count} {unit}{'s' if count != 1 else ''}")
+    return " ".join(parts[:2]) or "0 seconds"
+
+
 def iso(moment: datetime | float | None) -> str:
     if moment is None:
         return ""

@@ -148,6 +148,7 @@ def make_environment() -> jinja2.Environment:
         size=model.human_size,
         short=model.short_digest,
         ago=model.ago,
+        duration=model.duration,
         iso=model.iso,
         number=_number,
         highlight_json=highlight_json,

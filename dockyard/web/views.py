@@ -254,7 +254,9 @@ async def repository(request: web.Request, name: str) -> web.StreamResponse:
             "name": name,
             "listing": listing,
             "messages": messages,
-            "can_delete": _can_delete(request, browser, listing.delete_enabled),
+            # A mirror refuses deletes in the repositories it caches.
+            "can_delete": listing.cache is None
+            and _can_delete(request, browser, listing.delete_enabled),
             "refused": state.catalogue.delete_refused.get(browser.who),
             "is_dockyard": await browser.is_dockyard(),
             "is_admin": await browser.is_admin(),
