@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from bench import blobs, load, machine, report, skopeo
+from bench import blobs, load, machine, mirrors, report, skopeo
 from bench.plan import FULL, GROUPS, QUICK, Plan
 from bench.profile import Profiler
 from bench.servers import DISTRIBUTION, DISTRIBUTION_BINARY, DOCKYARD, BenchError, RegistryServer
@@ -75,7 +75,7 @@ def selected_groups(only: str | None) -> set[str]:
 def check_tools(groups: set[str]) -> None:
     if not shutil.which(DISTRIBUTION_BINARY):
         raise BenchError(f"{DISTRIBUTION_BINARY} not found: apt-get install -y docker-registry")
-    if groups & {"pull", "load", "puts"}:
+    if groups & {"pull", "load", "puts", "mirror"}:
         load.require_tools()
     if "skopeo" in groups:
         skopeo.require()
@@ -135,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     log = Progress()
     scratch: Path | None = None
     servers: list[RegistryServer] = []
+    # Every server started, the mirror group's too: all are stopped at the end.
+    started: list[RegistryServer] = []
     # asyncio.run's own SIGINT handler only cancels at the next await, and a wrk or GC run
     # in between would keep going for minutes: Ctrl-C stops at once (unless ignored).
     interrupt = signal.getsignal(signal.SIGINT)
@@ -160,12 +162,14 @@ def main(argv: list[str] | None = None) -> int:
             RegistryServer(DOCKYARD, scratch / DOCKYARD, args.workers, source.path, source.env()),
             RegistryServer(DISTRIBUTION, scratch / DISTRIBUTION),
         ]
-        suite = Suite(plan, servers, scratch, groups, Profiler(args.profile), source, log)
+        mirror = mirrors.build(scratch, args.workers, source) if "mirror" in groups else None
+        suite = Suite(plan, servers, scratch, groups, Profiler(args.profile), source, log, mirror)
         log(
             f"{plan.mode} mode, {plan.reps} rep(s), groups: {', '.join(g for g in GROUPS if g in groups)}"
         )
         suite.prepare_stores()
-        for server in servers:
+        for server in [*servers, *(mirror.servers if mirror else [])]:
+            started.append(server)
             server.start()
             log(f"{server.label} on {server.url}, {server.worker_count()} worker process(es)")
         asyncio.run(run_suite(suite, plan, log))
@@ -186,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         signal.alarm(0)
-        for server in servers:
+        for server in started:
             server.stop()
         if scratch is not None and not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 MiB = 1 << 20
 KiB = 1 << 10
 
-GROUPS = ("limits", "push", "pull", "load", "puts", "listing", "gc", "skopeo")
+GROUPS = ("limits", "push", "pull", "load", "puts", "listing", "gc", "skopeo", "mirror")
 
 
 @dataclass(frozen=True)
@@ -38,12 +38,16 @@ class Plan:
     skopeo_layer_size: int
     sha_size: int
     disk_size: int
+    # Blob pulled through a pull-through mirror: cold once, then warm this many in a row.
+    mirror_size: int
+    mirror_warm_repeat: int
+    mirror_connections: tuple[int, ...]
     # Bound on the whole run; a hang anywhere ends it with an error and a clean-up.
     time_limit: float
 
     @property
     def largest_blob(self) -> int:
-        return max(*self.push_sizes, self.chunked_size, self.pull_size)
+        return max(*self.push_sizes, self.chunked_size, self.pull_size, self.mirror_size)
 
     def with_reps(self, reps: int | None) -> Plan:
         return self if reps is None else replace(self, reps=reps)
@@ -75,6 +79,9 @@ QUICK = Plan(
     skopeo_layer_size=1 * MiB,
     sha_size=32 * MiB,
     disk_size=16 * MiB,
+    mirror_size=16 * MiB,
+    mirror_warm_repeat=1,
+    mirror_connections=(1, 16),
     time_limit=240,
 )
 
@@ -103,6 +110,9 @@ FULL = Plan(
     skopeo_layer_size=8 * MiB,
     sha_size=256 * MiB,
     disk_size=256 * MiB,
+    mirror_size=256 * MiB,
+    mirror_warm_repeat=4,
+    mirror_connections=(1, 16),
     time_limit=3 * 3600,
 )
 

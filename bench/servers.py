@@ -144,6 +144,10 @@ class RegistryServer:
     # Where ``python -m dockyard`` runs from, and its environment (bench/source.py).
     cwd: Path | None = None
     env: dict[str, str] | None = None
+    # Top-level config sections added to the shared shape (a mirror's ``proxy``), and
+    # what this server is for when it is not one of the two measured side by side.
+    config_extra: dict[str, Any] | None = None
+    role: str = ""
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -153,7 +157,7 @@ class RegistryServer:
         self.root.mkdir(exist_ok=True)
         self.config_path = self.workdir / "config.yml"
         self.log_path = self.workdir / "server.log"
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = dict(self.config_extra or {})
         if self.kind == DOCKYARD and self.workers is not None:
             extra["dockyard"] = {"workers": self.workers}
         write_config(self.config_path, registry_config(self.root, f"127.0.0.1:{self.port}", extra))
@@ -168,7 +172,8 @@ class RegistryServer:
 
     @property
     def label(self) -> str:
-        return "Dockyard" if self.kind == DOCKYARD else "Distribution"
+        name = "Dockyard" if self.kind == DOCKYARD else "Distribution"
+        return f"{name} {self.role}" if self.role else name
 
     def command(self) -> list[str]:
         if self.kind == DISTRIBUTION:

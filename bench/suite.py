@@ -17,7 +17,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench import blobs, gc, listing, load, machine, skopeo
+from bench import blobs, gc, listing, load, machine, mirrors, skopeo
 from bench.fixtures import MANIFEST_ACCEPT, Fixture, check_get, make_fixture, push_fixture
 from bench.layout import OCI_MANIFEST, image_manifest
 from bench.payload import Blob, Payload
@@ -40,6 +40,7 @@ G_LISTING = "6. Catalog and tag listing"
 G_RSS = "7. Peak server RSS (sum over the process tree)"
 G_GC = "8. Garbage collection"
 G_SKOPEO = "9. skopeo round trip"
+G_MIRROR = "10. Registry mirror (pull-through cache)"
 
 # (key, label, method, which URL)
 LOAD_TARGETS = (
@@ -72,8 +73,10 @@ class Suite:
         profiler: Profiler,
         source: DockyardSource,
         log: Log,
+        mirror: mirrors.Mirrors | None = None,
     ) -> None:
         self.source = source
+        self.mirror_setup = mirror
         self.plan = plan
         self.servers = servers
         self.scratch = scratch
@@ -193,12 +196,33 @@ class Suite:
             image = f"{plan.skopeo_layers} layers × {size_label(plan.skopeo_layer_size)}"
             declare("skopeo.push", G_SKOPEO, f"push, {image}", "s", False)
             declare("skopeo.pull", G_SKOPEO, f"pull, {image}", "s", False)
+        if "mirror" in self.groups:
+            mirrored = size_label(plan.mirror_size)
+            declare(
+                "mirror.cold", G_MIRROR, f"cold GET {mirrored} (not cached)", "MB/s", True, "MB"
+            )
+            repeat = f", {plan.mirror_warm_repeat} in a row" if plan.mirror_warm_repeat > 1 else ""
+            declare(
+                "mirror.warm", G_MIRROR, f"warm GET {mirrored} (cached){repeat}", "MB/s", True, "MB"
+            )
+            for c in plan.mirror_connections:
+                label = f"GET manifest by tag, warm, c={c}"
+                declare(f"mirror.tag.c{c}", G_MIRROR, label, "req/s", True, "req")
+                declare(f"mirror.tag.c{c}.p99", G_MIRROR, label + ", p99", "ms", False)
+                declare(
+                    f"mirror.tag.c{c}.upstream",
+                    G_MIRROR,
+                    label + ", upstream CPU per request",
+                    "µs",
+                    False,
+                )
 
     def add(self, key: str, kind: str, sample: Sample) -> None:
         self.results.add(key, kind, sample)
 
-    def order(self, rep: int) -> list[RegistryServer]:
-        return list(self.servers) if rep % 2 == 0 else list(reversed(self.servers))
+    def order(self, rep: int, servers: list[RegistryServer] | None = None) -> list[RegistryServer]:
+        servers = self.servers if servers is None else servers
+        return list(servers) if rep % 2 == 0 else list(reversed(servers))
 
     @contextmanager
     def meter(
@@ -228,11 +252,11 @@ class Suite:
             self.gc_store = gc.build_store(
                 self.scratch / "gc-master", plan.gc_repositories, plan.gc_per_repository
             )
-        if self.groups & {"limits", "push", "pull"}:
+        if self.groups & {"limits", "push", "pull", "mirror"}:
             self.log(f"writing {size_label(plan.largest_blob)} of random test data")
             self.payload = Payload(
                 self.scratch / "payload.bin",
-                [*plan.push_sizes, plan.chunked_size, plan.pull_size],
+                [*plan.push_sizes, plan.chunked_size, plan.pull_size, plan.mirror_size],
             )
 
     async def setup(self, http: aiohttp.ClientSession) -> None:
@@ -269,6 +293,7 @@ class Suite:
             ("listing", self.listing),
             ("gc", self.collect),
             ("skopeo", self.skopeo),
+            ("mirror", self.mirror),
         ]
         for group, step in steps:
             if group in self.groups:
@@ -457,6 +482,60 @@ class Suite:
             shutil.rmtree(target, ignore_errors=True)
             self.add("skopeo.pull", server.kind, Sample(seconds, meter.server_cpu, cpu))
 
+    async def mirror(self, rep: int, http: aiohttp.ClientSession) -> None:
+        plan, setup = self.plan, self.mirror_setup
+        assert self.payload is not None and setup is not None
+        tag = f"r{rep}"
+        blob = self.payload.blob(plan.mirror_size)
+        manifest = await mirrors.push_image(
+            http, setup.upstream.url, tag, self.fixture.config, blob
+        )
+        stored_within = max(60.0, plan.mirror_size / MiB)
+        for server in self.order(rep, setup.mirrors):
+            # As a client pulls: the manifest by tag first (cold too, not timed), then the layer.
+            await mirrors.get_manifest(http, server, tag, manifest)
+            with self.meter(server, f"mirror-cold-r{rep}") as meter:
+                seconds = await blobs.pull(http, mirrors.blob_url(server, blob.digest), blob.size)
+                # The server's CPU counts until the blob is stored; the time ends at the last byte.
+                await mirrors.wait_cached(server, blob, stored_within)
+            self.add(
+                "mirror.cold",
+                server.kind,
+                Sample(blob.size / seconds / 1e6, meter.server_cpu, meter.client_cpu, blob.size),
+            )
+        for server in self.order(rep, setup.mirrors):
+            url = mirrors.blob_url(server, blob.digest)
+            with self.meter(server, f"mirror-warm-r{rep}") as meter:
+                seconds = 0.0
+                for _ in range(plan.mirror_warm_repeat):
+                    seconds += await blobs.pull(http, url, blob.size)
+            work = blob.size * plan.mirror_warm_repeat
+            self.add(
+                "mirror.warm",
+                server.kind,
+                Sample(work / seconds / 1e6, meter.server_cpu, meter.client_cpu, work),
+            )
+        headers = {"Accept": MANIFEST_ACCEPT}
+        for c in plan.mirror_connections:
+            for server in self.order(rep, setup.mirrors):
+                url = mirrors.manifest_url(server, tag)
+                upstream_before = setup.upstream.sample().cpu_seconds
+                with self.meter(server, f"mirror-tag-c{c}-r{rep}") as meter:
+                    result = load.wrk(url, c, plan.load_seconds, headers=headers)
+                upstream_cpu = setup.upstream.sample().cpu_seconds - upstream_before
+                self.add(
+                    f"mirror.tag.c{c}",
+                    server.kind,
+                    Sample(result.rate, meter.server_cpu, result.client_cpu, result.requests),
+                )
+                self.add(f"mirror.tag.c{c}.p99", server.kind, Sample(result.p99_ms))
+                self.add(
+                    f"mirror.tag.c{c}.upstream",
+                    server.kind,
+                    Sample(upstream_cpu * 1e6 / result.requests),
+                )
+        mirrors.discard(setup.servers, blob)
+
     def notes(self) -> list[str]:
         dockyard = next((s for s in self.servers if s.kind == DOCKYARD), None)
         notes = [
@@ -483,6 +562,17 @@ class Suite:
                 "layer links, which Distribution 2.8 leaves."
             ),
         ]
+        if "mirror" in self.groups:
+            notes.append(
+                "Registry mirror: one Dockyard upstream on loopback serves both mirrors, so only "
+                "the mirror differs; each mirror has Distribution's proxy.remoteurl section "
+                "pointing at it (default ttl). Every repetition pushes a new image (new layer "
+                "digest, new tag) upstream; each mirror gets the manifest by tag, then the cold "
+                "GET of the layer is timed to its last byte, and the mirror's CPU is counted "
+                "until the blob is stored in it (the warm GETs wait for that). The manifest GETs "
+                "by tag come after, with wrk; the upstream's CPU is not in the CPU table but in "
+                "rows of its own (how much each mirror asks the upstream per warm tag GET)."
+            )
         if dockyard is not None:
             notes.append(f"Dockyard ran {dockyard.worker_count()} worker process(es).")
         return notes
