@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 import pytest
 from playwright.sync_api import Page, expect
 
+from dockyard.web.browse import CacheSource, cache_source
+from dockyard.web.model import duration
 from tests.support.images import make_image, skopeo, write_oci_layout
 from tests.support.servers import ServerProcess
 from tests.web.conftest import DOCKYARD_CONFIG, Target, screenshot, start_dockyard
@@ -138,3 +140,19 @@ def test_the_upstream_itself_shows_nothing_of_the_cache(
     expect(page.locator("table.tags tbody tr")).to_have_count(1)
     expect(page.locator("#cache-source")).to_have_count(0)
     expect(page.locator(".badge-cache")).to_have_count(0)
+
+
+def test_cache_fields_are_read_only_when_they_make_sense() -> None:
+    assert cache_source(None) is None  # a local repository, or not Dockyard
+    assert cache_source({"prefix": "hub"}) is None
+    assert cache_source({"upstream": 5}) is None
+    assert cache_source(
+        {"upstream": "https://ghcr.io", "prefix": "ghcr.io", "repository": "o/r", "ttl": 86400}
+    ) == CacheSource("https://ghcr.io", "ghcr.io", "o/r", 86400.0)
+    odd = cache_source({"upstream": "https://x", "prefix": 1, "ttl": True})
+    assert odd == CacheSource("https://x", "", None, None)
+    assert duration(604_800) == "7 days"
+    assert duration(5_400) == "1 hour 30 minutes"
+    assert duration(90_061) == "1 day 1 hour"
+    assert duration(45) == "45 seconds"
+    assert duration(None) == "—"
