@@ -51,6 +51,9 @@ class BlobFetch:
         self.size: int | None = None
         self.written = 0
         self.complete = False
+        # The whole body is written and matches its digest: readers may have it all,
+        # while the spool is still being made durable and stored.
+        self.verified = False
         self.error: Exception | None = None
         self._changed = asyncio.Condition()
         self._started = asyncio.Event()
@@ -125,11 +128,22 @@ class BlobFetch:
             self._started.set()
             hasher = new_hasher(self.digest.algorithm)
             pending = bytearray()
-            async for chunk in response.content.iter_any():
-                pending += chunk
-                if len(pending) >= PIECE:
-                    await self._append(hasher, bytes(pending))
-                    pending.clear()
+            # One piece is hashed and written while the next is read from the upstream.
+            appending: asyncio.Future[None] | None = None
+            try:
+                async for chunk in response.content.iter_any():
+                    pending += chunk
+                    if len(pending) >= PIECE:
+                        if appending is not None:
+                            await appending
+                        appending = asyncio.ensure_future(self._append(hasher, bytes(pending)))
+                        pending.clear()
+                if appending is not None:
+                    await appending
+            finally:
+                if appending is not None and not appending.done():
+                    appending.cancel()
+                    await asyncio.gather(appending, return_exceptions=True)
             if pending:
                 await self._append(hasher, bytes(pending))
         actual = Digest(self.digest.algorithm, hasher.hexdigest())
@@ -139,6 +153,9 @@ class BlobFetch:
                 detail={"digest": str(self.digest), "actual": str(actual), "size": self.written},
             )
         self.size = self.written
+        async with self._changed:
+            self.verified = True
+            self._changed.notify_all()
         await self._commit()
         self.complete = True
 
@@ -208,12 +225,12 @@ class BlobFetch:
     def _readable(self) -> int:
         """How much readers may have: the last byte waits until the content is verified,
         so a client never holds a complete body that turns out wrong."""
-        if self.complete or self.size is None:
+        if self.verified or self.size is None:
             return self.written
         return min(self.written, self.size - 1)
 
     def _beyond(self, offset: int) -> bool:
-        return self._readable() > offset or self.complete or self.error is not None
+        return self._readable() > offset or self.verified or self.error is not None
 
     async def pieces(self, fd: int) -> AsyncIterator[bytes]:
         """The blob's bytes from the start, as they arrive; raises if the fetch fails."""
@@ -229,7 +246,7 @@ class BlobFetch:
                 piece = await asyncio.to_thread(os.pread, fd, length, offset)
                 offset += len(piece)
                 yield piece
-            elif self.complete:
+            elif self.verified:
                 return
 
 
