@@ -127,17 +127,20 @@ class BlobFetch:
             await asyncio.to_thread(self._open_spool)
             self._started.set()
             hasher = new_hasher(self.digest.algorithm)
-            pending = bytearray()
+            pending: list[bytes] = []
+            pending_size = 0
             # One piece is hashed and written while the next is read from the upstream.
             appending: asyncio.Future[None] | None = None
             try:
                 async for chunk in response.content.iter_any():
-                    pending += chunk
-                    if len(pending) >= PIECE:
+                    pending.append(chunk)
+                    pending_size += len(chunk)
+                    if pending_size >= PIECE:
                         if appending is not None:
                             await appending
-                        appending = asyncio.ensure_future(self._append(hasher, bytes(pending)))
-                        pending.clear()
+                        piece = b"".join(pending)
+                        appending = asyncio.ensure_future(self._append(hasher, piece))
+                        pending, pending_size = [], 0
                 if appending is not None:
                     await appending
             finally:
@@ -145,7 +148,7 @@ class BlobFetch:
                     appending.cancel()
                     await asyncio.gather(appending, return_exceptions=True)
             if pending:
-                await self._append(hasher, bytes(pending))
+                await self._append(hasher, b"".join(pending))
         actual = Digest(self.digest.algorithm, hasher.hexdigest())
         if actual != self.digest or (self.size is not None and self.size != self.written):
             raise Unavailable(
