@@ -23,7 +23,10 @@ fi
 # not reachable everywhere the tests run) and runs it with podman on runc (Debian's crun
 # refuses hosts with cgroup v1 and v2 mounted side by side). systemd: systemd-analyze
 # checks packaging/dockyard.service.
-ensure_debian_packages skopeo docker-registry podman chromium buildah mmdebstrap runc systemd
+# wrk, apache2-utils (ab): the load generators of the benchmark, whose quick mode the
+# suite runs (tests/test_bench.py) so that it keeps working.
+ensure_debian_packages skopeo docker-registry podman chromium buildah mmdebstrap runc systemd \
+    wrk apache2-utils
 quiet_debian_registry
 
 choose_python

@@ -1,0 +1,48 @@
+"""The benchmark's quick mode, kept working: it measures, it does not judge timings.
+
+Runs ``python -m bench --quick`` as CI does: both servers on loopback, every figure
+group at tiny sizes, one repetition. It must finish, exit 0, and report every figure
+for Dockyard and for Distribution.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.timeout(420)
+def test_quick_benchmark_reports_both_servers(tmp_path: Path) -> None:
+    report = tmp_path / "quick.md"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(report)],
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    text = report.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and " | " in line]
+    # Each group heading, then figures with a Dockyard and a Distribution median.
+    for group in (
+        "1. Blob push, monolithic",
+        "2. Blob push, chunked",
+        "3. Blob pull",
+        "4. Manifest and small-blob requests",
+        "5. Manifest PUTs",
+        "6. Catalog and tag listing",
+        "7. Peak server RSS",
+        "8. Garbage collection",
+        "9. skopeo round trip",
+        "10. Registry mirror",
+    ):
+        assert any(group in row for row in rows), (group, text[:2000])
+    measured = [row for row in rows if row.count("|") >= 8 and not row.startswith("| **")]
+    assert len(measured) >= 20, text[:2000]
