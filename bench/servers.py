@@ -78,6 +78,9 @@ def write_config(path: Path, config: Mapping[str, Any]) -> None:
 @dataclass
 class ProcessSample:
     rss_bytes: int
+    # Proportional set size: each page shared by n processes counts 1/n, so pages a
+    # forking server's workers share with their parent are not counted once per process.
+    pss_bytes: int
     hwm_bytes: int
     cpu_seconds: float
     processes: int
@@ -114,6 +117,16 @@ def _status_kib(pid: int, key: str) -> int:
     return 0
 
 
+def _pss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def _cpu_seconds(pid: int) -> float:
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
@@ -128,6 +141,7 @@ def sample_tree(pid: int) -> ProcessSample:
     pids = process_tree(pid)
     return ProcessSample(
         rss_bytes=sum(_status_kib(p, "VmRSS") for p in pids) * 1024,
+        pss_bytes=sum(_pss_kib(p) for p in pids) * 1024,
         hwm_bytes=sum(_status_kib(p, "VmHWM") for p in pids) * 1024,
         cpu_seconds=sum(_cpu_seconds(p) for p in pids),
         processes=len(pids),
@@ -238,7 +252,7 @@ class RegistryServer:
 
     def sample(self) -> ProcessSample:
         if self.process is None:
-            return ProcessSample(0, 0, 0.0, 0)
+            return ProcessSample(0, 0, 0, 0.0, 0)
         return sample_tree(self.process.pid)
 
     def log_tail(self, lines: int = 30) -> str:
@@ -276,6 +290,12 @@ class PeakRss:
         self.server = server
         self.interval = interval
         self.peak = 0
+        self.peak_pss = 0
+
+    def _take(self) -> None:
+        sample = self.server.sample()
+        self.peak = max(self.peak, sample.rss_bytes)
+        self.peak_pss = max(self.peak_pss, sample.pss_bytes)
 
     @contextmanager
     def watch(self) -> Iterator[None]:
@@ -283,7 +303,7 @@ class PeakRss:
 
         def run() -> None:
             while not stop.is_set():
-                self.peak = max(self.peak, self.server.sample().rss_bytes)
+                self._take()
                 stop.wait(self.interval)
 
         thread = threading.Thread(target=run, daemon=True)
@@ -293,4 +313,4 @@ class PeakRss:
         finally:
             stop.set()
             thread.join(5)
-            self.peak = max(self.peak, self.server.sample().rss_bytes)
+            self._take()

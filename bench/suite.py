@@ -181,8 +181,10 @@ class Suite:
             declare("listing.tags.whole", G_LISTING, f"{tags:,} tags, one request", "s", False)
         if "pull" in self.groups:
             declare("rss.pull", G_RSS, "during 3 (blob pulls)", "MiB", False)
+            declare("rss.pull.pss", G_RSS, "during 3 (blob pulls), PSS", "MiB", False)
         if "load" in self.groups:
             declare("rss.load", G_RSS, "during 4 (request load)", "MiB", False)
+            declare("rss.load.pss", G_RSS, "during 4 (request load), PSS", "MiB", False)
         if "gc" in self.groups:
             manifests = plan.gc_repositories * plan.gc_per_repository
             declare(
@@ -384,6 +386,7 @@ class Suite:
             self.add("pull.ranges.p99", server.kind, Sample(result.p99_ms))
         for kind, peak in rss.items():
             self.add("rss.pull", kind, Sample(peak.peak / MiB))
+            self.add("rss.pull.pss", kind, Sample(peak.peak_pss / MiB))
 
     async def load(self, rep: int, http: aiohttp.ClientSession) -> None:
         plan = self.plan
@@ -406,6 +409,7 @@ class Suite:
                     self.add(f"load.{key}.c{c}.p99", server.kind, Sample(result.p99_ms))
         for kind, peak in rss.items():
             self.add("rss.load", kind, Sample(peak.peak / MiB))
+            self.add("rss.load.pss", kind, Sample(peak.peak_pss / MiB))
 
     async def puts(self, rep: int, http: aiohttp.ClientSession) -> None:
         plan, fixture = self.plan, self.puts_fixture
