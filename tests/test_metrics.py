@@ -11,7 +11,6 @@ import json
 import os
 import random
 import re
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -425,7 +424,6 @@ def test_counts_survive_a_worker_that_dies(server_factory: ServerFactory, debug_
     assert value(after, "registry_http_in_flight_requests") == 0
 
 
-@pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")
 def test_a_skopeo_push_and_pull_are_counted(
     server_factory: ServerFactory, debug_port: int, tmp_path: Path
 ) -> None:

@@ -26,9 +26,7 @@ from dockyard.auth.tokens import libtrust_key_id
 from dockyard.cli import main
 from tests.auth.support import ISSUER, PASSWORDS, SERVICE, token_config
 from tests.support.images import make_image, skopeo, skopeo_fails, write_oci_layout
-from tests.support.servers import ServerProcess, distribution_available
-
-pytestmark = pytest.mark.skipif(not distribution_available(), reason="docker-registry is not installed")
+from tests.support.servers import ServerProcess
 
 DISTRIBUTION_SERVICE = "distribution-test"
 

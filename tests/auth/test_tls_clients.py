@@ -194,8 +194,6 @@ def test_skopeo_login_then_copy(basic_registry: ServerProcess, pki: Pki, tmp_pat
 
 
 def test_podman_login(basic_registry: ServerProcess, pki: Pki, tmp_path: Path) -> None:
-    if shutil.which("podman") is None:
-        pytest.skip("podman is not installed")
     certs = pki.cert_dir(tmp_path)
     authfile = tmp_path / "auth.json"
     base = ["podman", "login", "--authfile", str(authfile), "--cert-dir", str(certs)]
@@ -204,9 +202,6 @@ def test_podman_login(basic_registry: ServerProcess, pki: Pki, tmp_path: Path) -
     assert wrong.returncode != 0
     right = subprocess.run([*base, "-u", "reader", "-p", PASSWORDS["reader"], basic_registry.host],
                            capture_output=True, text=True, timeout=60)
-    if right.returncode != 0 and "Login Succeeded" not in right.stdout:
-        if "cannot" in right.stderr.lower() and "runtime" in right.stderr.lower():
-            pytest.skip(f"podman cannot run here: {right.stderr}")
     assert right.returncode == 0, right.stderr
     assert "Login Succeeded" in right.stdout
 

@@ -11,16 +11,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.conftest import ServerFactory
 from tests.notifications.receiver import Receiver
 from tests.support.images import ALL_MANIFEST_TYPES, make_image, push_artifact
-from tests.support.servers import ServerProcess, distribution_available
-
-pytestmark = pytest.mark.skipif(
-    not distribution_available(), reason="Distribution (docker-registry) is not installed"
-)
+from tests.support.servers import ServerProcess
 
 
 def _fields(value: Any, path: str = "") -> Iterator[str]:

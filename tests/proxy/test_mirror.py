@@ -33,7 +33,7 @@ from tests.support.images import (
     skopeo_fails,
     write_oci_layout,
 )
-from tests.support.servers import ServerProcess, distribution_available
+from tests.support.servers import ServerProcess
 
 ServerFactory = Callable[..., ServerProcess]
 
@@ -85,7 +85,7 @@ def mirror_of(
     return server_factory("dockyard", config={"proxy": proxy, **extra}, name="mirror")
 
 
-UPSTREAM_KINDS = ["dockyard"] + (["distribution"] if distribution_available() else [])
+UPSTREAM_KINDS = ["dockyard", "distribution"]
 
 
 @pytest.mark.parametrize("kind", UPSTREAM_KINDS)
@@ -515,7 +515,6 @@ def test_garbage_collection_keeps_cached_manifests_whose_blobs_were_never_pulled
     assert counter.count() == fetched + len(image.layers)
 
 
-@pytest.mark.skipif(not distribution_available(), reason="Distribution is not installed")
 def test_distribution_serves_what_the_mirror_cached(
     server_factory: ServerFactory,
     proxies: Callable[[ServerProcess], CountingProxy],

@@ -11,8 +11,6 @@ from tests.s3.moto_server import MotoServer
 
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
-    pytest.importorskip("moto", reason="moto[s3] (the test extra) runs the S3 server")
-    pytest.importorskip("aiobotocore")
     server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
     server.start()
     yield server

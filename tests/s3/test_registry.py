@@ -28,7 +28,7 @@ from tests.support.images import (
     skopeo,
     write_oci_layout,
 )
-from tests.support.servers import ServerProcess, distribution_available
+from tests.support.servers import ServerProcess
 
 PUSH = "--dest-tls-verify=false"
 PULL = "--src-tls-verify=false"
@@ -153,12 +153,6 @@ def test_redirect_disabled_streams_from_s3(start_on_s3: Start, bucket: str, tmp_
     assert_pulls(registry, image, "s3/streamed:v1", tmp_path)
 
 
-needs_distribution = pytest.mark.skipif(
-    not distribution_available(), reason="Distribution (docker-registry) is not installed"
-)
-
-
-@needs_distribution
 def test_a_bucket_distribution_wrote_is_served_by_dockyard(
     start_on_s3: Start, bucket: str, tmp_path: Path
 ) -> None:
@@ -172,7 +166,6 @@ def test_a_bucket_distribution_wrote_is_served_by_dockyard(
     assert tags == {"name": "interop/from-distribution", "tags": ["v1"]}
 
 
-@needs_distribution
 def test_a_bucket_dockyard_wrote_is_served_by_distribution(
     start_on_s3: Start, bucket: str, tmp_path: Path
 ) -> None:
