@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from tests.support.servers import free_port
+from tests.support.servers import free_port, stop_group
 
 REGION = "us-east-1"
 ACCESS_KEY = "dockyard-test"
@@ -60,13 +59,7 @@ class MotoServer:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
+        stop_group(self.process)
 
     def client(self) -> Any:
         """A plain boto3 client, to look at the bucket from outside the driver."""

@@ -135,16 +135,23 @@ class ServerProcess:
             self.process.wait(10)
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_group(self.process)
 
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+def stop_group(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM a server started in its own session, SIGKILL it if it lingers."""
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
 
 
 def distribution_available() -> bool:

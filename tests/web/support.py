@@ -6,7 +6,6 @@ import base64
 import http.client
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -30,7 +29,7 @@ from tests.support.images import (
     push_artifact,
     serialise,
 )
-from tests.support.servers import free_port
+from tests.support.servers import free_port, stop_group
 
 USER = "admin"
 PASSWORD = "s3cret-pass"
@@ -97,13 +96,7 @@ class UIProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
+        stop_group(self.process)
 
 
 class CountingProxy:
