@@ -15,10 +15,17 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from bench import blobs, load, machine, mirrors, report, skopeo
+from bench import blobs, load, machine, mirrors, report, s3, skopeo
 from bench.plan import FULL, GROUPS, QUICK, Plan
 from bench.profile import Profiler
-from bench.servers import DISTRIBUTION, DISTRIBUTION_BINARY, DOCKYARD, BenchError, RegistryServer
+from bench.servers import (
+    DISTRIBUTION,
+    DISTRIBUTION_BINARY,
+    DOCKYARD,
+    BenchError,
+    ManagedProcess,
+    RegistryServer,
+)
 from bench.source import DockyardSource, snapshot, working_tree
 from bench.suite import Suite
 
@@ -79,6 +86,8 @@ def check_tools(groups: set[str]) -> None:
         load.require_tools()
     if "skopeo" in groups:
         skopeo.require()
+    if "s3" in groups:
+        s3.require()
 
 
 def _raise(kind: type[BaseException], message: str) -> Callable[[int, FrameType | None], None]:
@@ -135,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     log = Progress()
     scratch: Path | None = None
     servers: list[RegistryServer] = []
-    # Every server started, the mirror group's too: all are stopped at the end.
-    started: list[RegistryServer] = []
+    # Every process started, the mirror and S3 groups' too (moto): all are stopped at the end.
+    started: list[ManagedProcess] = []
     # asyncio.run's own SIGINT handler only cancels at the next await, and a wrk or GC run
     # in between would keep going for minutes: Ctrl-C stops at once (unless ignored).
     interrupt = signal.getsignal(signal.SIGINT)
@@ -163,15 +172,22 @@ def main(argv: list[str] | None = None) -> int:
             RegistryServer(DISTRIBUTION, scratch / DISTRIBUTION),
         ]
         mirror = mirrors.build(scratch, args.workers, source) if "mirror" in groups else None
-        suite = Suite(plan, servers, scratch, groups, Profiler(args.profile), source, log, mirror)
+        on_s3 = s3.build(scratch, args.workers, source) if "s3" in groups else None
+        suite = Suite(
+            plan, servers, scratch, groups, Profiler(args.profile), source, log, mirror, on_s3
+        )
         log(
             f"{plan.mode} mode, {plan.reps} rep(s), groups: {', '.join(g for g in GROUPS if g in groups)}"
         )
         suite.prepare_stores()
-        for server in [*servers, *(mirror.servers if mirror else [])]:
+        for server in [
+            *servers,
+            *(mirror.servers if mirror else []),
+            *(on_s3.servers if on_s3 else []),
+        ]:
             started.append(server)
             server.start()
-            log(f"{server.label} on {server.url}, {server.worker_count()} worker process(es)")
+            log(f"{server.label} on {server.url}, {server.describe()}")
         asyncio.run(run_suite(suite, plan, log))
         text = report.render(suite.results, context(plan, args, servers[0], source), suite.notes())
         print(text)

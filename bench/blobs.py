@@ -44,16 +44,29 @@ def _with_digest(location: str, digest: str) -> str:
     return f"{location}{'&' if '?' in location else '?'}digest={digest}"
 
 
+async def put_body(
+    http: aiohttp.ClientSession, url: str, blob: Blob, status: int, what: str
+) -> None:
+    """One PUT carrying the whole blob."""
+    headers = {"Content-Type": OCTET_STREAM, "Content-Length": str(blob.size)}
+    async with http.put(url, data=blob.chunks(), headers=headers) as response:
+        await _expect(response, status, what)
+
+
 async def push_monolithic(http: aiohttp.ClientSession, base: str, repo: str, blob: Blob) -> float:
     """POST, then one PUT carrying the whole body; seconds from POST to the 201."""
     started = time.perf_counter()
     location = await start_upload(http, base, repo)
-    headers = {"Content-Type": OCTET_STREAM, "Content-Length": str(blob.size)}
-    async with http.put(
-        _with_digest(location, blob.digest), data=blob.chunks(), headers=headers
-    ) as response:
-        await _expect(response, 201, "PUT monolithic")
+    await put_body(http, _with_digest(location, blob.digest), blob, 201, "PUT monolithic")
     return time.perf_counter() - started
+
+
+async def push_many(http: aiohttp.ClientSession, base: str, repo: str, pushed: list[Blob]) -> float:
+    """Monolithic pushes one after the other; seconds in all."""
+    seconds = 0.0
+    for blob in pushed:
+        seconds += await push_monolithic(http, base, repo, blob)
+    return seconds
 
 
 async def push_chunked(
@@ -91,6 +104,23 @@ async def pull(http: aiohttp.ClientSession, url: str, size: int) -> float:
     if received != size:
         raise BenchError(f"GET {url}: {received} bytes instead of {size}")
     return elapsed
+
+
+async def pull_repeated(http: aiohttp.ClientSession, url: str, size: int, repeat: int) -> float:
+    """``repeat`` whole GETs in a row; seconds in all."""
+    seconds = 0.0
+    for _ in range(repeat):
+        seconds += await pull(http, url, size)
+    return seconds
+
+
+async def status_unfollowed(http: aiohttp.ClientSession, url: str) -> tuple[int, str]:
+    """The status of a GET, not following a redirect, and where a redirect points."""
+    async with http.get(url, allow_redirects=False) as response:
+        # Read to the end: a server may log a client that leaves mid-body as an error.
+        async for _ in response.content.iter_chunked(PULL_PIECE):
+            pass
+        return response.status, response.headers.get("Location", "")
 
 
 async def blob_exists(http: aiohttp.ClientSession, base: str, repo: str, digest: str) -> bool:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 MiB = 1 << 20
 KiB = 1 << 10
 
-GROUPS = ("limits", "push", "pull", "load", "puts", "listing", "gc", "skopeo", "mirror")
+GROUPS = ("limits", "push", "pull", "load", "puts", "listing", "gc", "skopeo", "mirror", "s3")
 
 
 @dataclass(frozen=True)
@@ -42,12 +42,30 @@ class Plan:
     mirror_size: int
     mirror_warm_repeat: int
     mirror_connections: tuple[int, ...]
+    # Both servers storing into a local S3 server (moto): a monolithic push, a chunked
+    # push in ``chunk`` PATCHes, and a pull of the whole blob (streamed, then redirected).
+    s3_push_size: int
+    s3_chunked_size: int
+    s3_pull_size: int
     # Bound on the whole run; a hang anywhere ends it with an error and a clean-up.
     time_limit: float
 
     @property
     def largest_blob(self) -> int:
-        return max(*self.push_sizes, self.chunked_size, self.pull_size, self.mirror_size)
+        return max(self.blob_sizes)
+
+    @property
+    def blob_sizes(self) -> tuple[int, ...]:
+        """Every size a blob figure pushes or pulls."""
+        return (
+            *self.push_sizes,
+            self.chunked_size,
+            self.pull_size,
+            self.mirror_size,
+            self.s3_push_size,
+            self.s3_chunked_size,
+            self.s3_pull_size,
+        )
 
     def with_reps(self, reps: int | None) -> Plan:
         return self if reps is None else replace(self, reps=reps)
@@ -82,6 +100,9 @@ QUICK = Plan(
     mirror_size=16 * MiB,
     mirror_warm_repeat=1,
     mirror_connections=(1, 16),
+    s3_push_size=4 * MiB,
+    s3_chunked_size=16 * MiB,
+    s3_pull_size=16 * MiB,
     time_limit=240,
 )
 
@@ -113,6 +134,9 @@ FULL = Plan(
     mirror_size=256 * MiB,
     mirror_warm_repeat=4,
     mirror_connections=(1, 16),
+    s3_push_size=64 * MiB,
+    s3_chunked_size=256 * MiB,
+    s3_pull_size=256 * MiB,
     time_limit=3 * 3600,
 )
 

@@ -44,19 +44,24 @@ def free_port() -> int:
 
 
 def registry_config(
-    root: Path, addr: str, extra: Mapping[str, Any] | None = None
+    root: Path,
+    addr: str,
+    extra: Mapping[str, Any] | None = None,
+    storage: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The configuration both servers get: same storage, same logging, same limits.
 
     The blob descriptor cache is on for both because that is how registry:2 ships
     (Debian's and the image's config.yml both enable it); upload purging is off so a
-    background sweep cannot land in the middle of a measurement.
+    background sweep cannot land in the middle of a measurement. ``storage`` replaces
+    the filesystem driver (an ``s3`` section, with ``redirect`` beside it).
     """
+    driver = dict(storage) if storage else {"filesystem": {"rootdirectory": str(root)}}
     config: dict[str, Any] = {
         "version": "0.1",
         "log": {"level": "warn", "accesslog": {"disabled": True}},
         "storage": {
-            "filesystem": {"rootdirectory": str(root)},
+            **driver,
             "delete": {"enabled": True},
             "cache": {"blobdescriptor": "inmemory"},
             "maintenance": {"uploadpurging": {"enabled": False}},
@@ -148,107 +153,70 @@ def sample_tree(pid: int) -> ProcessSample:
     )
 
 
-@dataclass
-class RegistryServer:
-    """One registry process (and its workers) with its own config file and data directory."""
+class ManagedProcess:
+    """A server the bench starts in a session of its own, waits for, watches and stops.
 
-    kind: str
-    workdir: Path
-    workers: int | None = None
-    # Where ``python -m dockyard`` runs from, and its environment (bench/source.py).
-    cwd: Path | None = None
-    env: dict[str, str] | None = None
-    # Top-level config sections added to the shared shape (a mirror's ``proxy``), and
-    # what this server is for when it is not one of the two measured side by side.
-    config_extra: dict[str, Any] | None = None
-    role: str = ""
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
+    Subclasses say how to run it (``command``, ``popen_env``, ``popen_cwd``), when it is up
+    (``_answers``, ``_ready``) and what it is called; every process the bench starts is
+    stopped the same way, on success, errors, Ctrl-C and the time limit alike.
+    """
 
-    def __post_init__(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.root = self.workdir / "data"
-        self.root.mkdir(exist_ok=True)
-        self.config_path = self.workdir / "config.yml"
-        self.log_path = self.workdir / "server.log"
-        extra: dict[str, Any] = dict(self.config_extra or {})
-        if self.kind == DOCKYARD and self.workers is not None:
-            extra["dockyard"] = {"workers": self.workers}
-        write_config(self.config_path, registry_config(self.root, f"127.0.0.1:{self.port}", extra))
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+    process: subprocess.Popen[bytes] | None
+    log_path: Path
 
     @property
     def label(self) -> str:
-        name = "Dockyard" if self.kind == DOCKYARD else "Distribution"
-        return f"{name} {self.role}" if self.role else name
+        raise NotImplementedError
+
+    @property
+    def url(self) -> str:
+        raise NotImplementedError
 
     def command(self) -> list[str]:
-        if self.kind == DISTRIBUTION:
-            return [DISTRIBUTION_BINARY, "serve", str(self.config_path)]
-        return [sys.executable, "-m", "dockyard", "serve", str(self.config_path)]
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return f"{len(self.pids())} process(es)"
+
+    def popen_env(self) -> dict[str, str] | None:
+        return None
+
+    def popen_cwd(self) -> Path | None:
+        return None
+
+    def _answers(self) -> bool:
+        raise NotImplementedError
+
+    def _ready(self, deadline: float) -> None:
+        """After the first answer: whatever else start-up needs before measuring."""
 
     def start(self, timeout: float = 30.0) -> None:
-        if self.kind == DISTRIBUTION and not shutil.which(DISTRIBUTION_BINARY):
-            raise BenchError(f"{DISTRIBUTION_BINARY} not found: apt-get install -y docker-registry")
         with open(self.log_path, "ab") as log:
-            # A session of its own, so stopping it reaches every worker it forked.
+            # A session of its own, so stopping it reaches every process it forked.
             self.process = subprocess.Popen(
                 self.command(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                cwd=self.cwd if self.kind == DOCKYARD else None,
-                env=self.env if self.kind == DOCKYARD else None,
+                cwd=self.popen_cwd(),
+                env=self.popen_env(),
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise BenchError(f"{self.label} exited at start-up:\n{self.log_tail()}")
             if self._answers():
-                self._wait_for_workers(deadline)
+                self._ready(deadline)
                 return
             time.sleep(0.05)
         self.stop()
         raise BenchError(f"{self.label} did not answer within {timeout:.0f}s:\n{self.log_tail()}")
 
-    def _answers(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.url + "/v2/", timeout=1.0) as response:
-                return bool(response.status == 200)
-        except urllib.error.HTTPError as error:
-            return error.code == 401
-        except OSError:
-            return False
-
-    def _wait_for_workers(self, deadline: float) -> None:
-        # The first worker may answer before its siblings have forked; counting too
-        # early would report one worker and leave the others' start-up in the first figure.
-        expected = self.workers
-        if self.kind != DOCKYARD or expected is None or expected <= 1:
-            time.sleep(0.3)
-            return
-        while time.monotonic() < deadline and self.worker_count() < expected:
-            time.sleep(0.05)
-        time.sleep(0.3)
-
     def pids(self) -> list[int]:
         if self.process is None or self.process.poll() is not None:
             return []
         return process_tree(self.process.pid)
-
-    def worker_count(self) -> int:
-        """Processes serving requests: the forked workers, or the process itself if none."""
-        if self.process is None:
-            return 0
-        return max(len(self.pids()) - 1, 1)
 
     def sample(self) -> ProcessSample:
         if self.process is None:
@@ -276,6 +244,102 @@ class RegistryServer:
             process.wait(10)
         except ProcessLookupError:
             pass
+
+
+def answers(url: str) -> bool:
+    """Whether ``url`` answers 200 (or 401: up, but asking for credentials)."""
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:
+            return bool(response.status == 200)
+    except urllib.error.HTTPError as error:
+        return error.code == 401
+    except OSError:
+        return False
+
+
+@dataclass
+class RegistryServer(ManagedProcess):
+    """One registry process (and its workers) with its own config file and data directory."""
+
+    kind: str
+    workdir: Path
+    workers: int | None = None
+    # Where ``python -m dockyard`` runs from (bench/source.py), and the environment of
+    # either kind (Distribution on S3 needs a variable of its own).
+    cwd: Path | None = None
+    env: dict[str, str] | None = None
+    # Top-level config sections added to the shared shape (a mirror's ``proxy``), and
+    # what this server is for when it is not one of the two measured side by side.
+    config_extra: dict[str, Any] | None = None
+    role: str = ""
+    # Storage sections in place of the filesystem driver (``s3``, ``redirect``).
+    storage: dict[str, Any] | None = None
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.root = self.workdir / "data"
+        self.root.mkdir(exist_ok=True)
+        self.config_path = self.workdir / "config.yml"
+        self.log_path = self.workdir / "server.log"
+        extra: dict[str, Any] = dict(self.config_extra or {})
+        if self.kind == DOCKYARD and self.workers is not None:
+            extra["dockyard"] = {"workers": self.workers}
+        config = registry_config(self.root, f"127.0.0.1:{self.port}", extra, self.storage)
+        write_config(self.config_path, config)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def label(self) -> str:
+        name = "Dockyard" if self.kind == DOCKYARD else "Distribution"
+        return f"{name} {self.role}" if self.role else name
+
+    def command(self) -> list[str]:
+        if self.kind == DISTRIBUTION:
+            return [DISTRIBUTION_BINARY, "serve", str(self.config_path)]
+        return [sys.executable, "-m", "dockyard", "serve", str(self.config_path)]
+
+    def popen_env(self) -> dict[str, str] | None:
+        return self.env
+
+    def popen_cwd(self) -> Path | None:
+        return self.cwd
+
+    def start(self, timeout: float = 30.0) -> None:
+        if self.kind == DISTRIBUTION and not shutil.which(DISTRIBUTION_BINARY):
+            raise BenchError(f"{DISTRIBUTION_BINARY} not found: apt-get install -y docker-registry")
+        super().start(timeout)
+
+    def _answers(self) -> bool:
+        return answers(self.url + "/v2/")
+
+    def _ready(self, deadline: float) -> None:
+        # The first worker may answer before its siblings have forked; counting too
+        # early would report one worker and leave the others' start-up in the first figure.
+        expected = self.workers
+        if self.kind != DOCKYARD or expected is None or expected <= 1:
+            time.sleep(0.3)
+            return
+        while time.monotonic() < deadline and self.worker_count() < expected:
+            time.sleep(0.05)
+        time.sleep(0.3)
+
+    def worker_count(self) -> int:
+        """Processes serving requests: the forked workers, or the process itself if none."""
+        if self.process is None:
+            return 0
+        return max(len(self.pids()) - 1, 1)
+
+    def describe(self) -> str:
+        return f"{self.worker_count()} worker process(es)"
 
 
 class PeakRss:

@@ -10,21 +10,22 @@ from __future__ import annotations
 import resource
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
-from bench import blobs, gc, listing, load, machine, mirrors, skopeo
+from bench import blobs, gc, listing, load, machine, mirrors, s3, skopeo
 from bench.fixtures import MANIFEST_ACCEPT, Fixture, check_get, make_fixture, push_fixture
 from bench.layout import OCI_MANIFEST, image_manifest
 from bench.payload import Blob, Payload
 from bench.plan import MiB, Plan, size_label
 from bench.profile import Profiler
 from bench.report import MACHINE
-from bench.servers import DOCKYARD, BenchError, PeakRss, RegistryServer
+from bench.servers import DOCKYARD, BenchError, ManagedProcess, PeakRss, RegistryServer
 from bench.source import DockyardSource
 from bench.stats import Results, Sample
 
@@ -41,6 +42,7 @@ G_RSS = "7. Peak server RSS (sum over the process tree)"
 G_GC = "8. Garbage collection"
 G_SKOPEO = "9. skopeo round trip"
 G_MIRROR = "10. Registry mirror (pull-through cache)"
+G_S3 = "11. Storage on S3 (moto on loopback)"
 
 # (key, label, method, which URL)
 LOAD_TARGETS = (
@@ -52,6 +54,15 @@ LOAD_TARGETS = (
 )
 
 
+PULL_REPO = "bench/pull"
+
+
+async def _timed(work: Awaitable[None]) -> float:
+    started = time.perf_counter()
+    await work
+    return time.perf_counter() - started
+
+
 def self_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -61,6 +72,21 @@ def self_cpu() -> float:
 class Meter:
     server_cpu: float = 0.0
     client_cpu: float = 0.0
+    # A process the server works through (a mirror's upstream, the S3 server).
+    backend_cpu: float = 0.0
+
+
+@dataclass(frozen=True)
+class Stores:
+    """The servers a blob figure alternates between, how blobs pushed to them are removed,
+    and the process they store through, whose CPU per MB gets a row of its own."""
+
+    servers: list[RegistryServer]
+    discard: Callable[[RegistryServer, list[Blob]], None]
+    backend: ManagedProcess | None = None
+    # An untimed request just before each sample, on the connection the sample then
+    # reuses: a worker that has not used its storage client yet creates it here.
+    warm: Callable[[RegistryServer], Awaitable[object]] | None = None
 
 
 class Suite:
@@ -74,9 +100,11 @@ class Suite:
         source: DockyardSource,
         log: Log,
         mirror: mirrors.Mirrors | None = None,
+        on_s3: s3.S3Setup | None = None,
     ) -> None:
         self.source = source
         self.mirror_setup = mirror
+        self.s3_setup = on_s3
         self.plan = plan
         self.servers = servers
         self.scratch = scratch
@@ -90,6 +118,8 @@ class Suite:
         )
         self.payload: Payload | None = None
         self.pull_blob: Blob | None = None
+        self.s3_blob: Blob | None = None
+        self.local = Stores(servers, self._discard)
         self.gc_store: gc.GcStore | None = None
         self._declare()
 
@@ -122,25 +152,11 @@ class Suite:
         if "push" in self.groups:
             for size in plan.push_sizes:
                 note = f"{plan.small_push_repeat} in a row" if size == min(plan.push_sizes) else ""
-                declare(f"push.mono.{size}", G_MONO, size_label(size), "MB/s", True, "MB", note)
-            declare(
-                "push.chunked",
-                G_CHUNKED,
-                f"{size_label(plan.chunked_size)} in {size_label(plan.chunk)} PATCHes",
-                "MB/s",
-                True,
-                "MB",
-            )
+                self._declare_rate(f"push.mono.{size}", G_MONO, size_label(size), note)
+            self._declare_rate("push.chunked", G_CHUNKED, self._chunked_label(plan.chunked_size))
         if "pull" in self.groups:
             repeat = f", {plan.pull_repeat} in a row" if plan.pull_repeat > 1 else ""
-            declare(
-                "pull.whole",
-                G_PULL,
-                f"GET {size_label(plan.pull_size)}{repeat}",
-                "MB/s",
-                True,
-                "MB",
-            )
+            self._declare_rate("pull.whole", G_PULL, f"GET {size_label(plan.pull_size)}{repeat}")
             ranges = (
                 f"random {size_label(plan.range_span)} ranges, {plan.range_connections} connections"
             )
@@ -218,6 +234,35 @@ class Suite:
                     "µs",
                     False,
                 )
+        if "s3" in self.groups:
+            self._declare_s3()
+
+    def _declare_rate(
+        self, key: str, group: str, label: str, note: str = "", backend: str = ""
+    ) -> None:
+        """A blob transfer in MB/s, CPU per MB; through a ``backend``, its CPU per MB too."""
+        self.results.declare(key, group, label, "MB/s", True, "MB", note)
+        if backend:
+            label = f"{label}, {backend} CPU"
+            self.results.declare(f"{key}.backend", group, label, "ms/MB", False)
+
+    def _chunked_label(self, size: int) -> str:
+        return f"{size_label(size)} in {size_label(self.plan.chunk)} PATCHes"
+
+    def _declare_s3(self) -> None:
+        plan, declare = self.plan, self.results.declare
+        pulled = size_label(plan.s3_pull_size)
+        for method, how in (("put", "PUT to"), ("get", "GET of")):
+            label = f"moto alone: {how} a pre-signed URL, {pulled}"
+            declare(f"limits.moto.{method}", G_S3, label, "MB/s", True)
+            declare(f"limits.moto.{method}.cpu", G_S3, f"{label}, moto CPU", "ms/MB", False)
+        for key, label in (
+            ("s3.push.mono", f"monolithic push, {size_label(plan.s3_push_size)}"),
+            ("s3.push.chunked", "chunked push, " + self._chunked_label(plan.s3_chunked_size)),
+            ("s3.pull.stream", f"GET {pulled}, redirect disabled (streamed by the registry)"),
+            ("s3.pull.redirect", f"GET {pulled}, 307 to a pre-signed URL, followed to moto"),
+        ):
+            self._declare_rate(key, G_S3, label, backend="moto")
 
     def add(self, key: str, kind: str, sample: Sample) -> None:
         self.results.add(key, kind, sample)
@@ -228,15 +273,81 @@ class Suite:
 
     @contextmanager
     def meter(
-        self, server: RegistryServer, name: str, rss: PeakRss | None = None
+        self,
+        server: RegistryServer,
+        name: str,
+        rss: PeakRss | None = None,
+        backend: ManagedProcess | None = None,
     ) -> Iterator[Meter]:
         found = Meter()
         server_before, client_before = server.sample().cpu_seconds, self_cpu()
+        backend_before = backend.sample().cpu_seconds if backend else 0.0
         with self.profiler.record(server, name), rss.watch() if rss else nullcontext():
             yield found
         found.server_cpu = server.sample().cpu_seconds - server_before
         found.client_cpu = self_cpu() - client_before
+        if backend is not None:
+            found.backend_cpu = backend.sample().cpu_seconds - backend_before
+            backend.check_alive()
         server.check_alive()
+
+    async def _transfer(
+        self,
+        key: str,
+        server: RegistryServer,
+        rep: int,
+        work: int,
+        transfer: Awaitable[float],
+        via: Stores,
+        rss: PeakRss | None = None,
+    ) -> None:
+        """Time one blob transfer of ``work`` bytes (``transfer`` says how many seconds)."""
+        name = f"{key.replace('.', '-')}-r{rep}"
+        if via.warm is not None:
+            await via.warm(server)
+        backend = via.backend
+        with self.meter(server, name, rss, backend) as meter:
+            seconds = await transfer
+        sample = Sample(work / seconds / 1e6, meter.server_cpu, meter.client_cpu, work)
+        self.add(key, server.kind, sample)
+        if backend is not None:
+            self.add(f"{key}.backend", server.kind, Sample(meter.backend_cpu * 1e3 / (work / 1e6)))
+
+    async def _push_mono(
+        self, rep: int, http: aiohttp.ClientSession, key: str, size: int, count: int, to: Stores
+    ) -> None:
+        assert self.payload is not None
+        for server in self.order(rep, to.servers):
+            pushed = [self.payload.blob(size) for _ in range(count)]
+            push = blobs.push_many(http, server.url, "bench/push", pushed)
+            await self._transfer(key, server, rep, size * count, push, to)
+            to.discard(server, pushed)
+
+    async def _push_chunked(
+        self, rep: int, http: aiohttp.ClientSession, key: str, size: int, to: Stores
+    ) -> None:
+        assert self.payload is not None
+        for server in self.order(rep, to.servers):
+            blob = self.payload.blob(size)
+            push = blobs.push_chunked(http, server.url, "bench/push", blob, self.plan.chunk)
+            await self._transfer(key, server, rep, size, push, to)
+            to.discard(server, [blob])
+
+    async def _pull_whole(
+        self,
+        rep: int,
+        http: aiohttp.ClientSession,
+        key: str,
+        blob: Blob,
+        repeat: int,
+        of: Stores,
+        rss: dict[str, PeakRss] | None = None,
+    ) -> None:
+        for server in self.order(rep, of.servers):
+            url = f"{server.url}/v2/{PULL_REPO}/blobs/{blob.digest}"
+            pull = blobs.pull_repeated(http, url, blob.size, repeat)
+            watch = rss[server.kind] if rss else None
+            await self._transfer(key, server, rep, blob.size * repeat, pull, of, watch)
 
     # -- preparation -------------------------------------------------------------------
 
@@ -254,12 +365,9 @@ class Suite:
             self.gc_store = gc.build_store(
                 self.scratch / "gc-master", plan.gc_repositories, plan.gc_per_repository
             )
-        if self.groups & {"limits", "push", "pull", "mirror"}:
+        if self.groups & {"limits", "push", "pull", "mirror", "s3"}:
             self.log(f"writing {size_label(plan.largest_blob)} of random test data")
-            self.payload = Payload(
-                self.scratch / "payload.bin",
-                [*plan.push_sizes, plan.chunked_size, plan.pull_size, plan.mirror_size],
-            )
+            self.payload = Payload(self.scratch / "payload.bin", plan.blob_sizes)
 
     async def setup(self, http: aiohttp.ClientSession) -> None:
         """After start: the fixture image and the blob to pull, in every server."""
@@ -271,7 +379,26 @@ class Suite:
             for url, expected, headers in self._load_urls(server):
                 await check_get(http, url, expected, headers)
             if self.pull_blob is not None and "pull" in self.groups:
-                await blobs.push_monolithic(http, server.url, "bench/pull", self.pull_blob)
+                await blobs.push_monolithic(http, server.url, PULL_REPO, self.pull_blob)
+        if self.s3_setup is not None:
+            await self._setup_s3(http, self.s3_setup)
+
+    async def _setup_s3(self, http: aiohttp.ClientSession, setup: s3.S3Setup) -> None:
+        """The blob to pull, pushed into each bucket; then each server's answer to its GET
+        is checked: a 200 with redirects disabled, a 307 to moto with the default."""
+        assert self.payload is not None
+        self.s3_blob = blob = self.payload.blob(self.plan.s3_pull_size)
+        for server in setup.streaming:
+            await blobs.push_monolithic(http, server.url, PULL_REPO, blob)
+        for server, expected in [(s, 200) for s in setup.streaming] + [
+            (s, 307) for s in setup.redirecting
+        ]:
+            url = f"{server.url}/v2/{PULL_REPO}/blobs/{blob.digest}"
+            status, location = await blobs.status_unfollowed(http, url)
+            if status != expected or (expected == 307 and not location.startswith(setup.moto.url)):
+                raise BenchError(
+                    f"{server.label}: GET {url}: {status} {location}, expected {expected}"
+                )
 
     def _load_urls(self, server: RegistryServer) -> list[tuple[str, bytes, dict[str, str]]]:
         fixture = self.fixture
@@ -296,6 +423,7 @@ class Suite:
             ("gc", self.collect),
             ("skopeo", self.skopeo),
             ("mirror", self.mirror),
+            ("s3", self.on_s3),
         ]
         for group, step in steps:
             if group in self.groups:
@@ -319,32 +447,10 @@ class Suite:
 
     async def push(self, rep: int, http: aiohttp.ClientSession) -> None:
         plan = self.plan
-        assert self.payload is not None
         for size in plan.push_sizes:
             count = plan.small_push_repeat if size == min(plan.push_sizes) else 1
-            for server in self.order(rep):
-                pushed = [self.payload.blob(size) for _ in range(count)]
-                with self.meter(server, f"push-mono-{size_label(size)}-r{rep}") as meter:
-                    seconds = 0.0
-                    for blob in pushed:
-                        seconds += await blobs.push_monolithic(http, server.url, "bench/push", blob)
-                self._discard(server, pushed)
-                work = size * count
-                self.add(
-                    f"push.mono.{size}",
-                    server.kind,
-                    Sample(work / seconds / 1e6, meter.server_cpu, meter.client_cpu, work),
-                )
-        for server in self.order(rep):
-            blob = self.payload.blob(plan.chunked_size)
-            with self.meter(server, f"push-chunked-r{rep}") as meter:
-                seconds = await blobs.push_chunked(http, server.url, "bench/push", blob, plan.chunk)
-            self._discard(server, [blob])
-            self.add(
-                "push.chunked",
-                server.kind,
-                Sample(blob.size / seconds / 1e6, meter.server_cpu, meter.client_cpu, blob.size),
-            )
+            await self._push_mono(rep, http, f"push.mono.{size}", size, count, self.local)
+        await self._push_chunked(rep, http, "push.chunked", plan.chunked_size, self.local)
 
     def _discard(self, server: RegistryServer, pushed: list[Blob]) -> None:
         """Remove pushed blobs' data behind the server's back: their digests never recur,
@@ -360,20 +466,9 @@ class Suite:
         plan, blob = self.plan, self.pull_blob
         assert blob is not None
         rss = {server.kind: PeakRss(server) for server in self.servers}
-        for server in self.order(rep):
-            url = f"{server.url}/v2/bench/pull/blobs/{blob.digest}"
-            with self.meter(server, f"pull-whole-r{rep}", rss[server.kind]) as meter:
-                seconds = 0.0
-                for _ in range(plan.pull_repeat):
-                    seconds += await blobs.pull(http, url, blob.size)
-            work = blob.size * plan.pull_repeat
-            self.add(
-                "pull.whole",
-                server.kind,
-                Sample(work / seconds / 1e6, meter.server_cpu, meter.client_cpu, work),
-            )
+        await self._pull_whole(rep, http, "pull.whole", blob, plan.pull_repeat, self.local, rss)
         script = load.ranges_script(
-            f"/v2/bench/pull/blobs/{blob.digest}", blob.size, plan.range_span, seed=rep + 1
+            f"/v2/{PULL_REPO}/blobs/{blob.digest}", blob.size, plan.range_span, seed=rep + 1
         )
         for server in self.order(rep):
             with self.meter(server, f"pull-ranges-r{rep}", rss[server.kind]) as meter:
@@ -523,10 +618,9 @@ class Suite:
         for c in plan.mirror_connections:
             for server in self.order(rep, setup.mirrors):
                 url = mirrors.manifest_url(server, tag)
-                upstream_before = setup.upstream.sample().cpu_seconds
-                with self.meter(server, f"mirror-tag-c{c}-r{rep}") as meter:
+                name = f"mirror-tag-c{c}-r{rep}"
+                with self.meter(server, name, backend=setup.upstream) as meter:
                     result = load.wrk(url, c, plan.load_seconds, headers=headers)
-                upstream_cpu = setup.upstream.sample().cpu_seconds - upstream_before
                 self.add(
                     f"mirror.tag.c{c}",
                     server.kind,
@@ -536,9 +630,40 @@ class Suite:
                 self.add(
                     f"mirror.tag.c{c}.upstream",
                     server.kind,
-                    Sample(upstream_cpu * 1e6 / result.requests),
+                    Sample(meter.backend_cpu * 1e6 / result.requests),
                 )
         mirrors.discard(setup.servers, blob)
+
+    async def on_s3(self, rep: int, http: aiohttp.ClientSession) -> None:
+        plan, setup, blob = self.plan, self.s3_setup, self.s3_blob
+        assert self.payload is not None and setup is not None and blob is not None
+        await self._moto_alone(http, setup.moto, self.payload.blob(plan.s3_pull_size))
+
+        def warm(server: RegistryServer) -> Awaitable[bool]:
+            return blobs.blob_exists(http, server.url, PULL_REPO, blob.digest)
+
+        streaming = Stores(setup.streaming, setup.discard, setup.moto, warm)
+        redirecting = Stores(setup.redirecting, setup.discard, setup.moto, warm)
+        await self._push_mono(rep, http, "s3.push.mono", plan.s3_push_size, 1, streaming)
+        await self._push_chunked(rep, http, "s3.push.chunked", plan.s3_chunked_size, streaming)
+        await self._pull_whole(rep, http, "s3.pull.stream", blob, 1, streaming)
+        await self._pull_whole(rep, http, "s3.pull.redirect", blob, 1, redirecting)
+
+    async def _moto_alone(
+        self, http: aiohttp.ClientSession, moto: s3.MotoServer, blob: Blob
+    ) -> None:
+        """What moto does with no registry in front: PUT and GET of pre-signed URLs, with
+        the client the registry figures use; the ceiling of every S3 figure."""
+        key = blob.digest.split(":", 1)[1]
+        put = blobs.put_body(http, moto.presigned("put_object", key), blob, 200, "PUT to moto")
+        get = blobs.pull(http, moto.presigned("get_object", key), blob.size)
+        for method, transfer in (("put", _timed(put)), ("get", get)):
+            before = moto.sample().cpu_seconds
+            seconds = await transfer
+            cpu = moto.sample().cpu_seconds - before
+            self.add(f"limits.moto.{method}", MACHINE, Sample(blob.size / seconds / 1e6))
+            self.add(f"limits.moto.{method}.cpu", MACHINE, Sample(cpu * 1e3 / (blob.size / 1e6)))
+        moto.delete(moto.buckets[0], [s3.PROBE_PREFIX + key])
 
     def notes(self) -> list[str]:
         dockyard = next((s for s in self.servers if s.kind == DOCKYARD), None)
@@ -576,6 +701,20 @@ class Suite:
                 "until the blob is stored in it (the warm GETs wait for that). The manifest GETs "
                 "by tag come after, with wrk; the upstream's CPU is not in the CPU table but in "
                 "rows of its own (how much each mirror asks the upstream per warm tag GET)."
+            )
+        if "s3" in self.groups:
+            notes.append(
+                "Storage on S3: one moto server (python -m moto.server, loopback) with a bucket "
+                "per kind; each kind runs two servers on its bucket with the same storage.s3 "
+                f"section (path-style, plain HTTP, v4 signatures, chunksize {s3.CHUNK_SIZE >> 20} "
+                "MiB, the rest defaults): one with storage.redirect.disable for the pushes and "
+                "the streamed GET, one with the default redirect for the GET the client follows "
+                "to moto's pre-signed URL. Each sample follows an untimed HEAD of a stored blob on "
+                "the connection it then uses, so a worker's first use of its S3 client (set up "
+                "on first request) is not timed. Pushed blobs are deleted from the bucket after "
+                "each sample. The moto CPU rows are moto's CPU per MB during each sample (moto is "
+                "Python, and shares the 2 cores with server and client); the moto-alone rows in "
+                "the machine's limits are PUT and GET of pre-signed URLs with no registry between."
             )
         if dockyard is not None:
             notes.append(f"Dockyard ran {dockyard.worker_count()} worker process(es).")
