@@ -40,6 +40,7 @@ def assert_pulls(host: str, artifact: Artifact, reference: str, workdir: Path) -
     """skopeo pulls ``reference`` (every platform of an index) and gets exactly the
     manifests and blobs that were pushed, byte for byte."""
     every = ["--all"] if isinstance(artifact, ImageIndex) else []
+    workdir.parent.mkdir(parents=True, exist_ok=True)
     skopeo("copy", *every, PULL, f"docker://{host}/{reference}", f"oci:{workdir}:v1")
     pulled = read_oci_layout(workdir)
     assert pulled.tags == {"v1": artifact.digest}, (host, reference)
