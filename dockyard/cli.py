@@ -141,11 +141,11 @@ def garbage_collect(
     settle: float | None,
 ) -> None:
     """Delete blobs and manifests nothing references; safe while the registry serves."""
+    from dockyard.api.app import build_registry
     from dockyard.api.extensions import report_json
     from dockyard.errors import Unsupported
     from dockyard.registry.gc import GarbageCollector, GcOptions
     from dockyard.registry.gc_status import CollectionStatus
-    from dockyard.storage import create_driver
 
     config = _load_or_exit(config_path)
     gc_config = config.dockyard.gc
@@ -155,23 +155,31 @@ def garbage_collect(
         delay=gc_config.delay.total_seconds() if delay is None else delay,
         settle=gc_config.settle.total_seconds() if settle is None else settle,
     )
-    driver = create_driver(config.storage.driver_name, dict(config.storage.driver_params))
 
     async def collect() -> None:
+        # The server's coordination (the same token, fences and descriptor cache), so
+        # that this runs beside serving replicas as their own collections do.
+        registry = build_registry(config)
+        collector = GarbageCollector(
+            registry.driver,
+            options,
+            emit=click.echo,
+            descriptors=registry.coordination.descriptors,
+        )
         try:
             if dry_run:
-                report = await GarbageCollector(driver, options, emit=click.echo).run()
+                report = await collector.run()
             else:
                 # One collection at a time, with the server's own: the same token and
                 # the same record of the last run, which the UI and the API show.
-                status = CollectionStatus(driver)
+                status = CollectionStatus(registry.driver, registry.coordination)
                 async with status.collecting():
-                    report = await GarbageCollector(driver, options, emit=click.echo).run()
+                    report = await collector.run()
                     await status.record(
                         {**report_json(report, dry_run=False), "finishedAt": time.time()}
                     )
         finally:
-            await driver.close()
+            await registry.close()
         click.echo(report.summary(dry_run))
 
     try:
@@ -242,18 +250,20 @@ def _size(count: int) -> str:
 @click.argument("name")
 def delete_repository(config_path: str, name: str) -> None:
     """Remove a repository's manifests, tags and links; garbage-collect to free its blobs."""
+    from dataclasses import replace
+
+    from dockyard.api.app import build_registry
     from dockyard.errors import RegistryError
-    from dockyard.registry import Registry, RegistryOptions
 
     config = _load_or_exit(config_path)
-    driver = _driver_for(config)
-    registry = Registry(driver, RegistryOptions(delete_enabled=True))
 
     async def delete() -> None:
+        registry = build_registry(config)
+        registry.options = replace(registry.options, delete_enabled=True)
         try:
             await registry.delete_repository(name)
         finally:
-            await driver.close()
+            await registry.close()
 
     try:
         asyncio.run(delete())

@@ -334,6 +334,8 @@ class InstrumentedDriver(StorageDriver):
         self.inner = inner
         self.metrics = metrics
         self.name = inner.name
+        self.atomic_holds = inner.atomic_holds
+        self.remote = inner.remote
 
     def _timer(self, action: str) -> _Timer:
         return _Timer(self.metrics, self.name, action)

@@ -10,7 +10,10 @@ import os
 
 import pytest
 
+from tests.support.redis_server import redis_server
 from tests.support.servers import ServerProcess
+
+__all__ = ["redis_server"]
 
 ServerFactory = Callable[..., ServerProcess]
 

@@ -16,6 +16,7 @@ from dockyard.api.errors import error_middleware, error_response
 from dockyard.api.urls import UrlBuilder
 from dockyard.auth.http import install as install_auth
 from dockyard.config import Config
+from dockyard.coordination import build_coordination
 from dockyard.errors import Unavailable
 from dockyard.notifications import install as install_notifications
 from dockyard.proxy import install as install_proxy
@@ -28,7 +29,10 @@ API_VERSION_HEADER = ("Docker-Distribution-Api-Version", "registry/2.0")
 
 
 def build_registry(config: Config) -> Registry:
-    driver = create_driver(config.storage.driver_name, dict(config.storage.driver_params))
+    coordination = build_coordination(config)
+    driver = coordination.adapt(
+        create_driver(config.storage.driver_name, dict(config.storage.driver_params))
+    )
     metrics = metrics_module.active()
     if metrics is not None:
         # Storage operations are timed and their failures counted from outside the driver.
@@ -38,7 +42,7 @@ def build_registry(config: Config) -> Registry:
         read_only=config.storage.maintenance.readonly.enabled,
         hold_limit=hold_limit_for(config.dockyard.gc.settle.total_seconds()),
     )
-    return Registry(driver, options)
+    return Registry(driver, options, coordination)
 
 
 def _header_adder(

@@ -55,7 +55,7 @@ def start_jobs(
                 settle=gc.settle.total_seconds(),
             )
             try:
-                report = await run_collection(collector, registry.driver, options)
+                report = await run_collection(collector, registry, options)
             except Unsupported as busy:
                 log.info("scheduled garbage collection skipped: %s", busy.message)
                 return

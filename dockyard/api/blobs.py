@@ -11,6 +11,7 @@ from dockyard.api.context import empty, registry_of
 from dockyard.errors import BlobUnknown, RangeInvalid
 from dockyard.registry.blobs import OCTET_STREAM
 from dockyard.registry.digest import Digest
+from dockyard.storage.driver import PathNotFoundError
 
 SMALL_BLOB = 64 * 1024
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -91,7 +92,17 @@ async def get_blob(request: web.Request, name: str, digest_text: str) -> web.Str
     else:
         response.content_length = descriptor.size
         stream = registry.blobs.stream(digest)
+    try:
+        # The first piece before the headers: a blob the descriptor cache still knew but
+        # a collection removed is a proper BLOB_UNKNOWN, not a response cut short.
+        first = await anext(stream)
+    except PathNotFoundError:
+        await repo.blobs.forget(digest)
+        raise BlobUnknown(detail={"digest": str(digest)}) from None
+    except StopAsyncIteration:
+        first = b""
     await response.prepare(request)
+    await response.write(first)
     async for chunk in stream:
         await response.write(chunk)
     await response.write_eof()

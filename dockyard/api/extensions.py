@@ -99,11 +99,17 @@ async def collect(request: web.Request) -> web.StreamResponse:
         delay=state.options.delay,
         settle=state.options.settle,
     )
-    return web.json_response(await run_collection(state, registry.driver, options))
+    return web.json_response(await run_collection(state, registry, options))
+
+
+def collector(registry: Registry, options: GcOptions, cache: ScanCache) -> GarbageCollector:
+    return GarbageCollector(
+        registry.driver, options, cache=cache, descriptors=registry.coordination.descriptors
+    )
 
 
 async def run_collection(
-    state: CollectorState, driver: StorageDriver, options: GcOptions
+    state: CollectorState, registry: Registry, options: GcOptions
 ) -> dict[str, Any]:
     """Collect and report; a real collection is recorded as the last one, whoever asked.
 
@@ -115,13 +121,13 @@ async def run_collection(
         state.running = {"startedAt": time.time(), "dryRun": options.dry_run}
         try:
             if options.dry_run:
-                report = await GarbageCollector(driver, options, cache=state.cache).run()
+                report = await collector(registry, options, state.cache).run()
                 body = report_json(report, dry_run=True)
                 metrics.record_collection(body, dry_run=True)
                 return body
-            status = CollectionStatus(driver)
+            status = CollectionStatus(registry.driver, registry.coordination)
             async with status.collecting():
-                report = await GarbageCollector(driver, options, cache=state.cache).run()
+                report = await collector(registry, options, state.cache).run()
                 body = report_json(report, dry_run=False)
                 await status.record({**body, "finishedAt": time.time()})
                 metrics.record_collection(body, dry_run=False)
@@ -136,7 +142,8 @@ async def run_collection(
 
 
 async def collection_status(request: web.Request) -> web.StreamResponse:
-    status = CollectionStatus(registry_of(request).driver)
+    registry = registry_of(request)
+    status = CollectionStatus(registry.driver, registry.coordination)
     running = await status.running() or request.app[COLLECTOR].running
     return web.json_response({"running": running, "last": await status.last()})
 

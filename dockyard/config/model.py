@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from decimal import Decimal
 from types import MappingProxyType
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Final
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
@@ -190,8 +190,8 @@ class Delete(Section):
 
 
 class Cache(Section):
-    # Any name is accepted, as Distribution does (it logs an unknown one and caches
-    # nothing); Dockyard keeps no blob descriptor cache of this kind either way.
+    # Any other name is accepted, as Distribution does (it logs an unknown one and caches
+    # nothing). "redis" needs the top-level redis section.
     blobdescriptor: str | None = None
     blobdescriptorsize: int | None = None
     # The old name of blobdescriptor, still read by Distribution.
@@ -672,6 +672,73 @@ class Dockyard(Section):
         return value
 
 
+# --- redis --------------------------------------------------------------------------------
+
+
+class RedisPool(Section):
+    """Distribution 2.x's pool settings; 3.x moved them up (maxidleconns, poolsize)."""
+
+    maxidle: int | None = None
+    maxactive: int | None = None
+    idletimeout: Duration | None = None
+
+
+class RedisTLS(Section):
+    enabled: bool = False
+    # Distribution 3.x: a client certificate, and the CAs that sign the server's.
+    certificate: str | None = None
+    key: str | None = None
+    clientcas: list[str] = Field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return self.enabled or bool(self.certificate or self.clientcas)
+
+
+class Redis(Section):
+    """Distribution's ``redis`` section, in its 2.x form (addr, pool) or 3.x (addrs)."""
+
+    addr: str | None = None
+    addrs: list[str] = Field(default_factory=list)
+    username: str | None = None
+    password: str | None = None
+    db: int = 0
+    dialtimeout: Duration | None = None
+    readtimeout: Duration | None = None
+    writetimeout: Duration | None = None
+    pool: RedisPool = Field(default_factory=RedisPool)
+    poolsize: int | None = None
+    maxidleconns: int | None = None
+    connmaxidletime: Duration | None = None
+    tls: RedisTLS = Field(default_factory=RedisTLS)
+
+    @model_validator(mode="after")
+    def _one_address(self) -> Redis:
+        addresses = [a for a in [self.addr, *self.addrs] if a]
+        if not addresses:
+            raise ValueError("redis needs addr (host:port)")
+        if len(set(addresses)) > 1:
+            raise ValueError(
+                "redis: several addresses (a Redis Cluster) are not supported; give one addr"
+            )
+        host, _, port = addresses[0].rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"redis addr must be host:port, not {addresses[0]!r}")
+        return self
+
+    @property
+    def host(self) -> str:
+        return (self.addr or self.addrs[0]).rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int((self.addr or self.addrs[0]).rpartition(":")[2])
+
+    @property
+    def max_connections(self) -> int | None:
+        return self.poolsize or self.pool.maxactive or None
+
+
 # --- the file -----------------------------------------------------------------------------
 
 CONFIG_VERSION = "0.1"
@@ -688,7 +755,7 @@ class Config(Section):
     reporting: dict[str, Any] | None = None
     http: HTTP = Field(default_factory=HTTP)
     notifications: Notifications = Field(default_factory=Notifications)
-    redis: dict[str, Any] | None = None
+    redis: Redis | None = None
     health: Health = Field(default_factory=Health)
     proxy: Proxy | None = None
     compatibility: dict[str, Any] | None = None
@@ -704,6 +771,12 @@ class Config(Section):
         if value != CONFIG_VERSION:
             raise ValueError(f"unsupported version {value!r}: the only version is {CONFIG_VERSION}")
         return value
+
+    @model_validator(mode="after")
+    def _redis_cache(self) -> Config:
+        if self.storage.cache.blobdescriptor == "redis" and self.redis is None:
+            raise ValueError("storage.cache.blobdescriptor is redis but no redis section is set")
+        return self
 
     @model_validator(mode="after")
     def _old_log_level(self) -> Config:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from dockyard.coordination.descriptors import DescriptorCache, NoDescriptorCache
 from dockyard.errors import BlobUnknown
 from dockyard.registry import layout
 from dockyard.registry.digest import Digest
@@ -25,24 +26,30 @@ class BlobDescriptor:
 class BlobStore:
     """``blobs/<alg>/<2 hex>/<hex>/data``: content addressed, written once, never changed."""
 
-    def __init__(self, driver: StorageDriver) -> None:
+    def __init__(self, driver: StorageDriver, descriptors: DescriptorCache | None = None) -> None:
         self.driver = driver
+        self.descriptors = descriptors or NoDescriptorCache()
 
     async def stat(self, digest: Digest) -> BlobDescriptor:
+        size = await self.descriptors.size(digest)
+        if size is not None:
+            return BlobDescriptor(digest, size)
         try:
             info = await self.driver.stat(layout.blob_data(digest))
         except PathNotFoundError:
             raise BlobUnknown(detail={"digest": str(digest)}) from None
         if info.is_dir:
             raise BlobUnknown(detail={"digest": str(digest)})
+        await self.descriptors.remember_size(digest, info.size)
         return BlobDescriptor(digest, info.size)
 
     async def exists(self, digest: Digest) -> bool:
+        """Asked of storage itself, never of the cache: callers decide what to store on it."""
         try:
-            await self.stat(digest)
-        except BlobUnknown:
+            info = await self.driver.stat(layout.blob_data(digest))
+        except PathNotFoundError:
             return False
-        return True
+        return not info.is_dir
 
     async def read(self, digest: Digest) -> bytes:
         try:
@@ -104,14 +111,23 @@ class RepositoryBlobs:
         self.name = name
         self.store = store
         self.driver = store.driver
+        self.descriptors = store.descriptors
 
     async def is_linked(self, digest: Digest) -> bool:
+        """Read from storage (never the cache): holds and mounts decide on it."""
         return await read_link(self.driver, layout.layer_link(self.name, digest)) == digest
 
     async def stat(self, digest: Digest) -> BlobDescriptor:
-        if not await self.is_linked(digest):
-            raise BlobUnknown(detail={"digest": str(digest)})
+        if not await self.descriptors.linked(self.name, digest):
+            if not await self.is_linked(digest):
+                raise BlobUnknown(detail={"digest": str(digest)})
+            await self.descriptors.remember_link(self.name, digest)
         return await self.store.stat(digest)
+
+    async def forget(self, digest: Digest) -> None:
+        """The cache said the blob was there and storage says it is not: drop the answer."""
+        await self.descriptors.forget_link(self.name, digest)
+        await self.descriptors.forget_blob(digest)
 
     async def hold(self, digest: Digest) -> bool:
         """Mark the repository's link and the blob as in use now; False if either is gone."""
@@ -126,7 +142,11 @@ class RepositoryBlobs:
 
     async def link(self, digest: Digest) -> None:
         await write_link(self.driver, layout.layer_link(self.name, digest), digest)
+        await self.descriptors.remember_link(self.name, digest, fresh=True)
 
     async def unlink(self, digest: Digest) -> None:
-        if not await delete_if_exists(self.driver, layout.layer_dir(self.name, digest)):
+        removed = await delete_if_exists(self.driver, layout.layer_dir(self.name, digest))
+        # Forgotten either way: the cache may still name a link another replica removed.
+        await self.descriptors.forget_link(self.name, digest)
+        if not removed:
             raise BlobUnknown(detail={"digest": str(digest)})

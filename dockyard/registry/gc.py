@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dockyard.coordination.descriptors import DescriptorCache, NoDescriptorCache
 from dockyard.registry import layout
 from dockyard.registry.digest import Digest
 from dockyard.registry.links import read_link
@@ -181,11 +182,14 @@ class GarbageCollector:
         options: GcOptions,
         emit: Callable[[str], None] | None = None,
         cache: ScanCache | None = None,
+        descriptors: DescriptorCache | None = None,
     ) -> None:
         self.driver = driver
         self.options = options
         self.emit = emit or (lambda line: None)
         self.cache = cache or ScanCache()
+        # What the registry's descriptor cache says of removed content is forgotten.
+        self.descriptors = descriptors or NoDescriptorCache()
 
     # --- scanning -------------------------------------------------------------------
 
@@ -404,11 +408,13 @@ class GarbageCollector:
 
         async def blob(digest: Digest) -> None:
             if await set_aside(layout.blob_dir(digest)):
+                await self.descriptors.forget_blob(digest)
                 self.emit(f"Deleting blob: {layout.blob_dir(digest)}")
                 report.blobs_deleted.append(digest)
 
         async def layer_link(name: str, digest: Digest) -> None:
             if await set_aside(layout.layer_link(name, digest)):
+                await self.descriptors.forget_link(name, digest)
                 report.layer_links_deleted += 1
 
         await self._each(manifest(*item) for item in plan.manifests)

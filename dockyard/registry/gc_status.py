@@ -15,6 +15,10 @@ collect, run the schedule or report the status. They agree through the store, un
   onto a directory that is not empty fails, so only one first token is ever made.
 - ``last.json``: the report of the last collection that deleted anything for real.
 
+With a ``redis`` section the token is a Redis key instead (set only if absent, with a
+lease the holder renews): a rename on object storage is a copy and a delete, which two
+replicas could both win.
+
 Dry runs change nothing and are not recorded here, so a read-only store can preview.
 """
 
@@ -33,6 +37,10 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from dockyard.coordination import Coordination
 from dockyard.errors import Unsupported
 from dockyard.registry import layout
 from dockyard.storage.driver import PathNotFoundError, StorageDriver, StorageError
@@ -94,11 +102,75 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class CollectionStatus:
-    def __init__(self, driver: StorageDriver) -> None:
-        self.driver = driver
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_GIVE_BACK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+
+class RedisToken:
+    """The token as one Redis key holding what :meth:`Token.running` reports."""
+
+    def __init__(self, client: aioredis.Redis, namespace: str) -> None:
+        self.client = client
+        self.key = f"{namespace}gc:token"
+        self._renew = client.register_script(_RENEW)
+        self._give_back = client.register_script(_GIVE_BACK)
 
     async def running(self) -> dict[str, Any] | None:
+        value = await self.client.get(self.key)
+        if value is None:
+            return None
+        running = json.loads(value)
+        return running if isinstance(running, dict) else None
+
+    @asynccontextmanager
+    async def collecting(self) -> AsyncIterator[None]:
+        value = json.dumps(
+            {"startedAt": time.time(), "dryRun": False, "pid": os.getpid(), "host": this_host()}
+        )
+        lease = int(STALE * 1000)
+        if not await self.client.set(self.key, value, nx=True, px=lease):
+            raise Unsupported("a garbage collection is already running", detail=await self.running())
+        beat = asyncio.create_task(self._beat(value, lease))
+        try:
+            yield
+        finally:
+            beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)
+            await asyncio.shield(self._give_back(keys=[self.key], args=[value]))
+
+    async def _beat(self, value: str, lease: int) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            try:
+                if not await self._renew(keys=[self.key], args=[value, lease]):
+                    log.warning("garbage collection token was taken back as stale")
+                    return
+            except RedisError as error:
+                log.warning("garbage collection heartbeat failed: %s", error)
+
+
+class CollectionStatus:
+    def __init__(self, driver: StorageDriver, coordination: Coordination | None = None) -> None:
+        self.driver = driver
+        redis = coordination.redis if coordination is not None else None
+        self._redis_token = (
+            RedisToken(redis, coordination.namespace)
+            if redis is not None and coordination is not None
+            else None
+        )
+
+    async def running(self) -> dict[str, Any] | None:
+        if self._redis_token is not None:
+            return await self._redis_token.running()
         token = await self._current()
         if token is None or not token.pid or await self._stale(token):
             return None
@@ -117,6 +189,10 @@ class CollectionStatus:
     @asynccontextmanager
     async def collecting(self) -> AsyncIterator[None]:
         """Hold the token while the block runs; ``Unsupported`` when a collection holds it."""
+        if self._redis_token is not None:
+            async with self._redis_token.collecting():
+                yield
+            return
         token = await self._take()
         if token is None:
             raise Unsupported(

@@ -158,7 +158,7 @@ class ManifestStore:
         """Remove the manifest from the repository with every tag that points at it."""
         stored = await self.get(digest)
         for tag in await self.tags.pointing_at(digest):
-            await delete_if_exists(self.driver, layout.tag_dir(self.name, tag))
+            await self.tags.untag_if_at(tag, digest)
         try:
             manifest = parse_stored(stored.data, digest)
         except ManifestInvalid:

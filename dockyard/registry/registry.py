@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dockyard.coordination import Coordination, local_coordination
 from dockyard.errors import NameUnknown, Unsupported
 from dockyard.registry import layout
 from dockyard.registry.blobs import BlobStore, RepositoryBlobs
@@ -34,7 +35,7 @@ class Repository:
         self.name = check_name(name)
         driver = registry.driver
         self.blobs = RepositoryBlobs(self.name, registry.blobs)
-        self.tags = TagStore(self.name, driver)
+        self.tags = TagStore(self.name, driver, registry.coordination.locks)
         self.manifests = ManifestStore(
             self.name,
             driver,
@@ -48,11 +49,17 @@ class Repository:
 
 
 class Registry:
-    def __init__(self, driver: StorageDriver, options: RegistryOptions | None = None) -> None:
+    def __init__(
+        self,
+        driver: StorageDriver,
+        options: RegistryOptions | None = None,
+        coordination: Coordination | None = None,
+    ) -> None:
+        self.coordination = coordination or local_coordination()
         self.driver = driver
         self.options = options or RegistryOptions()
-        self.blobs = BlobStore(driver)
-        self.uploads = UploadStore(driver, self.blobs, RunningHashes())
+        self.blobs = BlobStore(driver, self.coordination.descriptors)
+        self.uploads = UploadStore(driver, self.blobs, RunningHashes(), self.coordination.locks)
         self.catalog = Catalog(driver)
         self.manifest_cache: DigestCache[StoredManifest] = DigestCache(64 << 20)
 
@@ -79,8 +86,10 @@ class Registry:
             layout.uploads(repo.name),
         ):
             removed = await delete_if_exists(self.driver, path) or removed
+        await self.coordination.descriptors.forget_repository(repo.name)
         if not removed:
             raise NameUnknown(detail={"name": repo.name})
 
     async def close(self) -> None:
         await self.driver.close()
+        await self.coordination.close()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import builtins
+from contextlib import AbstractAsyncContextManager
 
+from dockyard.coordination.locks import Locks
 from dockyard.errors import ManifestUnknown, NameUnknown
 from dockyard.registry import layout
 from dockyard.registry.digest import Digest
@@ -13,9 +15,16 @@ from dockyard.storage.driver import PathNotFoundError, StorageDriver
 
 
 class TagStore:
-    def __init__(self, name: str, driver: StorageDriver) -> None:
+    """Tags change under a lock per tag, so that an untag conditional on where the tag
+    points (a manifest DELETE) cannot remove a tag a concurrent PUT has just moved."""
+
+    def __init__(self, name: str, driver: StorageDriver, locks: Locks) -> None:
         self.name = name
         self.driver = driver
+        self.locks = locks
+
+    def _lock(self, tag: str) -> AbstractAsyncContextManager[None]:
+        return self.locks.hold(f"tag:{self.name}:{tag}")
 
     async def resolve(self, tag: str) -> Digest:
         digest = await read_link(self.driver, layout.tag_current_link(self.name, tag))
@@ -27,12 +36,21 @@ class TagStore:
         # The index entry first: a crash in between leaves history that names a digest
         # the tag never pointed at, which is harmless, rather than a current tag missing
         # from its own history.
-        await write_link(self.driver, layout.tag_index_link(self.name, tag, digest), digest)
-        await write_link(self.driver, layout.tag_current_link(self.name, tag), digest)
+        async with self._lock(tag):
+            await write_link(self.driver, layout.tag_index_link(self.name, tag, digest), digest)
+            await write_link(self.driver, layout.tag_current_link(self.name, tag), digest)
 
     async def untag(self, tag: str) -> None:
-        if not await delete_if_exists(self.driver, layout.tag_dir(self.name, tag)):
-            raise ManifestUnknown(detail={"tag": tag})
+        async with self._lock(tag):
+            if not await delete_if_exists(self.driver, layout.tag_dir(self.name, tag)):
+                raise ManifestUnknown(detail={"tag": tag})
+
+    async def untag_if_at(self, tag: str, digest: Digest) -> bool:
+        """Remove the tag if it still points at ``digest``; whether it did."""
+        async with self._lock(tag):
+            if await read_link(self.driver, layout.tag_current_link(self.name, tag)) != digest:
+                return False
+            return await delete_if_exists(self.driver, layout.tag_dir(self.name, tag))
 
     async def list(self) -> builtins.list[str]:
         """Every tag, sorted; a directory that is not a valid tag is not one.

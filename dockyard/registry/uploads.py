@@ -17,10 +17,12 @@ import re
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from dockyard.coordination.locks import Locks
 from dockyard.errors import BlobUploadInvalid, BlobUploadUnknown, DigestInvalid, RangeInvalid
 from dockyard.registry import layout
 from dockyard.registry.blobs import BlobDescriptor, BlobStore
@@ -80,22 +82,18 @@ async def _store_piece(writer: FileWriter, hasher: Any | None, piece: bytes) -> 
 
 
 class UploadStore:
-    def __init__(self, driver: StorageDriver, blobs: BlobStore, hashes: RunningHashes) -> None:
+    def __init__(
+        self, driver: StorageDriver, blobs: BlobStore, hashes: RunningHashes, locks: Locks
+    ) -> None:
         self.driver = driver
         self.blobs = blobs
         self.hashes = hashes
-        self._locks: dict[str, asyncio.Lock] = {}
+        self.locks = locks
 
-    def _lock(self, upload_id: str) -> asyncio.Lock:
-        lock = self._locks.get(upload_id)
-        if lock is None:
-            lock = self._locks[upload_id] = asyncio.Lock()
-        return lock
-
-    def _release(self, upload_id: str) -> None:
-        lock = self._locks.get(upload_id)
-        if lock is not None and not lock.locked():
-            del self._locks[upload_id]
+    def _lock(self, upload_id: str) -> AbstractAsyncContextManager[None]:
+        # Chunks of one session may reach different workers or replicas at once (a client
+        # retrying a chunk it thinks lost): one appends at a time, in order.
+        return self.locks.hold(f"upload:{upload_id}")
 
     async def start(self, name: str) -> UploadSession:
         upload_id = str(uuid.uuid4())
@@ -132,26 +130,23 @@ class UploadStore:
         changes nothing, so a retried or reordered chunk cannot corrupt the blob.
         """
         async with self._lock(upload_id):
-            try:
-                session = await self.get(name, upload_id)
-                if start is not None and start != session.size:
-                    raise RangeInvalid(
-                        "chunk does not start at the end of the upload",
-                        detail={"expected": session.size, "start": start},
-                        headers=range_headers(session.size),
-                    )
-                size = await self._write(session, body)
-                if end is not None and start is not None and size - session.size != end - start + 1:
-                    # The bytes are stored (they are the client's, in order), so the session
-                    # stays consistent; the client learns the real offset from Range.
-                    raise RangeInvalid(
-                        "chunk length does not match Content-Range",
-                        detail={"expected": end - start + 1, "received": size - session.size},
-                        headers=range_headers(size),
-                    )
-                return UploadSession(name, upload_id, size, session.started_at)
-            finally:
-                self._release(upload_id)
+            session = await self.get(name, upload_id)
+            if start is not None and start != session.size:
+                raise RangeInvalid(
+                    "chunk does not start at the end of the upload",
+                    detail={"expected": session.size, "start": start},
+                    headers=range_headers(session.size),
+                )
+            size = await self._write(session, body)
+            if end is not None and start is not None and size - session.size != end - start + 1:
+                # The bytes are stored (they are the client's, in order), so the session
+                # stays consistent; the client learns the real offset from Range.
+                raise RangeInvalid(
+                    "chunk length does not match Content-Range",
+                    detail={"expected": end - start + 1, "received": size - session.size},
+                    headers=range_headers(size),
+                )
+            return UploadSession(name, upload_id, size, session.started_at)
 
     async def _write(self, session: UploadSession, body: AsyncIterator[bytes]) -> int:
         """Append the body; piece N is hashed and written while piece N+1 arrives."""
@@ -201,20 +196,17 @@ class UploadStore:
         On a mismatch the session is discarded and nothing is stored.
         """
         async with self._lock(upload_id):
-            try:
-                size = (await self.get(name, upload_id)).size
-                data_path = layout.upload_data(name, upload_id)
-                actual = await self._digest_of(upload_id, data_path, size, digest.algorithm)
-                if actual != digest or (expected_size is not None and expected_size != size):
-                    await self._discard(name, upload_id)
-                    raise DigestInvalid(
-                        detail={"expected": str(digest), "actual": str(actual), "size": size}
-                    )
-                await self.blobs.adopt(data_path, digest)
+            size = (await self.get(name, upload_id)).size
+            data_path = layout.upload_data(name, upload_id)
+            actual = await self._digest_of(upload_id, data_path, size, digest.algorithm)
+            if actual != digest or (expected_size is not None and expected_size != size):
                 await self._discard(name, upload_id)
-                return BlobDescriptor(digest, size)
-            finally:
-                self._release(upload_id)
+                raise DigestInvalid(
+                    detail={"expected": str(digest), "actual": str(actual), "size": size}
+                )
+            await self.blobs.adopt(data_path, digest)
+            await self._discard(name, upload_id)
+            return BlobDescriptor(digest, size)
 
     async def _digest_of(self, upload_id: str, path: str, size: int, algorithm: str) -> Digest:
         hasher = self.hashes.take(upload_id, size) if algorithm == "sha256" else None
@@ -226,11 +218,8 @@ class UploadStore:
 
     async def cancel(self, name: str, upload_id: str) -> None:
         async with self._lock(upload_id):
-            try:
-                await self.get(name, upload_id)
-                await self._discard(name, upload_id)
-            finally:
-                self._release(upload_id)
+            await self.get(name, upload_id)
+            await self._discard(name, upload_id)
 
     async def _discard(self, name: str, upload_id: str) -> None:
         self.hashes.forget(upload_id)

@@ -101,6 +101,11 @@ class StorageDriver(ABC):
     """A small async interface over a tree of files."""
 
     name: str = "abstract"
+    # Whether touch and move_unless_touched are one step against each other here; where
+    # they are not (object stores), replicas sharing a Redis fence them (coordination).
+    atomic_holds: bool = False
+    # Whether each operation is a network round trip (an object store), which caches save.
+    remote: bool = False
 
     @abstractmethod
     async def read(self, path: str) -> bytes:

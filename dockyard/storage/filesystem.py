@@ -420,6 +420,7 @@ class FilesystemDriver(StorageDriver):
     """Files below ``root``; symbolic links are followed only while they stay below it."""
 
     name = "filesystem"
+    atomic_holds = True
 
     def __init__(self, root: str) -> None:
         self._root = os.path.realpath(root)

@@ -169,6 +169,7 @@ class _Tree:
 
 class MemoryDriver(StorageDriver):
     name = "inmemory"
+    atomic_holds = True
 
     def __init__(self) -> None:
         self._tree = _Tree()

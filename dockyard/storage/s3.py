@@ -218,6 +218,7 @@ def _copy_ranges(size: int, chunk: int) -> list[tuple[int, int]]:
 
 class S3Driver(StorageDriver):
     name = "s3"
+    remote = True
 
     def __init__(self, params: S3Parameters, redirect: bool = True) -> None:
         self.params = params

@@ -436,7 +436,6 @@ def test_http_debug_metrics_are_read_from_the_file_and_the_environment(tmp_path:
     ("snippet", "key", "line"),
     [
         ("middleware:\n  registry:\n    - name: x\n", "middleware", 2),
-        ("redis:\n  addr: localhost:6379\n", "redis", 2),
         ("validation:\n  disabled: true\n", "validation", 2),
         ("http:\n  tls:\n    letsencrypt:\n      email: a@b.example\n", "http.tls.letsencrypt", 4),
         ("http:\n  h2c:\n    enabled: true\n", "http.h2c", 3),
@@ -446,11 +445,6 @@ def test_http_debug_metrics_are_read_from_the_file_and_the_environment(tmp_path:
         ("log:\n  hooks:\n    - type: mail\n", "log.hooks", 3),
         ("storage:\n  inmemory:\n  tag:\n    concurrencylimit: 8\n", "storage.tag", 4),
         ("storage:\n  filesystem:\n    maxthreads: 50\n", "storage.filesystem.maxthreads", 4),
-        (
-            "storage:\n  inmemory:\n  cache:\n    blobdescriptorsize: 10\n",
-            "storage.cache.blobdescriptorsize",
-            5,
-        ),
     ],
 )
 def test_unsupported_keys_warn_once_each(tmp_path: Path, snippet: str, key: str, line: int) -> None:
@@ -463,15 +457,50 @@ def test_unsupported_keys_warn_once_each(tmp_path: Path, snippet: str, key: str,
     ]
 
 
-def test_unsupported_values_warn_once(tmp_path: Path) -> None:
+def test_a_redis_descriptor_cache_needs_the_redis_section(tmp_path: Path) -> None:
     text = MINIMAL + "  cache:\n    blobdescriptor: redis\n"
-    _, warnings = load(tmp_path, text)
-    assert warnings == [
-        (
-            "config: storage.cache.blobdescriptor: redis is not supported by Dockyard yet "
-            "and is ignored (line 5)"
-        )
-    ]
+    assert "no redis section" in load_error(tmp_path, text)
+
+
+def test_the_redis_section_as_distribution_2_writes_it(tmp_path: Path) -> None:
+    text = MINIMAL + (
+        "  cache:\n    blobdescriptor: redis\n    blobdescriptorsize: 500\n"
+        "redis:\n  addr: redis.example:6380\n  db: 3\n  dialtimeout: 10ms\n"
+        "  readtimeout: 10ms\n  writetimeout: 10ms\n"
+        "  pool:\n    maxidle: 16\n    maxactive: 64\n    idletimeout: 300s\n"
+        "  tls:\n    enabled: true\n"
+    )
+    config, warnings = load(tmp_path, text, REGISTRY_REDIS_PASSWORD="secret")
+    assert warnings == []
+    redis = config.redis
+    assert redis is not None
+    assert (redis.host, redis.port, redis.db, redis.password) == ("redis.example", 6380, 3, "secret")
+    assert redis.max_connections == 64
+    assert redis.tls.active
+    assert config.storage.cache.blobdescriptorsize == 500
+
+
+def test_the_redis_section_as_distribution_3_writes_it(tmp_path: Path) -> None:
+    text = MINIMAL + "redis:\n  addrs: [127.0.0.1:6379]\n  username: u\n  poolsize: 8\n"
+    config, _ = load(tmp_path, text)
+    assert config.redis is not None
+    assert (config.redis.host, config.redis.port) == ("127.0.0.1", 6379)
+    assert config.redis.max_connections == 8
+    assert not config.redis.tls.active
+
+
+@pytest.mark.parametrize(
+    ("section", "problem"),
+    [
+        ("redis:\n  db: 1\n", "needs addr"),
+        ("redis:\n  addrs: [a:1, b:2]\n", "several addresses"),
+        ("redis:\n  addr: nohost\n", "host:port"),
+    ],
+)
+def test_a_redis_section_without_one_address_is_an_error(
+    tmp_path: Path, section: str, problem: str
+) -> None:
+    assert problem in load_error(tmp_path, MINIMAL + section)
 
 
 def test_unsupported_keys_that_ask_for_nothing_need_no_warning(tmp_path: Path) -> None:
@@ -485,12 +514,15 @@ def test_unsupported_keys_that_ask_for_nothing_need_no_warning(tmp_path: Path) -
 
 
 def test_an_unsupported_key_in_the_file_and_the_environment_warns_once(tmp_path: Path) -> None:
-    text = MINIMAL + "redis:\n  addr: localhost:6379\n"
-    _, warnings = load(tmp_path, text, REGISTRY_REDIS_PASSWORD="secret")
-    assert warnings == ["config: redis is not supported by Dockyard yet and is ignored (line 4)"]
-    _, warnings = load(tmp_path, MINIMAL, REGISTRY_REDIS_ADDR="localhost:6379")
+    text = MINIMAL + "validation:\n  disabled: true\n"
+    _, warnings = load(tmp_path, text, REGISTRY_VALIDATION_DISABLED="true")
     assert warnings == [
-        "config: redis is not supported by Dockyard yet and is ignored (set by REGISTRY_REDIS_ADDR)"
+        "config: validation is not supported by Dockyard yet and is ignored (line 4)"
+    ]
+    _, warnings = load(tmp_path, MINIMAL, REGISTRY_VALIDATION_DISABLED="true")
+    assert warnings == [
+        "config: validation is not supported by Dockyard yet and is ignored"
+        " (set by REGISTRY_VALIDATION_DISABLED)"
     ]
 
 

@@ -16,11 +16,14 @@ import contextlib
 import hashlib
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
+from dockyard.coordination.fences import Fences, FencedDriver
 from dockyard.storage import (
     FileInfo,
     FilesystemDriver,
@@ -33,20 +36,30 @@ from dockyard.storage import (
     create_driver,
 )
 from tests.s3.moto_server import MotoServer
+from tests.support.redis_server import RedisServer
 
 MiB = 1 << 20
-DRIVERS = ["filesystem", "inmemory", "s3"]
+# s3-fenced: the s3 driver as replicas sharing a Redis run it, holds and collection
+# moves fenced against each other (dockyard.coordination.fences).
+DRIVERS = ["filesystem", "inmemory", "s3", "s3-fenced"]
 # Drivers whose directories exist only through the files below them.
 IMPLICIT_DIRECTORIES = {"s3"}
 
 
 @pytest.fixture(params=DRIVERS)
 async def driver(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StorageDriver]:
-    if request.param == "s3":
+    if request.param in ("s3", "s3-fenced"):
         moto: MotoServer = request.getfixturevalue("moto_server")
         instance = create_driver("s3", moto.driver_params(moto.new_bucket()))
+        client: aioredis.Redis | None = None
+        if request.param == "s3-fenced":
+            redis: RedisServer = request.getfixturevalue("redis_server")
+            client = aioredis.Redis(host="127.0.0.1", port=redis.port)
+            instance = FencedDriver(instance, Fences(client, f"suite-{uuid.uuid4().hex}:"))
         yield instance
         await instance.close()
+        if client is not None:
+            await client.aclose()
         moto.reset()
         return
     # The root does not exist yet, as on a fresh installation.
