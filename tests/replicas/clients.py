@@ -75,6 +75,8 @@ class ResumableUpload:
     # What happened, for the test to look at: each failed PATCH and its recovery.
     failures: list[str] = field(default_factory=list)
     restarts: int = 0
+    # The end of the last Range a PATCH was acknowledged with, plus one.
+    acknowledged: int = 0
 
     @property
     def digest(self) -> str:
@@ -96,9 +98,10 @@ class ResumableUpload:
         assert response.status_code == 204, (response.status_code, response.text)
         if "Location" in response.headers:
             self.url = absolute(self.base_url, response.headers["Location"])
-        # No Range, or "0-0" with nothing written as some registries say, is offset 0.
+        # Distribution (and Dockyard, and the spec's examples) say "0-0" for an empty
+        # upload as for one byte: only what was acknowledged tells them apart.
         text = response.headers.get("Range", "")
-        if not text:
+        if not text or (text == "0-0" and self.acknowledged == 0):
             return 0
         start, _, end = text.partition("-")
         assert start == "0", text
@@ -124,6 +127,7 @@ class ResumableUpload:
             return False
         assert response.headers["Range"] == f"0-{offset + length - 1}", response.headers
         self.url = absolute(self.base_url, response.headers["Location"])
+        self.acknowledged = offset + length
         return True
 
     def send(
@@ -154,7 +158,7 @@ class ResumableUpload:
             except UploadGone:
                 self.restarts += 1
                 self.start()
-                offset = 0
+                self.acknowledged = offset = 0
         return offset
 
     def finish(self) -> httpx.Response:

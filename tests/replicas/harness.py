@@ -307,6 +307,7 @@ class Replica(ServerProcess):
                         method=record["http.request.method"],
                         uri=record["http.request.uri"],
                         status=int(record["http.response.status"]),
+                        logged_at=str(record.get("time", "")),
                     )
                 )
         return lines
@@ -330,6 +331,9 @@ class AccessLine:
     method: str
     uri: str
     status: int
+    # When the line was written (ISO 8601, to the millisecond): orders lines of
+    # different replicas.
+    logged_at: str
 
 
 @dataclass
