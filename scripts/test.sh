@@ -25,8 +25,10 @@ fi
 # checks packaging/dockyard.service.
 # wrk, apache2-utils (ab): the load generators of the benchmark, whose quick mode the
 # suite runs (tests/test_bench.py) so that it keeps working.
+# redis-server, nginx-light, gettext-base (envsubst): tests/replicas runs several
+# replicas sharing a Redis behind nginx with deploy/nginx.conf, rendered by envsubst.
 ensure_debian_packages skopeo docker-registry podman chromium buildah mmdebstrap runc systemd \
-    wrk apache2-utils
+    wrk apache2-utils redis-server nginx-light gettext-base
 quiet_debian_registry
 
 choose_python
