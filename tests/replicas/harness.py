@@ -16,6 +16,7 @@ import copy
 import json
 import re
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -31,6 +32,7 @@ from tests.support.servers import ServerProcess, free_port, stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
+README = ROOT / "README.md"
 REGISTRY_CONF = ROOT / "deploy" / "registry.yml"
 REDIS_SERVER = "/usr/bin/redis-server"
 NGINX = "/usr/sbin/nginx"
@@ -67,6 +69,35 @@ def render(text: str, values: Mapping[str, str]) -> str:
     if missing:
         raise KeyError(f"no value for {sorted(missing)}")
     return PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
+
+
+LISTEN_LINE = "    listen ${DOCKYARD_LISTEN};\n"
+
+
+def readme_tls_lines(certificates: Path) -> list[str]:
+    """The README's ``listen 443 ssl`` snippet (TLS at nginx), with the port a
+    placeholder again and its certificate paths in ``certificates``."""
+    text = README.read_text()
+    start = text.index("**TLS at nginx.**")
+    block = text[text.index("```nginx\n", start) + len("```nginx\n") :]
+    block = block[: block.index("```")]
+    lines = []
+    for line in block.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.replace("listen 443 ssl;", "listen ${DOCKYARD_LISTEN} ssl;")
+        line = line.replace("registry.example.com", "127.0.0.1")
+        line = line.replace("/etc/nginx/tls", str(certificates))
+        lines.append(line)
+    return lines
+
+
+def with_tls(template: str, certificates: Path) -> str:
+    """deploy/nginx.conf changed as the README says to terminate TLS."""
+    assert template.count(LISTEN_LINE) == 1, "deploy/nginx.conf: no single listen line"
+    lines = "".join(f"    {line}\n" for line in readme_tls_lines(certificates))
+    return template.replace(LISTEN_LINE, lines)
 
 
 def nginx_values(listen: int, replicas: Iterable[str]) -> dict[str, str]:
@@ -174,7 +205,9 @@ class NginxServer:
     proxying. Root or not, nothing outside DIR is written, and the port is a free one.
     """
 
-    def __init__(self, workdir: Path, replicas: list[str]) -> None:
+    def __init__(self, workdir: Path, replicas: list[str], tls: Path | None = None) -> None:
+        # tls: a directory `dockyard cert` wrote (ca.crt, server.crt, server.key).
+        self.tls = tls
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -183,6 +216,8 @@ class NginxServer:
         self.access_log = workdir / "access.log"
         self.process: subprocess.Popen[bytes] | None = None
         template = NGINX_CONF.read_text()
+        if tls is not None:
+            template = with_tls(template, tls)
         slots = replica_slots(template)
         assert len(replicas) == slots, f"deploy/nginx.conf names {slots} replicas"
         self.site = workdir / "dockyard.conf"
@@ -211,11 +246,18 @@ http {{
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def verify(self) -> ssl.SSLContext | bool:
+        """What httpx needs to trust this nginx."""
+        if self.tls is None:
+            return True
+        return ssl.create_default_context(cafile=str(self.tls / "ca.crt"))
 
     def command(self, *extra: str) -> list[str]:
         return [NGINX, "-p", str(self.workdir), "-c", str(self.main), "-e", str(self.log_path), *extra]
@@ -239,7 +281,8 @@ http {{
         _wait(
             "nginx",
             process,
-            lambda: httpx.get(self.url + "/v2/", timeout=2.0).status_code == 200,
+            lambda: httpx.get(self.url + "/v2/", timeout=2.0, verify=self.verify()).status_code
+            == 200,
             self.log_path,
             timeout,
         )
@@ -404,8 +447,11 @@ class Cluster:
         self.redis.stop()
 
 
-def start_cluster(moto: MotoServer, workdir: Path, replicas: int | None = None) -> Cluster:
-    """A bucket, Redis, the replicas (as many as deploy/nginx.conf names) and nginx."""
+def start_cluster(
+    moto: MotoServer, workdir: Path, replicas: int | None = None, tls: Path | None = None
+) -> Cluster:
+    """A bucket, Redis, the replicas (as many as deploy/nginx.conf names) and nginx
+    (terminating TLS with the certificates in ``tls``, when given)."""
     count = replicas or replica_slots(NGINX_CONF.read_text())
     bucket = moto.new_bucket()
     redis = RedisServer(workdir / "redis")
@@ -416,7 +462,7 @@ def start_cluster(moto: MotoServer, workdir: Path, replicas: int | None = None) 
             replica = Replica(number, workdir / f"replica-{number}", moto, bucket, redis)
             replica.start(timeout=60.0)
             started.append(replica)
-        nginx = NginxServer(workdir / "nginx", [replica.host for replica in started])
+        nginx = NginxServer(workdir / "nginx", [replica.host for replica in started], tls)
         nginx.check()
         nginx.start()
     except BaseException:
