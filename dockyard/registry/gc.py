@@ -41,7 +41,7 @@ from typing import Any
 from dockyard.coordination.descriptors import DescriptorCache, NoDescriptorCache
 from dockyard.registry import layout
 from dockyard.registry.digest import Digest
-from dockyard.registry.links import read_link
+from dockyard.registry.links import delete_if_exists, read_link
 from dockyard.storage.driver import PathNotFoundError, StorageDriver
 
 log = logging.getLogger("dockyard.gc")
@@ -433,6 +433,11 @@ class GarbageCollector:
         # The catalog lists a directory as a repository only while it has ``_manifests``;
         # removed last, once the repository's manifests are gone for good.
         for name in plan.repositories:
+            # The reverse tag index goes first, its completeness marker before its
+            # entries: a tag pushed meanwhile finds the index incomplete, and the next
+            # manifest DELETE rebuilds it rather than trusting it.
+            await delete_if_exists(self.driver, layout.tagged_complete(name))
+            await delete_if_exists(self.driver, layout.tagged_root(name))
             if await self.driver.remove_empty(layout.manifests(name)):
                 report.repositories_removed.append(name)
                 self.emit(f"{name}: repository has no manifests left; removing it")

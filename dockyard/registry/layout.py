@@ -74,6 +74,28 @@ def tag_index_link(name: str, tag: str, digest: Digest) -> str:
     return f"{tag_dir(name, tag)}/index/{digest.algorithm}/{digest.hex}/link"
 
 
+def tagged_root(name: str) -> str:
+    """Dockyard's reverse index of tags: which tags point at a manifest.
+
+    ``tagged/<alg>/<hex>/<tag>`` is an empty file per tag, written before the tag moves
+    to the manifest; ``tagged/complete`` says every tag has its entry. Beside
+    ``revisions`` and ``tags``, where Distribution's readers do not look.
+    """
+    return f"{manifests(name)}/tagged"
+
+
+def tagged(name: str, digest: Digest) -> str:
+    return f"{tagged_root(name)}/{digest.algorithm}/{digest.hex}"
+
+
+def tagged_entry(name: str, digest: Digest, tag: str) -> str:
+    return f"{tagged(name, digest)}/{tag}"
+
+
+def tagged_complete(name: str) -> str:
+    return f"{tagged_root(name)}/complete"
+
+
 def referrers(name: str, subject: Digest) -> str:
     """Manifests whose ``subject`` is ``subject``: Dockyard's index for the referrers API.
 

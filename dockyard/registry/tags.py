@@ -33,24 +33,36 @@ class TagStore:
         return digest
 
     async def tag(self, tag: str, digest: Digest) -> None:
-        # The index entry first: a crash in between leaves history that names a digest
-        # the tag never pointed at, which is harmless, rather than a current tag missing
-        # from its own history.
         async with self._lock(tag):
+            previous = await read_link(self.driver, layout.tag_current_link(self.name, tag))
+            if previous != digest:
+                # The reverse entry first: a crash after it leaves an entry naming a
+                # manifest the tag does not point at, which readers check anyway.
+                await self.driver.write(layout.tagged_entry(self.name, digest, tag), b"")
+            # The index entry before the current link: a crash in between leaves history
+            # that names a digest the tag never pointed at, which is harmless, rather
+            # than a current tag missing from its own history.
             await write_link(self.driver, layout.tag_index_link(self.name, tag, digest), digest)
             await write_link(self.driver, layout.tag_current_link(self.name, tag), digest)
+            if previous is not None and previous != digest:
+                await delete_if_exists(self.driver, layout.tagged_entry(self.name, previous, tag))
 
     async def untag(self, tag: str) -> None:
         async with self._lock(tag):
+            previous = await read_link(self.driver, layout.tag_current_link(self.name, tag))
             if not await delete_if_exists(self.driver, layout.tag_dir(self.name, tag)):
                 raise ManifestUnknown(detail={"tag": tag})
+            if previous is not None:
+                await delete_if_exists(self.driver, layout.tagged_entry(self.name, previous, tag))
 
     async def untag_if_at(self, tag: str, digest: Digest) -> bool:
         """Remove the tag if it still points at ``digest``; whether it did."""
         async with self._lock(tag):
             if await read_link(self.driver, layout.tag_current_link(self.name, tag)) != digest:
                 return False
-            return await delete_if_exists(self.driver, layout.tag_dir(self.name, tag))
+            removed = await delete_if_exists(self.driver, layout.tag_dir(self.name, tag))
+            await delete_if_exists(self.driver, layout.tagged_entry(self.name, digest, tag))
+            return removed
 
     async def list(self) -> builtins.list[str]:
         """Every tag, sorted; a directory that is not a valid tag is not one.
@@ -69,8 +81,39 @@ class TagStore:
         return sorted(name for name in names if is_valid_tag(name))
 
     async def pointing_at(self, digest: Digest) -> builtins.list[str]:
+        """The tags that point at ``digest``: from the reverse index, once it is complete.
+
+        Its entries are candidates, each checked against the tag itself, so the cost
+        follows the tags of this manifest, not the repository's. A store another
+        registry wrote has no index yet: the first call reads every tag and builds it.
+        """
+        try:
+            await self.driver.stat(layout.tagged_complete(self.name))
+        except PathNotFoundError:
+            return await self._scan_and_index(digest)
+        try:
+            candidates = await self.driver.list(layout.tagged(self.name, digest))
+        except PathNotFoundError:
+            return []
+        return [
+            tag
+            for tag in sorted(candidates)
+            if is_valid_tag(tag) and await self._points_at(tag, digest)
+        ]
+
+    async def _points_at(self, tag: str, digest: Digest) -> bool:
+        return await read_link(self.driver, layout.tag_current_link(self.name, tag)) == digest
+
+    async def _scan_and_index(self, digest: Digest) -> builtins.list[str]:
+        # Tags moved meanwhile write their own entries; an entry this scan writes for a
+        # tag that has moved on since is only a candidate that fails its check.
         found = []
         for tag in await self.list():
-            if await read_link(self.driver, layout.tag_current_link(self.name, tag)) == digest:
+            current = await read_link(self.driver, layout.tag_current_link(self.name, tag))
+            if current is None:
+                continue
+            await self.driver.write(layout.tagged_entry(self.name, current, tag), b"")
+            if current == digest:
                 found.append(tag)
+        await self.driver.write(layout.tagged_complete(self.name), b"")
         return found
