@@ -104,6 +104,12 @@ def test_images_pushed_through_nginx_pull_from_every_replica(
             assert int(head.headers["Content-Length"]) == len(data), host
             assert head.headers["Docker-Content-Digest"] == digest, host
 
+    # The replicas share the Redis: each holds connections to it, and it holds what they
+    # put there (blob descriptors).
+    clients = cluster.redis.command("CLIENT", "LIST").splitlines()
+    assert len(clients) > len(cluster.replicas), clients
+    assert cluster.redis.command("DBSIZE") > 0
+
     # A finished upload leaves nothing behind in the bucket, whichever replica closed it.
     keys = cluster.keys()
     assert not any("/_uploads/" in key for key in keys)
