@@ -17,9 +17,10 @@ import os
 import re
 import shutil
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager, suppress
-from stat import S_ISDIR
+from stat import S_ISDIR, S_ISLNK
 from typing import Any, TypeVar
 
 from dockyard.storage.driver import (
@@ -42,6 +43,8 @@ INLINE_LIMIT = 64 * 1024
 # Directory sizes (st_size) up to this are listed without a thread hop: a few dozen
 # entries on ext4 and xfs, some hundreds on tmpfs.
 SMALL_DIRECTORY = 4096
+# How many symlink-free directories a driver remembers (see FilesystemDriver._real_dir).
+PLAIN_DIRS_REMEMBERED = 65536
 # '~' can never occur in a driver path, so a temporary file can neither collide with a
 # real entry nor be reported as one, even when a crash leaves it behind.
 TEMP_PREFIX = ".tmp~"
@@ -425,9 +428,24 @@ class FilesystemDriver(StorageDriver):
     def __init__(self, root: str) -> None:
         self._root = os.path.realpath(root)
         self._prefix = self._root.rstrip(os.sep) + os.sep
+        # Directories seen to be reached without a symbolic link: resolving a path is
+        # then one lstat of its last component instead of one per component (the bulk
+        # of a catalog walk's or a collection's scan). The registry never makes links;
+        # one made inside the root while it runs is noticed once the entry is evicted.
+        self._plain_dirs: OrderedDict[str, None] = OrderedDict()
 
     def _inside(self, real: str) -> bool:
         return real.startswith(self._prefix)
+
+    def _real_dir(self, joined: str) -> str:
+        if joined in self._plain_dirs:
+            return joined
+        real = os.path.realpath(joined)
+        if real == joined and os.path.isdir(real):
+            self._plain_dirs[joined] = None
+            if len(self._plain_dirs) > PLAIN_DIRS_REMEMBERED:
+                self._plain_dirs.popitem(last=False)
+        return real
 
     def _resolve(self, path: str, follow: bool = True) -> str:
         """The OS path for ``path``, refusing any that a symbolic link leads out of the root.
@@ -436,11 +454,14 @@ class FilesystemDriver(StorageDriver):
         on the directory entry itself (replace, rename, remove) rather than on its target.
         """
         joined = self._prefix + check_path(path)[1:]
-        if follow:
-            real = os.path.realpath(joined)
-        else:
-            head, name = os.path.split(joined)
-            real = os.path.join(os.path.realpath(head), name)
+        head, name = os.path.split(joined)
+        real = os.path.join(self._real_dir(head), name) if name else self._real_dir(head)
+        if follow and name:
+            try:
+                if S_ISLNK(os.lstat(real).st_mode):
+                    real = os.path.realpath(real)
+            except OSError:
+                pass  # missing: the operation itself reports it
         if not self._inside(real):
             raise InvalidPathError(path)
         return real
