@@ -27,7 +27,7 @@ from dockyard.registry.gc_status import CollectionStatus
 from dockyard.registry.links import read_link
 from dockyard.registry.manifests import parse_stored
 from dockyard.registry.usage import compute_usage
-from dockyard.storage.driver import PathNotFoundError, StorageDriver
+from dockyard.storage.driver import PathNotFoundError
 
 
 @dataclass(slots=True)

@@ -23,7 +23,7 @@ from dockyard.coordination.descriptors import (
     NoDescriptorCache,
     RedisDescriptors,
 )
-from dockyard.coordination.fences import Fences, FencedDriver
+from dockyard.coordination.fences import FencedDriver, Fences
 from dockyard.coordination.locks import LocalLocks, Locks, ProcessLocks, RedisLocks
 from dockyard.coordination.redis_client import connect
 from dockyard.storage.driver import StorageDriver

@@ -26,7 +26,7 @@ from dockyard.errors import Unavailable
 # How long a lock may be waited for before the request is refused as unavailable (the
 # client retries), and how long a Redis lock outlives a holder that vanished.
 WAIT_LIMIT = 60.0
-REDIS_LEASE = 30.0
+REDIS_LEASE = 8.0
 
 
 class Locks(Protocol):

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
-from dockyard.coordination.fences import Fences, FencedDriver
+from dockyard.coordination.fences import FencedDriver, Fences
 from dockyard.storage import MemoryDriver, PathNotFoundError
 
 

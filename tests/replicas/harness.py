@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import socket
 import ssl
 import subprocess
 import time
@@ -28,13 +27,13 @@ import httpx
 import yaml
 
 from tests.s3.moto_server import MotoServer
+from tests.support.redis_server import RedisServer
 from tests.support.servers import ServerProcess, free_port, stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
 README = ROOT / "README.md"
 REGISTRY_CONF = ROOT / "deploy" / "registry.yml"
-REDIS_SERVER = "/usr/bin/redis-server"
 NGINX = "/usr/sbin/nginx"
 V2 = "docker/registry/v2"
 
@@ -127,74 +126,6 @@ def _wait(what: str, process: subprocess.Popen[bytes], ready: Any, log: Path, ti
 
 def _tail(path: Path, size: int = 4000) -> str:
     return path.read_text(errors="replace")[-size:] if path.exists() else ""
-
-
-class RedisServer:
-    """Debian's ``redis-server`` on a free loopback port, nothing persisted."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.log_path = workdir / "redis.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def addr(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 20.0) -> None:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    REDIS_SERVER,
-                    "--port", str(self.port),
-                    "--bind", "127.0.0.1",
-                    "--save", "",
-                    "--appendonly", "no",
-                    "--dir", str(self.workdir),
-                    "--daemonize", "no",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        process = self.process
-        _wait("redis-server", process, lambda: self.command("PING") == "PONG", self.log_path, timeout)
-
-    def command(self, *args: str) -> Any:
-        """One command in RESP; the reply decoded (bulk strings as str, arrays as lists)."""
-        payload = f"*{len(args)}\r\n".encode()
-        for arg in args:
-            data = arg.encode()
-            payload += b"$%d\r\n%s\r\n" % (len(data), data)
-        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
-            sock.sendall(payload)
-            reader = sock.makefile("rb")
-            return _resp(reader)
-
-    def stop(self) -> None:
-        stop_group(self.process)
-
-
-def _resp(reader: Any) -> Any:
-    line: bytes = reader.readline()
-    kind, rest = line[:1], line[1:].rstrip(b"\r\n")
-    if kind == b"+":
-        return rest.decode()
-    if kind == b"-":
-        raise RuntimeError(f"redis: {rest.decode()}")
-    if kind == b":":
-        return int(rest)
-    if kind == b"$":
-        length = int(rest)
-        if length < 0:
-            return None
-        data: bytes = reader.read(length + 2)
-        return data[:-2].decode(errors="replace")
-    if kind == b"*":
-        return [_resp(reader) for _ in range(int(rest))]
-    raise RuntimeError(f"redis: unexpected reply {line!r}")
 
 
 class NginxServer:

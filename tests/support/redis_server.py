@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,53 +18,87 @@ REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
 class RedisServer:
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
+    """Debian's ``redis-server`` on a free loopback port, nothing persisted."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.addr = f"127.0.0.1:{self.port}"
+        self.log_path = workdir / "redis.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 15.0) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        log = self.directory / "redis.log"
-        self.process = subprocess.Popen(
-            [
-                REDIS_SERVER,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(self.directory),
-                "--logfile", str(log),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    REDIS_SERVER,
+                    "--port", str(self.port),
+                    "--bind", "127.0.0.1",
+                    "--save", "",
+                    "--appendonly", "no",
+                    "--dir", str(self.workdir),
+                    "--daemonize", "no",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited early:\n{log.read_text(errors='replace')}")
-            if self.command("PING") == "+PONG":
-                return
+                raise RuntimeError(f"redis-server exited early:\n{self.log()}")
+            try:
+                if self.command("PING") == "PONG":
+                    return
+            except OSError:
+                pass
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"redis-server did not start within {timeout}s")
+        raise RuntimeError(f"redis-server did not start within {timeout}s:\n{self.log()}")
 
-    def command(self, *words: str) -> str:
-        """One command in Redis's inline protocol; the first line of the reply."""
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=2.0) as sock:
-                sock.sendall((" ".join(words) + "\r\n").encode())
-                return sock.recv(65536).decode(errors="replace").split("\r\n", 1)[0]
-        except OSError:
-            return ""
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def command(self, *args: str) -> Any:
+        """One command in RESP; the reply decoded (bulk strings as str, arrays as lists)."""
+        payload = f"*{len(args)}\r\n".encode()
+        for arg in args:
+            data = arg.encode()
+            payload += b"$%d\r\n%s\r\n" % (len(data), data)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(payload)
+            reader = sock.makefile("rb")
+            return _resp(reader)
 
     def flush(self) -> None:
         self.command("FLUSHALL")
 
     def stop(self) -> None:
         stop_group(self.process)
+
+
+def _resp(reader: Any) -> Any:
+    line: bytes = reader.readline()
+    kind, rest = line[:1], line[1:].rstrip(b"\r\n")
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        raise RuntimeError(f"redis: {rest.decode()}")
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        length = int(rest)
+        if length < 0:
+            return None
+        data: bytes = reader.read(length + 2)
+        return data[:-2].decode(errors="replace")
+    if kind == b"*":
+        return [_resp(reader) for _ in range(int(rest))]
+    raise RuntimeError(f"redis: unexpected reply {line!r}")
 
 
 @pytest.fixture(scope="session")
