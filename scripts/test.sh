@@ -27,8 +27,10 @@ fi
 # suite runs (tests/test_bench.py) so that it keeps working.
 # redis-server, nginx-light, gettext-base (envsubst): tests/replicas runs several
 # replicas sharing a Redis behind nginx with deploy/nginx.conf, rendered by envsubst.
+# ceph-mon, ceph-osd, radosgw, ceph-common: Ceph's RADOS Gateway on a one-node cluster
+# (tests/s3/rgw_server.py), a second S3 server for the s3 driver and the registry.
 ensure_debian_packages skopeo docker-registry podman chromium buildah mmdebstrap runc systemd \
-    wrk apache2-utils redis-server nginx-light gettext-base
+    wrk apache2-utils redis-server nginx-light gettext-base ceph-mon ceph-osd radosgw ceph-common
 quiet_debian_registry
 
 choose_python

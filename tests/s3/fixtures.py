@@ -1,4 +1,5 @@
-"""The session's moto server, shared by the driver suite and the registry tests on S3."""
+"""The session's S3 servers: moto, shared by the driver suite and the registry tests on
+S3, and Ceph's RADOS Gateway, started only when a test asks for it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ from collections.abc import Iterator
 import pytest
 
 from tests.s3.moto_server import MotoServer
+from tests.s3.rgw_server import RgwServer
+
+_RGW_SERVER = pytest.StashKey[RgwServer]()
+_RGW_FAILURE = pytest.StashKey[Exception]()
 
 
 @pytest.fixture(scope="session")
@@ -15,3 +20,31 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer
     server.start()
     yield server
     server.stop()
+
+
+def session_rgw_server(request: pytest.FixtureRequest) -> RgwServer:
+    """The session's RGW cluster: started on first use, stopped when the session ends.
+
+    The ``rgw_server`` fixture returns it; test modules that cannot see that fixture
+    (it is not in their conftest) call this with their ``request`` for the same one.
+    """
+    stash = request.config.stash
+    if _RGW_FAILURE in stash:
+        # One failed start is enough: later tests fail at once with its error.
+        raise RuntimeError("the RGW cluster failed to start") from stash[_RGW_FAILURE]
+    if _RGW_SERVER not in stash:
+        factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
+        server = RgwServer(factory.mktemp("rgw"))
+        try:
+            server.start()
+        except Exception as error:
+            stash[_RGW_FAILURE] = error
+            raise
+        stash[_RGW_SERVER] = server
+        request.config.add_cleanup(server.stop)
+    return stash[_RGW_SERVER]
+
+
+@pytest.fixture(scope="session")
+def rgw_server(request: pytest.FixtureRequest) -> RgwServer:
+    return session_rgw_server(request)

@@ -41,13 +41,33 @@ from tests.support.redis_server import RedisServer
 MiB = 1 << 20
 # s3-fenced: the s3 driver as replicas sharing a Redis run it, holds and collection
 # moves fenced against each other (dockyard.coordination.fences).
-DRIVERS = ["filesystem", "inmemory", "s3", "s3-fenced"]
+# s3-rgw: the s3 driver on Ceph's RADOS Gateway (tests/s3/rgw_server.py) instead of moto.
+DRIVERS = ["filesystem", "inmemory", "s3", "s3-fenced", "s3-rgw"]
 # Drivers whose directories exist only through the files below them.
 IMPLICIT_DIRECTORIES = {"s3"}
 
 
 @pytest.fixture(params=DRIVERS)
 async def driver(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StorageDriver]:
+    if request.param == "s3-rgw":
+        from tests.s3.fixtures import session_rgw_server
+
+        if request.node.originalname == "test_longest_valid_paths_work":
+            # S3 keys are at most 1024 bytes, which the gateway enforces as AWS does
+            # and moto does not; the driver's "~times/" key for a path of 1024
+            # characters is 1030.
+            request.node.add_marker(
+                pytest.mark.xfail(
+                    strict=True, reason="s3 driver: time key of a 1024-character path too long"
+                )
+            )
+        rgw = session_rgw_server(request)
+        bucket = rgw.new_bucket()
+        instance = create_driver("s3", rgw.driver_params(bucket))
+        yield instance
+        await instance.close()
+        rgw.remove_bucket(bucket)
+        return
     if request.param in ("s3", "s3-fenced"):
         moto: MotoServer = request.getfixturevalue("moto_server")
         instance = create_driver("s3", moto.driver_params(moto.new_bucket()))

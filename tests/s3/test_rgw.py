@@ -1,0 +1,97 @@
+"""The registry on Ceph's RADOS Gateway: ``dockyard serve`` and Distribution 2.8.2 on a
+bucket of a one-node Ceph cluster (tests/s3/rgw_server.py), skopeo pushing and pulling,
+digests compared. The same tests as on moto (tests/s3/test_registry.py), on an S3
+implementation that stores into RADOS and keeps S3's limits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.s3.fixtures import rgw_server
+from tests.s3.rgw_server import RgwServer
+from tests.s3.test_registry import MiB, assert_pulls, big_image, bucket_keys, push
+from tests.support.servers import ServerProcess
+
+__all__ = ["rgw_server"]
+
+Start = Callable[..., ServerProcess]
+
+
+@pytest.fixture
+def rgw_bucket(rgw_server: RgwServer) -> Iterator[str]:
+    bucket = rgw_server.new_bucket()
+    yield bucket
+    rgw_server.remove_bucket(bucket)
+
+
+@pytest.fixture
+def start_on_rgw(rgw_server: RgwServer, tmp_path: Path) -> Iterator[Start]:
+    """Start a registry whose storage is ``bucket`` on the gateway."""
+    started: list[ServerProcess] = []
+
+    def start(kind: str, bucket: str, **s3: Any) -> ServerProcess:
+        env = {"AWS_CA_BUNDLE": ""} if kind == "distribution" else {}
+        server = ServerProcess(kind, tmp_path / f"{kind}-{len(started)}", env=env)
+        storage = server.config["storage"]
+        del storage["filesystem"]
+        storage["s3"] = rgw_server.driver_params(bucket, **s3)
+        if kind == "distribution":
+            storage["s3"].update({"secure": False, "v4auth": True, "forcepathstyle": True})
+        server.config_path.write_text(yaml.safe_dump(server.config))
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def test_skopeo_round_trip_through_dockyard_on_rgw(
+    start_on_rgw: Start, rgw_server: RgwServer, rgw_bucket: str, tmp_path: Path
+) -> None:
+    registry = start_on_rgw("dockyard", rgw_bucket)
+    image = big_image("rgw-round-trip")
+    assert max(len(layer.data) for layer in image.layers) > 5 * MiB
+    push(registry, image, "rgw/app:v1", tmp_path)
+    assert_pulls(registry, image, "rgw/app:v1", tmp_path)
+
+    # Distribution's layout, and no upload left behind, multipart ones included.
+    keys = bucket_keys(rgw_server, rgw_bucket)
+    base = "docker/registry/v2"
+    for blob in image.blobs:
+        hex_digest = blob.digest.removeprefix("sha256:")
+        assert f"{base}/blobs/sha256/{hex_digest[:2]}/{hex_digest}/data" in keys
+    assert f"{base}/repositories/rgw/app/_manifests/tags/v1/current/link" in keys
+    assert not any("/_uploads/" in key for key in keys)
+    uploads = rgw_server.client().list_multipart_uploads(Bucket=rgw_bucket)
+    assert uploads.get("Uploads", []) == []
+
+    # A large blob is a redirect to a URL the gateway itself checks the signature of.
+    layer = max(image.layers, key=lambda blob: len(blob.data))
+    response = httpx.get(f"{registry.url}/v2/rgw/app/blobs/{layer.digest}")
+    assert response.status_code == 307
+    location = response.headers["Location"]
+    assert location.startswith(rgw_server.endpoint + "/")
+    assert httpx.get(location).content == layer.data
+    assert httpx.get(location.replace("X-Amz-Signature=", "X-Amz-Signature=0")).status_code == 403
+
+
+def test_a_bucket_dockyard_wrote_on_rgw_is_served_by_distribution(
+    start_on_rgw: Start, rgw_bucket: str, tmp_path: Path
+) -> None:
+    dockyard = start_on_rgw("dockyard", rgw_bucket)
+    image = big_image("rgw-from-dockyard")
+    push(dockyard, image, "interop/rgw:v1", tmp_path)
+    dockyard.stop()
+    distribution = start_on_rgw("distribution", rgw_bucket)
+    assert_pulls(distribution, image, "interop/rgw:v1", tmp_path)
+    catalog = httpx.get(f"{distribution.url}/v2/_catalog").json()
+    assert catalog == {"repositories": ["interop/rgw"]}
