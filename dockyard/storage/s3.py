@@ -13,14 +13,18 @@ must not cost a copy of a blob of gigabytes, so it writes an empty "time object"
 object's. No driver path can reach ``~times`` and Distribution never looks there.
 
 A :class:`FileWriter` streams into a multipart upload in parts of ``chunksize`` and
-holds at most one part in memory. :meth:`FileWriter.commit` completes the upload, so the
-committed content is a plain object that any replica can read, stat and resume; writing
-on afterwards starts a new upload whose first part is a server-side copy of that object
-(or, below S3's 5 MiB part minimum, its bytes read back into the pending part), as
-Distribution's writer does when it continues after a small part. Uncommitted parts are
-aborted on close; those of a process that died are aborted when their upload directory
-is deleted (finish or purge), and a bucket lifecycle rule for incomplete multipart
-uploads catches the rest.
+holds at most one part in memory. :meth:`FileWriter.commit` keeps the upload open, as
+Distribution's writer does, so that a chunked blob upload costs each byte once whatever
+its number of chunks: the object at the file's key then holds only the bytes after the
+last full part (the *tail*, less than one part), and its metadata names the upload and
+how many parts and bytes come before it. Any replica resumes from that (listing the
+upload's parts, reading the tail back); a stat counts parts and tail; the first read,
+stream or move of such a *composite* file completes the upload with the tail as its
+last part, after which it is a plain object. A file resumed from a plain object starts a
+new upload whose first part is a server-side copy of it (or, below S3's 5 MiB part
+minimum, its bytes read back into the pending part). Parts of a process that died are
+aborted when their upload directory is deleted (finish or purge), and a bucket lifecycle
+rule for incomplete multipart uploads catches the rest.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
@@ -68,6 +73,8 @@ FAN_OUT = 16
 # in their way; a bounded memory of recent ones.
 KNOWN_DIRECTORIES = 4096
 MTIME_KEY = "mtime"
+# On a composite file's tail object: "<upload id> <parts> <bytes in them>".
+PARTS_KEY = "dockyard-parts"
 # Touches are recorded in small "time objects" below this name in the root, which no
 # driver path can reach ('~' is not allowed in one) and Distribution never looks at.
 TIMES = "~times"
@@ -192,6 +199,18 @@ def _mtime(metadata: dict[str, str] | None, last_modified: Any) -> float:
         except ValueError:
             pass
     return float(last_modified.timestamp())
+
+
+def _composite(metadata: dict[str, str] | None) -> tuple[str, int, int] | None:
+    """The open upload a tail object continues, its part count and their bytes."""
+    raw = (metadata or {}).get(PARTS_KEY)
+    if raw is None:
+        return None
+    try:
+        upload_id, count, size = raw.split(" ")
+        return upload_id, int(count), int(size)
+    except ValueError:
+        return None
 
 
 def _ancestors(path: str) -> list[str]:
@@ -356,7 +375,9 @@ class S3Driver(StorageDriver):
             mtime = max(mtime, _mtime(touched.get("Metadata"), touched["LastModified"]))
         # A file here means directories above it (what writes check for).
         self._remember_directories(path)
-        return FileInfo(path, head["ContentLength"], mtime, False)
+        composite = _composite(head.get("Metadata"))
+        before = composite[2] if composite is not None else 0
+        return FileInfo(path, before + head["ContentLength"], mtime, False)
 
     async def _is_dir(self, path: str) -> bool:
         prefix = self.key(path) + "/"
@@ -525,12 +546,73 @@ class S3Driver(StorageDriver):
     async def read(self, path: str) -> bytes:
         key = self.key(path)
         client = await self.client()
+        for _ in range(2):
+            try:
+                response = await client.get_object(Bucket=self.bucket, Key=key)
+                async with response["Body"] as body:
+                    if _composite(response.get("Metadata")) is None:
+                        return await body.read()
+            except Exception as error:
+                raise _failure(path, error) from error
+            await self.complete_parts(path)
+        raise StorageError(f"{path}: still composite after completing its upload")
+
+    async def complete_parts(self, path: str) -> None:
+        """Make a composite file (see the module's description) a plain object."""
+        key = self.key(path)
+        head = await self._head_key(path, key)
+        if head is None:
+            raise PathNotFoundError(path)
+        composite = _composite(head.get("Metadata"))
+        if composite is None:
+            return
+        upload_id, count, _ = composite
+        client = await self.client()
         try:
+            parts = await self._listed_parts(key, upload_id, count)
             response = await client.get_object(Bucket=self.bucket, Key=key)
             async with response["Body"] as body:
-                return await body.read()
+                tail = await body.read()
+            if tail or not parts:
+                uploaded = await client.upload_part(
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=tail,
+                    PartNumber=count + 1,
+                    UploadId=upload_id,
+                )
+                parts.append({"PartNumber": count + 1, "ETag": uploaded["ETag"]})
+            await client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+            )
         except Exception as error:
+            # Completed by another replica meanwhile: the object is plain now.
+            head = await self._head_key(path, key)
+            if head is not None and _composite(head.get("Metadata")) is None:
+                return
             raise _failure(path, error) from error
+
+    async def _listed_parts(self, key: str, upload_id: str, count: int) -> list[dict[str, Any]]:
+        """The first ``count`` parts of an open upload, as completing it names them."""
+        client = await self.client()
+        parts: list[dict[str, Any]] = []
+        marker = 0
+        while len(parts) < count:
+            listing = await client.list_parts(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker
+            )
+            for part in listing.get("Parts", []):
+                if len(parts) < count:
+                    parts.append({"PartNumber": part["PartNumber"], "ETag": part["ETag"]})
+            if not listing.get("IsTruncated"):
+                break
+            marker = listing["NextPartNumberMarker"]
+        if [part["PartNumber"] for part in parts] != list(range(1, count + 1)):
+            raise StorageError(f"{key}: parts of upload {upload_id} are missing")
+        return parts
 
     async def write(self, path: str, data: bytes) -> None:
         """Put the object, record its time as a touch does, and check it is still there.
@@ -584,9 +666,22 @@ class S3Driver(StorageDriver):
         client = await self.client()
         try:
             response = await client.get_object(Bucket=self.bucket, Key=key, **extra)
+            if _composite(response.get("Metadata")) is not None:
+                response["Body"].close()
+                await self.complete_parts(path)
+                response = await client.get_object(Bucket=self.bucket, Key=key, **extra)
         except Exception as error:
+            if isinstance(error, StorageError):
+                raise
             if _code(error) != "InvalidRange":
                 raise _failure(path, error) from error
+            head = await self._head_key(path, key)
+            if head is not None and _composite(head.get("Metadata")) is not None:
+                # Past the tail only: the range lies in the upload's parts.
+                await self.complete_parts(path)
+                async for piece in self._stream(path, offset, length):
+                    yield piece
+                return
             # Past the last byte: at the very end is an empty read, beyond it an error.
             info = await self._head(path)
             if info is None:
@@ -632,10 +727,41 @@ class S3Driver(StorageDriver):
             raise PathNotFoundError(path)
         if not 0 <= resume_at <= info.size:
             raise InvalidOffsetError(path, resume_at)
+        resumed = await self._resume_parts(path, resume_at)
+        if resumed is not None:
+            writer = S3Writer(self, path, resume_at, resumed)
+            if resume_at < info.size:
+                await writer.truncate()
+            return writer
         writer = S3Writer(self, path, resume_at)
         if resume_at < info.size:
             await writer.truncate()
         return writer
+
+    async def _resume_parts(self, path: str, resume_at: int) -> OpenParts | None:
+        """The open upload a composite file continues, to write on from ``resume_at``.
+
+        None for a plain object, and for a composite one cut back into its parts, which
+        is completed first and then continued as a plain one.
+        """
+        key = self.key(path)
+        head = await self._head_key(path, key)
+        composite = _composite(head.get("Metadata")) if head is not None else None
+        if composite is None:
+            return None
+        upload_id, count, before = composite
+        if resume_at < before:
+            await self.complete_parts(path)
+            return None
+        client = await self.client()
+        try:
+            parts = await self._listed_parts(key, upload_id, count)
+            response = await client.get_object(Bucket=self.bucket, Key=key)
+            async with response["Body"] as body:
+                tail = await body.read()
+        except Exception as error:
+            raise _failure(path, error) from error
+        return OpenParts(upload_id, parts, before, tail[: resume_at - before])
 
     async def stat(self, path: str) -> FileInfo:
         check_path(path)
@@ -656,6 +782,8 @@ class S3Driver(StorageDriver):
         key = self.key(path)
         client = await self.client()
         if mtime is not None:
+            # A copy of a composite file onto itself would keep only its tail.
+            await self.complete_parts(path)
             info = await self._head(path, with_touch=False)
             if info is None:
                 raise PathNotFoundError(path)
@@ -726,6 +854,9 @@ class S3Driver(StorageDriver):
         source_key = self.key(source)
         dest_key = self.key(dest)
         top = await self.stat(source)
+        if not top.is_dir:
+            # A composite file (an upload's data) moves as the whole of it.
+            await self.complete_parts(source)
         if dest == source:
             return True
         if dest.startswith(source + "/"):
@@ -899,20 +1030,35 @@ class S3Driver(StorageDriver):
         return url
 
 
+@dataclass(frozen=True, slots=True)
+class OpenParts:
+    """What a writer continues when it resumes a composite file."""
+
+    upload_id: str
+    parts: list[dict[str, Any]]
+    size: int
+    tail: bytes
+
+
 class S3Writer(FileWriter):
     """Appends through multipart uploads; see the module's description."""
 
-    def __init__(self, driver: S3Driver, path: str, size: int) -> None:
+    def __init__(
+        self, driver: S3Driver, path: str, size: int, resumed: OpenParts | None = None
+    ) -> None:
         self._driver = driver
         self._path = path
         self._key = driver.key(path)
         self._size = size
-        # Bytes of the committed object this writer continues from that the current upload
-        # does not hold yet: brought in (copied or read back) when writing goes on.
-        self._base = size
-        self._pending = bytearray()
-        self._upload_id: str | None = None
-        self._parts: list[dict[str, Any]] = []
+        # Bytes of a plain committed object this writer continues from that the current
+        # upload does not hold yet: brought in (copied or read back) when writing goes on.
+        self._base = 0 if resumed is not None else size
+        self._pending = bytearray(resumed.tail if resumed is not None else b"")
+        self._upload_id: str | None = resumed.upload_id if resumed is not None else None
+        self._parts: list[dict[str, Any]] = list(resumed.parts) if resumed is not None else []
+        self._parts_size = resumed.size if resumed is not None else 0
+        # The upload a committed tail names: other writers continue it, so it stays open.
+        self._kept: str | None = self._upload_id
         self._dirty = False
         self._broken = False
         self._closed = False
@@ -977,6 +1123,7 @@ class S3Writer(FileWriter):
                     UploadId=upload_id,
                 )
                 self._parts.append({"PartNumber": number, "ETag": copied["CopyPartResult"]["ETag"]})
+                self._parts_size += end - start + 1
         self._base = 0
 
     async def _upload_part(self, data: bytes) -> None:
@@ -993,6 +1140,7 @@ class S3Writer(FileWriter):
             UploadId=upload_id,
         )
         self._parts.append({"PartNumber": number, "ETag": uploaded["ETag"]})
+        self._parts_size += len(data)
 
     async def write(self, data: bytes) -> None:
         self._check_open()
@@ -1008,7 +1156,7 @@ class S3Writer(FileWriter):
             del self._pending[:chunk]
 
     async def truncate(self) -> None:
-        """Cut the committed object to this writer's size at once."""
+        """Cut the committed file to this writer's size at once."""
         self._dirty = True
         await self._guarded(self._bring_in_base())
         await self.commit()
@@ -1017,37 +1165,30 @@ class S3Writer(FileWriter):
         self._check_open()
         if not self._dirty:
             return
-        await self._guarded(self._complete())
+        await self._guarded(self._save_tail())
         self._dirty = False
 
-    async def _complete(self) -> None:
+    async def _save_tail(self) -> None:
+        """The pending bytes as the object at the key, naming the parts before them.
+
+        The bytes stay pending for what is written next; the upload stays open.
+        """
         client = await self._driver.client()
-        if self._upload_id is None:
-            # Everything is pending (at most one part): one PUT, and the bytes stay
-            # pending for what is written next.
-            await client.put_object(
-                Bucket=self._driver.bucket,
-                Key=self._key,
-                Body=bytes(self._pending),
-                **self._driver.object_args(time.time()),
+        args = self._driver.object_args(time.time())
+        if self._upload_id is not None:
+            args["Metadata"][PARTS_KEY] = (
+                f"{self._upload_id} {len(self._parts)} {self._parts_size}"
             )
-            return
-        if self._pending or not self._parts:
-            await self._upload_part(bytes(self._pending))
-        await client.complete_multipart_upload(
-            Bucket=self._driver.bucket,
-            Key=self._key,
-            UploadId=self._upload_id,
-            MultipartUpload={"Parts": self._parts},  # type: ignore[typeddict-item]
+        await client.put_object(
+            Bucket=self._driver.bucket, Key=self._key, Body=bytes(self._pending), **args
         )
-        self._upload_id = None
-        self._parts = []
-        self._pending.clear()
-        self._base = self._size
+        self._kept = self._upload_id
 
     async def cancel(self) -> None:
         await self.close()
         await self._driver._delete_keys(self._path, [self._key, self._driver.time_key(self._path)])
+        if self._kept is not None:
+            await self._driver._abort(self._key, self._kept)
 
     async def close(self) -> None:
         if self._closed:
@@ -1055,7 +1196,7 @@ class S3Writer(FileWriter):
         self._closed = True
         self._pending = bytearray()
         upload_id, self._upload_id = self._upload_id, None
-        if upload_id is not None:
+        if upload_id is not None and upload_id != self._kept:
             await self._driver._abort(self._key, upload_id)
 
 

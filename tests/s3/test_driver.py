@@ -134,6 +134,68 @@ async def test_resume_in_another_process_continues_the_committed_object(
     await reader.close()
 
 
+async def test_chunks_resumed_anywhere_go_on_in_one_open_upload(
+    moto_server: MotoServer, bucket: str
+) -> None:
+    """Each chunk is sent once: resuming continues the same multipart upload, and the
+    object at the key holds only the tail after its last full part."""
+    content = b""
+    upload_ids = set()
+    for index in range(5):
+        replica = make(moto_server, bucket)
+        writer = await (
+            replica.writer("/u/data") if index == 0 else replica.writer("/u/data", resume_at=len(content))
+        )
+        chunk = os.urandom(3 * MiB + index)
+        await writer.write(chunk)
+        await writer.commit()
+        await writer.close()
+        await replica.close()
+        content += chunk
+        if index:  # the first 3 MiB are below a part: one plain object
+            (upload,) = uploads_in_progress(moto_server, bucket)
+            upload_ids.add(upload["UploadId"])
+        stored = keys(moto_server, bucket)["u/data"]
+        assert stored == len(content) % (5 * MiB)
+        assert (await make(moto_server, bucket).stat("/u/data")).size == len(content)
+    assert len(upload_ids) == 1
+    # Reading it (or moving it) completes the upload: a plain object from then on.
+    reader = make(moto_server, bucket)
+    assert await reader.read("/u/data") == content
+    assert uploads_in_progress(moto_server, bucket) == []
+    assert keys(moto_server, bucket)["u/data"] == len(content)
+    await reader.close()
+
+
+async def test_a_composite_file_resumed_inside_its_parts_or_its_tail(
+    s3: S3Driver, moto_server: MotoServer, bucket: str
+) -> None:
+    content = os.urandom(12 * MiB)
+    writer = await s3.writer("/u/data")
+    await writer.write(content)
+    await writer.commit()
+    await writer.close()
+    # Back into the tail: only the tail is cut.
+    writer = await s3.writer("/u/data", resume_at=11 * MiB)
+    await writer.close()
+    assert (await s3.stat("/u/data")).size == 11 * MiB
+    # Back into the parts: completed, then continued as a plain object.
+    writer = await s3.writer("/u/data", resume_at=3 * MiB)
+    await writer.write(b"end")
+    await writer.commit()
+    await writer.close()
+    assert await s3.read("/u/data") == content[: 3 * MiB] + b"end"
+    got = b"".join([piece async for piece in s3.stream("/u/data", 3 * MiB - 2, 5)])
+    assert got == content[3 * MiB - 2 : 3 * MiB] + b"end"
+    # A range read of a composite file past its tail's own length.
+    writer = await s3.writer("/v/data")
+    await writer.write(content)
+    await writer.commit()
+    await writer.close()
+    got = b"".join([piece async for piece in s3.stream("/v/data", 10 * MiB + 1, 4)])
+    assert got == content[10 * MiB + 1 : 10 * MiB + 5]
+
+
 async def test_uncommitted_parts_are_aborted_on_close_and_on_delete(
     s3: S3Driver, moto_server: MotoServer, bucket: str
 ) -> None:
