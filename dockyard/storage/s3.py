@@ -30,6 +30,7 @@ rule for incomplete multipart uploads catches the rest.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 import time
@@ -78,6 +79,9 @@ PARTS_KEY = "dockyard-parts"
 # Touches are recorded in small "time objects" below this name in the root, which no
 # driver path can reach ('~' is not allowed in one) and Distribution never looks at.
 TIMES = "~times"
+# Below TIMES: time objects of paths too long to repeat in a key, by their hash.
+HASHED_TIMES = "~hashed"
+MAX_KEY_BYTES = 1024
 _ADDRESSABLE = re.compile(r"[A-Za-z0-9._-]+\Z")
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 # For annotations inside S3Driver, where ``list`` is the method.
@@ -341,8 +345,14 @@ class S3Driver(StorageDriver):
         return list(await asyncio.gather(*(run(call) for call in calls)))
 
     def time_key(self, path: str) -> str:
-        """The key of the object recording the last touch of the file at ``path``."""
-        return f"{self._prefix}{TIMES}/{check_path(path)[1:]}"
+        """The key of the object recording the last touch of the file at ``path``.
+
+        S3 keys end at 1024 bytes: a path near that length gets a hashed time key.
+        """
+        key = f"{self._prefix}{TIMES}/{check_path(path)[1:]}"
+        if len(key.encode()) <= MAX_KEY_BYTES:
+            return key
+        return f"{self._prefix}{TIMES}/{HASHED_TIMES}/{hashlib.sha256(path.encode()).hexdigest()}"
 
     async def _head_key(self, path: str, key: str) -> Any:
         client = await self.client()
@@ -960,8 +970,13 @@ class S3Driver(StorageDriver):
         below = await self._keys_below(path)
         if not below:
             raise PathNotFoundError(path)
-        times_below = await self._keys_below(f"/{TIMES}{path}", raw=True)
-        await self._delete_keys(path, [k for k, _ in below] + [k for k, _ in times_below])
+        times_below = [k for k, _ in await self._keys_below(f"/{TIMES}{path}", raw=True)]
+        hashed = [
+            time_key
+            for time_key in (self.time_key(p) for p in map(self._path_of, (k for k, _ in below)) if p)
+            if f"/{HASHED_TIMES}/" in time_key
+        ]
+        await self._delete_keys(path, [k for k, _ in below] + times_below + hashed)
         await self._abort_uploads_below(path)
 
     async def remove_empty(self, path: str) -> bool:

@@ -395,3 +395,20 @@ async def test_credentials_from_the_environment_and_signature_version_2(
         await driver.write(f"/v4-{v4auth}", b"signed")
         assert await driver.read(f"/v4-{v4auth}") == b"signed"
         await driver.close()
+
+
+async def test_a_path_near_the_key_limit_gets_a_hashed_time_key(
+    s3: S3Driver, moto_server: MotoServer, bucket: str
+) -> None:
+    # With the fixture's root directory its key is just within the limit; its time
+    # key under "~times/" would not be.
+    path = "/long/" + "/".join(["d" * 200] * 4) + "/" + "e" * 190 + "/data"
+    assert len(s3.key(path).encode()) <= 1024 < len(s3.key(path).encode()) + 7
+    await s3.write(path, b"x")
+    await s3.touch(path)
+    stored = keys(moto_server, bucket)
+    assert all(len(key.encode()) <= 1024 for key in stored)
+    assert any("/~times/~hashed/" in key for key in stored)
+    assert (await s3.stat(path)).mtime > time.time() - 60
+    await s3.delete("/long")
+    assert keys(moto_server, bucket) == {}

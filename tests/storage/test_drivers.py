@@ -52,15 +52,6 @@ async def driver(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     if request.param == "s3-rgw":
         from tests.s3.fixtures import session_rgw_server
 
-        if request.node.originalname == "test_longest_valid_paths_work":
-            # S3 keys are at most 1024 bytes, which the gateway enforces as AWS does
-            # and moto does not; the driver's "~times/" key for a path of 1024
-            # characters is 1030.
-            request.node.add_marker(
-                pytest.mark.xfail(
-                    strict=True, reason="s3 driver: time key of a 1024-character path too long"
-                )
-            )
         rgw = session_rgw_server(request)
         bucket = rgw.new_bucket()
         instance = create_driver("s3", rgw.driver_params(bucket))
