@@ -422,14 +422,18 @@ class GarbageCollector:
         await self._each(blob(digest) for digest in plan.blobs)
         await self._each(layer_link(*item) for item in plan.layer_links)
 
-        if aside:
-            # A grace period before the deletion; nothing is judged again after it.
-            await asyncio.sleep(self.options.settle)
+        # What is left around set-aside links goes during the grace period: it is not
+        # content, and a link pushed again meanwhile keeps its directory.
+        clearing = asyncio.ensure_future(
+            self._each(self._clear_link_dir(path) for path in aside if path.endswith("/link"))
+        )
         try:
-            await self.driver.delete(trash)
-        except PathNotFoundError:
-            pass
-        await self._each(self._clear_link_dir(path) for path in aside if path.endswith("/link"))
+            if aside:
+                # A grace period before the deletion; nothing is judged again after it.
+                await asyncio.sleep(self.options.settle)
+            await self._delete_trash(trash, len(aside))
+        finally:
+            await clearing
         # The catalog lists a directory as a repository only while it has ``_manifests``;
         # removed last, once the repository's manifests are gone for good.
         for name in plan.repositories:
@@ -458,10 +462,19 @@ class GarbageCollector:
             for unfinished in pending:
                 unfinished.cancel()
 
+    async def _delete_trash(self, trash: str, slots: int) -> None:
+        if not self.driver.remote:
+            # Local unlinks overlap in threads; an object store deletes a listing in
+            # batches of a thousand keys, which one call does best.
+            await self._each(delete_if_exists(self.driver, f"{trash}/{n}") for n in range(slots))
+        await delete_if_exists(self.driver, trash)
+
     async def _clear_link_dir(self, link: str) -> None:
-        """Remove what is left around a deleted link: its release marker, empty directories."""
-        if await self._mtime(link) is not None:
-            return  # linked again since; an old marker there is harmless
+        """Remove what is left around a deleted link: its release marker, empty directories.
+
+        Linked again since: the directory is not empty and stays; its marker may go,
+        which only makes the new link wait for ``delay`` like any other.
+        """
         try:
             await self.driver.delete(layout.released_marker(link))
         except PathNotFoundError:

@@ -438,14 +438,29 @@ class FilesystemDriver(StorageDriver):
         return real.startswith(self._prefix)
 
     def _real_dir(self, joined: str) -> str:
-        if joined in self._plain_dirs:
+        """``joined`` with symbolic links resolved, component by component from the root,
+        each component's lstat answered from memory once it is known to be a plain
+        directory."""
+        if joined in self._plain_dirs or joined == self._root:
             return joined
-        real = os.path.realpath(joined)
-        if real == joined and os.path.isdir(real):
+        parent, name = os.path.split(joined)
+        if not name or not joined.startswith(self._prefix):
+            return os.path.realpath(joined)
+        real_parent = self._real_dir(parent)
+        candidate = os.path.join(real_parent, name)
+        if real_parent != parent:
+            return os.path.realpath(candidate)
+        try:
+            mode = os.lstat(candidate).st_mode
+        except OSError:
+            return candidate  # missing: nothing to resolve, nothing to remember
+        if S_ISLNK(mode):
+            return os.path.realpath(candidate)
+        if S_ISDIR(mode):
             self._plain_dirs[joined] = None
             if len(self._plain_dirs) > PLAIN_DIRS_REMEMBERED:
                 self._plain_dirs.popitem(last=False)
-        return real
+        return candidate
 
     def _resolve(self, path: str, follow: bool = True) -> str:
         """The OS path for ``path``, refusing any that a symbolic link leads out of the root.
