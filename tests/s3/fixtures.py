@@ -3,12 +3,19 @@ S3, and Ceph's RADOS Gateway, started only when a test asks for it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
-from tests.s3.moto_server import MotoServer
+from tests.s3.moto_server import MotoServer, S3Endpoint
 from tests.s3.rgw_server import RgwServer
+from tests.support.servers import ServerProcess
+
+Start = Callable[..., ServerProcess]
 
 _RGW_SERVER = pytest.StashKey[RgwServer]()
 _RGW_FAILURE = pytest.StashKey[Exception]()
@@ -48,3 +55,36 @@ def session_rgw_server(request: pytest.FixtureRequest) -> RgwServer:
 @pytest.fixture(scope="session")
 def rgw_server(request: pytest.FixtureRequest) -> RgwServer:
     return session_rgw_server(request)
+
+
+@contextmanager
+def registries_on(endpoint: S3Endpoint, workdir: Path) -> Iterator[Start]:
+    """``start(kind, bucket, ...)``: a registry whose storage is ``bucket`` at ``endpoint``."""
+    started: list[ServerProcess] = []
+
+    def start(
+        kind: str, bucket: str, redirect: bool = True, workers: int = 2, **s3: Any
+    ) -> ServerProcess:
+        # Distribution's AWS SDK refuses to start when AWS_CA_BUNDLE names a bundle it
+        # cannot attach to its HTTP transport; empty means none.
+        env = {"AWS_CA_BUNDLE": ""} if kind == "distribution" else {}
+        server = ServerProcess(kind, workdir / f"{kind}-{len(started)}", env=env)
+        storage = server.config["storage"]
+        del storage["filesystem"]
+        storage["s3"] = endpoint.driver_params(bucket, **s3)
+        if kind == "distribution":
+            # Distribution 2.8 takes these as given; secure decides the endpoint's scheme.
+            storage["s3"].update({"secure": False, "v4auth": True, "forcepathstyle": True})
+        storage["redirect"] = {"disable": not redirect}
+        if kind == "dockyard":
+            server.config["dockyard"] = {"workers": workers}
+        server.config_path.write_text(yaml.safe_dump(server.config))
+        server.start()
+        started.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()

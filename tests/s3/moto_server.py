@@ -20,7 +20,45 @@ SECRET_KEY = "dockyard-test-secret"
 MiB = 1 << 20
 
 
-class MotoServer:
+class S3Endpoint:
+    """What tests need of any S3 server: an endpoint, a client, buckets, a config."""
+
+    endpoint: str
+
+    def client(self) -> Any:
+        """A plain boto3 client, to look at the bucket from outside the driver."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=REGION,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+        )
+
+    def new_bucket(self) -> str:
+        name = f"dockyard-{uuid.uuid4().hex[:12]}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def driver_params(self, bucket: str, **extra: Any) -> dict[str, Any]:
+        """``storage.s3`` parameters for ``bucket``, with the smallest part sizes S3 allows
+        so that tests of a few MiB cross part boundaries."""
+        return {
+            "region": REGION,
+            "regionendpoint": self.endpoint,
+            "bucket": bucket,
+            "accesskey": ACCESS_KEY,
+            "secretkey": SECRET_KEY,
+            "chunksize": 5 * MiB,
+            "multipartcopychunksize": 5 * MiB,
+            "multipartcopythresholdsize": 5 * MiB,
+            **extra,
+        }
+
+
+class MotoServer(S3Endpoint):
     """``python -m moto.server`` on a free loopback port."""
 
     def __init__(self, log_path: Path) -> None:
@@ -61,38 +99,6 @@ class MotoServer:
     def stop(self) -> None:
         stop_group(self.process)
 
-    def client(self) -> Any:
-        """A plain boto3 client, to look at the bucket from outside the driver."""
-        import boto3
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name=REGION,
-            aws_access_key_id=ACCESS_KEY,
-            aws_secret_access_key=SECRET_KEY,
-        )
-
-    def new_bucket(self) -> str:
-        name = f"dockyard-{uuid.uuid4().hex[:12]}"
-        self.client().create_bucket(Bucket=name)
-        return name
-
     def reset(self) -> None:
         """Forget every bucket, freeing the server's memory."""
         httpx.post(f"{self.endpoint}/moto-api/reset", timeout=30.0)
-
-    def driver_params(self, bucket: str, **extra: Any) -> dict[str, Any]:
-        """``storage.s3`` parameters for ``bucket``, with the smallest part sizes S3 allows
-        so that tests of a few MiB cross part boundaries."""
-        return {
-            "region": REGION,
-            "regionendpoint": self.endpoint,
-            "bucket": bucket,
-            "accesskey": ACCESS_KEY,
-            "secretkey": SECRET_KEY,
-            "chunksize": 5 * MiB,
-            "multipartcopychunksize": 5 * MiB,
-            "multipartcopythresholdsize": 5 * MiB,
-            **extra,
-        }

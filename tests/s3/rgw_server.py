@@ -19,11 +19,10 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import httpx
 
-from tests.s3.moto_server import ACCESS_KEY, REGION, SECRET_KEY, MiB
+from tests.s3.moto_server import ACCESS_KEY, SECRET_KEY, MiB, S3Endpoint
 from tests.support.servers import free_port
 
 # Settings a test cluster needs:
@@ -81,7 +80,7 @@ rgw gc processor period = 10
 DAEMONS = ("ceph-mon", "ceph-osd", "radosgw")
 
 
-class RgwServer:
+class RgwServer(S3Endpoint):
     """``radosgw`` on a free loopback port, over its own one-OSD Ceph cluster."""
 
     def __init__(self, root: Path, device_bytes: int = 4096 * MiB) -> None:
@@ -231,23 +230,6 @@ class RgwServer:
 
     # --- S3 --------------------------------------------------------------------------------
 
-    def client(self) -> Any:
-        """A plain boto3 client, to look at the bucket from outside the driver."""
-        import boto3
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name=REGION,
-            aws_access_key_id=ACCESS_KEY,
-            aws_secret_access_key=SECRET_KEY,
-        )
-
-    def new_bucket(self) -> str:
-        name = f"dockyard-{uuid.uuid4().hex[:12]}"
-        self.client().create_bucket(Bucket=name)
-        return name
-
     def remove_bucket(self, bucket: str) -> None:
         """Abort the bucket's multipart uploads, delete its objects, then the bucket."""
         client = self.client()
@@ -262,17 +244,3 @@ class RgwServer:
                 client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
         client.delete_bucket(Bucket=bucket)
 
-    def driver_params(self, bucket: str, **extra: Any) -> dict[str, Any]:
-        """``storage.s3`` parameters for ``bucket``, with the smallest part sizes S3 allows
-        so that tests of a few MiB cross part boundaries."""
-        return {
-            "region": REGION,
-            "regionendpoint": self.endpoint,
-            "bucket": bucket,
-            "accesskey": ACCESS_KEY,
-            "secretkey": SECRET_KEY,
-            "chunksize": 5 * MiB,
-            "multipartcopychunksize": 5 * MiB,
-            "multipartcopythresholdsize": 5 * MiB,
-            **extra,
-        }

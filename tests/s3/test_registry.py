@@ -10,15 +10,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from tests.s3.moto_server import MotoServer
+from tests.s3.fixtures import Start, registries_on
+from tests.s3.moto_server import MotoServer, S3Endpoint
 from tests.support.images import (
     Image,
     make_image,
@@ -34,7 +33,6 @@ PUSH = "--dest-tls-verify=false"
 PULL = "--src-tls-verify=false"
 MiB = 1 << 20
 
-Start = Callable[..., ServerProcess]
 
 
 @pytest.fixture
@@ -46,32 +44,8 @@ def bucket(moto_server: MotoServer) -> Iterator[str]:
 @pytest.fixture
 def start_on_s3(moto_server: MotoServer, tmp_path: Path) -> Iterator[Start]:
     """Start a registry whose storage is ``bucket`` on the moto server."""
-    started: list[ServerProcess] = []
-
-    def start(
-        kind: str, bucket: str, redirect: bool = True, workers: int = 2, **s3: Any
-    ) -> ServerProcess:
-        # Distribution's AWS SDK refuses to start when AWS_CA_BUNDLE names a bundle it
-        # cannot attach to its HTTP transport; empty means none.
-        env = {"AWS_CA_BUNDLE": ""} if kind == "distribution" else {}
-        server = ServerProcess(kind, tmp_path / f"{kind}-{len(started)}", env=env)
-        storage = server.config["storage"]
-        del storage["filesystem"]
-        storage["s3"] = moto_server.driver_params(bucket, **s3)
-        if kind == "distribution":
-            # Distribution 2.8 takes these as given; secure decides the endpoint's scheme.
-            storage["s3"].update({"secure": False, "v4auth": True, "forcepathstyle": True})
-        storage["redirect"] = {"disable": not redirect}
-        if kind == "dockyard":
-            server.config["dockyard"] = {"workers": workers}
-        server.config_path.write_text(yaml.safe_dump(server.config))
-        server.start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
+    with registries_on(moto_server, tmp_path) as start:
+        yield start
 
 
 def big_image(seed: str) -> Image:
@@ -96,7 +70,7 @@ def assert_pulls(registry: ServerProcess, image: Image, reference: str, workdir:
         assert pulled.blobs[blob.digest] == blob.data
 
 
-def bucket_keys(moto_server: MotoServer, bucket: str) -> set[str]:
+def bucket_keys(moto_server: S3Endpoint, bucket: str) -> set[str]:
     client = moto_server.client()
     keys: set[str] = set()
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):

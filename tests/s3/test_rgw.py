@@ -6,22 +6,18 @@ implementation that stores into RADOS and keeps S3's limits.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from tests.s3.fixtures import rgw_server
+from tests.s3.fixtures import Start, registries_on, rgw_server
 from tests.s3.rgw_server import RgwServer
 from tests.s3.test_registry import MiB, assert_pulls, big_image, bucket_keys, push
-from tests.support.servers import ServerProcess
 
 __all__ = ["rgw_server"]
 
-Start = Callable[..., ServerProcess]
 
 
 @pytest.fixture
@@ -34,24 +30,8 @@ def rgw_bucket(rgw_server: RgwServer) -> Iterator[str]:
 @pytest.fixture
 def start_on_rgw(rgw_server: RgwServer, tmp_path: Path) -> Iterator[Start]:
     """Start a registry whose storage is ``bucket`` on the gateway."""
-    started: list[ServerProcess] = []
-
-    def start(kind: str, bucket: str, **s3: Any) -> ServerProcess:
-        env = {"AWS_CA_BUNDLE": ""} if kind == "distribution" else {}
-        server = ServerProcess(kind, tmp_path / f"{kind}-{len(started)}", env=env)
-        storage = server.config["storage"]
-        del storage["filesystem"]
-        storage["s3"] = rgw_server.driver_params(bucket, **s3)
-        if kind == "distribution":
-            storage["s3"].update({"secure": False, "v4auth": True, "forcepathstyle": True})
-        server.config_path.write_text(yaml.safe_dump(server.config))
-        server.start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
+    with registries_on(rgw_server, tmp_path) as start:
+        yield start
 
 
 def test_skopeo_round_trip_through_dockyard_on_rgw(
