@@ -27,6 +27,7 @@ from typing import Any, Self, TypeVar
 from aiohttp import web
 
 from dockyard.config import Config
+from dockyard.storage.delegating import DelegatingDriver
 from dockyard.storage.driver import (
     FileInfo,
     FileWriter,
@@ -324,18 +325,15 @@ class InstrumentedWriter(FileWriter):
         await self.inner.close()
 
 
-class InstrumentedDriver(StorageDriver):
+class InstrumentedDriver(DelegatingDriver):
     """Any driver, with the time and failures of each of its operations counted.
 
     Wraps the driver the configuration made; the driver itself knows nothing of it.
     """
 
     def __init__(self, inner: StorageDriver, metrics: Metrics) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.metrics = metrics
-        self.name = inner.name
-        self.atomic_holds = inner.atomic_holds
-        self.remote = inner.remote
 
     def _timer(self, action: str) -> _Timer:
         return _Timer(self.metrics, self.name, action)
@@ -414,14 +412,6 @@ class InstrumentedDriver(StorageDriver):
         with self._timer("remove_empty"):
             return await self.inner.remove_empty(path)
 
-    def local_path(self, path: str) -> str | None:
-        return self.inner.local_path(path)
-
-    async def redirect_url(self, path: str, method: str = "GET") -> str | None:
-        return await self.inner.redirect_url(path, method)
-
-    async def close(self) -> None:
-        await self.inner.close()
 
 
 # --- the debug listener -----------------------------------------------------------------

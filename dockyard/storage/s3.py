@@ -579,10 +579,7 @@ class S3Driver(StorageDriver):
         upload_id, count, _ = composite
         client = await self.client()
         try:
-            parts = await self._listed_parts(key, upload_id, count)
-            response = await client.get_object(Bucket=self.bucket, Key=key)
-            async with response["Body"] as body:
-                tail = await body.read()
+            parts, tail = await self._parts_and_tail(key, upload_id, count)
             if tail or not parts:
                 uploaded = await client.upload_part(
                     Bucket=self.bucket,
@@ -604,6 +601,15 @@ class S3Driver(StorageDriver):
             if head is not None and _composite(head.get("Metadata")) is None:
                 return
             raise _failure(path, error) from error
+
+    async def _parts_and_tail(
+        self, key: str, upload_id: str, count: int
+    ) -> tuple[list[dict[str, Any]], bytes]:
+        parts = await self._listed_parts(key, upload_id, count)
+        client = await self.client()
+        response = await client.get_object(Bucket=self.bucket, Key=key)
+        async with response["Body"] as body:
+            return parts, await body.read()
 
     async def _listed_parts(self, key: str, upload_id: str, count: int) -> list[dict[str, Any]]:
         """The first ``count`` parts of an open upload, as completing it names them."""
@@ -763,12 +769,8 @@ class S3Driver(StorageDriver):
         if resume_at < before:
             await self.complete_parts(path)
             return None
-        client = await self.client()
         try:
-            parts = await self._listed_parts(key, upload_id, count)
-            response = await client.get_object(Bucket=self.bucket, Key=key)
-            async with response["Body"] as body:
-                tail = await body.read()
+            parts, tail = await self._parts_and_tail(key, upload_id, count)
         except Exception as error:
             raise _failure(path, error) from error
         return OpenParts(upload_id, parts, before, tail[: resume_at - before])
