@@ -164,6 +164,8 @@ async def _measured(
         if registry is not None:
             cache = registry.manifest_cache
             metrics.observe_cache("manifests", cache.hits, cache.misses)
+            descriptors = registry.coordination.descriptors
+            metrics.observe_cache("blobdescriptors", descriptors.hits, descriptors.misses)
         summaries = request.app.get(SUMMARIES)
         if summaries is not None:
             metrics.observe_cache("summaries", summaries.hits, summaries.misses)

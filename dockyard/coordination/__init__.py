@@ -13,8 +13,7 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-
-import redis.asyncio as aioredis
+from typing import TYPE_CHECKING
 
 from dockyard.config.model import Config
 from dockyard.coordination.descriptors import (
@@ -27,6 +26,9 @@ from dockyard.coordination.fences import FencedDriver, Fences
 from dockyard.coordination.locks import LocalLocks, Locks, ProcessLocks, RedisLocks
 from dockyard.coordination.redis_client import connect
 from dockyard.storage.driver import StorageDriver
+
+if TYPE_CHECKING:  # redis is imported only where a redis section is set: ~5 MiB per worker
+    import redis.asyncio as aioredis
 
 __all__ = [
     "Coordination",

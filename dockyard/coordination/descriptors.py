@@ -16,10 +16,10 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Protocol
 
-import redis.asyncio as aioredis
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
-if TYPE_CHECKING:  # the registry package imports this one
-    from dockyard.registry.digest import Digest
+    from dockyard.registry.digest import Digest  # the registry package imports this one
 
 # Longer than any read can take between looking at storage and filling the cache.
 TOMBSTONE_MS = 60_000
@@ -38,6 +38,10 @@ return 1
 
 
 class DescriptorCache(Protocol):
+    # Lookups answered and not, for the registry_cache_requests metric.
+    hits: int
+    misses: int
+
     async def size(self, digest: Digest) -> int | None: ...
 
     async def remember_size(self, digest: Digest, size: int) -> None: ...
@@ -58,6 +62,9 @@ class DescriptorCache(Protocol):
 
 
 class NoDescriptorCache:
+    hits = 0
+    misses = 0
+
     async def size(self, digest: Digest) -> int | None:
         return None
 
@@ -86,11 +93,16 @@ class InMemoryDescriptors(NoDescriptorCache):
     def __init__(self, capacity: int = 10_000) -> None:
         self.capacity = capacity
         self._sizes: OrderedDict[Digest, int] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
 
     async def size(self, digest: Digest) -> int | None:
         size = self._sizes.get(digest)
-        if size is not None:
-            self._sizes.move_to_end(digest)
+        if size is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._sizes.move_to_end(digest)
         return size
 
     async def remember_size(self, digest: Digest, size: int) -> None:
@@ -110,6 +122,14 @@ class RedisDescriptors:
         self.client = client
         self.ns = namespace
         self._put = client.register_script(_PUT_UNLESS_TOMBSTONED)
+        self.hits = 0
+        self.misses = 0
+
+    def _count(self, hit: bool) -> None:
+        if hit:
+            self.hits += 1
+        else:
+            self.misses += 1
 
     def _size_key(self, digest: Digest) -> str:
         return f"{self.ns}size:{digest}"
@@ -122,6 +142,7 @@ class RedisDescriptors:
 
     async def size(self, digest: Digest) -> int | None:
         value = await self.client.get(self._size_key(digest))
+        self._count(value is not None)
         return int(value) if value is not None else None
 
     async def remember_size(self, digest: Digest, size: int) -> None:
@@ -130,7 +151,9 @@ class RedisDescriptors:
         )
 
     async def linked(self, repository: str, digest: Digest) -> bool:
-        return bool(await self.client.sismember(self._members_key(repository), str(digest)))
+        known = bool(await self.client.sismember(self._members_key(repository), str(digest)))
+        self._count(known)
+        return known
 
     async def remember_link(self, repository: str, digest: Digest, fresh: bool = False) -> None:
         link_tomb = self._tomb(f"link:{repository}:{digest}")

@@ -22,12 +22,14 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-
-import redis.asyncio as aioredis
+from typing import TYPE_CHECKING
 
 from dockyard.errors import Unavailable
 from dockyard.storage.delegating import DelegatingDriver
 from dockyard.storage.driver import StorageDriver
+
+if TYPE_CHECKING:  # redis is imported only where a redis section is set
+    import redis.asyncio as aioredis
 
 BUSY_LEASE_MS = 120_000
 FENCE_LEASE_MS = 120_000

@@ -16,12 +16,12 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Protocol
-
-import redis.asyncio as aioredis
-from redis.exceptions import LockError
+from typing import TYPE_CHECKING, Protocol
 
 from dockyard.errors import Unavailable
+
+if TYPE_CHECKING:  # redis is imported only where a redis section is set
+    import redis.asyncio as aioredis
 
 # How long a lock may be waited for before the request is refused as unavailable (the
 # client retries), and how long a Redis lock outlives a holder that vanished.
@@ -139,6 +139,8 @@ class RedisLocks:
             renewal.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewal
+            from redis.exceptions import LockError
+
             with contextlib.suppress(LockError):
                 await lock.release()
 

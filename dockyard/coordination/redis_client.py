@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import redis.asyncio as aioredis
+from typing import TYPE_CHECKING
 
 from dockyard.config.model import Redis as RedisConfig
+
+if TYPE_CHECKING:  # redis is imported only where a redis section is set
+    import redis.asyncio as aioredis
 
 # A Python worker can pause longer than a Go process (a collection, a busy event loop);
 # timeouts copied from Distribution's examples (10ms) would fail requests for that alone.
@@ -23,6 +25,8 @@ def _seconds(value: object, default: float) -> float:
 
 def connect(config: RedisConfig) -> aioredis.Redis:
     """A pooled client; connections open on first use, so nothing blocks here."""
+    import redis.asyncio as aioredis
+
     tls = config.tls
     ca_data = "".join(Path(path).read_text() for path in tls.clientcas) or None
     read_timeout = max(

@@ -35,15 +35,15 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
-
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from typing import TYPE_CHECKING, Any
 
 from dockyard.coordination import Coordination
 from dockyard.errors import Unsupported
 from dockyard.registry import layout
 from dockyard.storage.driver import PathNotFoundError, StorageDriver, StorageError
+
+if TYPE_CHECKING:  # redis is imported only where a redis section is set
+    import redis.asyncio as aioredis
 
 log = logging.getLogger("dockyard.gc")
 
@@ -148,6 +148,8 @@ class RedisToken:
             await asyncio.shield(self._give_back(keys=[self.key], args=[value]))
 
     async def _beat(self, value: str, lease: int) -> None:
+        from redis.exceptions import RedisError
+
         while True:
             await asyncio.sleep(HEARTBEAT)
             try:

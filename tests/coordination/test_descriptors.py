@@ -18,6 +18,7 @@ async def test_in_memory_keeps_sizes_up_to_its_capacity() -> None:
     await cache.remember_size(B, 2)
     assert await cache.size(A) is None
     assert await cache.size(B) == 2
+    assert (cache.hits, cache.misses) == (2, 1)
     await cache.forget_blob(B)
     assert await cache.size(B) is None
     # Membership is never answered from a per-process cache.
@@ -32,6 +33,7 @@ async def test_redis_answers_are_shared_between_clients(redis_client: aioredis.R
     assert await two.size(A) == 10
     assert await two.linked("lib/x", A)
     assert not await two.linked("lib/y", A)
+    assert (two.hits, two.misses) == (2, 1)  # counted for the metrics
     # Another store sharing the server keeps apart.
     assert await RedisDescriptors(redis_client, "other:").size(A) is None
 

@@ -286,14 +286,17 @@ class Replica(ServerProcess):
                 )
         return lines
 
-    def uploads_in_flight(self) -> float:
-        """``registry_blob_uploads_in_flight`` from the replica's own metrics."""
+    def metric(self, sample: str) -> float:
+        """One sample (name with its labels, as exposed) of the replica's own metrics."""
         response = httpx.get(f"http://127.0.0.1:{self.debug_port}/metrics", timeout=5)
         response.raise_for_status()
         for line in response.text.splitlines():
-            if line.startswith("registry_blob_uploads_in_flight "):
+            if line.startswith(sample + " "):
                 return float(line.split()[1])
         return 0.0
+
+    def uploads_in_flight(self) -> float:
+        return self.metric("registry_blob_uploads_in_flight")
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

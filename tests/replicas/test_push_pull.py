@@ -109,6 +109,13 @@ def test_images_pushed_through_nginx_pull_from_every_replica(
     clients = cluster.redis.command("CLIENT", "LIST").splitlines()
     assert len(clients) > len(cluster.replicas), clients
     assert cluster.redis.command("DBSIZE") > 0
+    # ...and answer blob lookups from there: a descriptor one replica stored is a hit on
+    # another.
+    hits = [
+        replica.metric('registry_cache_requests_total{cache="blobdescriptors",result="hit"}')
+        for replica in cluster.replicas
+    ]
+    assert sum(hits) > 0, hits
 
     # A finished upload leaves nothing behind in the bucket, whichever replica closed it.
     keys = cluster.keys()
