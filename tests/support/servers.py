@@ -19,10 +19,20 @@ import yaml
 DISTRIBUTION_BINARY = "/usr/bin/docker-registry"
 
 
+# Ports already handed out in this test process. A port is free when asked for but not
+# held, so the kernel may offer it again to the next caller (a server's own port equal to
+# the debug port a test chose a moment before): each is handed out once.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
