@@ -64,8 +64,10 @@ async def get_blob(request: web.Request, name: str, digest_text: str) -> web.Str
         # mark it in use so a collection running meanwhile keeps it. Read-only, nothing
         # is pushed or collected here, and a read must not write (the store may be a
         # read-only mount).
-        if not registry.options.read_only:
-            await repo.blobs.hold(digest)
+        if not registry.options.read_only and not await repo.blobs.hold(digest):
+            # Gone since the descriptor cache learnt of it (a collection, another replica).
+            await repo.blobs.forget(digest)
+            raise BlobUnknown(detail={"digest": str(digest)})
         return web.Response(status=200, headers={**headers, "Content-Length": str(descriptor.size)})
     span = (
         parse_range(request.headers["Range"], descriptor.size)
@@ -74,7 +76,12 @@ async def get_blob(request: web.Request, name: str, digest_text: str) -> web.Str
     )
     if span is None and descriptor.size <= SMALL_BLOB:
         # Configs and small layers: one read beats setting up sendfile.
-        return web.Response(status=200, body=await registry.blobs.read(digest), headers=headers)
+        try:
+            body = await registry.blobs.read(digest)
+        except BlobUnknown:
+            await repo.blobs.forget(digest)
+            raise
+        return web.Response(status=200, body=body, headers=headers)
     redirect = await registry.blobs.redirect_url(digest, request.method)
     if redirect:
         raise web.HTTPTemporaryRedirect(redirect, headers=headers)

@@ -118,6 +118,14 @@ def test_collection_on_one_replica_while_pushes_go_to_the_others(
     push_skopeo(cluster.host, kept, "gc/kept:v1", tmp_path / "push-kept")
     push_skopeo(cluster.host, dropped, "gc/dropped:v1", tmp_path / "push-dropped")
     assert all(cluster.blob_keys(digest) for digest in dropped.all_digests)
+    # Every replica looks the deleted image's own blobs up first: the shared descriptor
+    # cache knows them, and must forget them when the collection removes them.
+    own_blobs = unique - {dropped.digest}
+    with httpx.Client(timeout=30) as client:
+        for replica in cluster.replicas:
+            for digest in own_blobs:
+                head = client.head(f"{replica.url}/v2/gc/dropped/blobs/{digest}")
+                assert head.status_code == 200, (replica.number, digest)
     # Deleted through another replica than the one that collects.
     deleted = httpx.delete(
         f"{cluster.replicas[1].url}/v2/gc/dropped/manifests/{dropped.digest}", timeout=30
@@ -172,6 +180,10 @@ def test_collection_on_one_replica_while_pushes_go_to_the_others(
                     pull_http(client, replica.url, pusher.repository, tag, image)
             gone = client.get(f"{replica.url}/v2/gc/dropped/manifests/{dropped.digest}")
             assert gone.status_code == 404, replica.number
+            for digest in own_blobs:
+                for method in ("HEAD", "GET"):
+                    answer = client.request(method, f"{replica.url}/v2/gc/dropped/blobs/{digest}")
+                    assert answer.status_code == 404, (replica.number, method, digest)
     # And with skopeo, the kept image and each pusher's first and last, on every replica.
     for replica in cluster.replicas:
         workdir = tmp_path / f"pull-{replica.number}"
