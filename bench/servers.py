@@ -17,6 +17,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -153,7 +154,7 @@ def sample_tree(pid: int) -> ProcessSample:
     )
 
 
-class ManagedProcess:
+class ManagedProcess(ABC):
     """A server the bench starts in a session of its own, waits for, watches and stops.
 
     Subclasses say how to run it (``command``, ``popen_env``, ``popen_cwd``), when it is up
@@ -165,15 +166,15 @@ class ManagedProcess:
     log_path: Path
 
     @property
-    def label(self) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def label(self) -> str: ...
 
     @property
-    def url(self) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def url(self) -> str: ...
 
-    def command(self) -> list[str]:
-        raise NotImplementedError
+    @abstractmethod
+    def command(self) -> list[str]: ...
 
     def describe(self) -> str:
         return f"{len(self.pids())} process(es)"
@@ -184,8 +185,8 @@ class ManagedProcess:
     def popen_cwd(self) -> Path | None:
         return None
 
-    def _answers(self) -> bool:
-        raise NotImplementedError
+    @abstractmethod
+    def _answers(self) -> bool: ...
 
     def _ready(self, deadline: float) -> None:
         """After the first answer: whatever else start-up needs before measuring."""

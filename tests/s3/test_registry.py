@@ -78,6 +78,22 @@ def bucket_keys(moto_server: S3Endpoint, bucket: str) -> set[str]:
     return keys
 
 
+def assert_distribution_layout(
+    endpoint: S3Endpoint, bucket: str, image: Image, repository: str, tag: str
+) -> set[str]:
+    """The image's blobs and tag where Distribution keeps them, and no upload left
+    behind, multipart ones included; the bucket's keys."""
+    keys = bucket_keys(endpoint, bucket)
+    base = "docker/registry/v2"
+    for blob in image.blobs:
+        hex_digest = blob.digest.removeprefix("sha256:")
+        assert f"{base}/blobs/sha256/{hex_digest[:2]}/{hex_digest}/data" in keys
+    assert f"{base}/repositories/{repository}/_manifests/tags/{tag}/current/link" in keys
+    assert not any("/_uploads/" in key for key in keys)
+    assert endpoint.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    return keys
+
+
 def test_skopeo_round_trip_through_dockyard_on_s3(
     start_on_s3: Start, moto_server: MotoServer, bucket: str, tmp_path: Path
 ) -> None:
@@ -88,17 +104,10 @@ def test_skopeo_round_trip_through_dockyard_on_s3(
     assert_pulls(registry, image, "s3/app:v1", tmp_path)
 
     # Distribution's layout, key for key.
-    keys = bucket_keys(moto_server, bucket)
-    base = "docker/registry/v2"
-    for blob in image.blobs:
-        hex_digest = blob.digest.removeprefix("sha256:")
-        assert f"{base}/blobs/sha256/{hex_digest[:2]}/{hex_digest}/data" in keys
-    assert f"{base}/repositories/s3/app/_manifests/tags/v1/current/link" in keys
+    keys = assert_distribution_layout(moto_server, bucket, image, "s3/app", "v1")
     manifest_hex = image.digest.removeprefix("sha256:")
+    base = "docker/registry/v2"
     assert f"{base}/repositories/s3/app/_manifests/revisions/sha256/{manifest_hex}/link" in keys
-    # Finished uploads leave nothing behind, not even multipart uploads in progress.
-    assert not any("/_uploads/" in key for key in keys)
-    assert moto_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
     # A large blob is served by a redirect to a pre-signed URL on the S3 server.
     layer = max(image.layers, key=lambda blob: len(blob.data))

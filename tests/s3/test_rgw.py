@@ -14,7 +14,13 @@ import pytest
 
 from tests.s3.fixtures import Start, registries_on, rgw_server
 from tests.s3.rgw_server import RgwServer
-from tests.s3.test_registry import MiB, assert_pulls, big_image, bucket_keys, push
+from tests.s3.test_registry import (
+    MiB,
+    assert_distribution_layout,
+    assert_pulls,
+    big_image,
+    push,
+)
 
 __all__ = ["rgw_server"]
 
@@ -44,15 +50,7 @@ def test_skopeo_round_trip_through_dockyard_on_rgw(
     assert_pulls(registry, image, "rgw/app:v1", tmp_path)
 
     # Distribution's layout, and no upload left behind, multipart ones included.
-    keys = bucket_keys(rgw_server, rgw_bucket)
-    base = "docker/registry/v2"
-    for blob in image.blobs:
-        hex_digest = blob.digest.removeprefix("sha256:")
-        assert f"{base}/blobs/sha256/{hex_digest[:2]}/{hex_digest}/data" in keys
-    assert f"{base}/repositories/rgw/app/_manifests/tags/v1/current/link" in keys
-    assert not any("/_uploads/" in key for key in keys)
-    uploads = rgw_server.client().list_multipart_uploads(Bucket=rgw_bucket)
-    assert uploads.get("Uploads", []) == []
+    assert_distribution_layout(rgw_server, rgw_bucket, image, "rgw/app", "v1")
 
     # A large blob is a redirect to a URL the gateway itself checks the signature of.
     layer = max(image.layers, key=lambda blob: len(blob.data))
