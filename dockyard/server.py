@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from dockyard import metrics
-from dockyard.certs import server_ssl_context
 from dockyard.config import Config
+from dockyard.tls import server_ssl_context
 
 if TYPE_CHECKING:
     from aiohttp.abc import AbstractAccessLogger

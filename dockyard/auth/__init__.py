@@ -19,7 +19,7 @@ def check_security(config: Config) -> None:
     """Fail start-up early (before any worker starts) on unusable TLS or auth settings,
     and create what Distribution would create (a missing htpasswd file) or what the
     token service needs (its signing key), once, in the parent process."""
-    from dockyard.certs import server_ssl_context
+    from dockyard.tls import server_ssl_context
 
     server_ssl_context(config.http.tls)
     build_auth(config)

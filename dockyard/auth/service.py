@@ -14,7 +14,7 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from dockyard.auth.backoff import BackoffSettings, LoginThrottle
 from dockyard.auth.grants import AllowAll, Identity, Nothing, PolicyGrants, TokenGrants
@@ -32,18 +32,13 @@ from dockyard.auth.scopes import (
     challenge_scope,
     parse_scopes,
 )
-from dockyard.auth.tokens import (
-    SUPPORTED_ALGORITHMS,
-    IssuedToken,
-    KeyFileError,
-    SigningKey,
-    TokenError,
-    TokenIssuer,
-    TokenVerifier,
-    TrustStore,
-)
-from dockyard.config.model import Config
+from dockyard.config.model import Config, TokenAuth, TokenService
 from dockyard.registry.names import NAME_PATTERN
+
+if TYPE_CHECKING:
+    # Bearer tokens need ``cryptography`` and ``jwt`` (about 14 MiB per process), so
+    # they are loaded only by a registry configured for them.
+    from dockyard.auth.tokens import IssuedToken, TokenIssuer, TokenVerifier
 
 log = logging.getLogger("dockyard.auth")
 
@@ -143,6 +138,8 @@ class AuthService:
     def verify_token(self, raw: str) -> Identity:
         if self.verifier is None:
             raise AuthenticationFailed("bearer tokens are not accepted here", invalid_token=True)
+        from dockyard.auth.tokens import TokenError
+
         try:
             verified = self.verifier.verify(raw)
         except TokenError as error:
@@ -296,6 +293,61 @@ def _throttle(config: Config) -> LoginThrottle:
     )
 
 
+def _bearer_tokens(
+    token: TokenAuth | None, tokens: TokenService, service: str
+) -> tuple[TokenServiceSettings | None, TokenVerifier | None]:
+    """The token service and the verifier of bearer tokens, when either is configured."""
+    if token is None and not tokens.enabled:
+        return None, None
+    from dockyard.auth.tokens import (
+        SUPPORTED_ALGORITHMS,
+        KeyFileError,
+        SigningKey,
+        TokenIssuer,
+        TokenVerifier,
+        TrustStore,
+    )
+
+    token_service = None
+    trust = TrustStore()
+    if tokens.enabled:
+        if not tokens.key or not tokens.certificate:
+            raise AuthConfigError(
+                "dockyard.auth.tokenservice needs key and certificate paths "
+                "(both are created if missing)"
+            )
+        issuer_name = tokens.issuer or (token.issuer if token and token.issuer else DEFAULT_ISSUER)
+        try:
+            key = SigningKey.load_or_create(tokens.key, tokens.certificate, f"Dockyard token signing ({issuer_name})")
+        except (KeyFileError, OSError) as error:
+            raise AuthConfigError(f"dockyard.auth.tokenservice: {error}") from None
+        token_service = TokenServiceSettings(
+            TokenIssuer(key, issuer_name, tokens.expiration.total_seconds()),
+            frozenset([service, *tokens.services]),
+        )
+        # This registry trusts its own token service without further configuration.
+        trust.add_certificate(key.certificate)
+
+    verifier = None
+    if token is not None or token_service is not None:
+        try:
+            if token is not None:
+                extra = TrustStore.load(token.rootcertbundle, token.jwks)
+                trust.roots.extend(extra.roots)
+                trust.keys.update(extra.keys)
+            issuer_name = (
+                token.issuer
+                if token is not None and token.issuer
+                else token_service.issuer.issuer if token_service is not None else DEFAULT_ISSUER
+            )
+            algorithms = (token.signingalgorithms if token is not None else None) or SUPPORTED_ALGORITHMS
+            verifier = TokenVerifier(trust, issuer_name, service, algorithms)
+        except KeyFileError as error:
+            raise AuthConfigError(f"auth.token: {error}") from None
+
+    return token_service, verifier
+
+
 def build_auth(config: Config) -> AuthService | None:
     """The auth of a configuration, or None when it has none (an open registry).
 
@@ -353,43 +405,7 @@ def build_auth(config: Config) -> AuthService | None:
     elif tokens.services:
         service = tokens.services[0]
 
-    token_service = None
-    trust = TrustStore()
-    if tokens.enabled:
-        if not tokens.key or not tokens.certificate:
-            raise AuthConfigError(
-                "dockyard.auth.tokenservice needs key and certificate paths "
-                "(both are created if missing)"
-            )
-        issuer_name = tokens.issuer or (token.issuer if token and token.issuer else DEFAULT_ISSUER)
-        try:
-            key = SigningKey.load_or_create(tokens.key, tokens.certificate, f"Dockyard token signing ({issuer_name})")
-        except (KeyFileError, OSError) as error:
-            raise AuthConfigError(f"dockyard.auth.tokenservice: {error}") from None
-        token_service = TokenServiceSettings(
-            TokenIssuer(key, issuer_name, tokens.expiration.total_seconds()),
-            frozenset([service, *tokens.services]),
-        )
-        # This registry trusts its own token service without further configuration.
-        trust.add_certificate(key.certificate)
-
-    verifier = None
-    if token is not None or token_service is not None:
-        try:
-            if token is not None:
-                extra = TrustStore.load(token.rootcertbundle, token.jwks)
-                trust.roots.extend(extra.roots)
-                trust.keys.update(extra.keys)
-            issuer_name = (
-                token.issuer
-                if token is not None and token.issuer
-                else token_service.issuer.issuer if token_service is not None else DEFAULT_ISSUER
-            )
-            algorithms = (token.signingalgorithms if token is not None else None) or SUPPORTED_ALGORITHMS
-            verifier = TokenVerifier(trust, issuer_name, service, algorithms)
-        except KeyFileError as error:
-            raise AuthConfigError(f"auth.token: {error}") from None
-
+    token_service, verifier = _bearer_tokens(token, tokens, service)
     return AuthService(
         mode,
         realm=realm,
