@@ -34,6 +34,7 @@ from dockyard.storage.driver import (
     InvalidOffsetError,
     InvalidPathError,
     PathNotFoundError,
+    PreparedWrites,
     StorageDriver,
     StorageError,
 )
@@ -325,6 +326,20 @@ class InstrumentedWriter(FileWriter):
         await self.inner.close()
 
 
+class InstrumentedPreparedWrites(PreparedWrites):
+    def __init__(self, inner: PreparedWrites, metrics: Metrics, driver: str) -> None:
+        self.inner = inner
+        self.metrics = metrics
+        self.driver = driver
+
+    async def publish(self, paths: Iterable[str]) -> None:
+        with _Timer(self.metrics, self.driver, "publish"):
+            await self.inner.publish(paths)
+
+    async def discard(self) -> None:
+        await self.inner.discard()
+
+
 class InstrumentedDriver(DelegatingDriver):
     """Any driver, with the time and failures of each of its operations counted.
 
@@ -383,6 +398,11 @@ class InstrumentedDriver(DelegatingDriver):
         with self._timer("writer"):
             inner = await self.inner.writer(path, resume_at)
         return InstrumentedWriter(inner, self.metrics, self.name)
+
+    async def prepare_writes(self, files: Mapping[str, bytes]) -> PreparedWrites:
+        with self._timer("prepare_writes"):
+            inner = await self.inner.prepare_writes(files)
+        return InstrumentedPreparedWrites(inner, self.metrics, self.name)
 
     async def stat(self, path: str) -> FileInfo:
         with self._timer("stat"):

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from dockyard.errors import Unavailable
 from dockyard.storage.delegating import DelegatingDriver
-from dockyard.storage.driver import StorageDriver
+from dockyard.storage.driver import DeferredWrites, PreparedWrites, StorageDriver
 
 if TYPE_CHECKING:  # redis is imported only where a redis section is set
     import redis.asyncio as aioredis
@@ -130,6 +130,10 @@ class FencedDriver(DelegatingDriver):
     async def write(self, path: str, data: bytes) -> None:
         async with self.fences.busy(path):
             await self.inner.write(path, data)
+
+    async def prepare_writes(self, files: Mapping[str, bytes]) -> PreparedWrites:
+        # Each published file goes through ``write`` above, fenced.
+        return DeferredWrites(self, files)
 
     async def move_unless_touched(self, source: str, dest: str, since: float) -> bool:
         async with self.fences.fenced(source) as up:

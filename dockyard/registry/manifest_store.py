@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 from dockyard.errors import (
@@ -18,7 +19,7 @@ from dockyard.registry import layout
 from dockyard.registry.blobs import BlobStore, RepositoryBlobs
 from dockyard.registry.cache import DigestCache
 from dockyard.registry.digest import Digest
-from dockyard.registry.links import delete_if_exists, read_link, write_link
+from dockyard.registry.links import delete_if_exists, read_link
 from dockyard.registry.manifests import (
     DOCKER_SCHEMA1,
     Manifest,
@@ -108,20 +109,29 @@ class ManifestStore:
         manifest = parse_manifest(data, content_type, actual)
         held_at = time.monotonic()
         await self._hold_references(manifest)
-        await self.blobs.put(data, actual)
-        if time.monotonic() - held_at > self.hold_limit:
-            # Garbage collection honours a hold for a bounded time only (see ``gc``): past
-            # it, committing could reference a blob that is being removed.
-            raise Unavailable("manifest references took too long to verify; retry")
-        await write_link(self.driver, layout.revision_link(self.name, actual), actual)
+        link = str(actual).encode("ascii")
+        files = {} if await self.blobs.hold(actual) else {layout.blob_data(actual): data}
+        content = list(files)
+        revision = [layout.revision_link(self.name, actual)]
         if manifest.subject is not None:
-            await write_link(
-                self.driver,
-                layout.referrer_link(self.name, manifest.subject.digest, actual),
-                actual,
-            )
-        if tag is not None:
-            await self.tags.tag(tag, actual)
+            revision.append(layout.referrer_link(self.name, manifest.subject.digest, actual))
+        files.update(dict.fromkeys(revision, link))
+        async with AsyncExitStack() as stack:
+            move = None
+            if tag is not None:
+                move = await stack.enter_async_context(self.tags.moving(tag, actual))
+                files.update(move.files)
+            # Every file is written (durably, invisibly) at once; then each stage appears
+            # only once the one before it is durable: content, revision, tag.
+            prepared = await stack.enter_async_context(await self.driver.prepare_writes(files))
+            await prepared.publish([*content, *(move.entry if move else [])])
+            if time.monotonic() - held_at > self.hold_limit:
+                # Garbage collection honours a hold for a bounded time only (see ``gc``):
+                # past it, committing could reference a blob that is being removed.
+                raise Unavailable("manifest references took too long to verify; retry")
+            await prepared.publish([*revision, *(move.history if move else [])])
+            if move is not None:
+                await prepared.publish([move.current])
         return manifest
 
     async def _release(self, manifest: Manifest) -> None:

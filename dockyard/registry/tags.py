@@ -3,15 +3,34 @@
 from __future__ import annotations
 
 import builtins
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 
 from dockyard.coordination.locks import Locks
 from dockyard.errors import ManifestUnknown, NameUnknown
 from dockyard.registry import layout
 from dockyard.registry.digest import Digest
-from dockyard.registry.links import delete_if_exists, read_link, write_link
+from dockyard.registry.links import delete_if_exists, read_link
 from dockyard.registry.names import is_valid_tag
 from dockyard.storage.driver import PathNotFoundError, StorageDriver
+
+
+@dataclass(frozen=True, slots=True)
+class TagMove:
+    """The files that point a tag at a manifest, and the order they may appear in.
+
+    ``entry`` (the reverse index's candidate, which readers check) at any time;
+    ``history`` (the tag's index link) with or after the manifest's revision link; the
+    ``current`` link last. A crash between history and current leaves history naming a
+    digest the tag never pointed at, which is harmless, rather than a current tag
+    missing from its own history.
+    """
+
+    files: dict[str, bytes]
+    entry: list[str]
+    history: list[str]
+    current: str
 
 
 class TagStore:
@@ -33,17 +52,23 @@ class TagStore:
         return digest
 
     async def tag(self, tag: str, digest: Digest) -> None:
+        async with self.moving(tag, digest) as move, await self.driver.prepare_writes(move.files) as files:
+            await files.publish([*move.entry, *move.history])
+            await files.publish([move.current])
+
+    @asynccontextmanager
+    async def moving(self, tag: str, digest: Digest) -> AsyncIterator[TagMove]:
+        """Under the tag's lock, the files that point ``tag`` at ``digest``, for the caller
+        to publish in the order ``TagMove`` gives (with its own files, in one batch); the
+        tag's previous reverse-index entry goes once the block ends without error."""
         async with self._lock(tag):
             previous = await read_link(self.driver, layout.tag_current_link(self.name, tag))
-            if previous != digest:
-                # The reverse entry first: a crash after it leaves an entry naming a
-                # manifest the tag does not point at, which readers check anyway.
-                await self.driver.write(layout.tagged_entry(self.name, digest, tag), b"")
-            # The index entry before the current link: a crash in between leaves history
-            # that names a digest the tag never pointed at, which is harmless, rather
-            # than a current tag missing from its own history.
-            await write_link(self.driver, layout.tag_index_link(self.name, tag, digest), digest)
-            await write_link(self.driver, layout.tag_current_link(self.name, tag), digest)
+            link = str(digest).encode("ascii")
+            index = layout.tag_index_link(self.name, tag, digest)
+            current = layout.tag_current_link(self.name, tag)
+            entry = [layout.tagged_entry(self.name, digest, tag)] if previous != digest else []
+            files = {**dict.fromkeys(entry, b""), index: link, current: link}
+            yield TagMove(files, entry, [index], current)
             if previous is not None and previous != digest:
                 await delete_if_exists(self.driver, layout.tagged_entry(self.name, previous, tag))
 

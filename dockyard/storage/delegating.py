@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
-from dockyard.storage.driver import FileInfo, FileWriter, StorageDriver
+from dockyard.storage.driver import FileInfo, FileWriter, PreparedWrites, StorageDriver
 
 
 class DelegatingDriver(StorageDriver):
@@ -19,6 +19,9 @@ class DelegatingDriver(StorageDriver):
 
     async def write(self, path: str, data: bytes) -> None:
         await self.inner.write(path, data)
+
+    async def prepare_writes(self, files: Mapping[str, bytes]) -> PreparedWrites:
+        return await self.inner.prepare_writes(files)
 
     def stream(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         return self.inner.stream(path, offset, length)

@@ -12,10 +12,13 @@ replaces its destination in one step.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
 
 # Components are letters, digits, '.', '_' and '-', but never '.' or '..' alone. The
 # pattern ends in \Z, not $, which would also accept a trailing newline.
@@ -97,6 +100,49 @@ class FileWriter(ABC):
         """Release resources; what was committed stays."""
 
 
+class PreparedWrites(ABC):
+    """Files made ready to write but not visible yet, published in stages.
+
+    Leaving its ``async with`` block discards whatever was not published.
+    """
+
+    @abstractmethod
+    async def publish(self, paths: Iterable[str]) -> None:
+        """Make these prepared files visible, each atomically; all are durable on return."""
+
+    @abstractmethod
+    async def discard(self) -> None:
+        """Drop every prepared file not published yet."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.discard()
+
+
+class DeferredWrites(PreparedWrites):
+    """Prepares nothing: each file is written when published, a stage's files together."""
+
+    def __init__(self, driver: StorageDriver, files: Mapping[str, bytes]) -> None:
+        for path in files:
+            check_path(path)
+        self._driver = driver
+        self._files = dict(files)
+
+    async def publish(self, paths: Iterable[str]) -> None:
+        pending = [(path, self._files.pop(path)) for path in paths]
+        await asyncio.gather(*(self._driver.write(path, data) for path, data in pending))
+
+    async def discard(self) -> None:
+        self._files.clear()
+
+
 class StorageDriver(ABC):
     """A small async interface over a tree of files."""
 
@@ -114,6 +160,15 @@ class StorageDriver(ABC):
     @abstractmethod
     async def write(self, path: str, data: bytes) -> None:
         """Replace the file's content atomically, creating parent directories."""
+
+    async def prepare_writes(self, files: Mapping[str, bytes]) -> PreparedWrites:
+        """Get several writes ready, so that publishing them in ordered stages costs about
+        one durable write per stage: a manifest push shows its content, then its
+        revision, then its tag, each durable before the next appears.
+
+        This default writes each file when it is published (as :meth:`write` does).
+        """
+        return DeferredWrites(self, files)
 
     @abstractmethod
     def stream(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:

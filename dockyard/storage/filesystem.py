@@ -18,8 +18,9 @@ import re
 import shutil
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from stat import S_ISDIR, S_ISLNK
 from typing import Any, TypeVar
 
@@ -29,6 +30,7 @@ from dockyard.storage.driver import (
     InvalidOffsetError,
     InvalidPathError,
     PathNotFoundError,
+    PreparedWrites,
     StorageDriver,
     StorageError,
     check_path,
@@ -104,8 +106,9 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def _make_dirs(directory: str) -> None:
-    """``mkdir -p`` that also makes each new directory's entry in its parent durable."""
+def _make_dirs(directory: str, durable: bool = True) -> list[str]:
+    """``mkdir -p``; the new directories, each one's entry in its parent made durable
+    unless ``durable`` is False (the caller then fsyncs their parents itself)."""
     missing: list[str] = []
     current = directory
     while not os.path.isdir(current):
@@ -114,14 +117,18 @@ def _make_dirs(directory: str) -> None:
         if parent == current:
             break
         current = parent
+    created = []
     for new in reversed(missing):
         try:
             os.mkdir(new)
+            created.append(new)
         except FileExistsError:
             # A concurrent writer may have made it first; a file in the way is an error.
             if not os.path.isdir(new):
                 raise
-        _fsync_dir(os.path.dirname(new))
+        if durable:
+            _fsync_dir(os.path.dirname(new))
+    return created
 
 
 # How often a write retries when its directory is removed or moved away under it
@@ -175,6 +182,98 @@ def _rename_durably(source: str, dest: str) -> None:
     source_parent = os.path.dirname(source)
     if source_parent != dest_parent:
         _fsync_dir(source_parent)
+
+
+@dataclass(frozen=True, slots=True)
+class _PreparedFile:
+    real: str
+    data: bytes
+    temp: str
+
+
+def _prepare_files(targets: list[tuple[str, bytes]], created: list[str]) -> list[_PreparedFile]:
+    """Each file's content in a temporary file beside it, all of them durable.
+
+    Nothing is fsynced until every file is written, so one journal commit can carry
+    most of them; the directories made on the way are appended to ``created``, their
+    entries not durable yet (publishing does that).
+    """
+    prepared: list[_PreparedFile] = []
+    descriptors: list[int] = []
+    try:
+        for real, data in targets:
+            parent = os.path.dirname(real)
+            for attempt in range(_VANISHED_RETRIES):
+                try:
+                    created.extend(_make_dirs(parent, durable=False))
+                    temp = os.path.join(parent, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
+                    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                    break
+                except FileNotFoundError:
+                    # The directory was moved away meanwhile (see _replace_atomically).
+                    if attempt == _VANISHED_RETRIES - 1:
+                        raise
+            descriptors.append(fd)
+            prepared.append(_PreparedFile(real, data, temp))
+            _write_all(fd, data)
+        for fd in descriptors:
+            os.fsync(fd)
+    except BaseException:
+        _discard_files(prepared, created)
+        raise
+    finally:
+        for fd in descriptors:
+            os.close(fd)
+    return prepared
+
+
+def _publish_files(files: Iterable[_PreparedFile], created: Iterable[str]) -> None:
+    """Rename each prepared file into place, then make the renames (and the new
+    directories they are in) durable: every directory fsynced once, after all renames."""
+    new = set(created)
+    directories: set[str] = set()
+    for file in files:
+        try:
+            os.replace(file.temp, file.real)
+        except FileNotFoundError:
+            # Its directory was moved away since it was prepared: write it afresh.
+            _replace_atomically(file.real, file.data)
+            continue
+        directory = os.path.dirname(file.real)
+        directories.add(directory)
+        while directory in new:
+            directory = os.path.dirname(directory)
+            directories.add(directory)
+    for directory in directories:
+        _fsync_dir(directory)
+
+
+def _discard_files(files: Iterable[_PreparedFile], created: list[str]) -> None:
+    for file in files:
+        with suppress(OSError):
+            os.unlink(file.temp)
+    # Directories made only for these files go too (a tag's directory would otherwise
+    # list the tag); one that something else uses meanwhile is not empty and stays.
+    for directory in reversed(created):
+        with suppress(OSError):
+            os.rmdir(directory)
+
+
+class _PreparedFiles(PreparedWrites):
+    def __init__(self, files: dict[str, _PreparedFile], created: list[str]) -> None:
+        self._files = files
+        self._created = created
+
+    async def publish(self, paths: Iterable[str]) -> None:
+        paths = list(paths)
+        files = [self._files.pop(path) for path in paths]
+        with _translated(" ".join(paths)):
+            await asyncio.to_thread(_publish_files, files, self._created)
+
+    async def discard(self) -> None:
+        if self._files:
+            files, self._files = list(self._files.values()), {}
+            await asyncio.to_thread(_discard_files, files, self._created)
 
 
 def _touch_in_place(real: str, times: tuple[float, float] | None) -> bool:
@@ -495,6 +594,13 @@ class FilesystemDriver(StorageDriver):
         real = self._resolve(path, follow=False)
         with _translated(path):
             await asyncio.to_thread(_replace_atomically, real, data)
+
+    async def prepare_writes(self, files: Mapping[str, bytes]) -> PreparedWrites:
+        targets = [(self._resolve(path, follow=False), data) for path, data in files.items()]
+        created: list[str] = []
+        with _translated(" ".join(files)):
+            prepared = await asyncio.to_thread(_prepare_files, targets, created)
+        return _PreparedFiles(dict(zip(files, prepared, strict=True)), created)
 
     def stream(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         check_path(path)

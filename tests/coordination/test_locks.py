@@ -41,13 +41,16 @@ async def test_the_count_loses_updates_without_a_shared_lock(tmp_path: Path) -> 
     assert int(counter.read_text()) < 60
 
 
-async def test_local_locks_exclude_across_instances_and_leave_no_files(tmp_path: Path) -> None:
+async def test_local_locks_exclude_across_instances_with_one_file(tmp_path: Path) -> None:
     counter = tmp_path / "counter"
     counter.write_text("0")
     directory = tmp_path / "locks"
-    await _count_under([LocalLocks(directory), LocalLocks(directory)], counter, 30)
+    first, second = LocalLocks(directory), LocalLocks(directory)
+    await _count_under([first, second], counter, 30)
     assert counter.read_text() == "60"
-    assert list(directory.iterdir()) == []
+    # Other keys, held at once by both instances: nothing per key is made on disk.
+    async with first.hold("a"), second.hold("b"):
+        assert list(directory.iterdir()) == [directory / "locks"]
 
 
 def _bump_in_a_process(directory: str, counter: str, rounds: int) -> None:
@@ -71,6 +74,34 @@ def test_local_locks_exclude_across_processes(tmp_path: Path) -> None:
         worker.join(60)
         assert worker.exitcode == 0
     assert counter.read_text() == "120"
+
+
+def _hold_until_killed(directory: str, ready: str) -> None:
+    async def run() -> None:
+        async with LocalLocks(Path(directory)).hold("k"):
+            Path(ready).write_text("held")
+            await asyncio.sleep(600)
+
+    asyncio.run(run())
+
+
+async def test_a_local_lock_goes_with_a_killed_holder(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    holder = multiprocessing.get_context("spawn").Process(
+        target=_hold_until_killed, args=(str(tmp_path / "l"), str(ready))
+    )
+    holder.start()
+    try:
+        while not ready.exists():
+            await asyncio.sleep(0.02)
+        with pytest.raises(Unavailable):
+            async with LocalLocks(tmp_path / "l", wait=0.2).hold("k"):
+                pass
+    finally:
+        holder.kill()
+        holder.join(10)
+    async with LocalLocks(tmp_path / "l", wait=2).hold("k"):
+        pass
 
 
 async def test_a_busy_local_lock_is_refused_after_the_wait(tmp_path: Path) -> None:

@@ -173,6 +173,83 @@ async def test_large_read(driver: StorageDriver) -> None:
     assert await driver.read("/big") == content
 
 
+# --- prepared writes --------------------------------------------------------------------
+
+async def files_below(driver: StorageDriver, path: str) -> list[str]:
+    try:
+        return sorted(info.path for info in await walk(driver, path) if not info.is_dir)
+    except PathNotFoundError:
+        return []
+
+
+PREPARED = {
+    "/repo/_manifests/revisions/sha256/ab/link": b"sha256:ab",
+    "/repo/_manifests/tags/t/index/sha256/ab/link": b"sha256:ab",
+    "/repo/_manifests/tags/t/current/link": b"sha256:ab",
+}
+
+
+async def test_prepared_writes_appear_only_when_published(driver: StorageDriver) -> None:
+    revision, index, current = PREPARED
+    async with await driver.prepare_writes(PREPARED) as prepared:
+        with pytest.raises(PathNotFoundError):
+            await driver.read(revision)
+        assert await files_below(driver, "/repo") == []
+        await prepared.publish([revision])
+        assert await driver.read(revision) == b"sha256:ab"
+        assert await files_below(driver, "/repo") == [revision]
+        await prepared.publish([index, current])
+    for path, data in PREPARED.items():
+        assert await driver.read(path) == data
+    assert await driver.list("/repo/_manifests/tags/t") == ["current", "index"]
+    assert await files_below(driver, "/repo") == sorted(PREPARED)
+
+
+async def test_prepared_writes_replace_existing_files(driver: StorageDriver) -> None:
+    await driver.write("/f", b"a much longer first version")
+    async with await driver.prepare_writes({"/f": b"short"}) as prepared:
+        assert await driver.read("/f") == b"a much longer first version"
+        await prepared.publish(["/f"])
+    assert await driver.read("/f") == b"short"
+
+
+async def test_unpublished_writes_leave_nothing(driver: StorageDriver) -> None:
+    await driver.write("/repo/_manifests/revisions/sha256/00/link", b"kept")
+    revision, index, current = PREPARED
+    with pytest.raises(RuntimeError):
+        async with await driver.prepare_writes(PREPARED) as prepared:
+            await prepared.publish([revision])
+            raise RuntimeError("a push refused half way")
+    assert await files_below(driver, "/repo") == ["/repo/_manifests/revisions/sha256/00/link", revision]
+    # No directory made for the tag remains (it would list the tag).
+    assert await driver.list("/repo/_manifests") == ["revisions"]
+    await (await driver.prepare_writes({"/other/file": b"x"})).discard()
+    with pytest.raises(PathNotFoundError):
+        await driver.list("/other")
+
+
+async def test_a_prepared_write_survives_its_directory_moving_away(driver: StorageDriver) -> None:
+    await driver.write("/repo/_manifests/old", b"x")
+    async with await driver.prepare_writes({"/repo/_manifests/tags/t/current/link": b"sha256:ab"}) as prepared:
+        # Garbage collection removing what looked like an empty tree.
+        await driver.delete("/repo/_manifests")
+        await prepared.publish(["/repo/_manifests/tags/t/current/link"])
+    assert await files_below(driver, "/repo") == ["/repo/_manifests/tags/t/current/link"]
+    assert await driver.read("/repo/_manifests/tags/t/current/link") == b"sha256:ab"
+
+
+async def test_prepared_write_below_a_file_fails_and_changes_nothing(driver: StorageDriver) -> None:
+    await driver.write("/file", b"x")
+    with pytest.raises(StorageError):
+        prepared = await driver.prepare_writes({"/new/a": b"1", "/file/child": b"y"})
+        async with prepared:
+            await prepared.publish(["/new/a", "/file/child"])
+    assert await driver.read("/file") == b"x"
+    # Preparing fails at once where it writes ahead; otherwise only that file fails.
+    expected = [] if driver.name == "filesystem" else ["/new/a"]
+    assert await files_below(driver, "/new") == expected
+
+
 # --- missing and invalid paths ----------------------------------------------------------
 
 Operation = Callable[[StorageDriver, str], Awaitable[object]]
@@ -222,6 +299,7 @@ READING_OPERATIONS: dict[str, Operation] = {
 ALL_OPERATIONS: dict[str, Operation] = {
     **READING_OPERATIONS,
     "write": lambda d, p: d.write(p, b"x"),
+    "prepare_writes": lambda d, p: d.prepare_writes({"/fine": b"x", p: b"y"}),
     "writer-new": _new_writer,
     "move-dest": _move_to,
     "local_path": _local_path,
