@@ -1,6 +1,6 @@
 """What worker processes and replicas of one registry share beyond its storage.
 
-Without a ``redis`` section: locks across this host's workers (``flock``) and an
+Without a ``redis`` section: locks across this host's workers (byte locks on one file) and an
 in-memory blob descriptor cache per process. With one: locks, fences between garbage
 collection and pushes, the garbage collection token, and (``blobdescriptor: redis``)
 the descriptor cache, all in Redis, so replicas on different hosts behave as one.
