@@ -12,7 +12,7 @@ from dockyard.errors import ManifestUnknown, NameUnknown
 from dockyard.registry import layout
 from dockyard.registry.digest import Digest
 from dockyard.registry.links import delete_if_exists, read_link
-from dockyard.registry.names import is_valid_tag
+from dockyard.registry.names import TAG_PATTERN, is_valid_tag
 from dockyard.storage.driver import PathNotFoundError, StorageDriver
 
 
@@ -103,7 +103,8 @@ class TagStore:
             except PathNotFoundError:
                 raise NameUnknown(detail={"name": self.name}) from None
             return []
-        return sorted(name for name in names if is_valid_tag(name))
+        # Drivers list names sorted; the filter runs in C, which matters at 10,000 tags.
+        return list(filter(TAG_PATTERN.match, names))
 
     async def pointing_at(self, digest: Digest) -> builtins.list[str]:
         """The tags that point at ``digest``: from the reverse index, once it is complete.

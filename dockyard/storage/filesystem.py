@@ -16,6 +16,7 @@ import fcntl
 import os
 import re
 import shutil
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
@@ -47,6 +48,11 @@ INLINE_LIMIT = 64 * 1024
 SMALL_DIRECTORY = 4096
 # How many symlink-free directories a driver remembers (see FilesystemDriver._real_dir).
 PLAIN_DIRS_REMEMBERED = 65536
+# Listings of large directories kept, and how long a directory must have been left
+# unchanged before its listing is kept: a change is then sure to move its
+# modification time, even on file systems that keep it in whole seconds.
+LISTINGS_REMEMBERED = 32
+SETTLED_AFTER_NS = 2_000_000_000
 # '~' can never occur in a driver path, so a temporary file can neither collide with a
 # real entry nor be reported as one, even when a crash leaves it behind.
 TEMP_PREFIX = ".tmp~"
@@ -406,6 +412,41 @@ def _names(real: str, inside: Callable[[str], bool]) -> list[str]:
         return sorted(entry.name for entry in entries if _visible(entry, inside))
 
 
+class _Listings:
+    """Names of large directories, each kept with the identity and times its directory
+    had when it was read, and answered again only while both are unchanged.
+
+    A repository's tags or a registry's repositories are listed far more often than
+    they change; reading 10,000 entries costs milliseconds, a stat microseconds.
+    """
+
+    def __init__(self) -> None:
+        self._kept: OrderedDict[str, tuple[tuple[int, int, int, int], list[str]]] = OrderedDict()
+
+    @staticmethod
+    def _version(status: os.stat_result) -> tuple[int, int, int, int]:
+        return (status.st_dev, status.st_ino, status.st_mtime_ns, status.st_ctime_ns)
+
+    def get(self, real: str, status: os.stat_result) -> list[str] | None:
+        kept = self._kept.get(real)
+        if kept is None or kept[0] != self._version(status):
+            return None
+        self._kept.move_to_end(real)
+        return list(kept[1])
+
+    def keep(self, real: str, status: os.stat_result, before: int, names: list[str]) -> None:
+        """Keep ``names``, read after ``status`` was taken at ``before`` (ns), if the
+        directory had settled by then; a change in the same clock tick could otherwise
+        leave the times as they were."""
+        if before - max(status.st_mtime_ns, status.st_ctime_ns) < SETTLED_AFTER_NS:
+            self._kept.pop(real, None)
+            return
+        self._kept[real] = (self._version(status), list(names))
+        self._kept.move_to_end(real)
+        if len(self._kept) > LISTINGS_REMEMBERED:
+            self._kept.popitem(last=False)
+
+
 def _scan(real: str, inside: Callable[[str], bool]) -> list[tuple[str, os.stat_result]]:
     """A directory's addressable entries with their status, sorted by name."""
     found: list[tuple[str, os.stat_result]] = []
@@ -532,6 +573,7 @@ class FilesystemDriver(StorageDriver):
         # of a catalog walk's or a collection's scan). The registry never makes links;
         # one made inside the root while it runs is noticed once the entry is evicted.
         self._plain_dirs: OrderedDict[str, None] = OrderedDict()
+        self._listings = _Listings()
 
     def _inside(self, real: str) -> bool:
         return real.startswith(self._prefix)
@@ -685,9 +727,15 @@ class FilesystemDriver(StorageDriver):
             # A directory's size grows with its entries: a small one (a repository's, a
             # tag's) is listed at once; a thread for one that may hold many thousands of
             # names (blobs, a registry's repositories), so the event loop never waits.
-            if os.stat(real).st_size <= SMALL_DIRECTORY:
+            before = time.time_ns()
+            status = os.stat(real)
+            if status.st_size <= SMALL_DIRECTORY:
                 return _names(real, self._inside)
-            return await asyncio.to_thread(_names, real, self._inside)
+            names = self._listings.get(real, status)
+            if names is None:
+                names = await asyncio.to_thread(_names, real, self._inside)
+                self._listings.keep(real, status, before, names)
+            return names
 
     async def move(self, source: str, dest: str) -> None:
         source_real = self._resolve(source, follow=False)

@@ -35,6 +35,7 @@ from dockyard.storage import (
     StorageError,
     create_driver,
 )
+from dockyard.storage.filesystem import SETTLED_AFTER_NS, SMALL_DIRECTORY
 from tests.s3.moto_server import MotoServer
 from tests.support.redis_server import RedisServer
 
@@ -1198,3 +1199,30 @@ def test_fs_touch_and_move_unless_touched_race_in_threads(
     assert set(held) | set(moved) == set(range(rounds))
     for i in held:
         assert (fs_root / "blobs" / f"{i:03d}" / "data").exists()
+
+
+async def test_fs_a_settled_large_listing_is_kept_and_every_change_seen(
+    fs: FilesystemDriver, fs_root: Path
+) -> None:
+    tags = fs_root / "repo" / "tags"
+    tags.mkdir(parents=True)
+    names = [f"tag-{i:04d}" for i in range(1000)]
+    for name in names:
+        (tags / name).mkdir()
+    assert os.stat(tags).st_size > SMALL_DIRECTORY
+    # Listed while it still changes within the settle time: not kept.
+    assert await fs.list("/repo/tags") == names
+    assert fs._listings.get(str(tags), os.stat(tags)) is None
+    await asyncio.sleep(SETTLED_AFTER_NS / 1e9 + 0.1)
+    assert await fs.list("/repo/tags") == names
+    assert fs._listings.get(str(tags), os.stat(tags)) == names
+    # Kept answers are copies: a caller changing one changes nothing kept.
+    (await fs.list("/repo/tags")).clear()
+    assert await fs.list("/repo/tags") == names
+    # Changes made by anyone, right after the listing was kept, show at once.
+    (tags / "tag-new").mkdir()
+    assert await fs.list("/repo/tags") == [*names, "tag-new"]
+    (tags / "tag-0000").rmdir()
+    assert await fs.list("/repo/tags") == [*names[1:], "tag-new"]
+    os.rename(tags / "tag-0001", tags / "tag-renamed")
+    assert await fs.list("/repo/tags") == [*names[2:], "tag-new", "tag-renamed"]
