@@ -47,6 +47,8 @@ from dockyard.storage.driver import PathNotFoundError, StorageDriver
 log = logging.getLogger("dockyard.gc")
 
 TRASH = f"{layout.ROOT}/_dockyard/trash"
+# A run's trash is split in parts that are deleted concurrently.
+TRASH_PARTS = 2
 
 # The modification time a collection gives a link released by a DELETE since its last hold.
 RELEASED = 0.0
@@ -394,7 +396,7 @@ class GarbageCollector:
         aside: list[str] = []
 
         async def set_aside(path: str) -> bool:
-            slot = f"{trash}/{len(aside)}"
+            slot = f"{trash}/{len(aside) % TRASH_PARTS}/{len(aside)}"
             aside.append(path)  # the slot is taken whether or not the move happens
             return await self.driver.move_unless_touched(path, slot, plan.held)
 
@@ -431,7 +433,7 @@ class GarbageCollector:
             if aside:
                 # A grace period before the deletion; nothing is judged again after it.
                 await asyncio.sleep(self.options.settle)
-            await self._delete_trash(trash, len(aside))
+            await self._delete_trash(trash)
         finally:
             await clearing
         # The catalog lists a directory as a repository only while it has ``_manifests``;
@@ -462,11 +464,14 @@ class GarbageCollector:
             for unfinished in pending:
                 unfinished.cancel()
 
-    async def _delete_trash(self, trash: str, slots: int) -> None:
+    async def _delete_trash(self, trash: str) -> None:
         if not self.driver.remote:
-            # Local unlinks overlap in threads; an object store deletes a listing in
-            # batches of a thousand keys, which one call does best.
-            await self._each(delete_if_exists(self.driver, f"{trash}/{n}") for n in range(slots))
+            # Each part is one tree removed in a thread of its own: unlinks on a local
+            # disk are kernel work that two cores share. An object store deletes the
+            # whole listing in batches of a thousand keys, which one call does best.
+            await asyncio.gather(
+                *(delete_if_exists(self.driver, f"{trash}/{part}") for part in range(TRASH_PARTS))
+            )
         await delete_if_exists(self.driver, trash)
 
     async def _clear_link_dir(self, link: str) -> None:
