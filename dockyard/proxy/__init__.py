@@ -92,8 +92,8 @@ def _span(header: str, size: int) -> tuple[int, int]:
 
 
 async def _within(
-    pieces: AsyncIterator[bytes], start: int, end: int | None
-) -> AsyncIterator[bytes]:
+    pieces: AsyncIterator[bytes | memoryview], start: int, end: int | None
+) -> AsyncIterator[bytes | memoryview]:
     """The bytes from ``start`` to ``end`` (inclusive; None: to the end) of a stream."""
     offset = 0
     async for piece in pieces:

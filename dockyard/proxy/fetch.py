@@ -1,10 +1,12 @@
 """One blob fetched from an upstream once, streamed to every client that asks meanwhile.
 
 The fetch runs in its own task, independent of the requests that started or joined it
-(a client that goes away does not stop it). It appends the upstream's bytes to a spool
-file while hashing them; readers follow the spool from its start up to what has been
-written, so each client receives bytes as soon as they arrive, whether it came first
-or joined late. When the upstream's body is complete and its digest matches, the spool
+(a client that goes away does not stop it). It hashes the upstream's bytes as they
+arrive and appends them to a spool file; readers get what the disk has from the spool
+and what it has not yet from memory (a bounded window: the upstream is read no faster
+than the disk takes it, once the window is full), so each client receives bytes as
+soon as they arrive, whether it came first or joined late, and a disk slower than the
+network does not slow the first client down. When the upstream's body is complete and its digest matches, the spool
 becomes the blob in one move (filesystem storage) or is copied into the storage driver,
 and is linked into the repository; on a mismatch, or if the upstream fails, nothing is
 stored and every reader's response is cut short, so no client takes it for complete.
@@ -18,6 +20,7 @@ again (``claims``); elsewhere each process fetches at most once.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 import os
@@ -35,6 +38,9 @@ from dockyard.registry.digest import Digest, new_hasher
 
 log = logging.getLogger("dockyard.proxy")
 
+# How far the spool may lag behind the upstream, in bytes held in memory per fetch.
+UNWRITTEN_WINDOW = 32 << 20
+
 
 class BlobFetch:
     def __init__(
@@ -49,7 +55,12 @@ class BlobFetch:
         self.target = target
         self.digest = digest
         self.size: int | None = None
+        # Bytes hashed and readable so far, and how many of them are in the spool file;
+        # those in between are in ``_unwritten`` (piece offsets and contents).
+        self.received = 0
         self.written = 0
+        self._unwritten: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._writes: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.complete = False
         # The whole body is written and matches its digest: readers may have it all,
         # while the spool is still being made durable and stored.
@@ -127,30 +138,17 @@ class BlobFetch:
             await asyncio.to_thread(self._open_spool)
             self._started.set()
             hasher = new_hasher(self.digest.algorithm)
-            pending: list[bytes] = []
-            pending_size = 0
-            # One piece is hashed and written while the next is read from the upstream.
-            appending: asyncio.Future[None] | None = None
+            writing = asyncio.ensure_future(self._write_spool())
             try:
-                async for chunk in response.content.iter_any():
-                    pending.append(chunk)
-                    pending_size += len(chunk)
-                    if pending_size >= PIECE:
-                        if appending is not None:
-                            await appending
-                        piece = b"".join(pending)
-                        appending = asyncio.ensure_future(self._append(hasher, piece))
-                        pending, pending_size = [], 0
-                if appending is not None:
-                    await appending
+                await self._receive(response, hasher, writing)
+                await self._writes.put(None)
+                await writing
             finally:
-                if appending is not None and not appending.done():
-                    appending.cancel()
-                    await asyncio.gather(appending, return_exceptions=True)
-            if pending:
-                await self._append(hasher, b"".join(pending))
+                if not writing.done():
+                    writing.cancel()
+                    await asyncio.gather(writing, return_exceptions=True)
         actual = Digest(self.digest.algorithm, hasher.hexdigest())
-        if actual != self.digest or (self.size is not None and self.size != self.written):
+        if actual != self.digest or (self.size is not None and self.size != self.received):
             raise Unavailable(
                 "upstream content does not match its digest",
                 detail={"digest": str(self.digest), "actual": str(actual), "size": self.written},
@@ -162,16 +160,61 @@ class BlobFetch:
         await self._commit()
         self.complete = True
 
-    async def _append(self, hasher: Any, piece: bytes) -> None:
+    async def _receive(self, response: Any, hasher: Any, writing: asyncio.Future[None]) -> None:
+        """Read the upstream's body in pieces: each is hashed (in a thread, while the next
+        arrives), then readable, then queued for the spool."""
+        pending: list[bytes] = []
+        pending_size = 0
+        hashing: asyncio.Future[None] | None = None
+
+        async def take(piece: bytes) -> None:
+            nonlocal hashing
+            if hashing is not None:
+                await hashing
+            hashing = asyncio.ensure_future(asyncio.to_thread(hasher.update, piece))
+            self._unwritten.append((self.received, piece))
+            self.received += len(piece)
+            self._writes.put_nowait(piece)
+            async with self._changed:
+                self._changed.notify_all()
+                # Memory stays bounded: past the window, wait for the disk.
+                await self._changed.wait_for(
+                    lambda: self.received - self.written <= UNWRITTEN_WINDOW or writing.done()
+                )
+            if writing.done():
+                writing.result()  # the spool failed: its error ends the fetch
+                raise AssertionError("the spool writer stopped before the end")
+
+        try:
+            async for chunk in response.content.iter_any():
+                pending.append(chunk)
+                pending_size += len(chunk)
+                if pending_size >= PIECE:
+                    await take(b"".join(pending))
+                    pending, pending_size = [], 0
+            if pending:
+                await take(b"".join(pending))
+            if hashing is not None:
+                await hashing
+        finally:
+            if hashing is not None and not hashing.done():
+                await asyncio.gather(hashing, return_exceptions=True)
+
+    async def _write_spool(self) -> None:
+        """Append the queued pieces to the spool in order, each leaving memory once written."""
         assert self._fd is not None
-        fd, offset = self._fd, self.written
-        await asyncio.gather(
-            asyncio.to_thread(hasher.update, piece),
-            asyncio.to_thread(os.pwrite, fd, piece, offset),
-        )
-        self.written += len(piece)
-        async with self._changed:
-            self._changed.notify_all()
+        fd = self._fd
+        try:
+            while (piece := await self._writes.get()) is not None:
+                await asyncio.to_thread(os.pwrite, fd, piece, self.written)
+                self.written += len(piece)
+                self._unwritten.popleft()
+                async with self._changed:
+                    self._changed.notify_all()
+        finally:
+            # Wakes the receiver if it waits on the window, whatever ended this.
+            async with self._changed:
+                self._changed.notify_all()
 
     async def _commit(self) -> None:
         assert self._fd is not None
@@ -229,13 +272,20 @@ class BlobFetch:
         """How much readers may have: the last byte waits until the content is verified,
         so a client never holds a complete body that turns out wrong."""
         if self.verified or self.size is None:
-            return self.written
-        return min(self.written, self.size - 1)
+            return self.received
+        return min(self.received, self.size - 1)
 
     def _beyond(self, offset: int) -> bool:
         return self._readable() > offset or self.verified or self.error is not None
 
-    async def pieces(self, fd: int) -> AsyncIterator[bytes]:
+    def _in_memory(self, offset: int, end: int) -> memoryview:
+        """Bytes from ``offset`` (not yet in the spool) to at most ``end``, from memory."""
+        for start, piece in self._unwritten:
+            if start <= offset < start + len(piece):
+                return memoryview(piece)[offset - start : end - start]
+        raise AssertionError(f"byte {offset} is neither in the spool nor in memory")
+
+    async def pieces(self, fd: int) -> AsyncIterator[bytes | memoryview]:
         """The blob's bytes from the start, as they arrive; raises if the fetch fails."""
         offset = 0
         while True:
@@ -244,13 +294,18 @@ class BlobFetch:
             if self.error is not None:
                 raise self.error
             readable = self._readable()
-            if offset < readable:
-                length = min(readable - offset, PIECE)
-                piece = await asyncio.to_thread(os.pread, fd, length, offset)
-                offset += len(piece)
-                yield piece
-            elif self.verified:
-                return
+            if offset >= readable:
+                if self.verified:
+                    return
+                continue
+            piece: bytes | memoryview
+            if offset < self.written:
+                length = min(readable, self.written) - offset
+                piece = await asyncio.to_thread(os.pread, fd, min(length, PIECE), offset)
+            else:
+                piece = self._in_memory(offset, readable)
+            offset += len(piece)
+            yield piece
 
 
 class Finished(Exception):
