@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from dockyard.coordination.fences import Fences, FencedDriver
+from dockyard.coordination.fences import FencedDriver, Fences
 from dockyard.storage import (
     FileInfo,
     FilesystemDriver,
@@ -216,7 +216,7 @@ async def test_prepared_writes_replace_existing_files(driver: StorageDriver) -> 
 
 async def test_unpublished_writes_leave_nothing(driver: StorageDriver) -> None:
     await driver.write("/repo/_manifests/revisions/sha256/00/link", b"kept")
-    revision, index, current = PREPARED
+    revision = next(iter(PREPARED))
     with pytest.raises(RuntimeError):
         async with await driver.prepare_writes(PREPARED) as prepared:
             await prepared.publish([revision])
