@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from aiohttp import web
+from aiohttp.helpers import ETAG_ANY, ETag
 
 from dockyard import proxy
 from dockyard.api.context import empty, registry_of
@@ -14,6 +15,25 @@ from dockyard.registry.digest import Digest
 from dockyard.storage.driver import PathNotFoundError
 
 SMALL_BLOB = 64 * 1024
+
+
+class BlobFileResponse(web.FileResponse):
+    """``sendfile``, with the digest as the ETag, as Distribution answers: aiohttp's own
+    (modification time and size) would differ between small and large blobs and change
+    whenever a push holds the blob."""
+
+    @property
+    def etag(self) -> ETag | None:
+        return web.FileResponse.etag.fget(self)  # type: ignore[attr-defined,no-any-return]
+
+    @etag.setter
+    def etag(self, value: ETag | str | None) -> None:
+        pass  # the digest ETag among the headers stays
+
+
+def _not_modified(request: web.Request, digest: Digest) -> bool:
+    tags = request.if_none_match
+    return tags is not None and any(tag.value in (str(digest), ETAG_ANY) for tag in tags)
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -69,6 +89,9 @@ async def get_blob(request: web.Request, name: str, digest_text: str) -> web.Str
             await repo.blobs.forget(digest)
             raise BlobUnknown(detail={"digest": str(digest)})
         return web.Response(status=200, headers={**headers, "Content-Length": str(descriptor.size)})
+    if _not_modified(request, digest):
+        # The client's copy is the blob: content never changes under its digest.
+        return web.Response(status=304, headers={k: v for k, v in headers.items() if k != "Content-Type"})
     span = (
         parse_range(request.headers["Range"], descriptor.size)
         if "Range" in request.headers
@@ -89,7 +112,7 @@ async def get_blob(request: web.Request, name: str, digest_text: str) -> web.Str
     if local is not None:
         # FileResponse answers with sendfile and handles the Range header itself; the
         # range was checked above so that a bad one gets the registry's error body.
-        return web.FileResponse(local, headers=headers)
+        return BlobFileResponse(local, headers=headers)
     response = web.StreamResponse(status=206 if span else 200, headers=headers)
     if span:
         start, end = span

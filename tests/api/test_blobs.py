@@ -49,6 +49,24 @@ def test_get_large_blob(api: httpx.Client) -> None:
     assert response.headers["Content-Length"] == str(blob.size)
 
 
+def test_etag_is_the_digest_and_answers_if_none_match(api: httpx.Client) -> None:
+    # Small blobs are read whole, large ones sent with sendfile: the same ETag either way.
+    for size in (3000, 3 * 1024 * 1024):
+        blob = make_blob(size)
+        push_blob(api, "blobs/etag", blob)
+        url = f"/v2/blobs/etag/blobs/{blob.digest}"
+        response = api.get(url)
+        assert response.status_code == 200
+        assert response.headers["ETag"] == f'"{blob.digest}"'
+        again = api.get(url, headers={"If-None-Match": f'"{blob.digest}"'})
+        assert again.status_code == 304
+        assert again.content == b""
+        assert again.headers["ETag"] == f'"{blob.digest}"'
+        other = api.get(url, headers={"If-None-Match": f'"{UNKNOWN_DIGEST}"'})
+        assert other.status_code == 200
+        assert other.content == blob.data
+
+
 def test_unknown_blob_is_blob_unknown(api: httpx.Client) -> None:
     push_blob(api, "blobs/unknown", make_blob(10))
     assert_error(api.get(f"/v2/blobs/unknown/blobs/{UNKNOWN_DIGEST}"), 404, "BLOB_UNKNOWN")
