@@ -3,13 +3,14 @@
 The fetch runs in its own task, independent of the requests that started or joined it
 (a client that goes away does not stop it). It hashes the upstream's bytes as they
 arrive and appends them to a spool file; readers get what the disk has from the spool
-and what it has not yet from memory (a bounded window: the upstream is read no faster
-than the disk takes it, once the window is full), so each client receives bytes as
-soon as they arrive, whether it came first or joined late, and a disk slower than the
-network does not slow the first client down. When the upstream's body is complete and its digest matches, the spool
-becomes the blob in one move (filesystem storage) or is copied into the storage driver,
-and is linked into the repository; on a mismatch, or if the upstream fails, nothing is
-stored and every reader's response is cut short, so no client takes it for complete.
+and what it has not yet from memory (a bounded window: once it is full, the upstream
+is read no faster than the disk takes it), so each client receives bytes as soon as
+they arrive, whether it came first or joined late, and a disk slower than the network
+does not hold the first client back. When the upstream's body is complete and its
+digest matches, the spool becomes the blob in one move (filesystem storage) or is
+copied into the storage driver, and is linked into the repository; on a mismatch, or if
+the upstream fails, nothing is stored and every reader's response is cut short, so no
+client takes it for complete.
 
 Readers share the spool's file descriptor, so the move that commits it does not
 disturb them. With storage in a local directory the spool is named by the digest and
@@ -151,9 +152,9 @@ class BlobFetch:
         if actual != self.digest or (self.size is not None and self.size != self.received):
             raise Unavailable(
                 "upstream content does not match its digest",
-                detail={"digest": str(self.digest), "actual": str(actual), "size": self.written},
+                detail={"digest": str(self.digest), "actual": str(actual), "size": self.received},
             )
-        self.size = self.written
+        self.size = self.received
         async with self._changed:
             self.verified = True
             self._changed.notify_all()
