@@ -259,10 +259,15 @@ def _discard_files(files: Iterable[_PreparedFile], created: list[str]) -> None:
         with suppress(OSError):
             os.unlink(file.temp)
     # Directories made only for these files go too (a tag's directory would otherwise
-    # list the tag); one that something else uses meanwhile is not empty and stays.
+    # list the tag). One that another writer has used meanwhile is not empty and stays:
+    # its entry is made durable here, since that writer found it made and will not.
     for directory in reversed(created):
-        with suppress(OSError):
+        try:
             os.rmdir(directory)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            _fsync_dir(os.path.dirname(directory))
 
 
 class _PreparedFiles(PreparedWrites):

@@ -229,6 +229,15 @@ async def test_unpublished_writes_leave_nothing(driver: StorageDriver) -> None:
         await driver.list("/other")
 
 
+async def test_discarding_keeps_a_directory_another_writer_used(driver: StorageDriver) -> None:
+    prepared = await driver.prepare_writes({"/repo/_manifests/tags/t/current/link": b"sha256:ab"})
+    # A concurrent push writes into the directories this one made, then this one fails.
+    await driver.write("/repo/_manifests/tags/u/current/link", b"sha256:cd")
+    await prepared.discard()
+    assert await driver.list("/repo/_manifests/tags") == ["u"]
+    assert await driver.read("/repo/_manifests/tags/u/current/link") == b"sha256:cd"
+
+
 async def test_a_prepared_write_survives_its_directory_moving_away(driver: StorageDriver) -> None:
     await driver.write("/repo/_manifests/old", b"x")
     async with await driver.prepare_writes({"/repo/_manifests/tags/t/current/link": b"sha256:ab"}) as prepared:
