@@ -142,37 +142,6 @@ def _make_dirs(directory: str, durable: bool = True) -> list[str]:
 _VANISHED_RETRIES = 100
 
 
-def _replace_atomically(real: str, data: bytes) -> None:
-    # A directory on the way may be moved away concurrently (garbage collection removing
-    # an empty repository); the write then starts again and recreates it.
-    for attempt in range(_VANISHED_RETRIES):
-        try:
-            _replace_once(real, data)
-            return
-        except FileNotFoundError:
-            if attempt == _VANISHED_RETRIES - 1:
-                raise
-
-
-def _replace_once(real: str, data: bytes) -> None:
-    parent = os.path.dirname(real)
-    _make_dirs(parent)
-    temp = os.path.join(parent, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, real)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(temp)
-        raise
-    _fsync_dir(parent)
-
-
 def _rename_durably(source: str, dest: str) -> None:
     dest_parent = os.path.dirname(dest)
     for attempt in range(_VANISHED_RETRIES):
@@ -181,7 +150,7 @@ def _rename_durably(source: str, dest: str) -> None:
             os.replace(source, dest)
             break
         except FileNotFoundError:
-            # Only the destination's directory moved away (see _replace_atomically).
+            # Only the destination's directory moved away (see _publish_files).
             if attempt == _VANISHED_RETRIES - 1 or not os.path.lexists(source):
                 raise
     _fsync_dir(dest_parent)
@@ -216,7 +185,7 @@ def _prepare_files(targets: list[tuple[str, bytes]], created: list[str]) -> list
                     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
                     break
                 except FileNotFoundError:
-                    # The directory was moved away meanwhile (see _replace_atomically).
+                    # The directory was moved away meanwhile (garbage collection).
                     if attempt == _VANISHED_RETRIES - 1:
                         raise
             descriptors.append(fd)
@@ -233,23 +202,37 @@ def _prepare_files(targets: list[tuple[str, bytes]], created: list[str]) -> list
     return prepared
 
 
-def _publish_files(files: Iterable[_PreparedFile], created: Iterable[str]) -> None:
+def _publish_files(
+    files: Iterable[_PreparedFile], created: Iterable[str], retries: int = _VANISHED_RETRIES
+) -> None:
     """Rename each prepared file into place, then make the renames (and the new
-    directories they are in) durable: every directory fsynced once, after all renames."""
+    directories they are in) durable: every directory fsynced once, after all renames.
+    On a failure no temporary file is left behind."""
+    files = list(files)
     new = set(created)
     directories: set[str] = set()
-    for file in files:
-        try:
-            os.replace(file.temp, file.real)
-        except FileNotFoundError:
-            # Its directory was moved away since it was prepared: write it afresh.
-            _replace_atomically(file.real, file.data)
-            continue
-        directory = os.path.dirname(file.real)
-        directories.add(directory)
-        while directory in new:
-            directory = os.path.dirname(directory)
+    try:
+        for file in files:
+            try:
+                os.replace(file.temp, file.real)
+            except FileNotFoundError:
+                # Its directory was moved away since it was prepared (garbage collection
+                # removing an empty tree): prepare it again, in a new directory.
+                if retries == 0:
+                    raise
+                again: list[str] = []
+                _publish_files(_prepare_files([(file.real, file.data)], again), again, retries - 1)
+                continue
+            directory = os.path.dirname(file.real)
             directories.add(directory)
+            while directory in new:
+                directory = os.path.dirname(directory)
+                directories.add(directory)
+    except BaseException:
+        for file in files:
+            with suppress(OSError):
+                os.unlink(file.temp)  # those renamed into place are no longer there
+        raise
     for directory in directories:
         _fsync_dir(directory)
 
@@ -268,6 +251,12 @@ def _discard_files(files: Iterable[_PreparedFile], created: list[str]) -> None:
             pass
         except OSError:
             _fsync_dir(os.path.dirname(directory))
+
+
+def _replace_atomically(real: str, data: bytes) -> None:
+    """Replace ``real`` whole and durably: one file prepared beside it, then published."""
+    created: list[str] = []
+    _publish_files(_prepare_files([(real, data)], created), created)
 
 
 class _PreparedFiles(PreparedWrites):

@@ -1030,6 +1030,18 @@ async def test_fs_failed_write_leaves_no_temporary_file(
     assert os.listdir(fs_root / "dir") == ["sub"]
 
 
+async def test_fs_failed_publish_leaves_no_temporary_file(
+    fs: FilesystemDriver, fs_root: Path
+) -> None:
+    await fs.write("/dir/sub/file", b"x")
+    prepared = await fs.prepare_writes({"/dir/new": b"1", "/dir/sub": b"y"})
+    with pytest.raises(StorageError):
+        async with prepared:
+            await prepared.publish(["/dir/sub", "/dir/new"])
+    assert sorted(os.listdir(fs_root / "dir")) == ["sub"]
+    assert os.listdir(fs_root / "dir" / "sub") == ["file"]
+
+
 async def test_fs_list_and_walk_skip_names_callers_cannot_address(
     fs: FilesystemDriver, fs_root: Path
 ) -> None:
