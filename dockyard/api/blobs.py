@@ -34,6 +34,8 @@ class BlobFileResponse(web.FileResponse):
 def _not_modified(request: web.Request, digest: Digest) -> bool:
     tags = request.if_none_match
     return tags is not None and any(tag.value in (str(digest), ETAG_ANY) for tag in tags)
+
+
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -91,7 +93,8 @@ async def get_blob(request: web.Request, name: str, digest_text: str) -> web.Str
         return web.Response(status=200, headers={**headers, "Content-Length": str(descriptor.size)})
     if _not_modified(request, digest):
         # The client's copy is the blob: content never changes under its digest.
-        return web.Response(status=304, headers={k: v for k, v in headers.items() if k != "Content-Type"})
+        headers.pop("Content-Type")
+        return web.Response(status=304, headers=headers)
     span = (
         parse_range(request.headers["Range"], descriptor.size)
         if "Range" in request.headers
