@@ -395,8 +395,11 @@ def _cheap_to_change(real: str) -> bool:
         return True
     if status.st_size > SMALL_DIRECTORY:
         return False
-    with os.scandir(real) as entries:
-        return not any(entry.is_dir(follow_symlinks=False) for entry in entries)
+    try:
+        with os.scandir(real) as entries:
+            return not any(entry.is_dir(follow_symlinks=False) for entry in entries)
+    except (FileNotFoundError, NotADirectoryError):
+        return True  # gone or replaced meanwhile: the operation itself reports what it finds
 
 
 def _remove(real: str) -> None:

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -1247,3 +1248,37 @@ async def test_fs_a_settled_large_listing_is_kept_and_every_change_seen(
     assert await fs.list("/repo/tags") == [*names[1:], "tag-new"]
     os.rename(tags / "tag-0001", tags / "tag-renamed")
     assert await fs.list("/repo/tags") == [*names[2:], "tag-new", "tag-renamed"]
+
+
+async def test_fs_removals_racing_a_directory_come_and_go_never_fail(
+    fs: FilesystemDriver, fs_root: Path
+) -> None:
+    # A collection clearing a link directory while a client's DELETE removes it, or
+    # the other way round: whichever comes second finds it gone, which is no error.
+    (fs_root / "a").mkdir()
+    stop = threading.Event()
+
+    def come_and_go() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(FileExistsError):
+                (fs_root / "a" / "d").mkdir()
+            with contextlib.suppress(FileNotFoundError):
+                (fs_root / "a" / "d").rmdir()
+
+    churn = threading.Thread(target=come_and_go)
+    churn.start()
+    failures = []
+    try:
+        for _ in range(10_000):
+            with contextlib.suppress(PathNotFoundError):
+                await fs.remove_empty("/a/d")
+            try:
+                await fs.delete("/a/d")
+            except PathNotFoundError:
+                pass
+            except StorageError as error:
+                failures.append(error)
+    finally:
+        stop.set()
+        churn.join()
+    assert failures == []
