@@ -32,6 +32,7 @@ from aiohttp import web
 
 from dockyard import metrics
 from dockyard.config import Config
+from dockyard.memory import limit_malloc_arenas
 from dockyard.tls import server_ssl_context
 
 if TYPE_CHECKING:
@@ -241,6 +242,8 @@ def worker_count(config: Config) -> int:
 
 def serve(config: Config) -> None:
     workers = worker_count(config)
+    # Before any thread exists, so every worker inherits the limit.
+    limit_malloc_arenas()
     # Several TCP workers each listen on their own SO_REUSEPORT socket, so the kernel
     # spreads connections evenly; one shared socket would let the busiest worker win
     # most accepts. The parent's socket is bound but never listens: it only holds the
