@@ -8,8 +8,9 @@ blobs they reference. Sweep: what is left is removed in three steps.
 1. Set aside: each candidate (blob directory, or a link file) is moved into a trash
    directory by ``move_unless_touched``, which refuses it if any hold touched it since
    ``start - hold_limit``, in one step with the holds.
-2. Settle: wait ``settle`` seconds.
-3. Delete the trash; remove repositories left without any manifest (``rmdir`` only).
+2. Settle: each candidate stays set aside ``settle`` seconds (``trash``: the trash is
+   deleted in batches, the first while later candidates are still being set aside).
+3. Remove repositories left without any manifest (``rmdir`` only).
 
 Why nothing a kept manifest reaches is lost: every push that references existing
 content *holds* it first (touches it, learning in the same step that it is still in
@@ -33,7 +34,6 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,13 +42,10 @@ from dockyard.coordination.descriptors import DescriptorCache, NoDescriptorCache
 from dockyard.registry import layout
 from dockyard.registry.digest import Digest
 from dockyard.registry.links import delete_if_exists, read_link
+from dockyard.registry.trash import Trash
 from dockyard.storage.driver import PathNotFoundError, StorageDriver
 
 log = logging.getLogger("dockyard.gc")
-
-TRASH = f"{layout.ROOT}/_dockyard/trash"
-# A run's trash is split in parts that are deleted concurrently.
-TRASH_PARTS = 2
 
 # The modification time a collection gives a link released by a DELETE since its last hold.
 RELEASED = 0.0
@@ -392,13 +389,12 @@ class GarbageCollector:
         return report
 
     async def _execute(self, plan: GcPlan, report: GcReport) -> None:
-        trash = f"{TRASH}/{uuid.uuid4()}"
+        trash = Trash(self.driver, self.options.settle)
         aside: list[str] = []
 
         async def set_aside(path: str) -> bool:
-            slot = f"{trash}/{len(aside) % TRASH_PARTS}/{len(aside)}"
-            aside.append(path)  # the slot is taken whether or not the move happens
-            return await self.driver.move_unless_touched(path, slot, plan.held)
+            aside.append(path)
+            return await trash.set_aside(path, plan.held)
 
         # Links are set aside as files: the directory around one may hold a fresh
         # release marker, which says nothing about whether the link is in use.
@@ -419,23 +415,22 @@ class GarbageCollector:
                 await self.descriptors.forget_link(name, digest)
                 report.layer_links_deleted += 1
 
-        await self._each(manifest(*item) for item in plan.manifests)
-        await self._each(set_aside(layout.tag_index_link(*item)) for item in plan.tag_history)
-        await self._each(blob(digest) for digest in plan.blobs)
-        await self._each(layer_link(*item) for item in plan.layer_links)
-
-        # What is left around set-aside links goes during the grace period: it is not
-        # content, and a link pushed again meanwhile keeps its directory.
-        clearing = asyncio.ensure_future(
-            self._each(self._clear_link_dir(path) for path in aside if path.endswith("/link"))
-        )
         try:
-            if aside:
-                # A grace period before the deletion; nothing is judged again after it.
-                await asyncio.sleep(self.options.settle)
-            await self._delete_trash(trash)
-        finally:
-            await clearing
+            await trash.start()
+            await self._each(manifest(*item) for item in plan.manifests)
+            await self._each(set_aside(layout.tag_index_link(*item)) for item in plan.tag_history)
+            await self._each(blob(digest) for digest in plan.blobs)
+            await self._each(layer_link(*item) for item in plan.layer_links)
+            trash.close()
+            # What is left around set-aside links goes while the trash settles: it is not
+            # content, and a link pushed again meanwhile keeps its directory.
+            await self._each(self._clear_link_dir(path) for path in aside if path.endswith("/link"))
+        except BaseException:
+            trash.abandon()
+            raise
+        # Each item is deleted once it has been set aside ``settle`` seconds; nothing is
+        # judged again after that grace period.
+        await trash.finish()
         # The catalog lists a directory as a repository only while it has ``_manifests``;
         # removed last, once the repository's manifests are gone for good.
         for name in plan.repositories:
@@ -464,27 +459,21 @@ class GarbageCollector:
             for unfinished in pending:
                 unfinished.cancel()
 
-    async def _delete_trash(self, trash: str) -> None:
-        if not self.driver.remote:
-            # Each part is one tree removed in a thread of its own: unlinks on a local
-            # disk are kernel work that two cores share. An object store deletes the
-            # whole listing in batches of a thousand keys, which one call does best.
-            await asyncio.gather(
-                *(delete_if_exists(self.driver, f"{trash}/{part}") for part in range(TRASH_PARTS))
-            )
-        await delete_if_exists(self.driver, trash)
-
     async def _clear_link_dir(self, link: str) -> None:
         """Remove what is left around a deleted link: its release marker, empty directories.
 
         Linked again since: the directory is not empty and stays; its marker may go,
         which only makes the new link wait for ``delay`` like any other.
         """
+        directory = link.rsplit("/", 1)[0]
+        # Usually the link was all the directory held.
+        if await self.driver.remove_empty(directory):
+            return
         try:
             await self.driver.delete(layout.released_marker(link))
         except PathNotFoundError:
-            pass
-        await self.driver.remove_empty(link.rsplit("/", 1)[0])
+            return
+        await self.driver.remove_empty(directory)
 
     async def all_blobs(self) -> list[Digest]:
         found = []

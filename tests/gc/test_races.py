@@ -23,7 +23,8 @@ import httpx
 import pytest
 
 from dockyard.registry import layout
-from dockyard.registry.gc import TRASH, GarbageCollector, GcOptions, GcReport
+from dockyard.registry.gc import GarbageCollector, GcOptions, GcReport
+from dockyard.registry.trash import TRASH
 from dockyard.storage.filesystem import FilesystemDriver
 from tests.support.gc_images import error_code, get_manifest, image_with_layers, make_layer
 from tests.support.gc_push import push_retrying

@@ -1,0 +1,170 @@
+"""Where a collection sets its candidates aside, and their deletion once each has settled.
+
+Every item stays in the trash at least ``settle`` seconds after it was moved there. The
+items go into batches of about ``BATCH_SECONDS`` of set-aside each, and a batch is
+deleted ``settle`` after its last item arrived, while later ones are still being set
+aside: the deletion (kernel work, in threads) overlaps the set-aside (the event loop's)
+rather than waiting for all of it, and the settle of the first items overlaps the
+set-aside of the last.
+
+Trash an earlier run left behind (it stopped before deleting it; one collection runs at
+a time, so it is no run in progress) is deleted with this run's first batch, ``settle``
+after this run began.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dockyard.registry import layout
+from dockyard.registry.links import delete_if_exists
+from dockyard.storage.driver import PathNotFoundError, StorageDriver
+
+TRASH = f"{layout.ROOT}/_dockyard/trash"
+# Each batch is split in parts deleted concurrently: unlinks on a local disk are kernel
+# work that two cores share.
+PARTS = 2
+# How long one batch takes new items before the next begins.
+BATCH_SECONDS = 0.25
+
+
+@dataclass(slots=True)
+class _Batch:
+    paths: list[str]
+    opened: float
+    # Moves into the batch that have not finished, and when the last one did.
+    moving: int = 0
+    last_moved: float = 0.0
+    closed: bool = False
+
+
+class Trash:
+    """A collection run's trash: ``set_aside`` candidates, then ``finish``.
+
+    A slot is ``<run>/<batch>/<part>/<n>``. Deletion runs in a task started with the
+    first batch; ``finish`` closes the last batch and waits for it all to be deleted.
+    """
+
+    def __init__(
+        self,
+        driver: StorageDriver,
+        settle: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.driver = driver
+        self.settle = settle
+        self.clock = clock
+        self.run = str(uuid.uuid4())
+        self.root = f"{TRASH}/{self.run}"
+        self.count = 0
+        self._batches: list[_Batch] = []
+        self._finished = False
+        self._changed = asyncio.Event()
+        self._deleter: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Find the trash earlier runs left, to be deleted as this run's first batch."""
+        try:
+            runs = await self.driver.list(TRASH)
+        except PathNotFoundError:
+            runs = []
+        if runs:
+            now = self.clock()
+            left = _Batch([f"{TRASH}/{run}" for run in runs], now, last_moved=now, closed=True)
+            self._batches.append(left)
+            self._ensure_deleter()
+
+    async def set_aside(self, path: str, since: float) -> bool:
+        """(Before ``close``.) Move ``path`` into the trash unless a file in it was modified at ``since`` or
+        later (``StorageDriver.move_unless_touched``); whether it moved."""
+        batch = self._open_batch()
+        number = self.count
+        self.count += 1
+        slot = f"{batch.paths[0]}/{number % PARTS}/{number}"
+        batch.moving += 1
+        try:
+            return await self.driver.move_unless_touched(path, slot, since)
+        finally:
+            batch.moving -= 1
+            batch.last_moved = self.clock()
+            self._changed.set()
+
+    def close(self) -> None:
+        """Nothing more is set aside: the last batch starts to settle."""
+        self._finished = True
+        for batch in self._batches:
+            batch.closed = True
+        self._changed.set()
+
+    async def finish(self) -> None:
+        """Close the last batch and return once every batch is deleted."""
+        self.close()
+        if self._deleter is not None:
+            await self._deleter
+        if self.count:
+            await delete_if_exists(self.driver, self.root)
+
+    def abandon(self) -> None:
+        """Stop deleting (the run is cancelled); the next run deletes what is left."""
+        self._finished = True
+        if self._deleter is not None:
+            self._deleter.cancel()
+
+    def _open_batch(self) -> _Batch:
+        now = self.clock()
+        current = self._batches[-1] if self._batches else None
+        if current is None or current.closed or now - current.opened >= BATCH_SECONDS:
+            if current is not None:
+                current.closed = True
+                self._changed.set()
+            number = len(self._batches)
+            current = _Batch([f"{self.root}/{number}"], now)
+            self._batches.append(current)
+            self._ensure_deleter()
+        return current
+
+    def _ensure_deleter(self) -> None:
+        if self._deleter is None:
+            self._deleter = asyncio.get_running_loop().create_task(self._delete_settled())
+
+    async def _delete_settled(self) -> None:
+        # A batch is deleted as soon as it has settled, beside any still being deleted:
+        # deletion is slower than set-aside on a local disk, so batches would queue.
+        deleting: list[asyncio.Task[None]] = []
+        started = 0
+        try:
+            while True:
+                self._changed.clear()
+                if started < len(self._batches):
+                    batch = self._batches[started]
+                    if batch.closed and batch.moving == 0:
+                        wait = batch.last_moved + self.settle - self.clock()
+                        if wait > 0:
+                            # Nothing enters a closed batch: its time cannot move meanwhile.
+                            await asyncio.sleep(wait)
+                        deleting.append(asyncio.ensure_future(self._delete(batch)))
+                        started += 1
+                        continue
+                elif self._finished:
+                    break
+                await self._changed.wait()
+            await asyncio.gather(*deleting)
+        finally:
+            for task in deleting:
+                task.cancel()
+
+    async def _delete(self, batch: _Batch) -> None:
+        if self.driver.remote:
+            # An object store deletes a listing in requests of a thousand keys, which one
+            # call per tree does best.
+            await asyncio.gather(*(delete_if_exists(self.driver, path) for path in batch.paths))
+            return
+        for path in batch.paths:
+            await asyncio.gather(
+                *(delete_if_exists(self.driver, f"{path}/{part}") for part in range(PARTS))
+            )
+            await delete_if_exists(self.driver, path)
