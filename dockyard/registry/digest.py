@@ -38,6 +38,15 @@ class Digest:
         return cls(algorithm, encoded)
 
     @classmethod
+    def listed(cls, algorithm: str, encoded: str) -> Digest | None:
+        """The digest a storage directory's names spell, or None if they spell none
+        (a name that is no digest is skipped, not an error, when walking storage)."""
+        pattern = _ENCODINGS.get(algorithm)
+        if pattern is None or not pattern.match(encoded):
+            return None
+        return cls(algorithm, encoded)
+
+    @classmethod
     def is_valid(cls, text: str) -> bool:
         try:
             cls.parse(text)

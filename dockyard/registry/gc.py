@@ -40,7 +40,7 @@ from typing import Any
 
 from dockyard.coordination.descriptors import DescriptorCache, NoDescriptorCache
 from dockyard.registry import layout
-from dockyard.registry.digest import Digest
+from dockyard.registry.digest import SUPPORTED_ALGORITHMS, Digest
 from dockyard.registry.links import delete_if_exists, read_link
 from dockyard.registry.trash import Trash
 from dockyard.storage.driver import PathNotFoundError, StorageDriver
@@ -227,10 +227,12 @@ class GarbageCollector:
     async def _digests_under(self, path: str) -> list[Digest]:
         found = []
         for algorithm in await self._children(path):
+            if algorithm not in SUPPORTED_ALGORITHMS:
+                continue
             for encoded in await self._children(f"{path}/{algorithm}"):
-                text = f"{algorithm}:{encoded}"
-                if Digest.is_valid(text):
-                    found.append(Digest.parse(text))
+                digest = Digest.listed(algorithm, encoded)
+                if digest is not None:
+                    found.append(digest)
         return found
 
     async def _references(self, digest: Digest) -> References:
@@ -478,9 +480,11 @@ class GarbageCollector:
     async def all_blobs(self) -> list[Digest]:
         found = []
         for algorithm in await self._children(layout.BLOBS):
+            if algorithm not in SUPPORTED_ALGORITHMS:
+                continue
             for prefix in await self._children(f"{layout.BLOBS}/{algorithm}"):
                 for encoded in await self._children(f"{layout.BLOBS}/{algorithm}/{prefix}"):
-                    text = f"{algorithm}:{encoded}"
-                    if Digest.is_valid(text) and encoded.startswith(prefix):
-                        found.append(Digest.parse(text))
+                    digest = Digest.listed(algorithm, encoded)
+                    if digest is not None and encoded.startswith(prefix):
+                        found.append(digest)
         return found

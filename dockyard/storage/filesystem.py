@@ -649,9 +649,12 @@ class FilesystemDriver(StorageDriver):
         return real
 
     async def read(self, path: str) -> bytes:
-        real = self._resolve(path)
+        real = self._resolve(path, follow=False)
         with _translated(path, _READ_MISSING):
-            status = os.stat(real)
+            status = os.lstat(real)
+            if S_ISLNK(status.st_mode):
+                real = self._resolve(path)
+                status = os.stat(real)
             if S_ISDIR(status.st_mode):
                 raise PathNotFoundError(path)
             if status.st_size <= INLINE_LIMIT:
@@ -729,9 +732,14 @@ class FilesystemDriver(StorageDriver):
         return _FilesystemWriter(path, real, descriptor, resume_at, new=False)
 
     async def stat(self, path: str) -> FileInfo:
-        real = self._resolve(path)
+        real = self._resolve(path, follow=False)
         with _translated(path, _LISTING_MISSING):
-            return _info(path, os.stat(real))
+            # One lstat, unless the entry is a symbolic link: then its target, which
+            # must be inside the root.
+            status = os.lstat(real)
+            if S_ISLNK(status.st_mode):
+                status = os.stat(self._resolve(path))
+            return _info(path, status)
 
     async def touch(self, path: str, mtime: float | None = None) -> None:
         real = self._resolve(path)

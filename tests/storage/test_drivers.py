@@ -340,6 +340,8 @@ INVALID_PATHS = [
     "/a*b",
     "/" + "a" * 256,
     "/a" * 600,
+    "/" + "a" * 300 + "/../b",
+    "/b/" + "a" * 256 + "/c",
 ]
 
 
@@ -1115,6 +1117,7 @@ async def test_fs_symlink_out_of_the_root_is_not_followed(
         lambda: fs.read("/escape-file"),
         lambda: collect(fs.stream("/escape-file")),
         lambda: fs.stat("/escape/secret"),
+        lambda: fs.stat("/escape-file"),
         lambda: fs.list("/escape"),
         lambda: walk(fs, "/escape"),
         lambda: fs.writer("/escape-file", resume_at=0),
@@ -1163,6 +1166,12 @@ async def test_fs_symlinks_inside_the_root_are_followed(
     (fs_root / "store" / "loop").symlink_to(fs_root / "store")
     assert await fs.read("/alias/blobs/data") == b"x"
     assert await fs.list("/alias") == ["blobs", "loop"]
+    # A link as the last component: read and stat answer for its target.
+    (fs_root / "data-link").symlink_to(fs_root / "store" / "blobs" / "data")
+    assert await fs.read("/data-link") == b"x"
+    linked = await fs.stat("/data-link")
+    assert (linked.size, linked.is_dir) == (1, False)
+    assert (await fs.stat("/alias")).is_dir
     # A link back up the tree is reported once, not walked forever.
     assert [info.path for info in await walk(fs, "/store")] == [
         "/store/blobs",
