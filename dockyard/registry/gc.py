@@ -5,7 +5,7 @@ Mark: every repository's manifests that are kept (all of them, or with
 whose ``subject`` is kept, and everything written or held recently, are marked with the
 blobs they reference. Sweep: what is left is removed in three steps.
 
-1. Set aside: each candidate (blob directory, or a link file) is moved into a trash
+1. Set aside: each candidate (blob directory, or a link's directory) is moved into a trash
    directory by ``move_unless_touched``, which refuses it if any hold touched it since
    ``start - hold_limit``, in one step with the holds.
 2. Settle: each candidate stays set aside ``settle`` seconds (``trash``: the trash is
@@ -392,19 +392,29 @@ class GarbageCollector:
 
     async def _execute(self, plan: GcPlan, report: GcReport) -> None:
         trash = Trash(self.driver, self.options.settle)
-        aside: list[str] = []
+        # Links set aside without their directory, which is cleared once all are aside.
+        linked_alone: list[str] = []
 
         async def set_aside(path: str) -> bool:
-            aside.append(path)
             return await trash.set_aside(path, plan.held)
 
-        # Links are set aside as files: the directory around one may hold a fresh
-        # release marker, which says nothing about whether the link is in use.
+        async def set_aside_link(link: str) -> bool:
+            # Usually the link is all its directory holds, and the directory goes in one
+            # move, leaving nothing to clear. A release marker written since ``held``
+            # refuses that, though its time says nothing of whether the link is in use:
+            # then the link goes alone.
+            if await set_aside(link.rsplit("/", 1)[0]):
+                return True
+            if await set_aside(link):
+                linked_alone.append(link)
+                return True
+            return False
+
         async def manifest(name: str, digest: Digest, subject: Digest | None) -> None:
-            if await set_aside(layout.revision_link(name, digest)):
+            if await set_aside_link(layout.revision_link(name, digest)):
                 report.manifests_deleted.append((name, digest))
                 if subject is not None:
-                    await set_aside(layout.referrer_link(name, subject, digest))
+                    await set_aside_link(layout.referrer_link(name, subject, digest))
 
         async def blob(digest: Digest) -> None:
             if await set_aside(layout.blob_dir(digest)):
@@ -413,20 +423,22 @@ class GarbageCollector:
                 report.blobs_deleted.append(digest)
 
         async def layer_link(name: str, digest: Digest) -> None:
-            if await set_aside(layout.layer_link(name, digest)):
+            if await set_aside_link(layout.layer_link(name, digest)):
                 await self.descriptors.forget_link(name, digest)
                 report.layer_links_deleted += 1
 
         try:
             await trash.start()
             await self._each(manifest(*item) for item in plan.manifests)
-            await self._each(set_aside(layout.tag_index_link(*item)) for item in plan.tag_history)
+            await self._each(
+                set_aside_link(layout.tag_index_link(*item)) for item in plan.tag_history
+            )
             await self._each(blob(digest) for digest in plan.blobs)
             await self._each(layer_link(*item) for item in plan.layer_links)
             trash.close()
-            # What is left around set-aside links goes while the trash settles: it is not
-            # content, and a link pushed again meanwhile keeps its directory.
-            await self._each(self._clear_link_dir(path) for path in aside if path.endswith("/link"))
+            # What is left around links set aside alone goes while the trash settles: it
+            # is not content, and a link pushed again meanwhile keeps its directory.
+            await self._each(self._clear_link_dir(link) for link in linked_alone)
         except BaseException:
             trash.abandon()
             raise

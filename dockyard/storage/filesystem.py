@@ -53,6 +53,8 @@ PLAIN_DIRS_REMEMBERED = 65536
 # modification time, even on file systems that keep it in whole seconds.
 LISTINGS_REMEMBERED = 32
 SETTLED_AFTER_NS = 2_000_000_000
+# How often a tree is removed again when entries appear in it while it is removed.
+REMOVE_ATTEMPTS = 20
 # '~' can never occur in a driver path, so a temporary file can neither collide with a
 # real entry nor be reported as one, even when a crash leaves it behind.
 TEMP_PREFIX = ".tmp~"
@@ -417,10 +419,25 @@ def _cheap_to_change(real: str) -> bool:
 
 def _remove(real: str) -> None:
     # lstat, so that a symbolic link is removed itself and never what it points to.
-    if S_ISDIR(os.lstat(real).st_mode):
-        shutil.rmtree(real)
-    else:
+    if not S_ISDIR(os.lstat(real).st_mode):
         os.unlink(real)
+        return
+    for attempt in range(REMOVE_ATTEMPTS):
+        try:
+            shutil.rmtree(real)
+            return
+        except FileNotFoundError:
+            if os.path.lexists(real):
+                continue  # an entry inside went meanwhile: remove the rest
+            if attempt == 0:
+                raise
+            return  # removed by someone else between two attempts: gone, as asked
+        except OSError as error:
+            # A writer added an entry after rmtree had emptied its directory: remove
+            # what is there now, unless the additions never stop.
+            if error.errno != errno.ENOTEMPTY or attempt == REMOVE_ATTEMPTS - 1:
+                raise
+    raise OSError(errno.ENOTEMPTY, "entries kept changing while it was removed", real)
 
 
 def _visible(entry: os.DirEntry[str], inside: Callable[[str], bool]) -> bool:

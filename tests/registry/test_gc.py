@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from dataclasses import dataclass, field
 
 from hypothesis import HealthCheck, given, settings
@@ -11,9 +12,13 @@ from hypothesis import strategies as st
 
 from dockyard.registry import Registry, RegistryOptions
 from dockyard.registry.digest import Digest
+from dockyard.registry import layout
 from dockyard.registry.gc import GarbageCollector, GcOptions
 from dockyard.registry.manifests import OCI_INDEX, OCI_MANIFEST
-from dockyard.storage import MemoryDriver
+from dockyard.registry.trash import TRASH
+from dockyard.storage import FilesystemDriver, MemoryDriver
+from dockyard.storage.delegating import DelegatingDriver
+from dockyard.storage.driver import StorageDriver
 
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar"
 CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
@@ -197,3 +202,64 @@ def test_dry_run_changes_nothing(graph: tuple[int, int, list[Node]], delete_unta
         assert before == after
 
     asyncio.run(check())
+
+
+class MoveRecorder(DelegatingDriver):
+    """Remembers each set-aside: what was asked to move, and whether it moved."""
+
+    def __init__(self, inner: StorageDriver) -> None:
+        super().__init__(inner)
+        self.moves: list[tuple[str, bool]] = []
+
+    async def move_unless_touched(self, source: str, dest: str, since: float) -> bool:
+        moved = await self.inner.move_unless_touched(source, dest, since)
+        self.moves.append((source, moved))
+        return moved
+
+
+def image_manifest(config: Digest, layers: list[Digest]) -> bytes:
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": CONFIG_TYPE, "digest": str(config), "size": 8},
+            "layers": [{"mediaType": LAYER_TYPE, "digest": str(d), "size": 8} for d in layers],
+        }
+    ).encode()
+
+
+async def test_link_directories_go_whole_unless_a_fresh_release_marker_is_in_them(
+    tmp_path: Path,
+) -> None:
+    driver = MoveRecorder(FilesystemDriver(str(tmp_path)))
+    registry = Registry(driver, RegistryOptions(delete_enabled=True))
+    repo = registry.repository("links/app")
+    c1, l1, c2, l2, l3 = [await registry.blobs.put(f"blob-{n}".encode()) for n in range(5)]
+    for digest in (c1, l1, c2, l2, l3):
+        await repo.blobs.link(digest)
+    await repo.manifests.put(image_manifest(c1, [l1]), OCI_MANIFEST, "v1", None)
+    gone = await repo.manifests.put(image_manifest(c2, [l2, l3]), OCI_MANIFEST, None, None)
+    await repo.manifests.delete(gone.digest)
+    # Older than the collection's hold limit (0.4 s with settle 1), except one marker: a
+    # DELETE that released l3 again just now. It says nothing of whether l3 is in use.
+    await asyncio.sleep(0.5)
+    await driver.write(layout.released_marker(layout.layer_link("links/app", l3)), b"")
+    driver.moves.clear()
+
+    report = await GarbageCollector(driver, GcOptions(delay=0, settle=1)).run()
+
+    assert set(report.blobs_deleted) == {gone.digest, c2, l2, l3}
+    assert report.layer_links_deleted == 3
+    moved = dict(driver.moves)
+    assert moved[layout.layer_dir("links/app", l2)] is True
+    assert moved[layout.layer_dir("links/app", c2)] is True
+    assert layout.layer_link("links/app", l2) not in moved
+    # The fresh marker refused the directory; the link went alone and the directory
+    # was cleared after it, marker and all.
+    assert moved[layout.layer_dir("links/app", l3)] is False
+    assert moved[layout.layer_link("links/app", l3)] is True
+    for digest in (c2, l2, l3):
+        assert not (tmp_path / layout.layer_dir("links/app", digest).lstrip("/")).exists()
+    kept = tmp_path / layout.layer_link("links/app", l1).lstrip("/")
+    assert kept.exists()
+    assert not any((tmp_path / TRASH.lstrip("/")).rglob("*"))

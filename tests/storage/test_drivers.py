@@ -1291,3 +1291,37 @@ async def test_fs_removals_racing_a_directory_come_and_go_never_fail(
         stop.set()
         churn.join()
     assert failures == []
+
+
+async def test_fs_deleting_a_tree_while_a_writer_adds_to_it_removes_it(
+    fs: FilesystemDriver, fs_root: Path
+) -> None:
+    # A collection removing a repository's reverse tag index while a tag push adds an
+    # entry to it: the entry goes with the tree, and the delete does not fail.
+    stop = threading.Event()
+
+    def add_entries() -> None:
+        number = 0
+        while not stop.is_set():
+            directory = fs_root / "t" / "index" / f"{number % 7}"
+            with contextlib.suppress(FileNotFoundError, FileExistsError):
+                directory.mkdir(parents=True, exist_ok=True)
+                (directory / f"{number}").write_bytes(b"x")
+            number += 1
+            time.sleep(0.0002)
+
+    writer = threading.Thread(target=add_entries)
+    writer.start()
+    failures = []
+    try:
+        for _ in range(1_000):
+            try:
+                await fs.delete("/t")
+            except PathNotFoundError:
+                pass
+            except StorageError as error:
+                failures.append(error)
+    finally:
+        stop.set()
+        writer.join()
+    assert failures == []
