@@ -141,7 +141,14 @@ class DeferredWrites(PreparedWrites):
 
     async def publish(self, paths: Iterable[str]) -> None:
         pending = [(path, self._files.pop(path)) for path in paths]
-        await asyncio.gather(*(self._driver.write(path, data) for path, data in pending))
+        # Every write ends before publish does, also when one fails: none goes on in the
+        # background after the caller has seen the failure.
+        outcomes = await asyncio.gather(
+            *(self._driver.write(path, data) for path, data in pending), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def discard(self) -> None:
         self._files.clear()

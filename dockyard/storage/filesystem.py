@@ -300,22 +300,29 @@ def _touch_in_place(real: str, times: tuple[float, float] | None) -> bool:
         os.close(fd)
 
 
-def _move_unless_touched(source: str, dest: str, since: float) -> bool:
+def _move_unless_touched(
+    source: str, dest: str, since: float, known: list[str] | None = None
+) -> bool:
     """Rename ``source`` unless a file in it was modified at ``since`` or later.
 
     Each file is locked exclusively while checked and until the rename is done, so no
-    :func:`_touch_in_place` can fall between the check and the move.
+    :func:`_touch_in_place` can fall between the check and the move. ``known``: the
+    files of a flat ``source`` (:func:`_flat_files`), already listed.
     """
-    try:
-        top = os.lstat(source)
-    except FileNotFoundError:
-        return False
-    files = (
-        [source]
-        if not S_ISDIR(top.st_mode)
-        else [os.path.join(base, name) for base, _, names in os.walk(source) for name in names]
-    )
+    if known is None:
+        try:
+            top = os.lstat(source)
+        except FileNotFoundError:
+            return False
+        files = (
+            [source]
+            if not S_ISDIR(top.st_mode)
+            else [os.path.join(base, name) for base, _, names in os.walk(source) for name in names]
+        )
+    else:
+        files = known
     locked: list[int] = []
+    judged: set[tuple[int, int]] = set()
     try:
         for path in sorted(files):
             try:
@@ -328,8 +335,10 @@ def _move_unless_touched(source: str, dest: str, since: float) -> bool:
                 continue  # a symbolic link: no content of its own to hold
             locked.append(fd)
             fcntl.flock(fd, fcntl.LOCK_EX)
-            if os.fstat(fd).st_mtime >= since:
+            status = os.fstat(fd)
+            if status.st_mtime >= since:
                 return False
+            judged.add((status.st_dev, status.st_ino))
         dest_parent = os.path.dirname(dest)
         _make_dirs(dest_parent)
         try:
@@ -338,8 +347,8 @@ def _move_unless_touched(source: str, dest: str, since: float) -> bool:
             if os.path.lexists(source):
                 raise
             return False
-        # A file replaced (new inode, not touched) after the walk above moved too.
-        if _modified_since(dest, since):
+        # A file replaced (new inode, not touched) after the check above moved too.
+        if _changed_since(dest, since, judged if known is not None else None):
             if not os.path.lexists(source):
                 os.replace(dest, source)
             return False
@@ -349,6 +358,29 @@ def _move_unless_touched(source: str, dest: str, since: float) -> bool:
     # Not made durable: a crash that undoes this move only brings the item back where it
     # was, to be judged again; garbage collection sets aside thousands of items.
     return True
+
+
+def _changed_since(real: str, since: float, judged: set[tuple[int, int]] | None) -> bool:
+    """Whether a file under ``real`` was modified at ``since`` or later, answered from
+    the listing alone when ``real`` (a file or a flat directory) holds only ``judged``
+    files: those were checked under their lock, which no touch gets past."""
+    if judged is not None:
+        try:
+            status = os.lstat(real)
+            if not S_ISDIR(status.st_mode):
+                if (status.st_dev, status.st_ino) in judged:
+                    return False
+            else:
+                with os.scandir(real) as entries:
+                    if all(
+                        not entry.is_dir(follow_symlinks=False)
+                        and (status.st_dev, entry.inode()) in judged
+                        for entry in entries
+                    ):
+                        return False
+        except FileNotFoundError:
+            pass
+    return _modified_since(real, since)
 
 
 def _modified_since(real: str, since: float) -> bool:
@@ -396,6 +428,30 @@ def _removed_if_empty(real: str) -> bool:
             return False
         raise
     return True
+
+
+def _flat_files(real: str) -> list[str] | None:
+    """The files a move of ``real`` judges, when that is cheaper done at once than in a
+    thread: a file, or a small directory without subdirectories (a blob's, a link's).
+    None for anything else, or a path that changes while it is looked at."""
+    try:
+        status = os.lstat(real)
+    except FileNotFoundError:
+        return None
+    if not S_ISDIR(status.st_mode):
+        return [real]
+    if status.st_size > SMALL_DIRECTORY:
+        return None
+    files = []
+    try:
+        with os.scandir(real) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    return None
+                files.append(entry.path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return files
 
 
 def _cheap_to_change(real: str) -> bool:
@@ -770,8 +826,9 @@ class FilesystemDriver(StorageDriver):
         if dest == source or dest.startswith(source + "/"):
             raise StorageError(f"cannot move {source} onto or into itself ({dest})")
         with _translated(source):
-            if _cheap_to_change(source_real):
-                return _move_unless_touched(source_real, dest_real, since)
+            files = _flat_files(source_real)
+            if files is not None:
+                return _move_unless_touched(source_real, dest_real, since, files)
             return await asyncio.to_thread(_move_unless_touched, source_real, dest_real, since)
 
     async def list(self, path: str) -> list[str]:

@@ -36,6 +36,8 @@ from dockyard.storage import (
     StorageError,
     create_driver,
 )
+from dockyard.storage.delegating import DelegatingDriver
+from dockyard.storage.driver import DeferredWrites
 from dockyard.storage.filesystem import SETTLED_AFTER_NS, SMALL_DIRECTORY
 from tests.s3.moto_server import MotoServer
 from tests.support.redis_server import RedisServer
@@ -259,6 +261,22 @@ async def test_prepared_write_below_a_file_fails_and_changes_nothing(driver: Sto
     # Preparing fails at once where it writes ahead; otherwise only that file fails.
     expected = [] if driver.name == "filesystem" else ["/new/a"]
     assert await files_below(driver, "/new") == expected
+
+
+async def test_deferred_publish_returns_once_every_write_has_ended() -> None:
+    # A failing write must not leave a sibling running after publish has raised.
+    class SlowWrite(DelegatingDriver):
+        async def write(self, path: str, data: bytes) -> None:
+            if path == "/slow":
+                await asyncio.sleep(0.1)
+            await self.inner.write(path, data)
+
+    driver = SlowWrite(MemoryDriver())
+    await driver.write("/file", b"x")
+    writes = DeferredWrites(driver, {"/slow": b"1", "/file/child": b"y"})
+    with pytest.raises(StorageError):
+        await writes.publish(["/slow", "/file/child"])
+    assert await driver.read("/slow") == b"1"
 
 
 # --- missing and invalid paths ----------------------------------------------------------
