@@ -1277,38 +1277,51 @@ async def test_fs_a_settled_large_listing_is_kept_and_every_change_seen(
     assert await fs.list("/repo/tags") == [*names[2:], "tag-new", "tag-renamed"]
 
 
-async def test_fs_removals_racing_a_directory_come_and_go_never_fail(
-    fs: FilesystemDriver, fs_root: Path
-) -> None:
-    # A collection clearing a link directory while a client's DELETE removes it, or
-    # the other way round: whichever comes second finds it gone, which is no error.
-    (fs_root / "a").mkdir()
+async def failures_beside(
+    churn: Callable[[threading.Event], None],
+    operations: Callable[[], Awaitable[None]],
+    rounds: int,
+) -> list[StorageError]:
+    """Run ``operations`` ``rounds`` times while ``churn`` changes the tree in a thread
+    (until its event is set); the storage errors other than a missing path."""
     stop = threading.Event()
-
-    def come_and_go() -> None:
-        while not stop.is_set():
-            with contextlib.suppress(FileExistsError):
-                (fs_root / "a" / "d").mkdir()
-            with contextlib.suppress(FileNotFoundError):
-                (fs_root / "a" / "d").rmdir()
-
-    churn = threading.Thread(target=come_and_go)
-    churn.start()
+    thread = threading.Thread(target=churn, args=(stop,))
+    thread.start()
     failures = []
     try:
-        for _ in range(10_000):
-            with contextlib.suppress(PathNotFoundError):
-                await fs.remove_empty("/a/d")
+        for _ in range(rounds):
             try:
-                await fs.delete("/a/d")
+                await operations()
             except PathNotFoundError:
                 pass
             except StorageError as error:
                 failures.append(error)
     finally:
         stop.set()
-        churn.join()
-    assert failures == []
+        thread.join()
+    return failures
+
+
+async def test_fs_removals_racing_a_directory_come_and_go_never_fail(
+    fs: FilesystemDriver, fs_root: Path
+) -> None:
+    # A collection clearing a link directory while a client's DELETE removes it, or
+    # the other way round: whichever comes second finds it gone, which is no error.
+    (fs_root / "a").mkdir()
+
+    def come_and_go(stop: threading.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(FileExistsError):
+                (fs_root / "a" / "d").mkdir()
+            with contextlib.suppress(FileNotFoundError):
+                (fs_root / "a" / "d").rmdir()
+
+    async def remove() -> None:
+        with contextlib.suppress(PathNotFoundError):
+            await fs.remove_empty("/a/d")
+        await fs.delete("/a/d")
+
+    assert await failures_beside(come_and_go, remove, 10_000) == []
 
 
 async def test_fs_deleting_a_tree_while_a_writer_adds_to_it_removes_it(
@@ -1316,9 +1329,7 @@ async def test_fs_deleting_a_tree_while_a_writer_adds_to_it_removes_it(
 ) -> None:
     # A collection removing a repository's reverse tag index while a tag push adds an
     # entry to it: the entry goes with the tree, and the delete does not fail.
-    stop = threading.Event()
-
-    def add_entries() -> None:
+    def add_entries(stop: threading.Event) -> None:
         number = 0
         while not stop.is_set():
             directory = fs_root / "t" / "index" / f"{number % 7}"
@@ -1328,18 +1339,4 @@ async def test_fs_deleting_a_tree_while_a_writer_adds_to_it_removes_it(
             number += 1
             time.sleep(0.0002)
 
-    writer = threading.Thread(target=add_entries)
-    writer.start()
-    failures = []
-    try:
-        for _ in range(1_000):
-            try:
-                await fs.delete("/t")
-            except PathNotFoundError:
-                pass
-            except StorageError as error:
-                failures.append(error)
-    finally:
-        stop.set()
-        writer.join()
-    assert failures == []
+    assert await failures_beside(add_entries, lambda: fs.delete("/t"), 1_000) == []
