@@ -79,8 +79,9 @@ class Trash:
             self._ensure_deleter()
 
     async def set_aside(self, path: str, since: float) -> bool:
-        """(Before ``close``.) Move ``path`` into the trash unless a file in it was modified at ``since`` or
-        later (``StorageDriver.move_unless_touched``); whether it moved."""
+        """Move ``path`` into the trash unless a file in it was modified at ``since`` or
+        later (``StorageDriver.move_unless_touched``); whether it moved. Only before
+        ``close``."""
         batch = self._open_batch()
         number = self.count
         self.count += 1

@@ -458,19 +458,8 @@ def _cheap_to_change(real: str) -> bool:
     """Whether moving or removing ``real`` is a few system calls, cheaper than a thread
     hand-off: a file, a missing path, or a small directory without subdirectories (a
     blob's, a link's). Garbage collection does tens of thousands of these."""
-    try:
-        status = os.lstat(real)
-    except FileNotFoundError:
-        return True
-    if not S_ISDIR(status.st_mode):
-        return True
-    if status.st_size > SMALL_DIRECTORY:
-        return False
-    try:
-        with os.scandir(real) as entries:
-            return not any(entry.is_dir(follow_symlinks=False) for entry in entries)
-    except (FileNotFoundError, NotADirectoryError):
-        return True  # gone or replaced meanwhile: the operation itself reports what it finds
+    # Gone, even while it was looked at: the operation itself reports what it finds.
+    return _flat_files(real) is not None or not os.path.lexists(real)
 
 
 def _remove(real: str) -> None:
