@@ -1,9 +1,11 @@
 """Run the registry: one listening socket, one or more worker processes sharing it.
 
 The parent binds the address, then forks the workers; each listens on its own
-SO_REUSEPORT socket and the kernel spreads connections among them. Everything a request needs that must be shared (upload
-sessions, tags, blobs) lives in storage, so any worker can serve any request. Only the
-first worker runs the periodic maintenance jobs.
+SO_REUSEPORT socket and the kernel spreads connections among them. Everything a request
+needs that must be shared (upload sessions, tags, blobs) lives in storage, so any worker
+can serve any request. Only the first worker runs the periodic maintenance jobs. Once the
+workers are forked, the parent becomes the small program of :mod:`dockyard.supervisor`,
+which replaces any worker that dies.
 
 With metrics on (``http.debug``), the parent also binds the debug address; with
 several workers it forks one more process that serves the metrics of all of them (see
@@ -17,14 +19,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pickle
 import re
-import shutil
 import signal
 import socket
 import ssl
-import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
@@ -32,7 +32,16 @@ from aiohttp import web
 
 from dockyard import metrics
 from dockyard.config import Config
+from dockyard.logs import setup_logging
 from dockyard.memory import limit_malloc_arenas
+from dockyard.supervisor import (
+    METRICS_PROCESS,
+    STOP_SIGNALS,
+    Replacement,
+    Supervisor,
+    WorkerPlan,
+    package_root,
+)
 from dockyard.tls import server_ssl_context
 
 if TYPE_CHECKING:
@@ -44,10 +53,6 @@ log = logging.getLogger("dockyard")
 
 # Seconds requests in flight get to finish after SIGTERM without http.draintimeout.
 DEFAULT_DRAIN_TIMEOUT = 5.0
-# How much longer than the drain the parent waits for a worker before killing it.
-DRAIN_MARGIN = 5.0
-# The worker index of the process that serves the metrics of all the workers.
-METRICS_PROCESS = -1
 
 
 def parse_addr(addr: str) -> tuple[str | None, int]:
@@ -263,110 +268,84 @@ def serve(config: Config) -> None:
         run_worker(config, sock, 0, debug_sock=debug_sock)
         log.info("stopped")
         return
-    Supervisor(config, sock, workers, debug_sock).run()
+    supervise(config, sock, workers, debug_sock)
 
 
-class Supervisor:
-    """Forks the workers, replaces any that dies, and stops them all on SIGTERM/SIGINT."""
-
-    def __init__(
-        self,
-        config: Config,
-        sock: socket.socket,
-        workers: int,
-        debug_sock: socket.socket | None = None,
-    ) -> None:
-        self.config = config
-        self.sock = sock
-        self.workers = workers
-        self.debug_sock = debug_sock
-        self.children: dict[int, int] = {}  # pid -> worker index
-        self.stopping = False
-        # Each worker writes its metrics to files here; the metrics process sums them.
-        self.metrics_dir: str | None = None
-
-    def spawn(self, index: int) -> None:
+def supervise(
+    config: Config, sock: socket.socket, workers: int, debug_sock: socket.socket | None
+) -> None:
+    """Fork the workers, then become their small parent (see :mod:`dockyard.supervisor`)."""
+    # Each worker writes its metrics to files here; the metrics process sums them.
+    metrics_dir = tempfile.mkdtemp(prefix="dockyard-metrics-") if debug_sock else None
+    config_fd = os.memfd_create("dockyard-config", 0)
+    os.write(config_fd, pickle.dumps(config))
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    children: dict[int, int] = {}
+    indexes = list(range(workers)) + ([METRICS_PROCESS] if debug_sock is not None else [])
+    for index in indexes:
         pid = os.fork()
         if pid == 0:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            signal.signal(signal.SIGALRM, signal.SIG_DFL)
             try:
-                if index == METRICS_PROCESS:
-                    self.sock.close()
-                    assert self.debug_sock is not None and self.metrics_dir is not None
-                    run_metrics_process(self.config, self.debug_sock, self.metrics_dir)
-                    return
-                if self.debug_sock is not None:
-                    self.debug_sock.close()
-                sock = self.sock
-                if self.config.http.net != "unix":
-                    self.sock.close()
-                    sock = bind(self.config, reuse_port=True)
-                run_worker(self.config, sock, index, metrics_dir=self.metrics_dir)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+                os.close(config_fd)
+                start_worker(config, index, sock, debug_sock, metrics_dir)
             finally:
                 os._exit(0)
-        self.children[pid] = index
+        children[pid] = index
+    plan = WorkerPlan(
+        children=children,
+        listen_fd=sock.fileno(),
+        shared_listener=config.http.net == "unix",
+        debug_fd=None if debug_sock is None else debug_sock.fileno(),
+        metrics_dir=metrics_dir,
+        config_fd=config_fd,
+        drain=drain_timeout(config),
+        log_settings=(config.log.level, config.log.formatter, dict(config.log.fields)),
+    )
+    supervisor = Supervisor(plan, package_root())
+    supervisor.become_small()
+    supervisor.run()
 
-    def stop(self, signum: int, _frame: object) -> None:
-        if not self.stopping:
-            log.info(
-                "stopping: draining requests in flight for up to %.1fs",
-                drain_timeout(self.config),
-            )
-            # A worker that outlives its drain (a handler that ignores cancellation)
-            # must not keep the parent from exiting.
-            signal.setitimer(signal.ITIMER_REAL, drain_timeout(self.config) + DRAIN_MARGIN)
-        self.stopping = True
-        for pid in list(self.children):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                self.children.pop(pid, None)
 
-    def overdue(self, signum: int, _frame: object) -> None:
-        for pid, index in list(self.children.items()):
-            log.error("worker %d (pid %d) did not stop in time; killing it", index, pid)
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                self.children.pop(pid, None)
+def start_worker(
+    config: Config,
+    index: int,
+    listener: socket.socket,
+    debug_sock: socket.socket | None,
+    metrics_dir: str | None,
+) -> None:
+    """Serve as worker ``index`` (or the metrics process) until stopped."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+    if index == METRICS_PROCESS:
+        listener.close()
+        assert debug_sock is not None and metrics_dir is not None
+        run_metrics_process(config, debug_sock, metrics_dir)
+        return
+    if debug_sock is not None:
+        debug_sock.close()
+    sock = listener
+    if config.http.net != "unix":
+        listener.close()
+        sock = bind(config, reuse_port=True)
+    run_worker(config, sock, index, metrics_dir=metrics_dir)
 
-    def run(self) -> None:
-        if self.debug_sock is not None:
-            self.metrics_dir = tempfile.mkdtemp(prefix="dockyard-metrics-")
-        try:
-            self._run()
-        finally:
-            if self.metrics_dir is not None:
-                shutil.rmtree(self.metrics_dir, ignore_errors=True)
-        sys.exit(0)
 
-    def _run(self) -> None:
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
-        signal.signal(signal.SIGALRM, self.overdue)
-        for index in range(self.workers):
-            self.spawn(index)
-        if self.debug_sock is not None:
-            self.spawn(METRICS_PROCESS)
-        while self.children:
-            try:
-                pid, status = os.wait()
-            except ChildProcessError:
-                break
-            except InterruptedError:
-                continue
-            if pid not in self.children:
-                continue
-            index = self.children.pop(pid)
-            if self.metrics_dir is not None and index != METRICS_PROCESS:
-                metrics.forget_process(self.metrics_dir, pid)
-            if self.stopping:
-                continue
-            name = "metrics process" if index == METRICS_PROCESS else f"worker {index}"
-            log.error("%s (pid %d) exited with status %d; restarting", name, pid, status)
-            time.sleep(0.5)
-            self.spawn(index)
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        log.info("stopped")
+def run_replacement(encoded: str) -> None:
+    """A worker started by the parent in place of one that died."""
+    limit_malloc_arenas()
+    replacement = Replacement.decode(encoded)
+    plan = replacement.plan
+    size = os.fstat(plan.config_fd).st_size
+    config: Config = pickle.loads(os.pread(plan.config_fd, size, 0))
+    os.close(plan.config_fd)
+    setup_logging(config.log.level, config.log.formatter, dict(config.log.fields))
+    if plan.metrics_dir is not None and replacement.index != METRICS_PROCESS:
+        # The dead worker's share of the live gauges goes (its counters stay).
+        metrics.forget_process(plan.metrics_dir, replacement.predecessor)
+    listener = socket.socket(fileno=plan.listen_fd)
+    debug_sock = None if plan.debug_fd is None else socket.socket(fileno=plan.debug_fd)
+    try:
+        start_worker(config, replacement.index, listener, debug_sock, plan.metrics_dir)
+    finally:
+        os._exit(0)
