@@ -141,8 +141,7 @@ def garbage_collect(
     settle: float | None,
 ) -> None:
     """Delete blobs and manifests nothing references; safe while the registry serves."""
-    from dockyard.api.app import build_registry
-    from dockyard.api.extensions import report_json
+    from dockyard.registry.assembly import build_registry
     from dockyard.errors import Unsupported
     from dockyard.registry.gc import GarbageCollector, GcOptions
     from dockyard.registry.gc_status import CollectionStatus
@@ -176,7 +175,7 @@ def garbage_collect(
                 async with status.collecting():
                     report = await collector.run()
                     await status.record(
-                        {**report_json(report, dry_run=False), "finishedAt": time.time()}
+                        {**report.to_json(dry_run=False), "finishedAt": time.time()}
                     )
         finally:
             await registry.close()
@@ -252,7 +251,7 @@ def delete_repository(config_path: str, name: str) -> None:
     """Remove a repository's manifests, tags and links; garbage-collect to free its blobs."""
     from dataclasses import replace
 
-    from dockyard.api.app import build_registry
+    from dockyard.registry.assembly import build_registry
     from dockyard.errors import RegistryError
 
     config = _load_or_exit(config_path)

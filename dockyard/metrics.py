@@ -220,7 +220,7 @@ class Metrics:
             self.sent.labels(route).inc(sent)
 
     def record_collection(self, report: Mapping[str, Any] | None, dry_run: bool) -> None:
-        """A finished collection's report (``report_json``'s shape), None for a failed one."""
+        """A finished collection's report (``GcReport.to_json``'s shape), None for a failed one."""
         if report is None:
             self.gc_runs.labels("failed").inc()
             return

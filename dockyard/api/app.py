@@ -16,33 +16,29 @@ from dockyard.api.errors import error_middleware, error_response
 from dockyard.api.urls import UrlBuilder
 from dockyard.auth.http import install as install_auth
 from dockyard.config import Config
-from dockyard.coordination import build_coordination
 from dockyard.errors import Unavailable
 from dockyard.notifications import install as install_notifications
 from dockyard.proxy import install as install_proxy
-from dockyard.registry import Registry, RegistryOptions
+from dockyard.registry import Registry, assembly
 from dockyard.registry.cache import DigestCache
-from dockyard.registry.gc import GcOptions, hold_limit_for
-from dockyard.storage import create_driver
+from dockyard.registry.gc import GcOptions
+from dockyard.storage.driver import StorageDriver
 
 API_VERSION_HEADER = ("Docker-Distribution-Api-Version", "registry/2.0")
 
 
 def build_registry(config: Config) -> Registry:
-    coordination = build_coordination(config)
-    driver = coordination.adapt(
-        create_driver(config.storage.driver_name, dict(config.storage.driver_params))
-    )
+    """The configured registry, its storage timed and counted when metrics are on."""
     metrics = metrics_module.active()
-    if metrics is not None:
+    if metrics is None:
+        return assembly.build_registry(config)
+    active = metrics
+
+    def instrument(driver: StorageDriver) -> StorageDriver:
         # Storage operations are timed and their failures counted from outside the driver.
-        driver = metrics_module.InstrumentedDriver(driver, metrics)
-    options = RegistryOptions(
-        delete_enabled=config.storage.delete.enabled,
-        read_only=config.storage.maintenance.readonly.enabled,
-        hold_limit=hold_limit_for(config.dockyard.gc.settle.total_seconds()),
-    )
-    return Registry(driver, options, coordination)
+        return metrics_module.InstrumentedDriver(driver, active)
+
+    return assembly.build_registry(config, instrument)
 
 
 def _header_adder(

@@ -54,24 +54,6 @@ IMAGE_CONFIGS = (
 SUMMARIES = web.AppKey("manifest_summaries", DigestCache[dict[str, Any]])
 
 
-def report_json(report: GcReport, dry_run: bool) -> dict[str, Any]:
-    return {
-        "dryRun": dry_run,
-        "repositories": report.repositories,
-        "manifestsMarked": report.manifests_marked,
-        "blobsMarked": report.blobs_marked,
-        "blobsDeleted": [str(d) for d in report.blobs_deleted],
-        "manifestsDeleted": [
-            {"repository": n, "digest": str(d)} for n, d in report.manifests_deleted
-        ],
-        "layerLinksDeleted": report.layer_links_deleted,
-        "repositoriesRemoved": report.repositories_removed,
-        "bytesFreed": report.bytes_freed,
-        "seconds": round(report.duration, 3),
-        "summary": report.summary(dry_run),
-    }
-
-
 async def usage(request: web.Request) -> web.StreamResponse:
     registry = registry_of(request)
     state = request.app[COLLECTOR]
@@ -122,13 +104,13 @@ async def run_collection(
         try:
             if options.dry_run:
                 report = await collector(registry, options, state.cache).run()
-                body = report_json(report, dry_run=True)
+                body = report.to_json(dry_run=True)
                 metrics.record_collection(body, dry_run=True)
                 return body
             status = CollectionStatus(registry.driver, registry.coordination)
             async with status.collecting():
                 report = await collector(registry, options, state.cache).run()
-                body = report_json(report, dry_run=False)
+                body = report.to_json(dry_run=False)
                 await status.record({**body, "finishedAt": time.time()})
                 metrics.record_collection(body, dry_run=False)
                 return body

@@ -128,6 +128,24 @@ class GcReport:
             f"{self.bytes_freed} bytes {'to free' if dry_run else 'freed'}"
         )
 
+    def to_json(self, dry_run: bool) -> dict[str, Any]:
+        """The report as the API, the UI and the record of the last run show it."""
+        return {
+            "dryRun": dry_run,
+            "repositories": self.repositories,
+            "manifestsMarked": self.manifests_marked,
+            "blobsMarked": self.blobs_marked,
+            "blobsDeleted": [str(d) for d in self.blobs_deleted],
+            "manifestsDeleted": [
+                {"repository": n, "digest": str(d)} for n, d in self.manifests_deleted
+            ],
+            "layerLinksDeleted": self.layer_links_deleted,
+            "repositoriesRemoved": self.repositories_removed,
+            "bytesFreed": self.bytes_freed,
+            "seconds": round(self.duration, 3),
+            "summary": self.summary(dry_run),
+        }
+
 
 References = tuple[list[Digest], list[Digest], Digest | None]
 

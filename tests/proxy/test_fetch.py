@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from dockyard.api.app import build_registry
+from dockyard.registry.assembly import build_registry
 from dockyard.config import load_config
 from dockyard.proxy import fetch as fetch_module
 from dockyard.proxy.fetch import BlobFetch
