@@ -29,8 +29,11 @@ fi
 # replicas sharing a Redis behind nginx with deploy/nginx.conf, rendered by envsubst.
 # ceph-mon, ceph-osd, radosgw, ceph-common: Ceph's RADOS Gateway on a one-node cluster
 # (tests/s3/rgw_server.py), a second S3 server for the s3 driver and the registry.
+# strace: tests/storage/test_filesystem_durability.py reads the order of fsyncs and
+# renames of a staged write from the system calls themselves.
 ensure_debian_packages skopeo docker-registry podman chromium buildah mmdebstrap runc systemd \
-    wrk apache2-utils redis-server nginx-light gettext-base ceph-mon ceph-osd radosgw ceph-common
+    wrk apache2-utils redis-server nginx-light gettext-base ceph-mon ceph-osd radosgw ceph-common \
+    strace
 quiet_debian_registry
 
 choose_python

@@ -1,0 +1,176 @@
+"""The filesystem driver's staged writes are durable in order, as the system calls show.
+
+A prepared write (a manifest PUT's files) is run under strace, and the trace is checked
+for what a crash must not undo: every file's content is fsynced before its name
+appears, every rename and every new directory is fsynced before the next stage's first
+rename, and a stage's fsyncs are issued together rather than one after another.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+WRITER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from dockyard.storage.filesystem import FilesystemDriver
+
+    # A manifest PUT by a new tag: content, then revision and tag history, then the tag;
+    # the last stage also renames into a directory an earlier stage made durable.
+    STAGES = [
+        {"/blobs/sha256/ab/abcd/data": b"{}", "/repo/_tagged/abcd/latest": b""},
+        {
+            "/repo/_manifests/revisions/sha256/abcd/link": b"sha256:abcd",
+            "/repo/_manifests/tags/latest/index/sha256/abcd/link": b"sha256:abcd",
+        },
+        {
+            "/repo/_manifests/tags/latest/current/link": b"sha256:abcd",
+            "/repo/_tagged/abcd/stable": b"",
+        },
+    ]
+
+    async def main() -> None:
+        driver = FilesystemDriver(sys.argv[1])
+        # One existing directory on the way, as in a store that already has blobs.
+        await driver.write("/blobs/sha256/ab/other/data", b"x")
+        print("BEGIN", flush=True)
+        prepared = await driver.prepare_writes({k: v for s in STAGES for k, v in s.items()})
+        for stage in STAGES:
+            print("STAGE", flush=True)
+            await prepared.publish(list(stage))
+        print("END", flush=True)
+        await driver.close()
+
+    asyncio.run(main())
+    """
+)
+
+_CALL = re.compile(r"^(\d+) (\w+)\((.*)$")
+_RESUMED = re.compile(r"^(\d+) <\.\.\. (\w+) resumed>")
+_FD_PATH = re.compile(r"^\d+<([^>]*)>")
+
+
+@dataclass
+class Fsync:
+    path: str
+    thread: int
+    start: int
+    end: int = -1
+
+
+@dataclass
+class Trace:
+    mkdirs: list[tuple[int, str]] = field(default_factory=list)
+    renames: list[tuple[int, str, str]] = field(default_factory=list)
+    fsyncs: list[Fsync] = field(default_factory=list)
+    stages: list[int] = field(default_factory=list)  # where each STAGE (and END) was printed
+
+
+def parse(text: str, root: str) -> Trace:
+    trace = Trace()
+    begun = False
+    pending: dict[int, Fsync] = {}
+    for number, line in enumerate(text.splitlines()):
+        resumed = _RESUMED.match(line)
+        if resumed:
+            if resumed.group(2) == "fsync" and int(resumed.group(1)) in pending:
+                pending.pop(int(resumed.group(1))).end = number
+            continue
+        call = _CALL.match(line)
+        if not call:
+            continue
+        thread, name, rest = int(call.group(1)), call.group(2), call.group(3)
+        if name == "write" and rest.startswith("1<"):
+            marker = re.search(r'"(BEGIN|STAGE|END)', rest)
+            if marker and marker.group(1) == "BEGIN":
+                begun = True
+            elif marker:
+                trace.stages.append(number)
+            continue
+        if not begun:
+            continue
+        if name in ("mkdir", "mkdirat"):
+            path = re.findall(r'"([^"]*)"', rest)[0]
+            if path.startswith(root):
+                trace.mkdirs.append((number, path))
+        elif name.startswith("rename"):
+            source, dest = re.findall(r'"([^"]*)"', rest)[:2]
+            trace.renames.append((number, source, dest))
+        elif name == "fsync":
+            fd_path = _FD_PATH.match(rest)
+            assert fd_path, line
+            fsync = Fsync(fd_path.group(1), thread, number)
+            trace.fsyncs.append(fsync)
+            if "<unfinished" in rest:
+                pending[thread] = fsync
+            else:
+                fsync.end = number
+    assert not pending, "an fsync never returned"
+    return trace
+
+
+def traced_write(tmp_path: Path) -> tuple[Trace, str]:
+    root = tmp_path / "root"
+    root.mkdir()
+    output = tmp_path / "trace.txt"
+    subprocess.run(
+        [
+            "strace", "-f", "-y", "-qq", "-o", str(output),
+            "-e", "trace=fsync,rename,renameat,renameat2,mkdir,mkdirat,write",
+            sys.executable, "-c", WRITER, str(root),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    real_root = os.path.realpath(root)
+    return parse(output.read_text(), real_root), real_root
+
+
+def stage_end(trace: Trace, line: int) -> int:
+    """The line where the stage in progress at ``line`` is over (the next marker)."""
+    return min(marker for marker in trace.stages if marker > line)
+
+
+def test_each_stage_is_durable_before_the_next_appears(tmp_path: Path) -> None:
+    trace, root = traced_write(tmp_path)
+    assert len(trace.renames) == 6 and len(trace.stages) == 4
+    for at, source, dest in trace.renames:
+        # The content was durable before the name appeared...
+        assert any(f.path == source and f.end < at for f in trace.fsyncs), source
+        # ...and the name is durable before the stage ends (the next stage's renames).
+        end = stage_end(trace, at)
+        parent = os.path.dirname(dest)
+        assert any(f.path == parent and at < f.start and f.end < end for f in trace.fsyncs), dest
+    for made, directory in trace.mkdirs:
+        # A new directory's entry is durable before the first stage that puts a file in
+        # it (or below it) is over.
+        first = min(at for at, _, dest in trace.renames if dest.startswith(directory + "/"))
+        end = stage_end(trace, first)
+        parent = os.path.dirname(directory)
+        assert any(
+            f.path == parent and made < f.start and f.end < end for f in trace.fsyncs
+        ), directory
+    assert any(d == f"{root}/repo/_manifests/tags/latest/current" for _, d in trace.mkdirs)
+
+
+def test_a_stage_fsyncs_its_directories_together(tmp_path: Path) -> None:
+    trace, _ = traced_write(tmp_path)
+    # The second stage makes seven directories durable (the tag history's chain and the
+    # revision's); they are fsynced by several threads, not one after another.
+    second = [f for f in trace.fsyncs if trace.stages[1] < f.start < trace.stages[2]]
+    assert len(second) >= 5
+    assert len({f.thread for f in second}) > 1
+    # A directory made durable in an earlier stage is not fsynced again unless a file
+    # was renamed into it: the last stage fsyncs the two it renames into, not the tag's
+    # directory or ``tags`` above ``current``.
+    last = [f.path for f in trace.fsyncs if trace.stages[2] < f.start < trace.stages[3]]
+    assert sorted(path.split("/root/")[1] for path in last) == [
+        "repo/_manifests/tags/latest/current",
+        "repo/_tagged/abcd",
+    ]
