@@ -16,11 +16,12 @@ import fcntl
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Executor, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from stat import S_ISDIR, S_ISLNK
@@ -60,8 +61,8 @@ REMOVE_ATTEMPTS = 20
 # '~' can never occur in a driver path, so a temporary file can neither collide with a
 # real entry nor be reported as one, even when a crash leaves it behind.
 TEMP_PREFIX = ".tmp~"
-# Threads per driver that fsync the files and directories of one write stage together;
-# a manifest PUT by a new tag has up to seven in one stage.
+# Threads per driver that fsync the files and directories of one write stage together
+# (_Fsyncs); a manifest PUT by a new tag has up to seven in one stage.
 FSYNC_THREADS = 8
 # Names a driver path can contain; anything else in a directory (temporary files,
 # 'lost+found') cannot be addressed by callers and is left out of list and walk.
@@ -108,24 +109,56 @@ def _read_file(real: str) -> bytes:
         return file.read()
 
 
-def _sync_together(items: list[S], sync: Callable[[S], object], pool: Executor | None) -> None:
-    """``sync`` every item, the others in ``pool`` while this thread does the first.
+class _Fsyncs:
+    """Runs the fsyncs of one write stage together, when no other stage is syncing.
 
-    Each fsync waits on the disk (a write and a cache flush); issued together, the disk
-    overlaps them, so a stage costs about one fsync instead of one per file or directory.
+    Each fsync waits on the disk (a write and a cache flush). Issued together, the disk
+    overlaps them, so a lone request's stage costs about one fsync instead of one per
+    file or directory. When other stages are syncing meanwhile (concurrent requests),
+    the disk is kept busy by them already, and handing fsyncs to threads would only
+    cost CPU: they run one after another in the caller's thread.
     """
-    if pool is None or len(items) < 2:
+
+    def __init__(self, threads: int) -> None:
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="dockyard-fsync")
+        self._lock = threading.Lock()
+        self._active = 0
+
+    def run(self, items: list[S], sync: Callable[[S], object]) -> None:
+        with self._lock:
+            self._active += 1
+            alone = self._active == 1
+        try:
+            if alone and len(items) > 1:
+                self._fan_out(items, sync)
+            else:
+                for item in items:
+                    sync(item)
+        finally:
+            with self._lock:
+                self._active -= 1
+
+    def _fan_out(self, items: list[S], sync: Callable[[S], object]) -> None:
+        others = [self._pool.submit(sync, item) for item in items[1:]]
+        try:
+            sync(items[0])
+        finally:
+            # Every fsync has ended before the caller goes on, failed or not.
+            wait(others)
+        for future in others:
+            future.result()
+
+    def close(self) -> None:
+        # Idle threads only: every fsync is awaited by the stage that issued it.
+        self._pool.shutdown(wait=False)
+
+
+def _sync_all(items: list[S], sync: Callable[[S], object], fsyncs: _Fsyncs | None) -> None:
+    if fsyncs is None:
         for item in items:
             sync(item)
-        return
-    others = [pool.submit(sync, item) for item in items[1:]]
-    try:
-        sync(items[0])
-    finally:
-        # Every fsync has ended before the caller goes on, failed or not.
-        wait(others)
-    for future in others:
-        future.result()
+    else:
+        fsyncs.run(items, sync)
 
 
 def _fsync_dir(directory: str) -> None:
@@ -194,11 +227,11 @@ class _PreparedFile:
 
 
 def _prepare_files(
-    targets: list[tuple[str, bytes]], created: list[str], pool: Executor | None = None
+    targets: list[tuple[str, bytes]], created: list[str], fsyncs: _Fsyncs | None = None
 ) -> list[_PreparedFile]:
     """Each file's content in a temporary file beside it, all of them durable.
 
-    Nothing is fsynced until every file is written, and then all at once (``pool``);
+    Nothing is fsynced until every file is written, and then all together (``fsyncs``);
     the directories made on the way are appended to ``created``, their entries not
     durable yet (publishing does that).
     """
@@ -220,7 +253,7 @@ def _prepare_files(
             descriptors.append(fd)
             prepared.append(_PreparedFile(real, data, temp))
             _write_all(fd, data)
-        _sync_together(descriptors, os.fsync, pool)
+        _sync_all(descriptors, os.fsync, fsyncs)
     except BaseException:
         _discard_files(prepared, created)
         raise
@@ -233,7 +266,7 @@ def _prepare_files(
 def _publish_files(
     files: Iterable[_PreparedFile],
     created: Iterable[str],
-    pool: Executor | None = None,
+    fsyncs: _Fsyncs | None = None,
     synced: set[str] | None = None,
     retries: int = _VANISHED_RETRIES,
 ) -> None:
@@ -261,9 +294,9 @@ def _publish_files(
                     raise
                 again: list[str] = []
                 _publish_files(
-                    _prepare_files([(file.real, file.data)], again, pool),
+                    _prepare_files([(file.real, file.data)], again, fsyncs),
                     again,
-                    pool,
+                    fsyncs,
                     retries=retries - 1,
                 )
                 continue
@@ -278,7 +311,7 @@ def _publish_files(
             with suppress(OSError):
                 os.unlink(file.temp)  # those renamed into place are no longer there
         raise
-    _sync_together(sorted(directories), _fsync_dir, pool)
+    _sync_all(sorted(directories), _fsync_dir, fsyncs)
     synced.update(directories)
 
 
@@ -298,19 +331,19 @@ def _discard_files(files: Iterable[_PreparedFile], created: list[str]) -> None:
             _fsync_dir(os.path.dirname(directory))
 
 
-def _replace_atomically(real: str, data: bytes, pool: Executor | None = None) -> None:
+def _replace_atomically(real: str, data: bytes, fsyncs: _Fsyncs | None = None) -> None:
     """Replace ``real`` whole and durably: one file prepared beside it, then published."""
     created: list[str] = []
-    _publish_files(_prepare_files([(real, data)], created), created, pool)
+    _publish_files(_prepare_files([(real, data)], created), created, fsyncs)
 
 
 class _PreparedFiles(PreparedWrites):
     def __init__(
-        self, files: dict[str, _PreparedFile], created: list[str], pool: Executor
+        self, files: dict[str, _PreparedFile], created: list[str], fsyncs: _Fsyncs
     ) -> None:
         self._files = files
         self._created = created
-        self._pool = pool
+        self._fsyncs = fsyncs
         self._synced: set[str] = set()
 
     async def publish(self, paths: Iterable[str]) -> None:
@@ -318,7 +351,7 @@ class _PreparedFiles(PreparedWrites):
         files = [self._files.pop(path) for path in paths]
         with _translated(" ".join(paths)):
             await asyncio.to_thread(
-                _publish_files, files, self._created, self._pool, self._synced
+                _publish_files, files, self._created, self._fsyncs, self._synced
             )
 
     async def discard(self) -> None:
@@ -711,8 +744,7 @@ class FilesystemDriver(StorageDriver):
         # one made inside the root while it runs is noticed once the entry is evicted.
         self._plain_dirs: OrderedDict[str, None] = OrderedDict()
         self._listings = _Listings()
-        # The fsyncs of one stage of a prepared write run together (_sync_together).
-        self._syncers = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="dockyard-fsync")
+        self._fsyncs = _Fsyncs(FSYNC_THREADS)
 
     def _inside(self, real: str) -> bool:
         return real.startswith(self._prefix)
@@ -785,18 +817,17 @@ class FilesystemDriver(StorageDriver):
     async def write(self, path: str, data: bytes) -> None:
         real = self._resolve(path, follow=False)
         with _translated(path):
-            await asyncio.to_thread(_replace_atomically, real, data, self._syncers)
+            await asyncio.to_thread(_replace_atomically, real, data, self._fsyncs)
 
     async def prepare_writes(self, files: Mapping[str, bytes]) -> PreparedWrites:
         targets = [(self._resolve(path, follow=False), data) for path, data in files.items()]
         created: list[str] = []
         with _translated(" ".join(files)):
-            prepared = await asyncio.to_thread(_prepare_files, targets, created, self._syncers)
-        return _PreparedFiles(dict(zip(files, prepared, strict=True)), created, self._syncers)
+            prepared = await asyncio.to_thread(_prepare_files, targets, created, self._fsyncs)
+        return _PreparedFiles(dict(zip(files, prepared, strict=True)), created, self._fsyncs)
 
     async def close(self) -> None:
-        # Idle threads only: every fsync is awaited by the write that issued it.
-        self._syncers.shutdown(wait=False)
+        self._fsyncs.close()
 
     def stream(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         check_path(path)

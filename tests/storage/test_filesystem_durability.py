@@ -13,6 +13,8 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,3 +176,44 @@ def test_a_stage_fsyncs_its_directories_together(tmp_path: Path) -> None:
         "repo/_manifests/tags/latest/current",
         "repo/_tagged/abcd",
     ]
+
+
+def test_fsyncs_go_one_after_another_while_another_stage_syncs(tmp_path: Path) -> None:
+    from dockyard.storage.filesystem import _Fsyncs
+
+    fsyncs = _Fsyncs(4)
+    files = []
+    for index in range(4):
+        path = tmp_path / f"f{index}"
+        path.write_bytes(b"x")
+        files.append(os.open(path, os.O_RDONLY))
+    threads: dict[str, set[int]] = {"lone": set(), "beside": set()}
+    blocking = threading.Event()
+    release = threading.Event()
+
+    def recording(kind: str) -> Callable[[int], None]:
+        def sync(fd: int) -> None:
+            threads[kind].add(threading.get_ident())
+            os.fsync(fd)
+            if kind == "lone" and fd == files[0]:
+                blocking.set()
+                assert release.wait(10)
+
+        return sync
+
+    try:
+        # A lone stage hands all but its first fsync to the pool...
+        lone = threading.Thread(target=fsyncs.run, args=(files, recording("lone")))
+        lone.start()
+        assert blocking.wait(10)
+        # ...and a stage that starts while it is still syncing does its own, in order.
+        fsyncs.run(files, recording("beside"))
+        assert threads["beside"] == {threading.get_ident()}
+        release.set()
+        lone.join(10)
+        assert len(threads["lone"]) > 1
+    finally:
+        release.set()
+        fsyncs.close()
+        for fd in files:
+            os.close(fd)
