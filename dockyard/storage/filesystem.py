@@ -16,12 +16,10 @@ import fcntl
 import os
 import re
 import shutil
-import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from stat import S_ISDIR, S_ISLNK
@@ -40,7 +38,6 @@ from dockyard.storage.driver import (
 )
 
 T = TypeVar("T")
-S = TypeVar("S")
 
 CHUNK_SIZE = 1 << 20
 # Up to this size a read or an appended buffer is handled on the event loop: link files
@@ -61,9 +58,6 @@ REMOVE_ATTEMPTS = 20
 # '~' can never occur in a driver path, so a temporary file can neither collide with a
 # real entry nor be reported as one, even when a crash leaves it behind.
 TEMP_PREFIX = ".tmp~"
-# Threads per driver that fsync the files and directories of one write stage together
-# (_Fsyncs); a manifest PUT by a new tag has up to seven in one stage.
-FSYNC_THREADS = 8
 # Names a driver path can contain; anything else in a directory (temporary files,
 # 'lost+found') cannot be addressed by callers and is left out of list and walk.
 _ADDRESSABLE = re.compile(r"[A-Za-z0-9._-]+\Z")
@@ -107,58 +101,6 @@ def _write_all(fd: int, data: bytes) -> None:
 def _read_file(real: str) -> bytes:
     with open(real, "rb") as file:
         return file.read()
-
-
-class _Fsyncs:
-    """Runs the fsyncs of one write stage together, when no other stage is syncing.
-
-    Each fsync waits on the disk (a write and a cache flush). Issued together, the disk
-    overlaps them, so a lone request's stage costs about one fsync instead of one per
-    file or directory. When other stages are syncing meanwhile (concurrent requests),
-    the disk is kept busy by them already, and handing fsyncs to threads would only
-    cost CPU: they run one after another in the caller's thread.
-    """
-
-    def __init__(self, threads: int) -> None:
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="dockyard-fsync")
-        self._lock = threading.Lock()
-        self._active = 0
-
-    def run(self, items: list[S], sync: Callable[[S], object]) -> None:
-        with self._lock:
-            self._active += 1
-            alone = self._active == 1
-        try:
-            if alone and len(items) > 1:
-                self._fan_out(items, sync)
-            else:
-                for item in items:
-                    sync(item)
-        finally:
-            with self._lock:
-                self._active -= 1
-
-    def _fan_out(self, items: list[S], sync: Callable[[S], object]) -> None:
-        others = [self._pool.submit(sync, item) for item in items[1:]]
-        try:
-            sync(items[0])
-        finally:
-            # Every fsync has ended before the caller goes on, failed or not.
-            wait(others)
-        for future in others:
-            future.result()
-
-    def close(self) -> None:
-        # Idle threads only: every fsync is awaited by the stage that issued it.
-        self._pool.shutdown(wait=False)
-
-
-def _sync_all(items: list[S], sync: Callable[[S], object], fsyncs: _Fsyncs | None) -> None:
-    if fsyncs is None:
-        for item in items:
-            sync(item)
-    else:
-        fsyncs.run(items, sync)
 
 
 def _fsync_dir(directory: str) -> None:
@@ -226,14 +168,12 @@ class _PreparedFile:
     temp: str
 
 
-def _prepare_files(
-    targets: list[tuple[str, bytes]], created: list[str], fsyncs: _Fsyncs | None = None
-) -> list[_PreparedFile]:
+def _prepare_files(targets: list[tuple[str, bytes]], created: list[str]) -> list[_PreparedFile]:
     """Each file's content in a temporary file beside it, all of them durable.
 
-    Nothing is fsynced until every file is written, and then all together (``fsyncs``);
-    the directories made on the way are appended to ``created``, their entries not
-    durable yet (publishing does that).
+    Nothing is fsynced until every file is written, so one journal commit can carry
+    most of them; the directories made on the way are appended to ``created``, their
+    entries not durable yet (publishing does that).
     """
     prepared: list[_PreparedFile] = []
     descriptors: list[int] = []
@@ -253,7 +193,8 @@ def _prepare_files(
             descriptors.append(fd)
             prepared.append(_PreparedFile(real, data, temp))
             _write_all(fd, data)
-        _sync_all(descriptors, os.fsync, fsyncs)
+        for fd in descriptors:
+            os.fsync(fd)
     except BaseException:
         _discard_files(prepared, created)
         raise
@@ -266,7 +207,6 @@ def _prepare_files(
 def _publish_files(
     files: Iterable[_PreparedFile],
     created: Iterable[str],
-    fsyncs: _Fsyncs | None = None,
     synced: set[str] | None = None,
     retries: int = _VANISHED_RETRIES,
 ) -> None:
@@ -294,9 +234,8 @@ def _publish_files(
                     raise
                 again: list[str] = []
                 _publish_files(
-                    _prepare_files([(file.real, file.data)], again, fsyncs),
+                    _prepare_files([(file.real, file.data)], again),
                     again,
-                    fsyncs,
                     retries=retries - 1,
                 )
                 continue
@@ -311,7 +250,8 @@ def _publish_files(
             with suppress(OSError):
                 os.unlink(file.temp)  # those renamed into place are no longer there
         raise
-    _sync_all(sorted(directories), _fsync_dir, fsyncs)
+    for directory in directories:
+        _fsync_dir(directory)
     synced.update(directories)
 
 
@@ -331,28 +271,23 @@ def _discard_files(files: Iterable[_PreparedFile], created: list[str]) -> None:
             _fsync_dir(os.path.dirname(directory))
 
 
-def _replace_atomically(real: str, data: bytes, fsyncs: _Fsyncs | None = None) -> None:
+def _replace_atomically(real: str, data: bytes) -> None:
     """Replace ``real`` whole and durably: one file prepared beside it, then published."""
     created: list[str] = []
-    _publish_files(_prepare_files([(real, data)], created), created, fsyncs)
+    _publish_files(_prepare_files([(real, data)], created), created)
 
 
 class _PreparedFiles(PreparedWrites):
-    def __init__(
-        self, files: dict[str, _PreparedFile], created: list[str], fsyncs: _Fsyncs
-    ) -> None:
+    def __init__(self, files: dict[str, _PreparedFile], created: list[str]) -> None:
         self._files = files
         self._created = created
-        self._fsyncs = fsyncs
         self._synced: set[str] = set()
 
     async def publish(self, paths: Iterable[str]) -> None:
         paths = list(paths)
         files = [self._files.pop(path) for path in paths]
         with _translated(" ".join(paths)):
-            await asyncio.to_thread(
-                _publish_files, files, self._created, self._fsyncs, self._synced
-            )
+            await asyncio.to_thread(_publish_files, files, self._created, self._synced)
 
     async def discard(self) -> None:
         if self._files:
@@ -744,7 +679,6 @@ class FilesystemDriver(StorageDriver):
         # one made inside the root while it runs is noticed once the entry is evicted.
         self._plain_dirs: OrderedDict[str, None] = OrderedDict()
         self._listings = _Listings()
-        self._fsyncs = _Fsyncs(FSYNC_THREADS)
 
     def _inside(self, real: str) -> bool:
         return real.startswith(self._prefix)
@@ -817,17 +751,14 @@ class FilesystemDriver(StorageDriver):
     async def write(self, path: str, data: bytes) -> None:
         real = self._resolve(path, follow=False)
         with _translated(path):
-            await asyncio.to_thread(_replace_atomically, real, data, self._fsyncs)
+            await asyncio.to_thread(_replace_atomically, real, data)
 
     async def prepare_writes(self, files: Mapping[str, bytes]) -> PreparedWrites:
         targets = [(self._resolve(path, follow=False), data) for path, data in files.items()]
         created: list[str] = []
         with _translated(" ".join(files)):
-            prepared = await asyncio.to_thread(_prepare_files, targets, created, self._fsyncs)
-        return _PreparedFiles(dict(zip(files, prepared, strict=True)), created, self._fsyncs)
-
-    async def close(self) -> None:
-        self._fsyncs.close()
+            prepared = await asyncio.to_thread(_prepare_files, targets, created)
+        return _PreparedFiles(dict(zip(files, prepared, strict=True)), created)
 
     def stream(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         check_path(path)

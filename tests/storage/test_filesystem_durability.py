@@ -2,8 +2,9 @@
 
 A prepared write (a manifest PUT's files) is run under strace, and the trace is checked
 for what a crash must not undo: every file's content is fsynced before its name
-appears, every rename and every new directory is fsynced before the next stage's first
-rename, and a stage's fsyncs are issued together rather than one after another.
+appears, and every rename and every new directory is fsynced before the next stage's
+first rename; and for what it need not redo: a directory an earlier stage made durable
+is fsynced again only when a file is renamed into it.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,13 +160,8 @@ def test_each_stage_is_durable_before_the_next_appears(tmp_path: Path) -> None:
     assert any(d == f"{root}/repo/_manifests/tags/latest/current" for _, d in trace.mkdirs)
 
 
-def test_a_stage_fsyncs_its_directories_together(tmp_path: Path) -> None:
+def test_a_directory_is_fsynced_again_only_when_a_file_lands_in_it(tmp_path: Path) -> None:
     trace, _ = traced_write(tmp_path)
-    # The second stage makes seven directories durable (the tag history's chain and the
-    # revision's); they are fsynced by several threads, not one after another.
-    second = [f for f in trace.fsyncs if trace.stages[1] < f.start < trace.stages[2]]
-    assert len(second) >= 5
-    assert len({f.thread for f in second}) > 1
     # A directory made durable in an earlier stage is not fsynced again unless a file
     # was renamed into it: the last stage fsyncs the two it renames into, not the tag's
     # directory or ``tags`` above ``current``.
@@ -177,43 +171,3 @@ def test_a_stage_fsyncs_its_directories_together(tmp_path: Path) -> None:
         "repo/_tagged/abcd",
     ]
 
-
-def test_fsyncs_go_one_after_another_while_another_stage_syncs(tmp_path: Path) -> None:
-    from dockyard.storage.filesystem import _Fsyncs
-
-    fsyncs = _Fsyncs(4)
-    files = []
-    for index in range(4):
-        path = tmp_path / f"f{index}"
-        path.write_bytes(b"x")
-        files.append(os.open(path, os.O_RDONLY))
-    threads: dict[str, set[int]] = {"lone": set(), "beside": set()}
-    blocking = threading.Event()
-    release = threading.Event()
-
-    def recording(kind: str) -> Callable[[int], None]:
-        def sync(fd: int) -> None:
-            threads[kind].add(threading.get_ident())
-            os.fsync(fd)
-            if kind == "lone" and fd == files[0]:
-                blocking.set()
-                assert release.wait(10)
-
-        return sync
-
-    try:
-        # A lone stage hands all but its first fsync to the pool...
-        lone = threading.Thread(target=fsyncs.run, args=(files, recording("lone")))
-        lone.start()
-        assert blocking.wait(10)
-        # ...and a stage that starts while it is still syncing does its own, in order.
-        fsyncs.run(files, recording("beside"))
-        assert threads["beside"] == {threading.get_ident()}
-        release.set()
-        lone.join(10)
-        assert len(threads["lone"]) > 1
-    finally:
-        release.set()
-        fsyncs.close()
-        for fd in files:
-            os.close(fd)
