@@ -295,7 +295,6 @@ def supervise(
     plan = WorkerPlan(
         children=children,
         listen_fd=sock.fileno(),
-        shared_listener=config.http.net == "unix",
         debug_fd=None if debug_sock is None else debug_sock.fileno(),
         metrics_dir=metrics_dir,
         config_fd=config_fd,

@@ -61,7 +61,6 @@ class WorkerPlan:
         *,
         children: dict[int, int],
         listen_fd: int,
-        shared_listener: bool,
         debug_fd: int | None,
         metrics_dir: str | None,
         config_fd: int,
@@ -70,7 +69,6 @@ class WorkerPlan:
     ) -> None:
         self.children = children  # pid -> worker index
         self.listen_fd = listen_fd
-        self.shared_listener = shared_listener
         self.debug_fd = debug_fd
         self.metrics_dir = metrics_dir
         self.config_fd = config_fd
@@ -83,7 +81,6 @@ class WorkerPlan:
             {
                 "children": {str(pid): index for pid, index in self.children.items()},
                 "listen_fd": self.listen_fd,
-                "shared_listener": self.shared_listener,
                 "debug_fd": self.debug_fd,
                 "metrics_dir": self.metrics_dir,
                 "config_fd": self.config_fd,
@@ -99,7 +96,6 @@ class WorkerPlan:
         return cls(
             children={int(pid): int(index) for pid, index in data["children"].items()},
             listen_fd=int(data["listen_fd"]),
-            shared_listener=bool(data["shared_listener"]),
             debug_fd=None if data["debug_fd"] is None else int(data["debug_fd"]),
             metrics_dir=data["metrics_dir"],
             config_fd=int(data["config_fd"]),

@@ -115,7 +115,6 @@ HANDOVER = textwrap.dedent(
     plan = WorkerPlan(
         children={child: 0},
         listen_fd=listen_fd,
-        shared_listener=False,
         debug_fd=None,
         metrics_dir=sys.argv[2],
         config_fd=config_fd,
