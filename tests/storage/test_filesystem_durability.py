@@ -52,8 +52,9 @@ WRITER = textwrap.dedent(
     """
 )
 
-_CALL = re.compile(r"^(\d+) (\w+)\((.*)$")
-_RESUMED = re.compile(r"^(\d+) <\.\.\. (\w+) resumed>")
+# strace pads the pid column (``123   fsync(...)``).
+_CALL = re.compile(r"^(\d+)\s+(\w+)\((.*)$")
+_RESUMED = re.compile(r"^(\d+)\s+<\.\.\. (\w+) resumed>")
 _FD_PATH = re.compile(r"^\d+<([^>]*)>")
 
 
