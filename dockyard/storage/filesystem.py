@@ -278,16 +278,26 @@ def _replace_atomically(real: str, data: bytes) -> None:
 
 
 class _PreparedFiles(PreparedWrites):
-    def __init__(self, files: dict[str, _PreparedFile], created: list[str]) -> None:
-        self._files = files
-        self._created = created
+    """Files written beside their targets when the first stage is published, in the same
+    thread call (one hand-off fewer per write), then renamed into place stage by stage."""
+
+    def __init__(self, targets: dict[str, tuple[str, bytes]]) -> None:
+        self._targets = targets
+        self._files: dict[str, _PreparedFile] | None = None
+        self._created: list[str] = []
         self._synced: set[str] = set()
 
     async def publish(self, paths: Iterable[str]) -> None:
         paths = list(paths)
-        files = [self._files.pop(path) for path in paths]
         with _translated(" ".join(paths)):
-            await asyncio.to_thread(_publish_files, files, self._created, self._synced)
+            await asyncio.to_thread(self._publish, paths)
+
+    def _publish(self, paths: list[str]) -> None:
+        if self._files is None:
+            prepared = _prepare_files(list(self._targets.values()), self._created)
+            self._files = dict(zip(self._targets, prepared, strict=True))
+        files = [self._files.pop(path) for path in paths]
+        _publish_files(files, self._created, self._synced)
 
     async def discard(self) -> None:
         if self._files:
@@ -754,11 +764,9 @@ class FilesystemDriver(StorageDriver):
             await asyncio.to_thread(_replace_atomically, real, data)
 
     async def prepare_writes(self, files: Mapping[str, bytes]) -> PreparedWrites:
-        targets = [(self._resolve(path, follow=False), data) for path, data in files.items()]
-        created: list[str] = []
-        with _translated(" ".join(files)):
-            prepared = await asyncio.to_thread(_prepare_files, targets, created)
-        return _PreparedFiles(dict(zip(files, prepared, strict=True)), created)
+        return _PreparedFiles(
+            {path: (self._resolve(path, follow=False), data) for path, data in files.items()}
+        )
 
     def stream(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         check_path(path)

@@ -233,7 +233,11 @@ async def test_unpublished_writes_leave_nothing(driver: StorageDriver) -> None:
 
 
 async def test_discarding_keeps_a_directory_another_writer_used(driver: StorageDriver) -> None:
-    prepared = await driver.prepare_writes({"/repo/_manifests/tags/t/current/link": b"sha256:ab"})
+    prepared = await driver.prepare_writes(
+        {"/blob": b"x", "/repo/_manifests/tags/t/current/link": b"sha256:ab"}
+    )
+    # Publishing a first stage prepares every file (the filesystem writes them ahead).
+    await prepared.publish(["/blob"])
     # A concurrent push writes into the directories this one made, then this one fails.
     await driver.write("/repo/_manifests/tags/u/current/link", b"sha256:cd")
     await prepared.discard()
@@ -243,11 +247,16 @@ async def test_discarding_keeps_a_directory_another_writer_used(driver: StorageD
 
 async def test_a_prepared_write_survives_its_directory_moving_away(driver: StorageDriver) -> None:
     await driver.write("/repo/_manifests/old", b"x")
-    async with await driver.prepare_writes({"/repo/_manifests/tags/t/current/link": b"sha256:ab"}) as prepared:
+    files = {"/repo/blob": b"x", "/repo/_manifests/tags/t/current/link": b"sha256:ab"}
+    async with await driver.prepare_writes(files) as prepared:
+        await prepared.publish(["/repo/blob"])
         # Garbage collection removing what looked like an empty tree.
         await driver.delete("/repo/_manifests")
         await prepared.publish(["/repo/_manifests/tags/t/current/link"])
-    assert await files_below(driver, "/repo") == ["/repo/_manifests/tags/t/current/link"]
+    assert await files_below(driver, "/repo") == [
+        "/repo/_manifests/tags/t/current/link",
+        "/repo/blob",
+    ]
     assert await driver.read("/repo/_manifests/tags/t/current/link") == b"sha256:ab"
 
 
@@ -258,7 +267,8 @@ async def test_prepared_write_below_a_file_fails_and_changes_nothing(driver: Sto
         async with prepared:
             await prepared.publish(["/new/a", "/file/child"])
     assert await driver.read("/file") == b"x"
-    # Preparing fails at once where it writes ahead; otherwise only that file fails.
+    # Preparing (with the first stage) fails before anything is published where it
+    # writes ahead; otherwise only that file fails.
     expected = [] if driver.name == "filesystem" else ["/new/a"]
     assert await files_below(driver, "/new") == expected
 
