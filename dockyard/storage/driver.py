@@ -59,7 +59,7 @@ def check_path(path: str) -> str:
     if len(path) > MAX_PATH_LENGTH or not PATH_PATTERN.match(path):
         raise InvalidPathError(path)
     # Only a path with "/." can have a "." or ".." component, and only a path longer than
-    # a component may be has one too long: most paths skip the split.
+    # the longest allowed component can have one that is too long: most skip the split.
     if ("/." in path or len(path) > MAX_COMPONENT_LENGTH) and any(
         part in (".", "..") or len(part) > MAX_COMPONENT_LENGTH for part in path.split("/")
     ):
