@@ -141,8 +141,8 @@ def garbage_collect(
     settle: float | None,
 ) -> None:
     """Delete blobs and manifests nothing references; safe while the registry serves."""
-    from dockyard.registry.assembly import build_registry
     from dockyard.errors import Unsupported
+    from dockyard.registry.assembly import build_registry
     from dockyard.registry.gc import GarbageCollector, GcOptions
     from dockyard.registry.gc_status import CollectionStatus
 
@@ -251,8 +251,8 @@ def delete_repository(config_path: str, name: str) -> None:
     """Remove a repository's manifests, tags and links; garbage-collect to free its blobs."""
     from dataclasses import replace
 
-    from dockyard.registry.assembly import build_registry
     from dockyard.errors import RegistryError
+    from dockyard.registry.assembly import build_registry
 
     config = _load_or_exit(config_path)
 

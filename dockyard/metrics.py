@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -336,6 +336,12 @@ class InstrumentedPreparedWrites(PreparedWrites):
         with _Timer(self.metrics, self.driver, "publish"):
             await self.inner.publish(paths)
 
+    async def publish_in_order(
+        self, stages: Sequence[Iterable[str]], between: Callable[[int], None] | None = None
+    ) -> None:
+        with _Timer(self.metrics, self.driver, "publish"):
+            await self.inner.publish_in_order(stages, between)
+
     async def discard(self) -> None:
         await self.inner.discard()
 
@@ -431,7 +437,6 @@ class InstrumentedDriver(DelegatingDriver):
     async def remove_empty(self, path: str) -> bool:
         with self._timer("remove_empty"):
             return await self.inner.remove_empty(path)
-
 
 
 # --- the debug listener -----------------------------------------------------------------

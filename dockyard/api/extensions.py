@@ -22,7 +22,7 @@ from dockyard.proxy.mirror import describe_cache
 from dockyard.registry import Registry, Repository, layout
 from dockyard.registry.cache import DigestCache
 from dockyard.registry.digest import Digest
-from dockyard.registry.gc import GarbageCollector, GcOptions, GcReport, ScanCache
+from dockyard.registry.gc import GarbageCollector, GcOptions, ScanCache
 from dockyard.registry.gc_status import CollectionStatus
 from dockyard.registry.links import read_link
 from dockyard.registry.manifests import parse_stored

@@ -124,14 +124,19 @@ class ManifestStore:
             # Every file is written (durably, invisibly) at once; then each stage appears
             # only once the one before it is durable: content, revision, tag.
             prepared = await stack.enter_async_context(await self.driver.prepare_writes(files))
-            await prepared.publish([*content, *(move.entry if move else [])])
-            if time.monotonic() - held_at > self.hold_limit:
-                # Garbage collection honours a hold for a bounded time only (see ``gc``):
-                # past it, committing could reference a blob that is being removed.
-                raise Unavailable("manifest references took too long to verify; retry")
-            await prepared.publish([*revision, *(move.history if move else [])])
+            stages = [[*content, *(move.entry if move else [])]]
+            stages.append([*revision, *(move.history if move else [])])
             if move is not None:
-                await prepared.publish([move.current])
+                stages.append([move.current])
+
+            def within_hold_limit(stage: int) -> None:
+                # Garbage collection honours a hold for a bounded time only (see ``gc``):
+                # past it, committing the revision could reference a blob that is being
+                # removed. Once the revision is in, moving the tag references nothing new.
+                if stage == 1 and time.monotonic() - held_at > self.hold_limit:
+                    raise Unavailable("manifest references took too long to verify; retry")
+
+            await prepared.publish_in_order(stages, within_hold_limit)
         return manifest
 
     async def _release(self, manifest: Manifest) -> None:

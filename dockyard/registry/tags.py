@@ -52,9 +52,11 @@ class TagStore:
         return digest
 
     async def tag(self, tag: str, digest: Digest) -> None:
-        async with self.moving(tag, digest) as move, await self.driver.prepare_writes(move.files) as files:
-            await files.publish([*move.entry, *move.history])
-            await files.publish([move.current])
+        async with (
+            self.moving(tag, digest) as move,
+            await self.driver.prepare_writes(move.files) as files,
+        ):
+            await files.publish_in_order([[*move.entry, *move.history], [move.current]])
 
     @asynccontextmanager
     async def moving(self, tag: str, digest: Digest) -> AsyncIterator[TagMove]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -113,6 +113,18 @@ class PreparedWrites(ABC):
     @abstractmethod
     async def publish(self, paths: Iterable[str]) -> None:
         """Make these prepared files visible, each atomically; all are durable on return."""
+
+    async def publish_in_order(
+        self, stages: Sequence[Iterable[str]], between: Callable[[int], None] | None = None
+    ) -> None:
+        """Publish each stage as :meth:`publish` does, every one durable before the next
+        appears. ``between`` is called with each later stage's index before it is
+        published; what it raises stops the rest, which the block's exit discards. It
+        may run in another thread."""
+        for number, stage in enumerate(stages):
+            if number and between is not None:
+                between(number)
+            await self.publish(stage)
 
     @abstractmethod
     async def discard(self) -> None:

@@ -179,6 +179,7 @@ async def test_large_read(driver: StorageDriver) -> None:
 
 # --- prepared writes --------------------------------------------------------------------
 
+
 async def files_below(driver: StorageDriver, path: str) -> list[str]:
     try:
         return sorted(info.path for info in await walk(driver, path) if not info.is_dir)
@@ -209,6 +210,45 @@ async def test_prepared_writes_appear_only_when_published(driver: StorageDriver)
     assert await files_below(driver, "/repo") == sorted(PREPARED)
 
 
+async def test_stages_published_in_order_all_appear(driver: StorageDriver) -> None:
+    revision, index, current = PREPARED
+    calls: list[int] = []
+    async with await driver.prepare_writes(PREPARED) as prepared:
+        await prepared.publish_in_order([[revision], [index], [current]], calls.append)
+    # ``between`` runs before the second and the third stage only.
+    assert calls == [1, 2]
+    for path, data in PREPARED.items():
+        assert await driver.read(path) == data
+
+
+class Refused(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stages_before_refusal", [1, 2])
+async def test_a_refusal_between_stages_stops_the_later_ones(
+    driver: StorageDriver, stages_before_refusal: int
+) -> None:
+    revision, index, current = PREPARED
+
+    def between(stage: int) -> None:
+        if stage == stages_before_refusal:
+            raise Refused()
+
+    with pytest.raises(Refused):
+        async with await driver.prepare_writes(PREPARED) as prepared:
+            await prepared.publish_in_order([[revision], [index], [current]], between)
+    published = [revision, index][:stages_before_refusal]
+    assert await files_below(driver, "/repo") == sorted(published)
+    for path in published:
+        assert await driver.read(path) == PREPARED[path]
+    # The refused stages left no directory behind either (a tag's would list the tag).
+    if stages_before_refusal == 1:
+        assert await driver.list("/repo/_manifests") == ["revisions"]
+    else:
+        assert await driver.list("/repo/_manifests/tags/t") == ["index"]
+
+
 async def test_prepared_writes_replace_existing_files(driver: StorageDriver) -> None:
     await driver.write("/f", b"a much longer first version")
     async with await driver.prepare_writes({"/f": b"short"}) as prepared:
@@ -224,7 +264,10 @@ async def test_unpublished_writes_leave_nothing(driver: StorageDriver) -> None:
         async with await driver.prepare_writes(PREPARED) as prepared:
             await prepared.publish([revision])
             raise RuntimeError("a push refused half way")
-    assert await files_below(driver, "/repo") == ["/repo/_manifests/revisions/sha256/00/link", revision]
+    assert await files_below(driver, "/repo") == [
+        "/repo/_manifests/revisions/sha256/00/link",
+        revision,
+    ]
     # No directory made for the tag remains (it would list the tag).
     assert await driver.list("/repo/_manifests") == ["revisions"]
     await (await driver.prepare_writes({"/other/file": b"x"})).discard()

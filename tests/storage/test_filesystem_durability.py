@@ -42,9 +42,12 @@ WRITER = textwrap.dedent(
         await driver.write("/blobs/sha256/ab/other/data", b"x")
         print("BEGIN", flush=True)
         prepared = await driver.prepare_writes({k: v for s in STAGES for k, v in s.items()})
-        for stage in STAGES:
-            print("STAGE", flush=True)
-            await prepared.publish(list(stage))
+        # A marker before each stage: the first here, the others from the thread that
+        # publishes them all.
+        print("STAGE", flush=True)
+        await prepared.publish_in_order(
+            [list(stage) for stage in STAGES], lambda _: print("STAGE", flush=True)
+        )
         print("END", flush=True)
         await driver.close()
 

@@ -1,0 +1,48 @@
+"""A manifest push that takes longer than the hold limit commits nothing past its content."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dockyard.errors import ManifestUnknown, Unavailable
+from dockyard.registry import Registry, layout
+from dockyard.registry.digest import Digest
+from dockyard.registry.manifests import OCI_INDEX
+from dockyard.registry.registry import RegistryOptions
+from dockyard.storage import FilesystemDriver, MemoryDriver, PathNotFoundError
+from dockyard.storage.driver import StorageDriver
+
+# An index of no manifests references nothing, so the push needs no blobs first.
+INDEX = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}).encode()
+
+
+@pytest.fixture(params=["filesystem", "memory"])
+def driver(request: pytest.FixtureRequest, tmp_path: Path) -> StorageDriver:
+    if request.param == "filesystem":
+        return FilesystemDriver(str(tmp_path))
+    return MemoryDriver()
+
+
+async def test_a_push_within_the_hold_limit_is_committed(driver: StorageDriver) -> None:
+    repo = Registry(driver).repository("lib/app")
+    await repo.manifests.put(INDEX, OCI_INDEX, "latest", None)
+    assert await repo.tags.resolve("latest") == Digest.of(INDEX)
+
+
+async def test_a_push_past_the_hold_limit_commits_no_revision_and_no_tag(
+    driver: StorageDriver,
+) -> None:
+    # Any time at all between the references' check and the revision is too long.
+    repo = Registry(driver, RegistryOptions(hold_limit=0.0)).repository("lib/app")
+    with pytest.raises(Unavailable):
+        await repo.manifests.put(INDEX, OCI_INDEX, "latest", None)
+    digest = Digest.of(INDEX)
+    with pytest.raises(PathNotFoundError):
+        await driver.stat(layout.revision_link("lib/app", digest))
+    with pytest.raises(ManifestUnknown):
+        await repo.tags.resolve("latest")
+    with pytest.raises(PathNotFoundError):
+        await driver.list(layout.tags("lib/app"))
