@@ -46,12 +46,17 @@ INLINE_LIMIT = 64 * 1024
 # Directory sizes (st_size) up to this are listed without a thread hop: a few dozen
 # entries on ext4 and xfs, some hundreds on tmpfs.
 SMALL_DIRECTORY = 4096
-# How many symlink-free directories a driver remembers (see FilesystemDriver._real_dir).
-PLAIN_DIRS_REMEMBERED = 65536
-# Listings of large directories kept, and how long a directory must have been left
-# unchanged before its listing is kept: a change is then sure to move its
-# modification time, even on file systems that keep it in whole seconds.
+# How many symlink-free directories a driver remembers (see FilesystemDriver._real_dir):
+# about 300 bytes each. The ancestors every path shares are looked up all the time and
+# come back at the cost of one lstat when evicted; most others (a blob's, a revision's)
+# are seen once or twice, so more would only hold memory.
+PLAIN_DIRS_REMEMBERED = 4096
+# Listings of large directories kept, at most so many names in all (about 60 bytes
+# each), and how long a directory must have been left unchanged before its listing is
+# kept: a change is then sure to move its modification time, even on file systems that
+# keep it in whole seconds.
 LISTINGS_REMEMBERED = 32
+LISTED_NAMES_REMEMBERED = 100_000
 SETTLED_AFTER_NS = 2_000_000_000
 # How often a tree is removed again when entries appear in it while it is removed.
 REMOVE_ATTEMPTS = 20
@@ -552,8 +557,10 @@ class _Listings:
     they change; reading 10,000 entries costs milliseconds, a stat microseconds.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, names_limit: int = LISTED_NAMES_REMEMBERED) -> None:
         self._kept: OrderedDict[str, tuple[tuple[int, int, int, int], list[str]]] = OrderedDict()
+        self._names_limit = names_limit
+        self._names = 0
 
     @staticmethod
     def _version(status: os.stat_result) -> tuple[int, int, int, int]:
@@ -570,13 +577,20 @@ class _Listings:
         """Keep ``names``, read after ``status`` was taken at ``before`` (ns), if the
         directory had settled by then; a change in the same clock tick could otherwise
         leave the times as they were."""
+        self._forget(real)
         if before - max(status.st_mtime_ns, status.st_ctime_ns) < SETTLED_AFTER_NS:
-            self._kept.pop(real, None)
+            return
+        if len(names) > self._names_limit:
             return
         self._kept[real] = (self._version(status), list(names))
-        self._kept.move_to_end(real)
-        if len(self._kept) > LISTINGS_REMEMBERED:
-            self._kept.popitem(last=False)
+        self._names += len(names)
+        while len(self._kept) > LISTINGS_REMEMBERED or self._names > self._names_limit:
+            self._forget(next(iter(self._kept)))
+
+    def _forget(self, real: str) -> None:
+        kept = self._kept.pop(real, None)
+        if kept is not None:
+            self._names -= len(kept[1])
 
 
 def _scan(real: str, inside: Callable[[str], bool]) -> list[tuple[str, os.stat_result]]:

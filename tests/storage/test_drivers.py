@@ -15,8 +15,10 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import shutil
 import threading
 import time
+import tracemalloc
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -38,7 +40,12 @@ from dockyard.storage import (
 )
 from dockyard.storage.delegating import DelegatingDriver
 from dockyard.storage.driver import DeferredWrites
-from dockyard.storage.filesystem import SETTLED_AFTER_NS, SMALL_DIRECTORY
+from dockyard.storage.filesystem import (
+    PLAIN_DIRS_REMEMBERED,
+    SETTLED_AFTER_NS,
+    SMALL_DIRECTORY,
+    _Listings,
+)
 from tests.s3.moto_server import MotoServer
 from tests.support.redis_server import RedisServer
 
@@ -1328,6 +1335,71 @@ async def test_fs_a_settled_large_listing_is_kept_and_every_change_seen(
     assert await fs.list("/repo/tags") == [*names[1:], "tag-new"]
     os.rename(tags / "tag-0001", tags / "tag-renamed")
     assert await fs.list("/repo/tags") == [*names[2:], "tag-new", "tag-renamed"]
+
+
+def test_fs_kept_listings_hold_a_bounded_number_of_names(tmp_path: Path) -> None:
+    listings = _Listings(names_limit=25)
+    directories = []
+    for number in range(4):
+        directory = tmp_path / f"d{number}"
+        directory.mkdir()
+        status = os.stat(directory)
+        settled = max(status.st_mtime_ns, status.st_ctime_ns) + SETTLED_AFTER_NS
+        directories.append((str(directory), status, settled))
+    names = [f"n{i}" for i in range(10)]
+    for real, status, settled in directories[:2]:
+        listings.keep(real, status, settled, names)
+    assert all(listings.get(real, status) == names for real, status, _ in directories[:2])
+    # A third listing of 10 would hold 30 names: the least recently used one goes.
+    listings.get(directories[0][0], directories[0][1])
+    real, status, settled = directories[2]
+    listings.keep(real, status, settled, names)
+    assert listings.get(directories[1][0], directories[1][1]) is None
+    assert listings.get(directories[0][0], directories[0][1]) == names
+    assert listings.get(real, status) == names
+    # A listing larger than the whole allowance is not kept, and evicts nothing.
+    real, status, settled = directories[3]
+    listings.keep(real, status, settled, [f"m{i}" for i in range(26)])
+    assert listings.get(real, status) is None
+    assert listings.get(directories[0][0], directories[0][1]) == names
+    # Keeping a directory again replaces its listing rather than adding to it.
+    real, status, settled = directories[0]
+    listings.keep(real, status, settled, names[:5])
+    listings.keep(*directories[1], names)
+    assert listings.get(real, status) == names[:5]
+    assert listings.get(directories[1][0], directories[1][1]) == names
+
+
+async def test_fs_remembered_directories_stay_bounded(fs: FilesystemDriver, fs_root: Path) -> None:
+    # A registry serving many blobs resolves paths below ever new directories: what the
+    # driver remembers of them must not grow with their number.
+    count = 3 * PLAIN_DIRS_REMEMBERED
+    for number in range(count):
+        directory = fs_root / "blobs" / f"{number:05d}"
+        directory.mkdir(parents=True)
+        (directory / "data").write_bytes(b"x")
+    held = []
+    tracemalloc.start()
+    try:
+        for number in range(count):
+            if number in (PLAIN_DIRS_REMEMBERED, count - 1):
+                held.append(tracemalloc.get_traced_memory()[0])
+            assert (await fs.stat(f"/blobs/{number:05d}/data")).size == 1
+    finally:
+        tracemalloc.stop()
+    # Three times the directories, and not much more memory than after the first third
+    # (the table of a dict that evicts grows a little before it is compacted).
+    assert held[1] < held[0] * 1.5
+    assert len(fs._plain_dirs) <= PLAIN_DIRS_REMEMBERED
+    # One evicted long ago and replaced by a link leading out is still refused.
+    outside = fs_root.parent / "outside"
+    outside.mkdir()
+    (outside / "data").write_bytes(b"secret")
+    first = fs_root / "blobs" / "00000"
+    shutil.rmtree(first)
+    first.symlink_to(outside)
+    with pytest.raises(InvalidPathError):
+        await fs.read("/blobs/00000/data")
 
 
 async def failures_beside(
