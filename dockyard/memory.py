@@ -1,4 +1,4 @@
-"""How the C allocator of a serving process behaves.
+"""How the C allocator of a serving process behaves, and when it gives memory back.
 
 glibc gives each thread that allocates under contention an arena of its own, up to eight
 per core, and memory freed into an arena stays with it. A worker's executor threads
@@ -7,13 +7,23 @@ uploads (a client pushing six layers at once) left each worker holding several a
 of freed buffers for good: about 15 MiB per worker after one `skopeo copy`. Two arenas
 per process keep that in check; the allocations that matter happen with the GIL held,
 so the threads hardly contend for them anyway.
+
+Freed buffers still stay in the arenas: glibc raises its mmap threshold to the largest
+block freed so far, so after the first large upload the MiB-sized pieces of every later
+one come from the heap, and what is freed below the top of the heap is kept. A worker
+that has taken a few large pushes holds several MiB it no longer uses, all the time
+it serves pulls. :class:`HeapTrimmer` gives those pages back (``malloc_trim``) once a
+burst of large request bodies has been quiet for a moment; trimming during one would
+only make the next pieces fault their pages in again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import logging
 import os
+from collections.abc import Callable
 
 log = logging.getLogger("dockyard")
 
@@ -44,3 +54,69 @@ def limit_malloc_arenas(arenas: int = ARENAS) -> bool:
         log.debug("the C library ignored M_ARENA_MAX")
         return False
     return True
+
+
+def heap_trim_function() -> Callable[[], None] | None:
+    """glibc's ``malloc_trim(0)``, which returns every free page of every arena to the
+    system; None where the C library has none (musl)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+
+    def release() -> None:
+        trim(0)
+
+    return release
+
+
+# Bodies from this size on are read in pieces of a MiB (uploads); smaller ones (a
+# manifest) leave nothing worth trimming. How many bytes of such bodies since the last
+# trim make one worth it, and how long none may have ended before it runs.
+LARGE_BODY = 256 << 10
+TRIM_AFTER_BYTES = 32 << 20
+TRIM_WHEN_QUIET = 0.5
+
+
+class HeapTrimmer:
+    """Trims the C heap once ``after_bytes`` of request bodies have been received since
+    the last trim and none has ended for ``quiet`` seconds; ``run`` is its task."""
+
+    def __init__(
+        self,
+        trim: Callable[[], None] | None,
+        after_bytes: int = TRIM_AFTER_BYTES,
+        quiet: float = TRIM_WHEN_QUIET,
+    ) -> None:
+        self._trim = trim
+        self.after_bytes = after_bytes
+        self.quiet = quiet
+        self.pending = 0
+        self.trims = 0
+        self._last_received = 0.0
+        self._due = asyncio.Event()
+
+    def received(self, size: int) -> None:
+        """A request body of ``size`` bytes has been read in full."""
+        if self._trim is None or size < LARGE_BODY:
+            return
+        self.pending += size
+        self._last_received = asyncio.get_running_loop().time()
+        if self.pending >= self.after_bytes:
+            self._due.set()
+
+    async def run(self) -> None:
+        if self._trim is None:
+            return
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._due.wait()
+            # Wait until the burst is over: no large body ended for ``quiet`` seconds.
+            while (left := self._last_received + self.quiet - loop.time()) > 0:
+                await asyncio.sleep(left)
+            self._due.clear()
+            self.pending = 0
+            await asyncio.to_thread(self._trim)
+            self.trims += 1

@@ -1,7 +1,10 @@
-"""The malloc arena limit of serving processes, counted by glibc itself."""
+"""The malloc arena limit of serving processes, counted by glibc itself, and the heap
+trim that gives freed memory back after a burst of uploads."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import os
 import re
 import subprocess
@@ -9,9 +12,20 @@ import sys
 import textwrap
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
+from yarl import URL
 
-from dockyard.memory import ARENA_ENV, ARENAS
+from dockyard.api.app import HEAP_TRIMMER, create_app
+from dockyard.config.model import Config
+from dockyard.memory import (
+    ARENA_ENV,
+    ARENAS,
+    LARGE_BODY,
+    TRIM_AFTER_BYTES,
+    HeapTrimmer,
+)
 
 # Eight threads that each allocate from the C heap while all eight are alive, then the
 # arena count as glibc's malloc_info reports it (one <heap nr=...> per arena).
@@ -87,3 +101,107 @@ def test_the_operators_setting_wins(tmp_path: Path, clean_env: dict[str, str]) -
     outcome, arenas = count_arenas(tmp_path, {**clean_env, ARENA_ENV: "1"})
     assert outcome == "unlimited"
     assert arenas == 1
+
+
+# --- giving freed heap memory back ----------------------------------------------------
+
+# Many heap blocks (below glibc's mmap threshold), one kept past them so that the heap's
+# top cannot simply shrink, the rest freed: resident until trimmed.
+TRIM_PROGRAM = textwrap.dedent(
+    """
+    import os
+    from dockyard.memory import heap_trim_function
+
+    def resident():
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    blocks = [bytearray(100 << 10) for _ in range(640)]
+    pinned = bytearray(1000)
+    for block in blocks:
+        block[::4096] = b"x" * len(block[::4096])
+    before = resident()
+    del blocks
+    freed = resident()
+    heap_trim_function()()
+    print(before, freed, resident())
+    """
+)
+
+
+def test_trimming_gives_freed_heap_pages_back(clean_env: dict[str, str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", TRIM_PROGRAM],
+        env=clean_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    before, freed, trimmed = map(int, result.stdout.split())
+    MiB = 1 << 20
+    # 64 MiB written, freed, still resident; the trim returns nearly all of it.
+    assert freed > before - 8 * MiB
+    assert trimmed < freed - 48 * MiB
+
+
+class RecordedTrims:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> None:
+        self.count += 1
+
+
+async def test_the_heap_is_trimmed_once_a_burst_of_large_bodies_is_over() -> None:
+    trims = RecordedTrims()
+    trimmer = HeapTrimmer(trims, after_bytes=4 * LARGE_BODY, quiet=0.1)
+    task = asyncio.create_task(trimmer.run())
+    try:
+        # Small bodies (manifests) never count, however many.
+        for _ in range(100):
+            trimmer.received(LARGE_BODY - 1)
+        await asyncio.sleep(0.3)
+        assert trims.count == 0
+        # Large ones do; while they keep ending, the trim waits.
+        for _ in range(6):
+            trimmer.received(LARGE_BODY)
+            await asyncio.sleep(0.05)
+        assert trims.count == 0
+        await asyncio.sleep(0.3)
+        assert trims.count == 1
+        # Nothing more received: no second trim.
+        await asyncio.sleep(0.3)
+        assert trims.count == 1
+        trimmer.received(4 * LARGE_BODY)
+        await asyncio.sleep(0.3)
+        assert trims.count == 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_worker_trims_after_a_large_push(tmp_path: Path) -> None:
+    config = Config.model_validate(
+        {"version": "0.1", "storage": {"filesystem": {"rootdirectory": str(tmp_path)}}}
+    )
+    app = create_app(config, background=False)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        blob = os.urandom(TRIM_AFTER_BYTES + 1)
+        digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+        async with aiohttp.ClientSession() as http:
+            started = await http.post(server.make_url("/v2/lib/app/blobs/uploads/"))
+            assert started.status == 202
+            location = started.headers["Location"]
+            finished = await http.put(URL(location).with_query(digest=digest), data=blob)
+            assert finished.status == 201
+        heap = app[HEAP_TRIMMER]
+        for _ in range(100):
+            if heap.trims:
+                break
+            await asyncio.sleep(0.05)
+        assert heap.trims == 1
+    finally:
+        await server.close()

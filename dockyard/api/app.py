@@ -17,6 +17,7 @@ from dockyard.api.urls import UrlBuilder
 from dockyard.auth.http import install as install_auth
 from dockyard.config import Config
 from dockyard.errors import Unavailable
+from dockyard.memory import HeapTrimmer, heap_trim_function
 from dockyard.notifications import install as install_notifications
 from dockyard.proxy import install as install_proxy
 from dockyard.registry import Registry, assembly
@@ -25,6 +26,7 @@ from dockyard.registry.gc import GcOptions
 from dockyard.storage.driver import StorageDriver
 
 API_VERSION_HEADER = ("Docker-Distribution-Api-Version", "registry/2.0")
+HEAP_TRIMMER = web.AppKey("heap_trimmer", HeapTrimmer)
 
 
 def build_registry(config: Config) -> Registry:
@@ -71,13 +73,18 @@ def create_app(
     # Outermost: every request gets its id, route and repository before anything can
     # answer it, for the access log line and the metrics.
     activity = observe.Activity()
-    middlewares.insert(0, observe.middleware(_prefix(config), metrics_module.active(), activity))
+    # The C heap's free pages go back to the system once a burst of uploads is over.
+    heap = HeapTrimmer(heap_trim_function())
+    middlewares.insert(
+        0, observe.middleware(_prefix(config), metrics_module.active(), activity, heap)
+    )
     # A larger read buffer lets the socket keep filling while an upload piece is hashed.
     app = web.Application(
         middlewares=middlewares, client_max_size=0, handler_args={"read_bufsize": 1 << 20}
     )
     app[REGISTRY] = registry
     app[observe.ACTIVITY] = activity
+    app[HEAP_TRIMMER] = heap
     app[URLS] = UrlBuilder(config.http.prefix, config.http.host, config.http.relativeurls)
     app[CATALOG_MAX_ENTRIES] = config.catalog.maxentries
     gc = config.dockyard.gc
@@ -129,6 +136,7 @@ def _lifecycle(
             await checker.check_once()
             checker.start()
         jobs = start_jobs(config, registry, app[extensions.COLLECTOR]) if background else []
+        jobs.append(asyncio.create_task(app[HEAP_TRIMMER].run()))
         yield
         for job in jobs:
             job.cancel()

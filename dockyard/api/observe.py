@@ -28,6 +28,7 @@ from dockyard.api.context import REGISTRY
 from dockyard.api.extensions import SUMMARIES
 from dockyard.auth.http import identity_of
 from dockyard.auth.service import TOKEN_PATH
+from dockyard.memory import HeapTrimmer
 from dockyard.metrics import Metrics
 
 ACCESS_LOGGER = "dockyard.access"
@@ -128,7 +129,9 @@ def request_info(request: BaseRequest, prefix: str = "") -> RequestInfo:
     return info
 
 
-def middleware(prefix: str, metrics: Metrics | None, activity: Activity) -> Middleware:
+def middleware(
+    prefix: str, metrics: Metrics | None, activity: Activity, heap: HeapTrimmer | None = None
+) -> Middleware:
     @web.middleware
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         info = request_info(request, prefix)
@@ -142,6 +145,9 @@ def middleware(prefix: str, metrics: Metrics | None, activity: Activity) -> Midd
             # The access logger, which ends the others, never hears of this one.
             activity.end(info)
             raise
+        finally:
+            if heap is not None:
+                heap.received(_received(request))
 
     return observe
 
