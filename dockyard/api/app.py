@@ -109,7 +109,7 @@ def create_app(
     install_auth(app, config)
     install_notifications(app, config)  # notifications.endpoints: events, innermost
     # A pull-through cache when the configuration names an upstream (proxy sections).
-    install_proxy(app, config, registry, background)
+    install_proxy(app, config, registry, background, heap.received)
     if config.dockyard.ui.enabled:
         # The web UI under /ui (and / redirecting there); it reaches this server's API
         # over loopback HTTP like any client, so auth applies to it unchanged.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
@@ -33,12 +33,19 @@ EXPIRY_INTERVAL = 600.0
 __all__ = ["MIRROR", "Mirror", "install", "pull_blob", "pull_manifest", "refuse_writes"]
 
 
-def install(app: web.Application, config: Config, registry: Registry, background: bool) -> None:
-    """Make the application a mirror when the configuration names an upstream."""
+def install(
+    app: web.Application,
+    config: Config,
+    registry: Registry,
+    background: bool,
+    fetched: Callable[[int], None] | None = None,
+) -> None:
+    """Make the application a mirror when the configuration names an upstream.
+    ``fetched`` is told the size of every blob fetched from an upstream."""
     routes = routes_of(config)
     if not any(route.client is not None for route in routes):
         return
-    mirror = Mirror(registry, routes)
+    mirror = Mirror(registry, routes, fetched)
     app[MIRROR] = mirror
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

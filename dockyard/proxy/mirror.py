@@ -29,6 +29,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -87,10 +88,18 @@ class TagState:
 
 
 class Mirror:
-    def __init__(self, registry: Registry, routes: list[Route]) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        routes: list[Route],
+        fetched: Callable[[int], None] | None = None,
+    ) -> None:
         self.registry = registry
         self.routes = routes
         self.fetches: dict[Digest, BlobFetch] = {}
+        # Told the size of each blob fetched from an upstream (the server's heap trimmer:
+        # a fetch holds up to its window of pieces in memory).
+        self._fetched = fetched
 
     def target(self, name: str) -> Target | None:
         return find_target(self.routes, name)
@@ -283,6 +292,8 @@ class Mirror:
     def _fetch_done(self, fetch: BlobFetch) -> None:
         if self.fetches.get(fetch.digest) is fetch:
             del self.fetches[fetch.digest]
+        if self._fetched is not None:
+            self._fetched(fetch.received)
 
     # --- expiry ------------------------------------------------------------------------
 

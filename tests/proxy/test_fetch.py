@@ -17,6 +17,7 @@ from dockyard.registry.assembly import build_registry
 from dockyard.config import load_config
 from dockyard.proxy import fetch as fetch_module
 from dockyard.proxy.fetch import BlobFetch
+from dockyard.proxy.mirror import Mirror
 from dockyard.proxy.routing import Route, Target
 from dockyard.proxy.upstream import UpstreamClient
 from dockyard.registry import Registry
@@ -137,3 +138,22 @@ async def test_a_spool_that_fails_ends_the_fetch_and_stores_nothing(
         await client.close()
     assert fetch.error is not None
     assert not await registry.blobs.exists(digest)
+
+
+async def test_the_mirror_reports_the_size_of_each_blob_it_fetched(
+    upstream: tuple[str, bytes, Digest], registry: Registry
+) -> None:
+    # The server's heap trimmer hears of it: a fetch held pieces of it in memory.
+    url, data, digest = upstream
+    client = UpstreamClient(url)
+    route = Route("", client, ttl=0, library=False)
+    sizes: list[int] = []
+    mirror = Mirror(registry, [route], sizes.append)
+    try:
+        fetch = mirror.fetch(Target(route, "lib/x", "lib/x"), digest)
+        assert isinstance(fetch, BlobFetch)
+        await asyncio.wait_for(fetch.task, 30)
+    finally:
+        await mirror.close()
+    assert sizes == [len(data)]
+    assert await registry.blobs.read(digest) == data
