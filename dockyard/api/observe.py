@@ -115,7 +115,7 @@ class Activity:
 ACTIVITY = web.AppKey("activity", Activity)
 
 
-REQUEST_INFO = "dockyard.request"
+REQUEST_INFO = web.RequestKey("dockyard.request", RequestInfo)
 
 
 def request_info(request: BaseRequest, prefix: str = "") -> RequestInfo:
