@@ -139,9 +139,9 @@ class BlobFetch:
             await asyncio.to_thread(self._open_spool)
             self._started.set()
             hasher = new_hasher(self.digest.algorithm)
-            writing = asyncio.ensure_future(self._write_spool())
+            writing = asyncio.ensure_future(self._write_spool(hasher))
             try:
-                await self._receive(response, hasher, writing)
+                await self._receive(response, writing)
                 await self._writes.put(None)
                 await writing
             finally:
@@ -161,18 +161,13 @@ class BlobFetch:
         await self._commit()
         self.complete = True
 
-    async def _receive(self, response: Any, hasher: Any, writing: asyncio.Future[None]) -> None:
-        """Read the upstream's body in pieces: each is hashed (in a thread, while the next
-        arrives), then readable, then queued for the spool."""
+    async def _receive(self, response: Any, writing: asyncio.Future[None]) -> None:
+        """Read the upstream's body in pieces: each is readable at once, then queued to
+        be hashed and spooled."""
         pending: list[bytes] = []
         pending_size = 0
-        hashing: asyncio.Future[None] | None = None
 
         async def take(piece: bytes) -> None:
-            nonlocal hashing
-            if hashing is not None:
-                await hashing
-            hashing = asyncio.ensure_future(asyncio.to_thread(hasher.update, piece))
             self._unwritten.append((self.received, piece))
             self.received += len(piece)
             self._writes.put_nowait(piece)
@@ -186,28 +181,31 @@ class BlobFetch:
                 writing.result()  # the spool failed: its error ends the fetch
                 raise AssertionError("the spool writer stopped before the end")
 
-        try:
-            async for chunk in response.content.iter_any():
-                pending.append(chunk)
-                pending_size += len(chunk)
-                if pending_size >= PIECE:
-                    await take(b"".join(pending))
-                    pending, pending_size = [], 0
-            if pending:
+        async for chunk in response.content.iter_any():
+            pending.append(chunk)
+            pending_size += len(chunk)
+            if pending_size >= PIECE:
                 await take(b"".join(pending))
-            if hashing is not None:
-                await hashing
-        finally:
-            if hashing is not None and not hashing.done():
-                await asyncio.gather(hashing, return_exceptions=True)
+                pending, pending_size = [], 0
+        if pending:
+            await take(b"".join(pending))
 
-    async def _write_spool(self) -> None:
-        """Append the queued pieces to the spool in order, each leaving memory once written."""
+    async def _write_spool(self, hasher: Any) -> None:
+        """Hash and append the queued pieces to the spool in order, each leaving memory
+        once written: both in one thread call per piece, the event loop meanwhile
+        receiving the next one and serving readers."""
         assert self._fd is not None
         fd = self._fd
+
+        def hash_and_write(piece: bytes, offset: int) -> None:
+            hasher.update(piece)
+            view, done = memoryview(piece), 0
+            while done < len(piece):
+                done += os.pwrite(fd, view[done:], offset + done)
+
         try:
             while (piece := await self._writes.get()) is not None:
-                await asyncio.to_thread(os.pwrite, fd, piece, self.written)
+                await asyncio.to_thread(hash_and_write, piece, self.written)
                 self.written += len(piece)
                 self._unwritten.popleft()
                 async with self._changed:

@@ -9,6 +9,7 @@ import hashlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -36,11 +37,11 @@ class HeldSpool(BlobFetch):
     disk: asyncio.Event
     fail = False
 
-    async def _write_spool(self) -> None:
+    async def _write_spool(self, hasher: Any) -> None:
         await self.disk.wait()
         if self.fail:
             raise OSError(errno.ENOSPC, "No space left on device")
-        await super()._write_spool()
+        await super()._write_spool(hasher)
 
 
 @pytest.fixture
