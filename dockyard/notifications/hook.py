@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from dockyard.api.context import registry_of, urls_of
+from dockyard.api.observe import REQUEST_INFO
 from dockyard.auth.http import identity_of
 from dockyard.errors import RegistryError
 from dockyard.notifications import events
@@ -220,10 +221,10 @@ async def _blob(
 
 
 def _request_record(request: web.Request) -> events.RequestRecord:
-    info = request.get("dockyard.request")
-    request_id = getattr(info, "id", None)
+    # The id the access log and the metrics give the request (observe's middleware).
+    info = request.get(REQUEST_INFO)
     return events.RequestRecord(
-        id=request_id if isinstance(request_id, str) else str(uuid.uuid4()),
+        id=info.id if info is not None else str(uuid.uuid4()),
         addr=_remote_addr(request),
         host=request.host,
         method=request.method,
