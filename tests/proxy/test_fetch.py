@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from dockyard.registry.assembly import build_registry
 from dockyard.config import load_config
 from dockyard.proxy import fetch as fetch_module
 from dockyard.proxy.fetch import BlobFetch
@@ -22,6 +21,7 @@ from dockyard.proxy.mirror import Mirror
 from dockyard.proxy.routing import Route, Target
 from dockyard.proxy.upstream import UpstreamClient
 from dockyard.registry import Registry
+from dockyard.registry.assembly import build_registry
 from dockyard.registry.digest import Digest
 from tests.support.servers import free_port
 
