@@ -293,9 +293,7 @@ class _PreparedFiles(PreparedWrites):
         self._synced: set[str] = set()
 
     async def publish(self, paths: Iterable[str]) -> None:
-        paths = list(paths)
-        with _translated(" ".join(paths)):
-            await asyncio.to_thread(self._publish, paths)
+        await self.publish_in_order([paths])
 
     async def publish_in_order(
         self, stages: Sequence[Iterable[str]], between: Callable[[int], None] | None = None
