@@ -105,8 +105,13 @@ class Mirror:
         return find_target(self.routes, name)
 
     async def close(self) -> None:
-        for fetch in list(self.fetches.values()):
-            fetch.task.cancel()
+        fetches = list(self.fetches.values())
+        for fetch in fetches:
+            # A verified fetch has given its readers the whole blob and is storing it:
+            # cut short, the cache would lose what a client already took as pulled.
+            if not fetch.verified:
+                fetch.task.cancel()
+        await asyncio.gather(*(fetch.task for fetch in fetches), return_exceptions=True)
         for route in self.routes:
             if route.client is not None:
                 await route.client.close()

@@ -36,12 +36,18 @@ class HeldSpool(BlobFetch):
 
     disk: asyncio.Event
     fail = False
+    # Seconds between verifying the body and storing it: a slow fsync.
+    commit_delay = 0.0
 
     async def _write_spool(self, hasher: Any) -> None:
         await self.disk.wait()
         if self.fail:
             raise OSError(errno.ENOSPC, "No space left on device")
         await super()._write_spool(hasher)
+
+    async def _commit(self) -> None:
+        await asyncio.sleep(self.commit_delay)
+        await super()._commit()
 
 
 @pytest.fixture
@@ -158,3 +164,47 @@ async def test_the_mirror_reports_the_size_of_each_blob_it_fetched(
         await mirror.close()
     assert sizes == [len(data)]
     assert await registry.blobs.read(digest) == data
+
+
+async def test_closing_the_mirror_lets_a_verified_fetch_store_its_blob(
+    upstream: tuple[str, bytes, Digest], registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A reader that has the whole body has told its client the pull succeeded; a shutdown
+    # right then must not leave the blob out of the cache.
+    monkeypatch.setattr(HeldSpool, "commit_delay", 0.5)
+    url, data, digest = upstream
+    fetch, client = start_fetch(registry, url, digest)
+    mirror = Mirror(registry, [fetch.target.route])
+    mirror.fetches[digest] = fetch
+    fetch.disk.set()
+    fd = await fetch.started()
+    received = bytearray()
+    try:
+        async for piece in fetch.pieces(fd):
+            received += piece
+    finally:
+        fetch.release()
+    assert fetch.verified and not fetch.task.done()
+    await asyncio.wait_for(mirror.close(), 30)
+    await client.close()
+    assert bytes(received) == data
+    assert fetch.error is None and fetch.complete
+    assert await registry.blobs.read(digest) == data
+    assert await registry.repository("lib/x").blobs.is_linked(digest)
+
+
+async def test_closing_the_mirror_stops_a_fetch_still_receiving(
+    upstream: tuple[str, bytes, Digest], registry: Registry
+) -> None:
+    url, _, digest = upstream
+    fetch, client = start_fetch(registry, url, digest)
+    mirror = Mirror(registry, [fetch.target.route])
+    mirror.fetches[digest] = fetch
+    await fetch.started()
+    fetch.release()
+    assert not fetch.verified
+    # The disk never takes the spool: only cancelling ends this fetch.
+    await asyncio.wait_for(mirror.close(), 10)
+    await client.close()
+    assert fetch.task.cancelled()
+    assert not await registry.blobs.exists(digest)
