@@ -686,9 +686,11 @@ class Suite:
                 "server: its CPU is in the CPU table."
             ),
             (
-                "Dockyard's garbage-collect runs with --delay 0 --settle 1, so its time includes "
-                "a 1 s settle wait and Python start-up; it also removes the deleted manifests' "
-                "layer links, which Distribution 2.8 leaves."
+                "Both garbage-collects run with no server on the store, Dockyard's with "
+                "--delay 0 --settle 1: alone with the store, it deletes in place without the "
+                "grace period it takes beside a running server. Its time includes Python "
+                "start-up; it also removes the deleted manifests' layer links, which "
+                "Distribution 2.8 leaves."
             ),
         ]
         if "mirror" in self.groups:

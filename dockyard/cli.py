@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import TYPE_CHECKING
 
 import click
@@ -20,6 +21,11 @@ if TYPE_CHECKING:
     from dockyard.storage import StorageDriver
 
 log = logging.getLogger("dockyard")
+# Printed when a collection finds no server or other writer using the store.
+ALONE_NOTICE = (
+    "no server is using the store: candidates are deleted without a grace period "
+    "(a server started meanwhile waits for the collection to end)"
+)
 
 
 @click.group()
@@ -145,6 +151,7 @@ def garbage_collect(
     from dockyard.registry.assembly import build_registry
     from dockyard.registry.gc import GarbageCollector, GcOptions
     from dockyard.registry.gc_status import CollectionStatus
+    from dockyard.registry.store_use import store_alone
 
     config = _load_or_exit(config_path)
     gc_config = config.dockyard.gc
@@ -159,21 +166,32 @@ def garbage_collect(
         # The server's coordination (the same token, fences and descriptor cache), so
         # that this runs beside serving replicas as their own collections do.
         registry = build_registry(config)
-        collector = GarbageCollector(
-            registry.driver,
-            options,
-            emit=click.echo,
-            descriptors=registry.coordination.descriptors,
-        )
+
+        def collector(alone: bool) -> GarbageCollector:
+            return GarbageCollector(
+                registry.driver,
+                options,
+                emit=click.echo,
+                descriptors=registry.coordination.descriptors,
+                alone=alone,
+            )
+
         try:
             if dry_run:
-                report = await collector.run()
+                report = await collector(alone=False).run()
             else:
                 # One collection at a time, with the server's own: the same token and
                 # the same record of the last run, which the UI and the API show.
                 status = CollectionStatus(registry.driver, registry.coordination)
-                async with status.collecting():
-                    report = await collector.run()
+                # Replicas that share a Redis may use the store from other hosts, where a
+                # lock on a shared directory is not always shared too: never alone then.
+                exclusive: AbstractAsyncContextManager[bool] = (
+                    store_alone(registry.driver) if config.redis is None else nullcontext(False)
+                )
+                async with status.collecting(), exclusive as alone:
+                    if alone:
+                        click.echo(ALONE_NOTICE)
+                    report = await collector(alone).run()
                     await status.record(
                         {**report.to_json(dry_run=False), "finishedAt": time.time()}
                     )
@@ -253,6 +271,7 @@ def delete_repository(config_path: str, name: str) -> None:
 
     from dockyard.errors import RegistryError
     from dockyard.registry.assembly import build_registry
+    from dockyard.registry.store_use import using_store
 
     config = _load_or_exit(config_path)
 
@@ -260,7 +279,8 @@ def delete_repository(config_path: str, name: str) -> None:
         registry = build_registry(config)
         registry.options = replace(registry.options, delete_enabled=True)
         try:
-            await registry.delete_repository(name)
+            async with using_store(registry.driver):
+                await registry.delete_repository(name)
         finally:
             await registry.close()
 

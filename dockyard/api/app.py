@@ -23,6 +23,7 @@ from dockyard.proxy import install as install_proxy
 from dockyard.registry import Registry, assembly
 from dockyard.registry.cache import DigestCache
 from dockyard.registry.gc import GcOptions
+from dockyard.registry.store_use import using_store
 from dockyard.storage.driver import StorageDriver
 
 API_VERSION_HEADER = ("Docker-Distribution-Api-Version", "registry/2.0")
@@ -132,18 +133,21 @@ def _lifecycle(
     background: bool,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        if checker is not None:
-            await checker.check_once()
-            checker.start()
-        jobs = start_jobs(config, registry, app[extensions.COLLECTOR]) if background else []
-        jobs.append(asyncio.create_task(app[HEAP_TRIMMER].run()))
-        yield
-        for job in jobs:
-            job.cancel()
-        await asyncio.gather(*jobs, return_exceptions=True)
-        if checker is not None:
-            await checker.stop()
-        await registry.close()
+        # Held while this process serves: a collection from the command line then knows
+        # it is not alone, and one that is makes this wait before serving.
+        async with using_store(registry.driver):
+            if checker is not None:
+                await checker.check_once()
+                checker.start()
+            jobs = start_jobs(config, registry, app[extensions.COLLECTOR]) if background else []
+            jobs.append(asyncio.create_task(app[HEAP_TRIMMER].run()))
+            yield
+            for job in jobs:
+                job.cancel()
+            await asyncio.gather(*jobs, return_exceptions=True)
+            if checker is not None:
+                await checker.stop()
+            await registry.close()
 
     return lifecycle
 

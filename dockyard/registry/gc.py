@@ -26,6 +26,11 @@ written or held less than ``delay`` ago keeps its content, so layers pushed for 
 manifest that has not arrived yet survive. A manifest pushed more than ``delay`` after
 its layers, with a collection in between, is refused (``MANIFEST_BLOB_UNKNOWN``, and
 the client pushes the layers again): never left dangling.
+
+A collection run ``alone`` (the command line found no server or other writer holding
+the store, ``store_use``, and keeps them out until it ends) skips steps 1 and 2: with
+nobody to hold a candidate, each is deleted in place, as Distribution's offline
+collection does. Marking and ``delay`` are the same.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from dockyard.coordination.descriptors import DescriptorCache, NoDescriptorCache
 from dockyard.registry import layout
 from dockyard.registry.digest import SUPPORTED_ALGORITHMS, Digest
 from dockyard.registry.links import delete_if_exists, read_link
-from dockyard.registry.trash import Trash
+from dockyard.registry.trash import DirectRemoval, Sweep, Trash
 from dockyard.storage.driver import PathNotFoundError, StorageDriver
 
 log = logging.getLogger("dockyard.gc")
@@ -200,9 +205,12 @@ class GarbageCollector:
         emit: Callable[[str], None] | None = None,
         cache: ScanCache | None = None,
         descriptors: DescriptorCache | None = None,
+        alone: bool = False,
     ) -> None:
         self.driver = driver
         self.options = options
+        # No other process uses the store (``store_use``): candidates need no grace period.
+        self.alone = alone
         self.emit = emit or (lambda line: None)
         self.cache = cache or ScanCache()
         # What the registry's descriptor cache says of removed content is forgotten.
@@ -327,8 +335,9 @@ class GarbageCollector:
         """What a collection would remove now; reads only."""
         start = time.time()
         # Links and manifests written within ``delay`` belong to pushes that may not be
-        # finished; any file touched after ``held`` may be held by a push in flight.
-        held = start - self.options.hold_limit
+        # finished; any file touched after ``held`` may be held by a push in flight,
+        # unless the store is this collection's alone: then no push can commit.
+        held = start if self.alone else start - self.options.hold_limit
         cutoff = min(start - self.options.delay, held)
         plan = GcPlan(started_at=start, held=held)
         plan.scans = [
@@ -409,7 +418,9 @@ class GarbageCollector:
         return report
 
     async def _execute(self, plan: GcPlan, report: GcReport) -> None:
-        trash = Trash(self.driver, self.options.settle)
+        trash: Sweep = (
+            DirectRemoval(self.driver) if self.alone else Trash(self.driver, self.options.settle)
+        )
         # Links set aside without their directory, which is cleared once all are aside.
         linked_alone: list[str] = []
 

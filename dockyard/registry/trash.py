@@ -10,6 +10,9 @@ set-aside of the last.
 Trash an earlier run left behind (it stopped before deleting it; one collection runs at
 a time, so it is no run in progress) is deleted with this run's first batch, ``settle``
 after this run began.
+
+A collection that has the store to itself (``store_use``) needs no grace period, since
+nothing can hold a candidate meanwhile: ``DirectRemoval`` deletes each one in place.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from dockyard.registry import layout
 from dockyard.registry.links import delete_if_exists
@@ -30,6 +34,21 @@ TRASH = f"{layout.ROOT}/_dockyard/trash"
 PARTS = 2
 # How long one batch takes new items before the next begins.
 BATCH_SECONDS = 0.25
+
+
+class Sweep(Protocol):
+    """How a collection removes its candidates: ``start``, ``set_aside`` each, ``close``
+    once all are, then ``finish`` (or ``abandon`` when the run fails)."""
+
+    async def start(self) -> None: ...
+
+    async def set_aside(self, path: str, since: float) -> bool: ...
+
+    def close(self) -> None: ...
+
+    async def finish(self) -> None: ...
+
+    def abandon(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -169,3 +188,28 @@ class Trash:
                 *(delete_if_exists(self.driver, f"{path}/{part}") for part in range(PARTS))
             )
             await delete_if_exists(self.driver, path)
+
+
+class DirectRemoval:
+    """The sweep of a collection that has the store to itself: each candidate is deleted
+    at once, and so is the trash earlier runs left."""
+
+    def __init__(self, driver: StorageDriver) -> None:
+        self.driver = driver
+
+    async def start(self) -> None:
+        await delete_if_exists(self.driver, TRASH)
+
+    async def set_aside(self, path: str, since: float) -> bool:
+        """Delete ``path``; whether it was there. Nothing can have touched it since
+        ``since``: no other process uses the store."""
+        return await delete_if_exists(self.driver, path)
+
+    def close(self) -> None:
+        pass
+
+    async def finish(self) -> None:
+        pass
+
+    def abandon(self) -> None:
+        pass

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from dockyard.cli import ALONE_NOTICE
 from tests.support.gc_images import error_code, get_manifest, image_with_layers, make_layer
 from tests.support.gc_store import (
     LINK_SIZE,
@@ -97,6 +98,9 @@ def test_delete_then_garbage_collect_frees_exactly_the_deleted_image(
     # Blob data touched less than 0.4 * settle ago may be held by a push: wait just past it.
     wait_until_quiet(root / V2 / "blobs", 0.5)
     run = dockyard_gc(server.config_path, "--settle", "1")
+    # Stopped, the server holds nothing: the collection has the store alone and deletes
+    # in place; serving, it is not alone and sets candidates aside.
+    assert (ALONE_NOTICE in run.stdout) == (not server_running), run.stdout
 
     # The output names exactly the deleted image's blobs, as the seed's run does.
     assert run.eligible_blobs == unique, run.stdout

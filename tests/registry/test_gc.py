@@ -152,11 +152,13 @@ async def build(
     return registry, digests
 
 
-async def collect(registry: Registry, delete_untagged: bool, dry_run: bool = False) -> None:
+async def collect(
+    registry: Registry, delete_untagged: bool, dry_run: bool = False, alone: bool = False
+) -> None:
     # Everything was written before the collection starts, so no delay is needed.
     await asyncio.sleep(0.01)
     options = GcOptions(dry_run=dry_run, delete_untagged=delete_untagged, delay=0, settle=0)
-    await GarbageCollector(registry.driver, options).run()
+    await GarbageCollector(registry.driver, options, alone=alone).run()
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -167,10 +169,21 @@ def test_nothing_reachable_is_swept_and_nothing_unreachable_survives(
     asyncio.run(_check_collection(graph, delete_untagged))
 
 
-async def _check_collection(graph: tuple[int, int, list[Node]], delete_untagged: bool) -> None:
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(graph=graphs(), delete_untagged=st.booleans())
+def test_a_collection_alone_sweeps_the_same(
+    graph: tuple[int, int, list[Node]], delete_untagged: bool
+) -> None:
+    # Deleting in place instead of setting aside changes how, not what.
+    asyncio.run(_check_collection(graph, delete_untagged, alone=True))
+
+
+async def _check_collection(
+    graph: tuple[int, int, list[Node]], delete_untagged: bool, alone: bool = False
+) -> None:
     repos, blob_count, nodes = graph
     registry, digests = await build(repos, blob_count, nodes)
-    await collect(registry, delete_untagged)
+    await collect(registry, delete_untagged, alone=alone)
     kept = expected_kept(nodes, delete_untagged, digests)
     kept_digests = {(nodes[i].repo, digests[i]) for i in kept}
     needed_blobs = {Digest.of(blob_bytes(b)) for i in kept for b in nodes[i].blobs}
@@ -263,3 +276,36 @@ async def test_link_directories_go_whole_unless_a_fresh_release_marker_is_in_the
     kept = tmp_path / layout.layer_link("links/app", l1).lstrip("/")
     assert kept.exists()
     assert not any((tmp_path / TRASH.lstrip("/")).rglob("*"))
+
+
+async def test_a_collection_alone_deletes_in_place_without_a_grace_period(
+    tmp_path: Path,
+) -> None:
+    driver = MoveRecorder(FilesystemDriver(str(tmp_path)))
+    registry = Registry(driver, RegistryOptions(delete_enabled=True))
+    repo = registry.repository("alone/app")
+    c1, l1, c2, l2 = [await registry.blobs.put(f"blob-{n}".encode()) for n in range(4)]
+    for digest in (c1, l1, c2, l2):
+        await repo.blobs.link(digest)
+    await repo.manifests.put(image_manifest(c1, [l1]), OCI_MANIFEST, "v1", None)
+    gone = await repo.manifests.put(image_manifest(c2, [l2]), OCI_MANIFEST, "v2", None)
+    await repo.manifests.delete(gone.digest)
+    # Trash an earlier run left behind goes too.
+    await driver.write(f"{TRASH}/earlier-run/0/0/1/link", b"sha256:0")
+    await asyncio.sleep(0.05)
+
+    # A grace period this long would outlast the test's timeout: none is taken.
+    options = GcOptions(delay=0, settle=3600)
+    report = await asyncio.wait_for(GarbageCollector(driver, options, alone=True).run(), 60)
+
+    assert set(report.blobs_deleted) == {gone.digest, c2, l2}
+    assert report.layer_links_deleted == 2
+    assert driver.moves == []
+    assert not (tmp_path / TRASH.lstrip("/")).exists()
+    for digest in (gone.digest, c2, l2):
+        assert not await registry.blobs.exists(digest)
+        assert not (tmp_path / layout.layer_dir("alone/app", digest).lstrip("/")).exists()
+    assert await repo.tags.resolve("v1")
+    for digest in (c1, l1):
+        assert await registry.blobs.exists(digest)
+        assert await repo.blobs.is_linked(digest)
