@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,14 +55,29 @@ async def test_a_collection_whose_process_died_is_not_running(tmp_path: Path) ->
         assert [name for name in await driver.list(TOKEN) if name.startswith("held-8-")]
 
 
-def _claim(root: str, start: float, results: multiprocessing.Queue[bool]) -> None:
+CLAIMANTS = 6
+
+
+def _claim(
+    root: str, start: float, attempted: Any, results: multiprocessing.Queue[bool]
+) -> None:
+    def count_attempt() -> None:
+        with attempted.get_lock():
+            attempted.value += 1
+
     async def claim() -> bool:
         status = CollectionStatus(FilesystemDriver(root))
         await asyncio.sleep(max(start - time.time(), 0))
         try:
             async with status.collecting():
-                await asyncio.sleep(1)
+                count_attempt()
+                # Held until every claimant has tried, however late a slow machine
+                # started it: a token given back earlier could rightly be taken again.
+                deadline = time.monotonic() + 60
+                while attempted.value < CLAIMANTS and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
         except Unsupported:
+            count_attempt()
             return False
         return True
 
@@ -75,15 +91,17 @@ async def test_of_processes_claiming_together_one_collects(tmp_path: Path, exist
             pass
     context = multiprocessing.get_context("spawn")
     results: multiprocessing.Queue[bool] = context.Queue()
+    attempted = context.Value("i", 0)
     start = time.time() + 2
     workers = [
-        context.Process(target=_claim, args=(str(tmp_path), start, results)) for _ in range(6)
+        context.Process(target=_claim, args=(str(tmp_path), start, attempted, results))
+        for _ in range(CLAIMANTS)
     ]
     for worker in workers:
         worker.start()
     for worker in workers:
-        await asyncio.to_thread(worker.join, 30)
-    assert sorted(results.get(timeout=5) for _ in workers) == [False] * 5 + [True]
+        await asyncio.to_thread(worker.join, 90)
+    assert sorted(results.get(timeout=5) for _ in workers) == [False] * (CLAIMANTS - 1) + [True]
 
 
 def test_the_command_line_collection_takes_the_same_token(tmp_path: Path) -> None:
