@@ -532,6 +532,24 @@ def _remove(real: str) -> None:
     raise OSError(errno.ENOTEMPTY, "entries kept changing while it was removed", real)
 
 
+def _remove_flat(real: str, files: list[str]) -> None:
+    """Remove a file, or a directory of the ``files`` just listed in it (``_flat_files``):
+    the unlinks and one rmdir, without listing it again. Garbage collection removes
+    tens of thousands of these."""
+    if files == [real]:
+        os.unlink(real)
+        return
+    for file in files:
+        with suppress(FileNotFoundError):
+            os.unlink(file)
+    try:
+        os.rmdir(real)
+    except OSError as error:
+        if error.errno != errno.ENOTEMPTY:
+            raise
+        _remove(real)  # a writer added an entry meanwhile
+
+
 def _visible(entry: os.DirEntry[str], inside: Callable[[str], bool]) -> bool:
     """Whether list and walk report an entry: one callers can address, staying in the root.
 
@@ -920,8 +938,11 @@ class FilesystemDriver(StorageDriver):
         # collection, while every write is durable.
         real = self._resolve(path, follow=False)
         with _translated(path, _LISTING_MISSING):
-            if _cheap_to_change(real):
-                _remove(real)
+            files = _flat_files(real)
+            if files is not None:
+                _remove_flat(real, files)
+            elif not os.path.lexists(real):
+                raise FileNotFoundError(errno.ENOENT, "no such file or directory", real)
             else:
                 await asyncio.to_thread(_remove, real)
 
