@@ -18,6 +18,7 @@ where it has the same figure, so a dashboard made for ``registry:2`` finds them.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -433,6 +434,10 @@ class InstrumentedDriver(DelegatingDriver):
     async def delete(self, path: str) -> None:
         with self._timer("delete"):
             await self.inner.delete(path)
+
+    async def delete_each(self, paths: Sequence[str]) -> builtins.list[bool]:
+        with self._timer("delete_each"):
+            return await self.inner.delete_each(paths)
 
     async def remove_empty(self, path: str) -> bool:
         with self._timer("remove_empty"):

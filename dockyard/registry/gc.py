@@ -456,14 +456,17 @@ class GarbageCollector:
                 await self.descriptors.forget_link(name, digest)
                 report.layer_links_deleted += 1
 
+        # Deleting in place batches many candidates per call to storage: keep enough going.
+        width = DirectRemoval.IN_FLIGHT if self.alone else 16
         try:
             await trash.start()
-            await self._each(manifest(*item) for item in plan.manifests)
+            await self._each((manifest(*item) for item in plan.manifests), width)
             await self._each(
-                set_aside_link(layout.tag_index_link(*item)) for item in plan.tag_history
+                (set_aside_link(layout.tag_index_link(*item)) for item in plan.tag_history),
+                width,
             )
-            await self._each(blob(digest) for digest in plan.blobs)
-            await self._each(layer_link(*item) for item in plan.layer_links)
+            await self._each((blob(digest) for digest in plan.blobs), width)
+            await self._each((layer_link(*item) for item in plan.layer_links), width)
             trash.close()
             # What is left around links set aside alone goes while the trash settles: it
             # is not content, and a link pushed again meanwhile keeps its directory.

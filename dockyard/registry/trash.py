@@ -192,10 +192,22 @@ class Trash:
 
 class DirectRemoval:
     """The sweep of a collection that has the store to itself: each candidate is deleted
-    at once, and so is the trash earlier runs left."""
+    in place, and so is the trash earlier runs left.
+
+    Deletes go to the driver in batches (``delete_each``): the candidates that arrive
+    while one turn of the event loop runs, up to ``BATCH``, several batches at once, so
+    a local disk's deletes run in threads beside the loop rather than one by one in it.
+    """
+
+    # Candidates per batch; the collection keeps ``IN_FLIGHT`` candidates going, so
+    # about four batches are in flight at a time.
+    BATCH = 64
+    IN_FLIGHT = 256
 
     def __init__(self, driver: StorageDriver) -> None:
         self.driver = driver
+        self._waiting: list[tuple[str, asyncio.Future[bool]]] = []
+        self._batches: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await delete_if_exists(self.driver, TRASH)
@@ -203,13 +215,45 @@ class DirectRemoval:
     async def set_aside(self, path: str, since: float) -> bool:
         """Delete ``path``; whether it was there. Nothing can have touched it since
         ``since``: no other process uses the store."""
-        return await delete_if_exists(self.driver, path)
+        found: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting.append((path, found))
+        if len(self._waiting) >= self.BATCH:
+            self._send()
+        elif len(self._waiting) == 1:
+            asyncio.get_running_loop().call_soon(self._send)
+        return await found
+
+    def _send(self) -> None:
+        if not self._waiting:
+            return
+        batch, self._waiting = self._waiting, []
+        task = asyncio.get_running_loop().create_task(self._delete(batch))
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    async def _delete(self, batch: list[tuple[str, asyncio.Future[bool]]]) -> None:
+        try:
+            found = await self.driver.delete_each([path for path, _ in batch])
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as error:  # noqa: BLE001 - each candidate's step reports it
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for (_, future), each in zip(batch, found, strict=True):
+            if not future.done():
+                future.set_result(each)
 
     def close(self) -> None:
-        pass
+        self._send()
 
     async def finish(self) -> None:
-        pass
+        self._send()
+        await asyncio.gather(*self._batches, return_exceptions=True)
 
     def abandon(self) -> None:
-        pass
+        for task in self._batches:
+            task.cancel()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import builtins
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 from dockyard.storage.driver import FileInfo, FileWriter, PreparedWrites, StorageDriver
 
@@ -46,6 +47,9 @@ class DelegatingDriver(StorageDriver):
 
     async def delete(self, path: str) -> None:
         await self.inner.delete(path)
+
+    async def delete_each(self, paths: Sequence[str]) -> builtins.list[bool]:
+        return await self.inner.delete_each(paths)
 
     async def remove_empty(self, path: str) -> bool:
         return await self.inner.remove_empty(path)

@@ -13,6 +13,7 @@ replaces its destination in one step.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -260,6 +261,20 @@ class StorageDriver(ABC):
     @abstractmethod
     async def delete(self, path: str) -> None:
         """Remove a file or a whole directory tree."""
+
+    async def delete_each(self, paths: Sequence[str]) -> builtins.list[bool]:
+        """``delete`` every path; whether each was there. For many deletes at once (a
+        collection alone with its store); a driver that can do them more cheaply
+        together overrides this."""
+        found = []
+        for path in paths:
+            try:
+                await self.delete(path)
+            except PathNotFoundError:
+                found.append(False)
+            else:
+                found.append(True)
+        return found
 
     async def remove_empty(self, path: str) -> bool:
         """Remove the directory tree at ``path`` if it holds no file; whether it is gone.

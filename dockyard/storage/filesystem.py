@@ -11,6 +11,7 @@ worker thread.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import errno
 import fcntl
 import os
@@ -550,6 +551,22 @@ def _remove_flat(real: str, files: list[str]) -> None:
         _remove(real)  # a writer added an entry meanwhile
 
 
+def _delete_each(reals: list[str], found: list[bool]) -> None:
+    """Remove each path, appending to ``found`` whether it was there; stops at the first
+    other failure, which is then for ``reals[len(found)]``."""
+    for real in reals:
+        try:
+            files = _flat_files(real)
+            if files is not None:
+                _remove_flat(real, files)
+            else:
+                _remove(real)
+        except _LISTING_MISSING:
+            found.append(False)
+        else:
+            found.append(True)
+
+
 def _visible(entry: os.DirEntry[str], inside: Callable[[str], bool]) -> bool:
     """Whether list and walk report an entry: one callers can address, staying in the root.
 
@@ -945,6 +962,17 @@ class FilesystemDriver(StorageDriver):
                 raise FileNotFoundError(errno.ENOENT, "no such file or directory", real)
             else:
                 await asyncio.to_thread(_remove, real)
+
+    async def delete_each(self, paths: Sequence[str]) -> builtins.list[bool]:
+        # One thread call for them all: each delete is a few system calls, too few to
+        # pay a hand-off of its own, and the event loop meanwhile prepares the next batch.
+        reals = [self._resolve(path, follow=False) for path in paths]
+        found: list[bool] = []
+        try:
+            await asyncio.to_thread(_delete_each, reals, found)
+        except OSError as error:
+            raise _storage_error(paths[len(found)], error, ()) from error
+        return found
 
     async def remove_empty(self, path: str) -> bool:
         real = self._resolve(path, follow=False)

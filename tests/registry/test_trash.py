@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from dockyard.registry.trash import BATCH_SECONDS, TRASH, Trash
+from dockyard.registry.trash import BATCH_SECONDS, TRASH, DirectRemoval, Trash
 from dockyard.storage import FilesystemDriver
 from dockyard.storage.delegating import DelegatingDriver
+from dockyard.storage.driver import StorageError
 
 SETTLE = 0.3
 # Each move takes this long, so twenty span several batches.
@@ -137,3 +139,52 @@ async def test_a_few_items_settle_once(tmp_path: Path, items: int) -> None:
     assert took >= SETTLE
     for slot in driver.moved:
         assert deleted_at(driver, slot) >= driver.moved[slot] + SETTLE
+
+
+class BatchRecorder(DelegatingDriver):
+    """Remembers each ``delete_each`` call's paths; fails those that name ``/broken``."""
+
+    def __init__(self, inner: FilesystemDriver) -> None:
+        super().__init__(inner)
+        self.batches: list[list[str]] = []
+
+    async def delete_each(self, paths: Sequence[str]) -> list[bool]:
+        self.batches.append(list(paths))
+        if any(path.startswith("/broken") for path in paths):
+            raise StorageError("the disk went away")
+        return await self.inner.delete_each(paths)
+
+
+async def test_removal_in_place_sends_candidates_in_batches(tmp_path: Path) -> None:
+    driver = BatchRecorder(FilesystemDriver(str(tmp_path)))
+    paths = [f"/blobs/{number:03d}" for number in range(200)]
+    for path in paths[:150]:
+        await driver.write(f"{path}/data", b"x")
+    await driver.write(f"{TRASH}/left-by-an-earlier-run/0/0/0/data", b"x")
+    removal = DirectRemoval(driver)
+    await removal.start()
+    found = await asyncio.gather(*(removal.set_aside(path, time.time()) for path in paths))
+    await removal.finish()
+    # Which were there, each answered; none of them left.
+    assert found == [True] * 150 + [False] * 50
+    assert not (tmp_path / "blobs").exists() or not any((tmp_path / "blobs").iterdir())
+    assert not (tmp_path / TRASH.lstrip("/")).exists()
+    # Far fewer calls than candidates, none larger than a batch, each candidate once.
+    assert 1 < len(driver.batches) <= 200 // DirectRemoval.BATCH + 1
+    assert all(len(batch) <= DirectRemoval.BATCH for batch in driver.batches)
+    assert sorted(path for batch in driver.batches for path in batch) == paths
+
+
+async def test_removal_in_place_reports_a_failed_batch_to_each_of_its_candidates(
+    tmp_path: Path,
+) -> None:
+    driver = BatchRecorder(FilesystemDriver(str(tmp_path)))
+    removal = DirectRemoval(driver)
+    results = await asyncio.gather(
+        removal.set_aside("/broken/1", 0.0),
+        removal.set_aside("/broken/2", 0.0),
+        return_exceptions=True,
+    )
+    await removal.finish()
+    assert [type(result) for result in results] == [StorageError, StorageError]
+    assert len(driver.batches) == 1

@@ -896,6 +896,19 @@ async def test_delete_a_whole_tree(driver: StorageDriver) -> None:
     assert await driver.list("/repo") == ["a"]
 
 
+async def test_delete_each_says_which_were_there(driver: StorageDriver) -> None:
+    for path in ["/b/1/data", "/b/2/data", "/b/2/marker", "/tree/a/x", "/tree/y", "/file", "/keep/z"]:
+        await driver.write(path, b"x")
+    # A flat directory, one with two files, a tree, a file, a missing path, one given twice.
+    paths = ["/b/1", "/b/2", "/tree", "/file", "/missing", "/b/1"]
+    assert await driver.delete_each(paths) == [True, True, True, True, False, False]
+    for path in ["/b/1", "/b/2", "/tree", "/tree/a/x", "/file"]:
+        with pytest.raises(PathNotFoundError):
+            await driver.stat(path)
+    assert await driver.read("/keep/z") == b"x"
+    assert await driver.delete_each([]) == []
+
+
 async def test_remove_empty_removes_a_tree_of_empty_directories(driver: StorageDriver) -> None:
     for path in ["/repo/_manifests/revisions/sha256/a/link", "/repo/_manifests/tags/v1/x"]:
         await driver.write(path, b"x")
