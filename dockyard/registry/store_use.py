@@ -78,7 +78,7 @@ async def store_alone(driver: StorageDriver) -> AsyncIterator[bool]:
     try:
         fd = await asyncio.to_thread(_open_lock, driver)
     except OSError as error:
-        log.info("cannot open %s in the store (%s): collecting beside whoever uses it", IN_USE, error)
+        log.info("cannot open %s (%s): collecting beside whoever uses the store", IN_USE, error)
         fd = None
     try:
         yield fd is not None and _try_lock(fd, fcntl.LOCK_EX)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dockyard.registry import Registry, RegistryOptions
+from dockyard.registry import Registry, RegistryOptions, layout
 from dockyard.registry.digest import Digest
-from dockyard.registry import layout
 from dockyard.registry.gc import GarbageCollector, GcOptions
 from dockyard.registry.manifests import OCI_INDEX, OCI_MANIFEST
 from dockyard.registry.trash import TRASH

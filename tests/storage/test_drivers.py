@@ -897,7 +897,8 @@ async def test_delete_a_whole_tree(driver: StorageDriver) -> None:
 
 
 async def test_delete_each_says_which_were_there(driver: StorageDriver) -> None:
-    for path in ["/b/1/data", "/b/2/data", "/b/2/marker", "/tree/a/x", "/tree/y", "/file", "/keep/z"]:
+    written = ["/b/1/data", "/b/2/data", "/b/2/marker", "/tree/a/x", "/tree/y", "/file", "/keep/z"]
+    for path in written:
         await driver.write(path, b"x")
     # A flat directory, one with two files, a tree, a file, a missing path, one given twice.
     paths = ["/b/1", "/b/2", "/tree", "/file", "/missing", "/b/1"]
