@@ -10,7 +10,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dockyard.registry import Registry, RegistryOptions, layout
+from dockyard.registry import Registry, RegistryOptions, Repository, layout
 from dockyard.registry.digest import Digest
 from dockyard.registry.gc import GarbageCollector, GcOptions
 from dockyard.registry.manifests import OCI_INDEX, OCI_MANIFEST
@@ -240,15 +240,23 @@ def image_manifest(config: Digest, layers: list[Digest]) -> bytes:
     ).encode()
 
 
+async def linked_blobs(
+    driver: StorageDriver, name: str, count: int
+) -> tuple[Registry, Repository, list[Digest]]:
+    """A registry on ``driver`` with ``count`` small blobs, each linked into ``name``."""
+    registry = Registry(driver, RegistryOptions(delete_enabled=True))
+    repo = registry.repository(name)
+    blobs = [await registry.blobs.put(f"blob-{n}".encode()) for n in range(count)]
+    for digest in blobs:
+        await repo.blobs.link(digest)
+    return registry, repo, blobs
+
+
 async def test_link_directories_go_whole_unless_a_fresh_release_marker_is_in_them(
     tmp_path: Path,
 ) -> None:
     driver = MoveRecorder(FilesystemDriver(str(tmp_path)))
-    registry = Registry(driver, RegistryOptions(delete_enabled=True))
-    repo = registry.repository("links/app")
-    c1, l1, c2, l2, l3 = [await registry.blobs.put(f"blob-{n}".encode()) for n in range(5)]
-    for digest in (c1, l1, c2, l2, l3):
-        await repo.blobs.link(digest)
+    _, repo, (c1, l1, c2, l2, l3) = await linked_blobs(driver, "links/app", 5)
     await repo.manifests.put(image_manifest(c1, [l1]), OCI_MANIFEST, "v1", None)
     gone = await repo.manifests.put(image_manifest(c2, [l2, l3]), OCI_MANIFEST, None, None)
     await repo.manifests.delete(gone.digest)
@@ -281,11 +289,7 @@ async def test_a_collection_alone_deletes_in_place_without_a_grace_period(
     tmp_path: Path,
 ) -> None:
     driver = MoveRecorder(FilesystemDriver(str(tmp_path)))
-    registry = Registry(driver, RegistryOptions(delete_enabled=True))
-    repo = registry.repository("alone/app")
-    c1, l1, c2, l2 = [await registry.blobs.put(f"blob-{n}".encode()) for n in range(4)]
-    for digest in (c1, l1, c2, l2):
-        await repo.blobs.link(digest)
+    registry, repo, (c1, l1, c2, l2) = await linked_blobs(driver, "alone/app", 4)
     await repo.manifests.put(image_manifest(c1, [l1]), OCI_MANIFEST, "v1", None)
     gone = await repo.manifests.put(image_manifest(c2, [l2]), OCI_MANIFEST, "v2", None)
     await repo.manifests.delete(gone.digest)
