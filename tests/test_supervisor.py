@@ -71,10 +71,23 @@ def test_replaced_workers_keep_the_configuration_the_registry_started_with(
     first = children_of(parent)
     for pid in first:
         os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: len(children_of(parent)) == 2 and not children_of(parent) & first)
+
+    def replaced() -> bool:
+        children = children_of(parent)
+        if len(children) != 2 or children & first:
+            return False
+        # Between its fork and its exec a child still shows the parent's command line:
+        # wait until both run the replacement's.
+        try:
+            return all(
+                b"run_replacement" in Path(f"/proc/{pid}/cmdline").read_bytes()
+                for pid in children
+            )
+        except FileNotFoundError:
+            return False
+
+    wait_for(replaced)
     replacements = children_of(parent)
-    for pid in replacements:
-        assert b"run_replacement" in Path(f"/proc/{pid}/cmdline").read_bytes()
 
     def answering() -> bool:
         try:
