@@ -50,38 +50,38 @@ def _try_lock(fd: int, operation: int) -> bool:
 
 
 @asynccontextmanager
-async def using_store(driver: StorageDriver) -> AsyncIterator[None]:
-    """Hold the store shared for the block; waits while a collection has it alone."""
+async def _lock_file(driver: StorageDriver, without: str, level: int) -> AsyncIterator[int | None]:
+    """The lock file's descriptor for the block; None when the store has none, or when it
+    cannot be opened (logged at ``level``, saying what goes on ``without`` it)."""
     try:
         fd = await asyncio.to_thread(_open_lock, driver)
     except OSError as error:
-        # A store this process cannot add a file to is one it cannot write to either;
-        # say so, since a collection will not see this process.
-        log.warning("cannot hold %s in the store: %s", IN_USE, error)
+        log.log(level, "cannot open %s in the store (%s): %s", IN_USE, error, without)
         fd = None
     try:
-        if fd is not None and not _try_lock(fd, fcntl.LOCK_SH):
-            log.warning("waiting: a garbage collection has the store to itself")
-            while not _try_lock(fd, fcntl.LOCK_SH):
-                await asyncio.sleep(RETRY_INTERVAL)
-            log.info("the garbage collection is over; going on")
-        yield
+        yield fd
     finally:
         if fd is not None:
             os.close(fd)
 
 
 @asynccontextmanager
+async def using_store(driver: StorageDriver) -> AsyncIterator[None]:
+    """Hold the store shared for the block; waits while a collection has it alone."""
+    # A store this process cannot add a file to is one it cannot write to either; say
+    # so, since a collection will not see this process.
+    async with _lock_file(driver, "serving unseen by collections", logging.WARNING) as fd:
+        if fd is not None and not _try_lock(fd, fcntl.LOCK_SH):
+            log.warning("waiting: a garbage collection has the store to itself")
+            while not _try_lock(fd, fcntl.LOCK_SH):
+                await asyncio.sleep(RETRY_INTERVAL)
+            log.info("the garbage collection is over; going on")
+        yield
+
+
+@asynccontextmanager
 async def store_alone(driver: StorageDriver) -> AsyncIterator[bool]:
     """Try to hold the store exclusively for the block, without waiting: whether it is
     held, i.e. no other process uses it until the block ends."""
-    try:
-        fd = await asyncio.to_thread(_open_lock, driver)
-    except OSError as error:
-        log.info("cannot open %s (%s): collecting beside whoever uses the store", IN_USE, error)
-        fd = None
-    try:
+    async with _lock_file(driver, "collecting beside whoever uses it", logging.INFO) as fd:
         yield fd is not None and _try_lock(fd, fcntl.LOCK_EX)
-    finally:
-        if fd is not None:
-            os.close(fd)
