@@ -7,6 +7,8 @@ page costs about its own size, not the size of the registry.
 
 from __future__ import annotations
 
+import asyncio
+
 from dockyard.registry import layout
 from dockyard.storage.driver import PathNotFoundError, StorageDriver
 
@@ -21,6 +23,46 @@ class _PageFull(Exception):
     """Stops the walk once the page and the "more follow" answer are known."""
 
 
+# Directories listed between two yields to the event loop: a listing the driver kept
+# answers without awaiting anything, and a walk over 10,000 repositories must not hold
+# every other request back until it is done.
+LISTINGS_PER_TURN = 256
+
+
+class _PageWalk:
+    def __init__(self, driver: StorageDriver, after: tuple[str, ...] | None, n: int | None):
+        self.driver = driver
+        self.after = after
+        self.n = n
+        self.found: list[str] = []
+        self.listed = 0
+
+    async def visit(self, path: str, key: tuple[str, ...]) -> None:
+        self.listed += 1
+        if self.listed % LISTINGS_PER_TURN == 0:
+            await asyncio.sleep(0)
+        try:
+            children = await self.driver.list(path)
+        except PathNotFoundError:
+            return
+        after = self.after
+        if key and "_manifests" in children and (after is None or key > after):
+            if self.n is not None and len(self.found) >= self.n:
+                raise _PageFull
+            self.found.append("/".join(key))
+        for child in children:
+            # Directories starting with "_" hold a repository's data, never repositories.
+            if child.startswith("_"):
+                continue
+            child_key = (*key, child)
+            # Every name below child_key sorts before `after` unless child_key is a prefix
+            # of it or sorts after it.
+            if after is not None and child_key < after and after[: len(child_key)] != child_key:
+                continue
+            # A file here is not listable: visit finds nothing in it, without a stat.
+            await self.visit(f"{path}/{child}", child_key)
+
+
 class Catalog:
     def __init__(self, driver: StorageDriver) -> None:
         self.driver = driver
@@ -31,38 +73,9 @@ class Catalog:
 
     async def page(self, n: int | None, last: str | None) -> tuple[list[str], bool]:
         """Up to ``n`` names (all when None) after ``last``, and whether more follow."""
-        found: list[str] = []
-        after = path_order_key(last) if last else None
+        walk = _PageWalk(self.driver, path_order_key(last) if last else None, n)
         try:
-            await self._visit(layout.REPOSITORIES, (), after, n, found)
+            await walk.visit(layout.REPOSITORIES, ())
         except _PageFull:
-            return found[:n], True
-        return found, False
-
-    async def _visit(
-        self,
-        path: str,
-        key: tuple[str, ...],
-        after: tuple[str, ...] | None,
-        n: int | None,
-        found: list[str],
-    ) -> None:
-        try:
-            children = await self.driver.list(path)
-        except PathNotFoundError:
-            return
-        if key and "_manifests" in children and (after is None or key > after):
-            if n is not None and len(found) >= n:
-                raise _PageFull
-            found.append("/".join(key))
-        for child in children:
-            # Directories starting with "_" hold a repository's data, never repositories.
-            if child.startswith("_"):
-                continue
-            child_key = (*key, child)
-            # Every name below child_key sorts before `after` unless child_key is a prefix
-            # of it or sorts after it.
-            if after is not None and child_key < after and after[: len(child_key)] != child_key:
-                continue
-            # A file here is not listable: _visit finds nothing in it, without a stat.
-            await self._visit(f"{path}/{child}", child_key, after, n, found)
+            return walk.found[:n], True
+        return walk.found, False

@@ -1324,21 +1324,24 @@ def test_fs_touch_and_move_unless_touched_race_in_threads(
         assert (fs_root / "blobs" / f"{i:03d}" / "data").exists()
 
 
-async def test_fs_a_settled_large_listing_is_kept_and_every_change_seen(
-    fs: FilesystemDriver, fs_root: Path
+@pytest.mark.parametrize("count", [1000, 3], ids=["large", "small"])
+async def test_fs_a_settled_listing_is_kept_and_every_change_seen(
+    fs: FilesystemDriver, fs_root: Path, count: int
 ) -> None:
     tags = fs_root / "repo" / "tags"
     tags.mkdir(parents=True)
-    names = [f"tag-{i:04d}" for i in range(1000)]
+    names = [f"tag-{i:04d}" for i in range(count)]
     for name in names:
         (tags / name).mkdir()
-    assert os.stat(tags).st_size > SMALL_DIRECTORY
+    large = os.stat(tags).st_size > SMALL_DIRECTORY
+    assert large == (count == 1000)
+    listings = fs._listings if large else fs._small_listings
     # Listed while it still changes within the settle time: not kept.
     assert await fs.list("/repo/tags") == names
-    assert fs._listings.get(str(tags), os.stat(tags)) is None
+    assert listings.get(str(tags), os.stat(tags)) is None
     await asyncio.sleep(SETTLED_AFTER_NS / 1e9 + 0.1)
     assert await fs.list("/repo/tags") == names
-    assert fs._listings.get(str(tags), os.stat(tags)) == names
+    assert listings.get(str(tags), os.stat(tags)) == names
     # Kept answers are copies: a caller changing one changes nothing kept.
     (await fs.list("/repo/tags")).clear()
     assert await fs.list("/repo/tags") == names
@@ -1349,6 +1352,15 @@ async def test_fs_a_settled_large_listing_is_kept_and_every_change_seen(
     assert await fs.list("/repo/tags") == [*names[1:], "tag-new"]
     os.rename(tags / "tag-0001", tags / "tag-renamed")
     assert await fs.list("/repo/tags") == [*names[2:], "tag-new", "tag-renamed"]
+    # Another directory put in its place, and a link to one, list their own names.
+    os.rename(tags, fs_root / "repo" / "old-tags")
+    (fs_root / "other").mkdir()
+    (fs_root / "other" / "elsewhere").mkdir()
+    os.symlink(fs_root / "other", tags)
+    assert await fs.list("/repo/tags") == ["elsewhere"]
+    os.unlink(tags)
+    tags.mkdir()
+    assert await fs.list("/repo/tags") == []
 
 
 def test_fs_kept_listings_hold_a_bounded_number_of_names(tmp_path: Path) -> None:
