@@ -35,15 +35,10 @@ async def list_tags(request: web.Request, name: str) -> web.StreamResponse:
         await registry.driver.stat(layout.repository(repo.name))
     except PathNotFoundError:
         raise NameUnknown(detail={"name": repo.name}) from None
-    tags = await repo.tags.list()
-    last = request.query.get("last")
-    if last:
-        tags = [tag for tag in tags if tag > last]
+    tags, more = await repo.tags.page(n, request.query.get("last"))
     headers = {}
-    if n is not None:
-        if len(tags) > n > 0:
-            headers["Link"] = _link(request, f"{repo.name}/tags/list", n, tags[n - 1])
-        tags = tags[:n]
+    if n and more:
+        headers["Link"] = _link(request, f"{repo.name}/tags/list", n, tags[-1])
     return web.json_response({"name": repo.name, "tags": tags}, headers=headers)
 
 

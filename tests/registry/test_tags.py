@@ -4,8 +4,11 @@ that manifest's tags, not the repository's."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dockyard.coordination.locks import ProcessLocks
+from dockyard.errors import NameUnknown
 from dockyard.registry import layout
 from dockyard.registry.digest import Digest
 from dockyard.registry.links import write_link
@@ -107,3 +110,50 @@ async def test_an_entry_left_by_a_crash_is_only_a_candidate(
     assert await tags.pointing_at(A) == []
     assert not await tags.untag_if_at("latest", A)
     assert await tags.resolve("latest") == B
+
+
+# Tag names and names a tag directory may hold that are not tags (another tool's, or a
+# leftover); both kinds sort among each other.
+TAG_NAMES = st.sampled_from(["a", "a.1", "a-1", "A", "b_2", "latest", "v1.0", "z9"])
+NOT_TAGS = st.sampled_from([".a", "-b", ".hidden", "-"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    names=st.sets(st.one_of(TAG_NAMES, NOT_TAGS), max_size=12),
+    n=st.one_of(st.none(), st.integers(0, 5)),
+    last=st.one_of(st.none(), TAG_NAMES, NOT_TAGS, st.just("")),
+)
+async def test_a_page_is_the_tags_after_last_in_order(
+    names: set[str], n: int | None, last: str | None
+) -> None:
+    store = TagStore("lib/app", MemoryDriver(), ProcessLocks())
+    await write_link(store.driver, layout.revision_link(store.name, A), A)
+    for name in names:
+        await store.driver.write(layout.tag_current_link(store.name, name), str(A).encode())
+    valid = await store.list()
+    assert valid == sorted(name for name in names if not name.startswith((".", "-")))
+    after = [tag for tag in valid if not last or tag > last]
+    page, more = await store.page(n, last)
+    assert page == (after if n is None else after[:n])
+    assert more == (n is not None and len(after) > n)
+
+
+async def test_every_page_together_is_every_tag(tags: TagStore) -> None:
+    names = [f"t{index:03d}" for index in range(23)]
+    for name in names:
+        await tags.tag(name, A)
+    walked: list[str] = []
+    last = None
+    while True:
+        page, more = await tags.page(5, last)
+        walked += page
+        if not more:
+            break
+        last = page[-1]
+    assert walked == names
+
+
+async def test_the_page_of_an_unknown_repository_is_an_error(tags: TagStore) -> None:
+    with pytest.raises(NameUnknown):
+        await tags.page(10, None)
