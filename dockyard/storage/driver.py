@@ -196,7 +196,8 @@ class StorageDriver(ABC):
 
     @abstractmethod
     def stream(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
-        """Yield the file's bytes from ``offset``, ``length`` of them or to the end.
+        """Yield the file's bytes from ``offset``, ``length`` of them or to the end, in
+        pieces of at most a mebibyte, none of them empty.
 
         Raises :class:`PathNotFoundError` on first iteration when the file is missing and
         :class:`InvalidOffsetError` when ``offset`` is past its end.

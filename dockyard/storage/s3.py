@@ -65,6 +65,8 @@ MIN_PART_SIZE = 5 * MiB
 MAX_PART_SIZE = 5 << 30
 MAX_PARTS = 10_000
 CHUNK_SIZE = MiB
+# The least a streamed read hands on at once, but for its last piece.
+STREAMED_PIECE = 64 * 1024
 # Distribution's lifetime for pre-signed blob URLs.
 REDIRECT_EXPIRY = 20 * 60
 # Requests in flight at once for one fan-out (ancestor checks, stats while walking,
@@ -707,20 +709,29 @@ class S3Driver(StorageDriver):
             return
         body = response["Body"]
         try:
-            pending = bytearray()
+            # The body arrives in pieces of whatever the socket had (the HTTP client
+            # joins those buffered meanwhile, up to CHUNK_SIZE). A large piece goes out
+            # as it is: copying it into a bigger chunk would cost more than the extra
+            # write. Small ones are gathered first, so no write carries a few bytes.
+            pending: list[bytes] = []
+            pending_size = 0
             while True:
                 try:
-                    piece = await body.read(CHUNK_SIZE - len(pending))
+                    piece = await body.read(CHUNK_SIZE)
                 except Exception as error:
                     raise _failure(path, error) from error
                 if not piece:
                     break
-                pending += piece
-                if len(pending) >= CHUNK_SIZE:
-                    yield bytes(pending)
-                    pending.clear()
+                if not pending and len(piece) >= STREAMED_PIECE:
+                    yield piece
+                    continue
+                pending.append(piece)
+                pending_size += len(piece)
+                if pending_size >= STREAMED_PIECE:
+                    yield b"".join(pending)
+                    pending, pending_size = [], 0
             if pending:
-                yield bytes(pending)
+                yield b"".join(pending)
         finally:
             body.close()
 

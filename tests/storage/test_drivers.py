@@ -538,8 +538,9 @@ async def test_stream_comes_in_chunks_of_at_most_a_mebibyte(driver: StorageDrive
     content = os.urandom(3 * MiB + 5)
     await driver.write("/big", content)
     chunks = [chunk async for chunk in driver.stream("/big", 3)]
+    # Memory stays bounded whatever the file's size; how the bytes are cut is the
+    # driver's (object storage hands them on as the network delivers them).
     assert all(0 < len(chunk) <= MiB for chunk in chunks)
-    assert len(chunks) == 4
     assert b"".join(chunks) == content[3:]
     ranged = await collect(driver.stream("/big", MiB - 3, MiB + 10))
     assert ranged == content[MiB - 3 : 2 * MiB + 7]
@@ -548,7 +549,7 @@ async def test_stream_comes_in_chunks_of_at_most_a_mebibyte(driver: StorageDrive
 async def test_stream_abandoned_early_releases_the_file(driver: StorageDriver) -> None:
     await driver.write("/big", os.urandom(3 * MiB))
     stream = driver.stream("/big")
-    assert len(await anext(stream)) == MiB
+    assert 0 < len(await anext(stream)) <= MiB
     await stream.aclose()  # type: ignore[attr-defined]
     await driver.delete("/big")
     with pytest.raises(PathNotFoundError):
