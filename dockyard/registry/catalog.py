@@ -8,6 +8,8 @@ page costs about its own size, not the size of the registry.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 
 from dockyard.registry import layout
 from dockyard.storage.driver import PathNotFoundError, StorageDriver
@@ -50,17 +52,18 @@ class _PageWalk:
             if self.n is not None and len(self.found) >= self.n:
                 raise _PageFull
             self.found.append("/".join(key))
-        for child in children:
+        start = 0
+        if after is not None and len(after) > len(key) and after[: len(key)] == key:
+            # Drivers list names sorted: every child before the next component of `after`
+            # has only names before it, and bisection skips them all at once (a page deep
+            # into 10,000 repositories of one namespace does not step over the others).
+            start = bisect.bisect_left(children, after[len(key)])
+        for child in itertools.islice(children, start, None):
             # Directories starting with "_" hold a repository's data, never repositories.
             if child.startswith("_"):
                 continue
-            child_key = (*key, child)
-            # Every name below child_key sorts before `after` unless child_key is a prefix
-            # of it or sorts after it.
-            if after is not None and child_key < after and after[: len(child_key)] != child_key:
-                continue
             # A file here is not listable: visit finds nothing in it, without a stat.
-            await self.visit(f"{path}/{child}", child_key)
+            await self.visit(f"{path}/{child}", (*key, child))
 
 
 class Catalog:
