@@ -809,12 +809,12 @@ class FilesystemDriver(StorageDriver):
         With ``follow`` false the last component is not resolved, for operations that act
         on the directory entry itself (replace, rename, remove) rather than on its target.
         """
-        # A valid path is absolute, with no empty component and no trailing "/": string
-        # operations split it, at a fraction of os.path's cost on this hot path.
+        # A valid path is absolute, with no empty component and no trailing "/": rpartition
+        # splits it at a fraction of os.path.split's cost on this hot path.
         joined = self._prefix + check_path(path)[1:]
         head, _, name = joined.rpartition("/")
-        real_head, present = self._locate_dir(head)
-        real = f"{real_head}/{name}"
+        real_head, present = self._locate_dir(head or "/")
+        real = os.path.join(real_head, name)
         if follow and present:
             try:
                 if S_ISLNK(os.lstat(real).st_mode):

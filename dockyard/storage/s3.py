@@ -722,7 +722,10 @@ class S3Driver(StorageDriver):
                     raise _failure(path, error) from error
                 if not piece:
                     break
-                if not pending and len(piece) >= STREAMED_PIECE:
+                if len(piece) >= STREAMED_PIECE:
+                    if pending:
+                        yield b"".join(pending)
+                        pending, pending_size = [], 0
                     yield piece
                     continue
                 pending.append(piece)

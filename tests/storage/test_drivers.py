@@ -1492,3 +1492,12 @@ async def test_fs_deleting_a_tree_while_a_writer_adds_to_it_removes_it(
             time.sleep(0.0002)
 
     assert await failures_beside(add_entries, lambda: fs.delete("/t"), 1_000) == []
+
+
+async def test_fs_a_store_at_the_filesystem_root_resolves_its_paths(tmp_path: Path) -> None:
+    # Nobody should store a registry in "/", but its paths must still be the right ones.
+    root = FilesystemDriver("/")
+    assert root._resolve("/tmp") == "/tmp"
+    assert root._resolve(f"{tmp_path}/x") == f"{tmp_path}/x"
+    (tmp_path / "x").mkdir()
+    assert await root.list(str(tmp_path)) == ["x"]
