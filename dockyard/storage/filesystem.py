@@ -17,6 +17,7 @@ import fcntl
 import os
 import re
 import shutil
+import sys
 import time
 import uuid
 from collections import OrderedDict
@@ -59,8 +60,8 @@ PLAIN_DIRS_REMEMBERED = 4096
 LISTINGS_REMEMBERED = 32
 LISTED_NAMES_REMEMBERED = 100_000
 # Listings of small directories kept (a repository's own, with its `_layers`,
-# `_manifests` and `_uploads`: about 250 bytes each), enough for a catalog walk of so
-# many repositories to stat rather than read them.
+# `_manifests` and `_uploads`: about 350 bytes each, 5.5 MiB for all), enough for a
+# catalog walk of so many repositories to stat rather than read them.
 SMALL_LISTINGS_REMEMBERED = 16_384
 SMALL_NAMES_REMEMBERED = 131_072
 SETTLED_AFTER_NS = 2_000_000_000
@@ -602,15 +603,21 @@ class _Listings:
         names_limit: int = LISTED_NAMES_REMEMBERED,
         entries_limit: int = LISTINGS_REMEMBERED,
     ) -> None:
-        self._kept: OrderedDict[str, tuple[tuple[int, int, int, int], tuple[str, ...]]]
-        self._kept = OrderedDict()
+        self._kept: OrderedDict[str, tuple[int, tuple[str, ...]]] = OrderedDict()
         self._names_limit = names_limit
         self._entries_limit = entries_limit
         self._names = 0
 
     @staticmethod
-    def _version(status: os.stat_result) -> tuple[int, int, int, int]:
-        return (status.st_dev, status.st_ino, status.st_mtime_ns, status.st_ctime_ns)
+    def _version(status: os.stat_result) -> int:
+        # One int holding all four, each in 64 bits of its own: the same comparison as a
+        # tuple of them, in a third of the memory (16,384 small listings are kept).
+        return (
+            status.st_mtime_ns
+            | status.st_ctime_ns << 64
+            | status.st_ino << 128
+            | status.st_dev << 192
+        )
 
     def get(self, real: str, status: os.stat_result) -> list[str] | None:
         kept = self._kept.get(real)
@@ -628,7 +635,9 @@ class _Listings:
             return
         if len(names) > self._names_limit:
             return
-        self._kept[real] = (self._version(status), tuple(names))
+        # Interned: the names every repository's directory holds (_layers, _manifests,
+        # _uploads) are then kept once, not once per repository.
+        self._kept[real] = (self._version(status), tuple(map(sys.intern, names)))
         self._names += len(names)
         while len(self._kept) > self._entries_limit or self._names > self._names_limit:
             self._forget(next(iter(self._kept)))
