@@ -45,6 +45,7 @@ from dockyard.storage.filesystem import (
     SETTLED_AFTER_NS,
     SMALL_DIRECTORY,
     _Listings,
+    _read_file,
 )
 from tests.s3.moto_server import MotoServer
 from tests.support.redis_server import RedisServer
@@ -1501,3 +1502,16 @@ async def test_fs_a_store_at_the_filesystem_root_resolves_its_paths(tmp_path: Pa
     assert root._resolve(f"{tmp_path}/x") == f"{tmp_path}/x"
     (tmp_path / "x").mkdir()
     assert await root.list(str(tmp_path)) == ["x"]
+
+
+def test_fs_a_file_that_changed_size_since_its_stat_is_read_whole(tmp_path: Path) -> None:
+    # The size from the stat only sizes the first read: a link replaced by a longer one
+    # (another digest algorithm) or a shorter one meanwhile is still read to its end.
+    path = tmp_path / "f"
+    content = os.urandom(3 * MiB + 7)
+    path.write_bytes(content)
+    assert _read_file(str(path), 10) == content
+    assert _read_file(str(path), 10 * MiB) == content
+    assert _read_file(str(path), len(content)) == content
+    path.write_bytes(b"")
+    assert _read_file(str(path), 0) == b""
