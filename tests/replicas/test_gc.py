@@ -131,8 +131,8 @@ def test_collection_on_one_replica_while_pushes_go_to_the_others(
         f"{cluster.replicas[1].url}/v2/gc/dropped/manifests/{dropped.digest}", timeout=30
     )
     assert deleted.status_code == 202, deleted.text
-    # settle is 1s: blobs written in the last 0.4 s are left for the next collection.
-    time.sleep(0.5)
+    # settle is 3s: blobs written in the last 1.2 s are left for the next collection.
+    time.sleep(1.3)
 
     stop = threading.Event()
     pushers = [Pusher(number, cluster.url, base) for number in range(PUSHERS)]
