@@ -535,22 +535,41 @@ def _remove(real: str) -> None:
     if not S_ISDIR(os.lstat(real).st_mode):
         os.unlink(real)
         return
+    try:
+        shutil.rmtree(real)
+        return
+    except FileNotFoundError:
+        if not os.path.lexists(real):
+            raise
+    except OSError as error:
+        if error.errno != errno.ENOTEMPTY:
+            raise
+    # A writer is adding entries as fast as rmtree removes them, and may recreate the
+    # directories it empties. Moved aside under a name no listing shows, the tree is out
+    # of every writer's path: only what is already in flight can still land in it. A
+    # crash from here on leaves the hidden tree behind, which a failed delete would too.
+    aside = os.path.join(os.path.dirname(real), f"{TEMP_PREFIX}{uuid.uuid4().hex}")
+    try:
+        os.rename(real, aside)
+    except FileNotFoundError:
+        return  # removed by someone else meanwhile: gone, as asked
+    _remove_aside(aside)
+
+
+def _remove_aside(aside: str) -> None:
     for attempt in range(REMOVE_ATTEMPTS):
         try:
-            shutil.rmtree(real)
+            shutil.rmtree(aside)
             return
         except FileNotFoundError:
-            if os.path.lexists(real):
-                continue  # an entry inside went meanwhile: remove the rest
-            if attempt == 0:
-                raise
-            return  # removed by someone else between two attempts: gone, as asked
+            if not os.path.lexists(aside):
+                return
+            continue  # an entry inside went meanwhile: remove the rest
         except OSError as error:
-            # A writer added an entry after rmtree had emptied its directory: remove
-            # what is there now, unless the additions never stop.
+            # An addition that was in flight at the move: remove what is there now.
             if error.errno != errno.ENOTEMPTY or attempt == REMOVE_ATTEMPTS - 1:
                 raise
-    raise OSError(errno.ENOTEMPTY, "entries kept changing while it was removed", real)
+    raise OSError(errno.ENOTEMPTY, "entries kept changing while it was removed", aside)
 
 
 def _remove_flat(real: str, files: list[str]) -> None:
