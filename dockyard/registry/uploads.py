@@ -13,9 +13,10 @@ stored data when the upload finishes.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import re
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -79,6 +80,36 @@ async def _store_piece(writer: FileWriter, hasher: Any | None, piece: bytes) -> 
         await writer.write(piece)
     else:
         await asyncio.gather(asyncio.to_thread(hasher.update, piece), writer.write(piece))
+
+
+class _HashLane:
+    """Updates one hash with pieces in order, on a thread of its own, while the event
+    loop receives and writes the next ones.
+
+    With one piece in flight and the thread pool's hand-offs, the hash waited on the
+    event loop after each piece; here it runs back to back up to ``BACKLOG`` pieces
+    behind the receive, which bounds the memory it holds.
+    """
+
+    BACKLOG = 4
+
+    def __init__(self, hasher: Any) -> None:
+        self.hasher = hasher
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, "dockyard-hash")
+        self._queued: deque[concurrent.futures.Future[None]] = deque()
+
+    async def feed(self, piece: bytes) -> None:
+        while len(self._queued) >= self.BACKLOG:
+            await asyncio.wrap_future(self._queued.popleft())
+        self._queued.append(self._executor.submit(self.hasher.update, piece))
+
+    async def drain(self) -> None:
+        while self._queued:
+            await asyncio.wrap_future(self._queued.popleft())
+
+    def close(self) -> None:
+        # Pieces still queued belong to a body that failed: its hash is dropped anyway.
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 class UploadStore:
@@ -149,11 +180,14 @@ class UploadStore:
             return UploadSession(name, upload_id, size, session.started_at)
 
     async def _write(self, session: UploadSession, body: AsyncIterator[bytes]) -> int:
-        """Append the body; piece N is hashed and written while piece N+1 arrives."""
+        """Append the body: pieces are hashed and written while the next ones arrive."""
         hasher = self.hashes.take(session.id, session.size)
         writer = await self.driver.writer(
             layout.upload_data(session.repository, session.id), resume_at=session.size
         )
+        # A body of one piece or less is hashed as before: a thread of its own would cost
+        # more than its hash.
+        lane: _HashLane | None = None
         in_flight: asyncio.Task[None] | None = None
         try:
             pieces: list[bytes] = []
@@ -165,13 +199,22 @@ class UploadStore:
                     piece = b"".join(pieces)
                     pieces.clear()
                     buffered = 0
+                    if hasher is not None:
+                        lane = lane or _HashLane(hasher)
+                        await lane.feed(piece)
                     if in_flight is not None:
                         await in_flight
-                    in_flight = asyncio.create_task(_store_piece(writer, hasher, piece))
+                    in_flight = asyncio.create_task(writer.write(piece))
             if in_flight is not None:
                 task, in_flight = in_flight, None
                 await task
-            if pieces:
+            if lane is not None:
+                if pieces:
+                    piece = b"".join(pieces)
+                    await lane.feed(piece)
+                    await writer.write(piece)
+                await lane.drain()
+            elif pieces:
                 await _store_piece(writer, hasher, b"".join(pieces))
             await writer.commit()
             size = writer.size
@@ -179,6 +222,8 @@ class UploadStore:
             if in_flight is not None:
                 # The client went away mid-piece: let the piece land before closing.
                 await asyncio.gather(in_flight, return_exceptions=True)
+            if lane is not None:
+                lane.close()
             await writer.close()
         if hasher is not None:
             self.hashes.put(session.id, size, hasher)
