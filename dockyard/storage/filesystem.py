@@ -535,15 +535,8 @@ def _remove(real: str) -> None:
     if not S_ISDIR(os.lstat(real).st_mode):
         os.unlink(real)
         return
-    try:
-        shutil.rmtree(real)
+    if _removed_tree(real):
         return
-    except FileNotFoundError:
-        if not os.path.lexists(real):
-            raise
-    except OSError as error:
-        if error.errno != errno.ENOTEMPTY:
-            raise
     # A writer is adding entries as fast as rmtree removes them, and may recreate the
     # directories it empties. Moved aside under a name no listing shows, the tree is out
     # of every writer's path: only what is already in flight can still land in it. A
@@ -551,25 +544,28 @@ def _remove(real: str) -> None:
     aside = os.path.join(os.path.dirname(real), f"{TEMP_PREFIX}{uuid.uuid4().hex}")
     try:
         os.rename(real, aside)
+        for _ in range(REMOVE_ATTEMPTS):
+            if _removed_tree(aside):
+                return
     except FileNotFoundError:
         return  # removed by someone else meanwhile: gone, as asked
-    _remove_aside(aside)
-
-
-def _remove_aside(aside: str) -> None:
-    for attempt in range(REMOVE_ATTEMPTS):
-        try:
-            shutil.rmtree(aside)
-            return
-        except FileNotFoundError:
-            if not os.path.lexists(aside):
-                return
-            continue  # an entry inside went meanwhile: remove the rest
-        except OSError as error:
-            # An addition that was in flight at the move: remove what is there now.
-            if error.errno != errno.ENOTEMPTY or attempt == REMOVE_ATTEMPTS - 1:
-                raise
     raise OSError(errno.ENOTEMPTY, "entries kept changing while it was removed", aside)
+
+
+def _removed_tree(path: str) -> bool:
+    """Remove the tree at ``path``; False when an entry came or went meanwhile, so that
+    the caller tries again. ``FileNotFoundError`` when ``path`` itself is gone."""
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        if not os.path.lexists(path):
+            raise
+        return False
+    except OSError as error:
+        if error.errno != errno.ENOTEMPTY:
+            raise
+        return False
+    return True
 
 
 def _remove_flat(real: str, files: list[str]) -> None:
