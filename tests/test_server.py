@@ -43,6 +43,10 @@ def refuses_connections(port: int) -> bool:
             return False
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:
+        # Accepted into the backlog of a listener closing at that moment: the next try
+        # tells whether it is gone.
+        return False
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
