@@ -364,9 +364,9 @@ class InstrumentedDriver(DelegatingDriver):
         with self._timer("read"):
             return await self.inner.read(path)
 
-    async def write(self, path: str, data: bytes) -> None:
+    async def write(self, path: str, data: bytes, durable: bool = True) -> None:
         with self._timer("write"):
-            await self.inner.write(path, data)
+            await self.inner.write(path, data, durable)
 
     def stream(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         return self._iterate("stream", self.inner.stream(path, offset, length))

@@ -55,7 +55,9 @@ async def start_upload(request: web.Request, name: str) -> web.StreamResponse:
     digest = Digest.parse(digest_text) if digest_text is not None else None
     session = await registry.uploads.start(repo.name)
     if digest is not None:
-        await registry.uploads.append(repo.name, session.id, request.content.iter_any())
+        await registry.uploads.append(
+            repo.name, session.id, request.content.iter_any(), continues=False
+        )
         blob = await registry.uploads.finish(repo.name, session.id, digest, _declared_size(request))
         await repo.blobs.link(blob.digest)
         return _blob_created(request, name, blob)
@@ -80,7 +82,9 @@ async def patch_upload(request: web.Request, name: str, upload_id: str) -> web.S
     return empty(202, _session_headers(request, session))
 
 
-async def _append(request: web.Request, name: str, upload_id: str) -> UploadSession:
+async def _append(
+    request: web.Request, name: str, upload_id: str, continues: bool = True
+) -> UploadSession:
     start = end = None
     if "Content-Range" in request.headers:
         start, end = parse_content_range(request.headers["Content-Range"])
@@ -94,7 +98,7 @@ async def _append(request: web.Request, name: str, upload_id: str) -> UploadSess
                 },
             )
     return await registry_of(request).uploads.append(
-        name, upload_id, request.content.iter_any(), start, end
+        name, upload_id, request.content.iter_any(), start, end, continues
     )
 
 
@@ -109,7 +113,7 @@ async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.
         raise DigestInvalid("digest parameter is required to finish an upload")
     digest = Digest.parse(digest_text)
     if _has_body(request):
-        await _append(request, repo.name, upload_id)
+        await _append(request, repo.name, upload_id, continues=False)
     blob = await registry.uploads.finish(repo.name, upload_id, digest)
     await repo.blobs.link(blob.digest)
     return _blob_created(request, name, blob)

@@ -127,9 +127,9 @@ class FencedDriver(DelegatingDriver):
         async with self.fences.busy(path):
             await self.inner.touch(path, mtime)
 
-    async def write(self, path: str, data: bytes) -> None:
+    async def write(self, path: str, data: bytes, durable: bool = True) -> None:
         async with self.fences.busy(path):
-            await self.inner.write(path, data)
+            await self.inner.write(path, data, durable)
 
     async def prepare_writes(self, files: Mapping[str, bytes]) -> PreparedWrites:
         # Each published file goes through ``write`` above, fenced.

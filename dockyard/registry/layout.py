@@ -127,3 +127,12 @@ def upload_data(name: str, upload_id: str) -> str:
 
 def upload_started_at(name: str, upload_id: str) -> str:
     return f"{upload_dir(name, upload_id)}/startedat"
+
+
+def upload_hash_states(name: str, upload_id: str, algorithm: str) -> str:
+    return f"{upload_dir(name, upload_id)}/hashstates/{algorithm}"
+
+
+def upload_hash_state(name: str, upload_id: str, algorithm: str, offset: int) -> str:
+    """The running hash of the upload's first ``offset`` bytes, as Distribution saves it."""
+    return f"{upload_hash_states(name, upload_id, algorithm)}/{offset}"

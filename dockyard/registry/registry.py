@@ -10,6 +10,7 @@ from dockyard.registry import layout
 from dockyard.registry.blobs import BlobStore, RepositoryBlobs
 from dockyard.registry.cache import DigestCache
 from dockyard.registry.catalog import Catalog
+from dockyard.registry.hashstate import sha256_states
 from dockyard.registry.links import delete_if_exists
 from dockyard.registry.manifest_store import ManifestStore, StoredManifest
 from dockyard.registry.names import check_name
@@ -59,7 +60,9 @@ class Registry:
         self.driver = driver
         self.options = options or RegistryOptions()
         self.blobs = BlobStore(driver, self.coordination.descriptors)
-        self.uploads = UploadStore(driver, self.blobs, RunningHashes(), self.coordination.locks)
+        self.uploads = UploadStore(
+            driver, self.blobs, RunningHashes(), self.coordination.locks, sha256_states()
+        )
         self.catalog = Catalog(driver)
         self.manifest_cache: DigestCache[StoredManifest] = DigestCache(64 << 20)
 

@@ -4,10 +4,13 @@ A session is ``_uploads/<id>/`` with ``startedat`` and ``data``, as in Distribut
 bytes in ``data`` are always a prefix of what the client sent, in order, so after a
 crash the file's size is exactly what the session can report and continue from.
 
-Hashing happens while the data is written. The running hash lives only in this
-process (CPython cannot save a hash state), keyed by session and offset; when another
-process continues a session, or after a restart, the digest is computed once from the
-stored data when the upload finishes.
+Hashing happens while the data is written. The running hash stays in this process,
+keyed by session and offset, and after each chunk of a session that goes on its state
+is saved beside the data (``hashstates/sha256/<offset>``, Distribution's path and
+encoding; see :mod:`dockyard.registry.hashstate`), so that another worker or replica, or
+this one after a restart, continues the hash instead of reading all the data again.
+Without a saved state (another algorithm, or no resumable SHA-256 in this process) the
+digest is computed from the stored data when the upload finishes.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from dockyard.errors import BlobUploadInvalid, BlobUploadUnknown, DigestInvalid,
 from dockyard.registry import layout
 from dockyard.registry.blobs import BlobDescriptor, BlobStore
 from dockyard.registry.digest import Digest, new_hasher
+from dockyard.registry.hashstate import Sha256States
 from dockyard.storage.driver import FileWriter, PathNotFoundError, StorageDriver
 
 UPLOAD_ID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -114,12 +118,64 @@ class _HashLane:
 
 class UploadStore:
     def __init__(
-        self, driver: StorageDriver, blobs: BlobStore, hashes: RunningHashes, locks: Locks
+        self,
+        driver: StorageDriver,
+        blobs: BlobStore,
+        hashes: RunningHashes,
+        locks: Locks,
+        states: Sha256States | None = None,
     ) -> None:
         self.driver = driver
         self.blobs = blobs
         self.hashes = hashes
         self.locks = locks
+        self.states = states
+
+    def _new_hasher(self) -> Any:
+        return self.states.new() if self.states is not None else new_hasher()
+
+    async def _save_state(self, session: UploadSession, hasher: Any) -> None:
+        """Save the running hash for whoever gets the session's next request; drop the
+        state the chunk began from. Only a cache of the data: written after the data is
+        durable, and not durable itself (a state lost in a crash costs a re-read)."""
+        if self.states is None or not hasattr(hasher, "state"):
+            return
+        states = layout.upload_hash_states(session.repository, session.id, "sha256")
+        await self.driver.write(f"{states}/{hasher.length}", hasher.state(), durable=False)
+        if session.size != hasher.length:
+            try:
+                await self.driver.delete(f"{states}/{session.size}")
+            except PathNotFoundError:
+                pass
+
+    async def _restored_hasher(self, session: UploadSession) -> Any | None:
+        """The running hash at the session's size, continued from the newest saved state
+        at or below it (or from nothing), with the data after that read from storage.
+        None without resumable SHA-256: then only the finish hashes, once."""
+        if self.states is None:
+            return None
+        states = layout.upload_hash_states(session.repository, session.id, "sha256")
+        hasher = None
+        try:
+            names = await self.driver.list(states)
+        except PathNotFoundError:
+            names = []
+        offsets = (int(name) for name in names if name.isdigit())
+        for offset in sorted((o for o in offsets if o <= session.size), reverse=True):
+            try:
+                hasher = self.states.restore(await self.driver.read(f"{states}/{offset}"), offset)
+            except PathNotFoundError:
+                continue
+            if hasher is not None:
+                break
+        if hasher is None:
+            hasher = self.states.new()
+        if hasher.length < session.size:
+            data = layout.upload_data(session.repository, session.id)
+            start = hasher.length
+            async for chunk in self.driver.stream(data, start, session.size - start):
+                await asyncio.to_thread(hasher.update, chunk)
+        return hasher
 
     def _lock(self, upload_id: str) -> AbstractAsyncContextManager[None]:
         # Chunks of one session may reach different workers or replicas at once (a client
@@ -135,7 +191,7 @@ class UploadStore:
         writer = await self.driver.writer(layout.upload_data(name, upload_id))
         await writer.commit()
         await writer.close()
-        self.hashes.put(upload_id, 0, new_hasher())
+        self.hashes.put(upload_id, 0, self._new_hasher())
         return UploadSession(name, upload_id, 0, started_at)
 
     async def get(self, name: str, upload_id: str) -> UploadSession:
@@ -154,11 +210,14 @@ class UploadStore:
         body: AsyncIterator[bytes],
         start: int | None = None,
         end: int | None = None,
+        continues: bool = True,
     ) -> UploadSession:
         """Append a chunk; ``start``/``end`` come from ``Content-Range`` when the client sent it.
 
         A chunk that does not begin exactly where the session ends is refused with 416 and
         changes nothing, so a retried or reordered chunk cannot corrupt the blob.
+        ``continues``: the session goes on after this chunk (a PATCH), so its running hash
+        is saved for any process; a chunk that finishes it (PUT) saves none.
         """
         async with self._lock(upload_id):
             session = await self.get(name, upload_id)
@@ -168,7 +227,7 @@ class UploadStore:
                     detail={"expected": session.size, "start": start},
                     headers=range_headers(session.size),
                 )
-            size = await self._write(session, body)
+            size = await self._write(session, body, continues)
             if end is not None and start is not None and size - session.size != end - start + 1:
                 # The bytes are stored (they are the client's, in order), so the session
                 # stays consistent; the client learns the real offset from Range.
@@ -179,9 +238,13 @@ class UploadStore:
                 )
             return UploadSession(name, upload_id, size, session.started_at)
 
-    async def _write(self, session: UploadSession, body: AsyncIterator[bytes]) -> int:
+    async def _write(
+        self, session: UploadSession, body: AsyncIterator[bytes], continues: bool
+    ) -> int:
         """Append the body: pieces are hashed and written while the next ones arrive."""
         hasher = self.hashes.take(session.id, session.size)
+        if hasher is None:
+            hasher = await self._restored_hasher(session)
         writer = await self.driver.writer(
             layout.upload_data(session.repository, session.id), resume_at=session.size
         )
@@ -227,6 +290,8 @@ class UploadStore:
             await writer.close()
         if hasher is not None:
             self.hashes.put(session.id, size, hasher)
+            if continues:
+                await self._save_state(session, hasher)
         return size
 
     async def finish(
@@ -241,9 +306,10 @@ class UploadStore:
         On a mismatch the session is discarded and nothing is stored.
         """
         async with self._lock(upload_id):
-            size = (await self.get(name, upload_id)).size
+            session = await self.get(name, upload_id)
+            size = session.size
             data_path = layout.upload_data(name, upload_id)
-            actual = await self._digest_of(upload_id, data_path, size, digest.algorithm)
+            actual = await self._digest_of(session, digest.algorithm)
             if actual != digest or (expected_size is not None and expected_size != size):
                 await self._discard(name, upload_id)
                 raise DigestInvalid(
@@ -253,11 +319,16 @@ class UploadStore:
             await self._discard(name, upload_id)
             return BlobDescriptor(digest, size)
 
-    async def _digest_of(self, upload_id: str, path: str, size: int, algorithm: str) -> Digest:
-        hasher = self.hashes.take(upload_id, size) if algorithm == "sha256" else None
+    async def _digest_of(self, session: UploadSession, algorithm: str) -> Digest:
+        hasher = None
+        if algorithm == "sha256":
+            hasher = self.hashes.take(session.id, session.size)
+            if hasher is None:
+                hasher = await self._restored_hasher(session)
         if hasher is None:
             hasher = new_hasher(algorithm)
-            async for chunk in self.driver.stream(path):
+            data = layout.upload_data(session.repository, session.id)
+            async for chunk in self.driver.stream(data):
                 await asyncio.to_thread(hasher.update, chunk)
         return Digest(algorithm, hasher.hexdigest())
 

@@ -18,8 +18,8 @@ class DelegatingDriver(StorageDriver):
     async def read(self, path: str) -> bytes:
         return await self.inner.read(path)
 
-    async def write(self, path: str, data: bytes) -> None:
-        await self.inner.write(path, data)
+    async def write(self, path: str, data: bytes, durable: bool = True) -> None:
+        await self.inner.write(path, data, durable)
 
     async def prepare_writes(self, files: Mapping[str, bytes]) -> PreparedWrites:
         return await self.inner.prepare_writes(files)

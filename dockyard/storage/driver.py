@@ -182,8 +182,13 @@ class StorageDriver(ABC):
         """The whole content of a (small) file."""
 
     @abstractmethod
-    async def write(self, path: str, data: bytes) -> None:
-        """Replace the file's content atomically, creating parent directories."""
+    async def write(self, path: str, data: bytes, durable: bool = True) -> None:
+        """Replace the file's content atomically, creating parent directories.
+
+        ``durable=False`` is for files that are only a cache of others (an upload's saved
+        hash state): they may be lost in a crash, and the write need not wait for the
+        disk. Drivers whose writes cost the same either way ignore it.
+        """
 
     async def prepare_writes(self, files: Mapping[str, bytes]) -> PreparedWrites:
         """Get several writes ready, so that publishing them in ordered stages costs about

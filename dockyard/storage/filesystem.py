@@ -194,6 +194,24 @@ class _PreparedFile:
     temp: str
 
 
+def _create_temp_beside(real: str, created: list[str]) -> tuple[int, str]:
+    """A new temporary file in ``real``'s directory, made (not durably) if missing; the
+    directories made are appended to ``created``. Returns its descriptor and path."""
+    parent = os.path.dirname(real)
+    attempts = 0
+    while True:
+        try:
+            created.extend(_make_dirs(parent, durable=False))
+            temp = os.path.join(parent, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            return fd, temp
+        except FileNotFoundError:
+            # The directory was moved away meanwhile (garbage collection).
+            attempts += 1
+            if attempts == _VANISHED_RETRIES:
+                raise
+
+
 def _prepare_files(targets: list[tuple[str, bytes]], created: list[str]) -> list[_PreparedFile]:
     """Each file's content in a temporary file beside it, all of them durable.
 
@@ -205,17 +223,7 @@ def _prepare_files(targets: list[tuple[str, bytes]], created: list[str]) -> list
     descriptors: list[int] = []
     try:
         for real, data in targets:
-            parent = os.path.dirname(real)
-            for attempt in range(_VANISHED_RETRIES):
-                try:
-                    created.extend(_make_dirs(parent, durable=False))
-                    temp = os.path.join(parent, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
-                    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-                    break
-                except FileNotFoundError:
-                    # The directory was moved away meanwhile (garbage collection).
-                    if attempt == _VANISHED_RETRIES - 1:
-                        raise
+            fd, temp = _create_temp_beside(real, created)
             descriptors.append(fd)
             prepared.append(_PreparedFile(real, data, temp))
             _write_all(fd, data)
@@ -301,6 +309,21 @@ def _replace_atomically(real: str, data: bytes) -> None:
     """Replace ``real`` whole and durably: one file prepared beside it, then published."""
     created: list[str] = []
     _publish_files(_prepare_files([(real, data)], created), created)
+
+
+def _replace(real: str, data: bytes) -> None:
+    """Replace ``real`` whole, atomically but not durably: no fsync at all."""
+    fd, temp = _create_temp_beside(real, [])
+    try:
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(temp, real)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(temp)
+        raise
 
 
 class _PreparedFiles(PreparedWrites):
@@ -876,10 +899,10 @@ class FilesystemDriver(StorageDriver):
                 return _read_file(real, status.st_size)
             return await asyncio.to_thread(_read_file, real, status.st_size)
 
-    async def write(self, path: str, data: bytes) -> None:
+    async def write(self, path: str, data: bytes, durable: bool = True) -> None:
         real = self._resolve(path, follow=False)
         with _translated(path):
-            await asyncio.to_thread(_replace_atomically, real, data)
+            await asyncio.to_thread(_replace_atomically if durable else _replace, real, data)
 
     async def prepare_writes(self, files: Mapping[str, bytes]) -> PreparedWrites:
         return _PreparedFiles(

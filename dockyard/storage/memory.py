@@ -177,7 +177,7 @@ class MemoryDriver(StorageDriver):
     async def read(self, path: str) -> bytes:
         return bytes(self._tree.file(path).data)
 
-    async def write(self, path: str, data: bytes) -> None:
+    async def write(self, path: str, data: bytes, durable: bool = True) -> None:
         parent, name = self._tree.make_parent(path)
         if isinstance(parent.children.get(name), _Directory):
             raise StorageError(f"{path}: is a directory")

@@ -632,7 +632,7 @@ class S3Driver(StorageDriver):
             raise StorageError(f"{key}: parts of upload {upload_id} are missing")
         return parts
 
-    async def write(self, path: str, data: bytes) -> None:
+    async def write(self, path: str, data: bytes, durable: bool = True) -> None:
         """Put the object, record its time as a touch does, and check it is still there.
 
         Link files are what garbage collection sets aside, and a rewrite of one must not

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import httpx
 
+from dockyard.registry.hashstate import sha256_states
 from tests.support.images import (
     ALL_MANIFEST_TYPES,
     MANIFEST_TYPES,
@@ -29,6 +31,7 @@ from tests.support.images import (
     iter_blobs,
     make_image,
     make_index,
+    patch_chunk,
     push_blob,
     push_blob_chunked,
     push_manifest,
@@ -36,6 +39,8 @@ from tests.support.images import (
     read_oci_layout,
     sha256_digest,
     skopeo,
+    start_upload,
+    with_digest,
     write_dir_layout,
     write_oci_layout,
 )
@@ -239,3 +244,37 @@ def blob_files(root: Path) -> set[str]:
     """Digests of every blob in the shared blob store of a data directory."""
     blobs = root / "docker" / "registry" / "v2" / "blobs" / "sha256"
     return {f"sha256:{path.parent.name}" for path in blobs.glob("*/*/data")}
+
+
+def test_an_upload_distribution_began_goes_on_from_its_saved_hash(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    # An upload in flight when registry:2 is swapped for Dockyard. Distribution saved its
+    # running hash after the chunk (Go's encoding, hashstates/sha256/<offset>): Dockyard's
+    # own states are those bytes for the same data, and it goes on from Distribution's.
+    states = sha256_states()
+    assert states is not None
+    data = random.Random(5).randbytes(3 * 1024 * 1024 + 11)
+    cut = 2 * 1024 * 1024 + 5
+    shared = {"http": {"secret": "one-secret-for-both"}}  # Distribution signs upload URLs
+    distribution = server_factory("distribution", config=shared)
+    with httpx.Client() as client:
+        url = start_upload(client, distribution.url, "handover/app")
+        url = patch_chunk(client, distribution.url, url, data[:cut], 0)
+    distribution.stop()
+    (saved,) = distribution.root.glob(
+        "docker/registry/v2/repositories/handover/app/_uploads/*/hashstates/sha256"
+    )
+    ours = states.new()
+    ours.update(data[:cut])
+    assert (saved / str(cut)).read_bytes() == ours.state()
+
+    dockyard = server_factory(DOCKYARD, config=shared, root=distribution.root)
+    with httpx.Client() as client:
+        url = patch_chunk(client, dockyard.url, url.replace(distribution.url, dockyard.url), data[cut:], cut)
+        ours.update(data[cut:])
+        assert (saved / str(len(data))).read_bytes() == ours.state()
+        response = client.put(with_digest(url, sha256_digest(data)))
+        assert response.status_code == 201, response.text
+        pulled = client.get(f"{dockyard.url}/v2/handover/app/blobs/{sha256_digest(data)}")
+        assert pulled.content == data

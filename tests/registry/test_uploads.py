@@ -18,7 +18,8 @@ from dockyard.registry import Registry, layout
 from dockyard.registry.digest import Digest
 from dockyard.registry.uploads import WRITE_PIECE
 from dockyard.storage import FilesystemDriver, MemoryDriver
-from dockyard.storage.driver import StorageDriver
+from dockyard.storage.delegating import DelegatingDriver
+from dockyard.storage.driver import PathNotFoundError, StorageDriver
 
 
 @pytest.fixture(params=["filesystem", "memory"])
@@ -108,3 +109,99 @@ async def test_a_body_that_fails_midway_keeps_a_prefix_and_no_running_hash(
     while hash_threads() and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     assert hash_threads() == []
+
+
+class ReadsCounted(DelegatingDriver):
+    """Records every stream of a file: (path, offset, length)."""
+
+    def __init__(self, inner: StorageDriver) -> None:
+        super().__init__(inner)
+        self.streams: list[tuple[str, int, int | None]] = []
+
+    def stream(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        self.streams.append((path, offset, length))
+        return self.inner.stream(path, offset, length)
+
+
+def states_of(session_id: str) -> str:
+    return layout.upload_hash_states("lib/app", session_id, "sha256")
+
+
+async def test_another_process_continues_the_hash_without_reading_the_data(
+    driver: StorageDriver,
+) -> None:
+    # Two registries on one store stand for two workers: each has its own running hashes.
+    counted = ReadsCounted(driver)
+    first, second = Registry(counted), Registry(counted)
+    data = random.Random(11).randbytes(3 * WRITE_PIECE + 17)
+    cut = WRITE_PIECE + 5
+    session = await first.uploads.start("lib/app")
+    await first.uploads.append("lib/app", session.id, body_of(data[:cut], 1))
+    assert await driver.list(states_of(session.id)) == [str(cut)]
+    await second.uploads.append("lib/app", session.id, body_of(data[cut:], 2), cut)
+    # The state the chunk began from is gone; the one it ends at is saved.
+    assert await driver.list(states_of(session.id)) == [str(len(data))]
+    blob = await first.uploads.finish("lib/app", session.id, Digest.of(data), len(data))
+    assert await driver.read(layout.blob_data(blob.digest)) == data
+    assert counted.streams == []
+
+
+async def test_a_chunk_that_finishes_the_upload_saves_no_state(driver: StorageDriver) -> None:
+    registry = Registry(driver)
+    session = await registry.uploads.start("lib/app")
+    await registry.uploads.append("lib/app", session.id, body_of(b"x" * 5000, 1), continues=False)
+    with pytest.raises(PathNotFoundError):
+        await driver.list(states_of(session.id))
+
+
+async def test_bytes_after_the_last_state_are_read_once_to_catch_up(
+    driver: StorageDriver,
+) -> None:
+    # A chunk that failed midway left a prefix and no state for it: the next process
+    # restores the last state and hashes only that prefix from storage.
+    counted = ReadsCounted(driver)
+    first, second = Registry(counted), Registry(counted)
+    data = random.Random(12).randbytes(6 * WRITE_PIECE)
+    cut = 2 * WRITE_PIECE + 1
+
+    async def broken() -> AsyncIterator[bytes]:
+        async for chunk in body_of(data[cut : 4 * WRITE_PIECE], 5):
+            yield chunk
+        raise BlobUploadInvalid("the client went away")
+
+    session = await first.uploads.start("lib/app")
+    await first.uploads.append("lib/app", session.id, body_of(data[:cut], 3))
+    with pytest.raises(BlobUploadInvalid):
+        await first.uploads.append("lib/app", session.id, broken(), cut)
+    stored = (await first.uploads.get("lib/app", session.id)).size
+    assert stored > cut
+    await second.uploads.append("lib/app", session.id, body_of(data[stored:], 6), stored)
+    data_path = layout.upload_data("lib/app", session.id)
+    assert counted.streams == [(data_path, cut, stored - cut)]
+    blob = await second.uploads.finish("lib/app", session.id, Digest.of(data), len(data))
+    assert await driver.read(layout.blob_data(blob.digest)) == data
+
+
+async def test_a_damaged_state_is_not_trusted(driver: StorageDriver) -> None:
+    counted = ReadsCounted(driver)
+    first, second = Registry(counted), Registry(counted)
+    data = random.Random(13).randbytes(2 * WRITE_PIECE + 9)
+    session = await first.uploads.start("lib/app")
+    await first.uploads.append("lib/app", session.id, body_of(data, 7))
+    state = f"{states_of(session.id)}/{len(data)}"
+    await driver.write(state, b"sha\x03" + bytes(104))
+    blob = await second.uploads.finish("lib/app", session.id, Digest.of(data), len(data))
+    assert await driver.read(layout.blob_data(blob.digest)) == data
+    assert counted.streams == [(layout.upload_data("lib/app", session.id), 0, len(data))]
+
+
+async def test_without_resumable_sha256_the_finish_hashes_the_data(driver: StorageDriver) -> None:
+    first, second = Registry(driver), Registry(driver)
+    first.uploads.states = second.uploads.states = None
+    data = random.Random(14).randbytes(WRITE_PIECE + 3)
+    session = await first.uploads.start("lib/app")
+    await first.uploads.append("lib/app", session.id, body_of(data, 8))
+    with pytest.raises(PathNotFoundError):
+        await driver.list(states_of(session.id))
+    blob = await second.uploads.finish("lib/app", session.id, Digest.of(data), len(data))
+    assert await driver.read(layout.blob_data(blob.digest)) == data

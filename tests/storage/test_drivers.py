@@ -142,24 +142,32 @@ async def test_write_then_read_round_trips(driver: StorageDriver, content: bytes
     assert await driver.read("/docker/registry/v2/file") == content
 
 
-async def test_write_replaces_the_whole_content(driver: StorageDriver) -> None:
-    await driver.write("/f", b"a much longer first version")
-    await driver.write("/f", b"short")
-    assert await driver.read("/f") == b"short"
-    assert (await driver.stat("/f")).size == 5
+# A write that need not be durable (a cache of other files) is otherwise the same write.
+@pytest.mark.parametrize("durable", [True, False])
+async def test_write_replaces_the_whole_content(driver: StorageDriver, durable: bool) -> None:
+    await driver.write("/d/f", b"a much longer first version", durable)
+    await driver.write("/d/f", b"short", durable)
+    assert await driver.read("/d/f") == b"short"
+    assert (await driver.stat("/d/f")).size == 5
+    assert await driver.list("/d") == ["f"]  # nothing left beside it
 
 
-async def test_write_creates_parent_directories(driver: StorageDriver) -> None:
-    await driver.write("/a/b/c/file", b"x")
+@pytest.mark.parametrize("durable", [True, False])
+async def test_write_creates_parent_directories(driver: StorageDriver, durable: bool) -> None:
+    await driver.write("/a/b/c/file", b"x", durable)
     assert await driver.list("/a") == ["b"]
     assert await driver.list("/a/b") == ["c"]
     assert (await driver.stat("/a/b")).is_dir
+    assert await driver.read("/a/b/c/file") == b"x"
 
 
-async def test_write_over_a_directory_fails_and_keeps_it(driver: StorageDriver) -> None:
+@pytest.mark.parametrize("durable", [True, False])
+async def test_write_over_a_directory_fails_and_keeps_it(
+    driver: StorageDriver, durable: bool
+) -> None:
     await driver.write("/dir/child", b"x")
     with pytest.raises(StorageError) as error:
-        await driver.write("/dir", b"y")
+        await driver.write("/dir", b"y", durable)
     assert_plain_storage_error(error)
     assert await driver.read("/dir/child") == b"x"
     assert await driver.list("/dir") == ["child"]
@@ -327,10 +335,10 @@ async def test_prepared_write_below_a_file_fails_and_changes_nothing(driver: Sto
 async def test_deferred_publish_returns_once_every_write_has_ended() -> None:
     # A failing write must not leave a sibling running after publish has raised.
     class SlowWrite(DelegatingDriver):
-        async def write(self, path: str, data: bytes) -> None:
+        async def write(self, path: str, data: bytes, durable: bool = True) -> None:
             if path == "/slow":
                 await asyncio.sleep(0.1)
-            await self.inner.write(path, data)
+            await self.inner.write(path, data, durable)
 
     driver = SlowWrite(MemoryDriver())
     await driver.write("/file", b"x")
