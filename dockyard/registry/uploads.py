@@ -134,19 +134,18 @@ class UploadStore:
     def _new_hasher(self) -> Any:
         return self.states.new() if self.states is not None else new_hasher()
 
-    async def _save_state(self, session: UploadSession, hasher: Any) -> None:
-        """Save the running hash for whoever gets the session's next request; drop the
-        state the chunk began from. Only a cache of the data: written after the data is
-        durable, and not durable itself (a state lost in a crash costs a re-read)."""
+    async def _save_state(self, hasher: Any, session: UploadSession) -> None:
+        """Save the running hash for whoever gets the session's next request. Only a cache
+        of the data: written after the data is durable, and not durable itself (a state
+        lost in a crash costs a re-read). Earlier states stay until the session ends, as
+        Distribution leaves them: deleting each would cost a request per chunk."""
         if self.states is None or not hasattr(hasher, "state"):
             return
-        states = layout.upload_hash_states(session.repository, session.id, "sha256")
-        await self.driver.write(f"{states}/{hasher.length}", hasher.state(), durable=False)
-        if session.size != hasher.length:
-            try:
-                await self.driver.delete(f"{states}/{session.size}")
-            except PathNotFoundError:
-                pass
+        await self.driver.write(
+            layout.upload_hash_state(session.repository, session.id, "sha256", hasher.length),
+            hasher.state(),
+            durable=False,
+        )
 
     async def _restored_hasher(self, session: UploadSession) -> Any | None:
         """The running hash at the session's size, continued from the newest saved state
@@ -154,16 +153,18 @@ class UploadStore:
         None without resumable SHA-256: then only the finish hashes, once."""
         if self.states is None:
             return None
-        states = layout.upload_hash_states(session.repository, session.id, "sha256")
         hasher = None
         try:
-            names = await self.driver.list(states)
+            names = await self.driver.list(
+                layout.upload_hash_states(session.repository, session.id, "sha256")
+            )
         except PathNotFoundError:
             names = []
         offsets = (int(name) for name in names if name.isdigit())
         for offset in sorted((o for o in offsets if o <= session.size), reverse=True):
+            path = layout.upload_hash_state(session.repository, session.id, "sha256", offset)
             try:
-                hasher = self.states.restore(await self.driver.read(f"{states}/{offset}"), offset)
+                hasher = self.states.restore(await self.driver.read(path), offset)
             except PathNotFoundError:
                 continue
             if hasher is not None:
@@ -291,7 +292,7 @@ class UploadStore:
         if hasher is not None:
             self.hashes.put(session.id, size, hasher)
             if continues:
-                await self._save_state(session, hasher)
+                await self._save_state(hasher, session)
         return size
 
     async def finish(

@@ -638,11 +638,22 @@ class S3Driver(StorageDriver):
         Link files are what garbage collection sets aside, and a rewrite of one must not
         be lost to a collection deleting the previous version at that moment: like a
         touch, the write leaves a time object the collection looks for after its delete
-        (see :meth:`move_unless_touched`), and is done again if the delete won.
+        (see :meth:`move_unless_touched`), and is done again if the delete won. A file
+        that is only a cache (``durable=False``, an upload's hash state) is not a link and
+        may be lost: one PUT.
         """
         key = self.key(path)
         await self.check_writable(path)
         client = await self.client()
+        if not durable:
+            try:
+                await client.put_object(
+                    Bucket=self.bucket, Key=key, Body=data, **self.object_args(time.time())
+                )
+            except Exception as error:
+                raise _failure(path, error) from error
+            self._remember_directories(path)
+            return
         for _ in range(3):
             now = time.time()
             try:
