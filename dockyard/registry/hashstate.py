@@ -11,7 +11,7 @@ converts that context to and from the same encoding; states are exchangeable wit
 Distribution's.
 
 When the library or those functions are missing, or the context does not behave as
-expected (checked once, against ``hashlib``), :func:`resumable_sha256` returns None and
+expected (checked once, against ``hashlib``), :func:`sha256_states` returns None and
 callers hash with ``hashlib`` as before.
 """
 
@@ -22,6 +22,7 @@ import ctypes.util
 import functools
 import hashlib
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Self
 
@@ -139,14 +140,29 @@ class Sha256States:
         return restored
 
 
-def _load() -> _Library | None:
-    name = ctypes.util.find_library("crypto")
-    if name is None:
-        return None
+def _candidates() -> Iterator[str]:
+    # First the libcrypto hashlib itself links: symbols resolve through the extension
+    # module's handle, with no search (and no ldconfig run) needed.
     try:
-        crypto = ctypes.CDLL(name)
-        library = _Library(crypto.SHA256_Init, crypto.SHA256_Update, crypto.SHA256_Final)
-    except (OSError, AttributeError):
+        import _hashlib
+
+        yield _hashlib.__file__
+    except (ImportError, AttributeError):
+        pass
+    found = ctypes.util.find_library("crypto")
+    if found is not None:
+        yield found
+
+
+def _load() -> _Library | None:
+    for name in _candidates():
+        try:
+            crypto = ctypes.CDLL(name)
+            library = _Library(crypto.SHA256_Init, crypto.SHA256_Update, crypto.SHA256_Final)
+        except (OSError, AttributeError):
+            continue
+        break
+    else:
         return None
     library.init.argtypes = (ctypes.c_void_p,)
     library.update.argtypes = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t)

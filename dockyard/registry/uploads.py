@@ -35,6 +35,8 @@ from dockyard.registry.hashstate import Sha256States
 from dockyard.storage.driver import FileWriter, PathNotFoundError, StorageDriver
 
 UPLOAD_ID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+# A saved hash state is named by its offset; anything else in its directory is ignored.
+OFFSET_PATTERN = re.compile(r"[0-9]{1,19}")
 # Writes and hash updates go to worker threads in pieces of this size: large enough that
 # the hand-off costs nothing, small enough that memory stays flat whatever the blob size.
 WRITE_PIECE = 1 << 20
@@ -160,7 +162,7 @@ class UploadStore:
             )
         except PathNotFoundError:
             names = []
-        offsets = (int(name) for name in names if name.isdigit())
+        offsets = (int(name) for name in names if OFFSET_PATTERN.fullmatch(name))
         for offset in sorted((o for o in offsets if o <= session.size), reverse=True):
             path = layout.upload_hash_state(session.repository, session.id, "sha256", offset)
             try:

@@ -204,3 +204,16 @@ async def test_without_resumable_sha256_the_finish_hashes_the_data(driver: Stora
         await driver.list(states_of(session.id))
     blob = await second.uploads.finish("lib/app", session.id, Digest.of(data), len(data))
     assert await driver.read(layout.blob_data(blob.digest)) == data
+
+
+async def test_other_names_among_the_states_are_ignored(driver: StorageDriver) -> None:
+    counted = ReadsCounted(driver)
+    first, second = Registry(counted), Registry(counted)
+    data = random.Random(15).randbytes(WRITE_PIECE + 21)
+    session = await first.uploads.start("lib/app")
+    await first.uploads.append("lib/app", session.id, body_of(data, 9))
+    for stray in ("12x", "-1", "1.0", "9" * 30):
+        await driver.write(f"{states_of(session.id)}/{stray}", b"sha\x03")
+    blob = await second.uploads.finish("lib/app", session.id, Digest.of(data), len(data))
+    assert await driver.read(layout.blob_data(blob.digest)) == data
+    assert counted.streams == []
