@@ -1,4 +1,5 @@
-"""Upload sessions: a body's pieces are hashed in order while they are written."""
+"""Upload sessions: a body's pieces are hashed in order while they are written, and the
+running hash is saved so that another process goes on from it."""
 
 from __future__ import annotations
 
