@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import re
 import uuid
 from collections import OrderedDict, deque
@@ -32,7 +33,9 @@ from dockyard.registry import layout
 from dockyard.registry.blobs import BlobDescriptor, BlobStore
 from dockyard.registry.digest import Digest, new_hasher
 from dockyard.registry.hashstate import Sha256States
-from dockyard.storage.driver import FileWriter, PathNotFoundError, StorageDriver
+from dockyard.storage.driver import FileWriter, PathNotFoundError, StorageDriver, StorageError
+
+log = logging.getLogger("dockyard.uploads")
 
 UPLOAD_ID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 # A saved hash state is named by its offset; anything else in its directory is ignored.
@@ -143,11 +146,13 @@ class UploadStore:
         Distribution leaves them: deleting each would cost a request per chunk."""
         if self.states is None or not hasattr(hasher, "state"):
             return
-        await self.driver.write(
-            layout.upload_hash_state(session.repository, session.id, "sha256", hasher.length),
-            hasher.state(),
-            durable=False,
-        )
+        path = layout.upload_hash_state(session.repository, session.id, "sha256", hasher.length)
+        try:
+            await self.driver.write(path, hasher.state(), durable=False)
+        except StorageError as error:
+            # The chunk is stored: failing the request now would make the client resend
+            # bytes the session holds. Whoever continues the session reads them instead.
+            log.warning("upload %s: hash state not saved: %s", session.id, error)
 
     async def _restored_hasher(self, session: UploadSession) -> Any | None:
         """The running hash at the session's size, continued from the newest saved state

@@ -20,7 +20,7 @@ from dockyard.registry.digest import Digest
 from dockyard.registry.uploads import WRITE_PIECE
 from dockyard.storage import FilesystemDriver, MemoryDriver
 from dockyard.storage.delegating import DelegatingDriver
-from dockyard.storage.driver import PathNotFoundError, StorageDriver
+from dockyard.storage.driver import PathNotFoundError, StorageDriver, StorageError
 
 
 @pytest.fixture(params=["filesystem", "memory"])
@@ -218,3 +218,23 @@ async def test_other_names_among_the_states_are_ignored(driver: StorageDriver) -
     blob = await second.uploads.finish("lib/app", session.id, Digest.of(data), len(data))
     assert await driver.read(layout.blob_data(blob.digest)) == data
     assert counted.streams == []
+
+
+async def test_a_state_that_cannot_be_saved_does_not_fail_the_chunk(
+    driver: StorageDriver,
+) -> None:
+    class NoCacheWrites(ReadsCounted):
+        async def write(self, path: str, data: bytes, durable: bool = True) -> None:
+            if not durable:
+                raise StorageError(f"{path}: refused")
+            await self.inner.write(path, data, durable)
+
+    refusing = NoCacheWrites(driver)
+    first, second = Registry(refusing), Registry(refusing)
+    data = random.Random(16).randbytes(WRITE_PIECE + 33)
+    session = await first.uploads.start("lib/app")
+    stored = await first.uploads.append("lib/app", session.id, body_of(data, 10))
+    assert stored.size == len(data)
+    blob = await second.uploads.finish("lib/app", session.id, Digest.of(data), len(data))
+    assert await driver.read(layout.blob_data(blob.digest)) == data
+    assert refusing.streams == [(layout.upload_data("lib/app", session.id), 0, len(data))]
