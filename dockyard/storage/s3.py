@@ -16,8 +16,9 @@ A :class:`FileWriter` streams into a multipart upload in parts of ``chunksize`` 
 holds at most one part in memory. :meth:`FileWriter.commit` keeps the upload open, as
 Distribution's writer does, so that a chunked blob upload costs each byte once whatever
 its number of chunks: the object at the file's key then holds only the bytes after the
-last full part (the *tail*, less than one part), and its metadata names the upload and
-how many parts and bytes come before it. Any replica resumes from that (listing the
+last part (the *tail*: less than S3's 5 MiB part minimum, since a commit sends what
+pending bytes can make a part as one), and its metadata names the upload and how many
+parts and bytes come before it. Any replica resumes from that (listing the
 upload's parts, reading the tail back); a stat counts parts and tail; the first read,
 stream or move of such a *composite* file completes the upload with the tail as its
 last part, after which it is a plain object. A file resumed from a plain object starts a
@@ -581,7 +582,7 @@ class S3Driver(StorageDriver):
         upload_id, count, _ = composite
         client = await self.client()
         try:
-            parts, tail = await self._parts_and_tail(key, upload_id, count)
+            parts, tail = await self._parts_and_tail(key, upload_id, count, head["ContentLength"])
             if tail or not parts:
                 uploaded = await client.upload_part(
                     Bucket=self.bucket,
@@ -605,9 +606,13 @@ class S3Driver(StorageDriver):
             raise _failure(path, error) from error
 
     async def _parts_and_tail(
-        self, key: str, upload_id: str, count: int
+        self, key: str, upload_id: str, count: int, tail_size: int
     ) -> tuple[list[dict[str, Any]], bytes]:
+        """The upload's parts and the tail's bytes (``tail_size`` from the HEAD before)."""
         parts = await self._listed_parts(key, upload_id, count)
+        if not tail_size:
+            # A chunk that ended as a whole part left an empty tail: nothing to read.
+            return parts, b""
         client = await self.client()
         response = await client.get_object(Bucket=self.bucket, Key=key)
         async with response["Body"] as body:
@@ -763,31 +768,30 @@ class S3Driver(StorageDriver):
                 raise _failure(path, error) from error
             self._remember_directories(path)
             return S3Writer(self, path, 0)
-        info = await self._head(path)
-        if info is None:
+        # One HEAD gives the size and the open upload: a writer needs no time, so the
+        # time object is not asked for (a chunk of an upload is one of these).
+        head = await self._head_key(path, key)
+        if head is None:
             raise PathNotFoundError(path)
-        if not 0 <= resume_at <= info.size:
+        self._remember_directories(path)
+        composite = _composite(head.get("Metadata"))
+        size = (composite[2] if composite is not None else 0) + head["ContentLength"]
+        if not 0 <= resume_at <= size:
             raise InvalidOffsetError(path, resume_at)
-        resumed = await self._resume_parts(path, resume_at)
-        if resumed is not None:
-            writer = S3Writer(self, path, resume_at, resumed)
-            if resume_at < info.size:
-                await writer.truncate()
-            return writer
-        writer = S3Writer(self, path, resume_at)
-        if resume_at < info.size:
+        resumed = await self._resume_parts(path, resume_at, composite, head["ContentLength"])
+        writer = S3Writer(self, path, resume_at, resumed)
+        if resume_at < size:
             await writer.truncate()
         return writer
 
-    async def _resume_parts(self, path: str, resume_at: int) -> OpenParts | None:
+    async def _resume_parts(
+        self, path: str, resume_at: int, composite: tuple[str, int, int] | None, tail_size: int
+    ) -> OpenParts | None:
         """The open upload a composite file continues, to write on from ``resume_at``.
 
         None for a plain object, and for a composite one cut back into its parts, which
         is completed first and then continued as a plain one.
         """
-        key = self.key(path)
-        head = await self._head_key(path, key)
-        composite = _composite(head.get("Metadata")) if head is not None else None
         if composite is None:
             return None
         upload_id, count, before = composite
@@ -795,7 +799,7 @@ class S3Driver(StorageDriver):
             await self.complete_parts(path)
             return None
         try:
-            parts, tail = await self._parts_and_tail(key, upload_id, count)
+            parts, tail = await self._parts_and_tail(self.key(path), upload_id, count, tail_size)
         except Exception as error:
             raise _failure(path, error) from error
         return OpenParts(upload_id, parts, before, tail[: resume_at - before])
@@ -1213,8 +1217,16 @@ class S3Writer(FileWriter):
     async def _save_tail(self) -> None:
         """The pending bytes as the object at the key, naming the parts before them.
 
-        The bytes stay pending for what is written next; the upload stays open.
+        Pending bytes enough for a part of their own (S3's minimum) go up as one, as
+        Distribution's writer does, and the tail saved is empty: the next chunk, on
+        whichever replica, then reads nothing back and sends nothing twice. Past half
+        the part limit they stay in the tail instead, so that uploads in many chunks
+        still reach ``chunksize`` times the limit. Bytes kept in the tail stay pending
+        for what is written next; the upload stays open.
         """
+        if len(self._pending) >= MIN_PART_SIZE and len(self._parts) < MAX_PARTS // 2:
+            await self._upload_part(bytes(self._pending))
+            self._pending.clear()
         client = await self._driver.client()
         args = self._driver.object_args(time.time())
         if self._upload_id is not None:

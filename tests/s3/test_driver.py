@@ -138,7 +138,7 @@ async def test_chunks_resumed_anywhere_go_on_in_one_open_upload(
     moto_server: MotoServer, bucket: str
 ) -> None:
     """Each chunk is sent once: resuming continues the same multipart upload, and the
-    object at the key holds only the tail after its last full part."""
+    object at the key holds only the tail after its last part."""
     content = b""
     upload_ids = set()
     for index in range(5):
@@ -164,6 +164,78 @@ async def test_chunks_resumed_anywhere_go_on_in_one_open_upload(
     assert await reader.read("/u/data") == content
     assert uploads_in_progress(moto_server, bucket) == []
     assert keys(moto_server, bucket)["u/data"] == len(content)
+    await reader.close()
+
+
+def parts_of(moto_server: MotoServer, bucket: str, key: str) -> list[int]:
+    (upload,) = uploads_in_progress(moto_server, bucket)
+    listing = moto_server.client().list_parts(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
+    return [part["Size"] for part in listing.get("Parts", [])]
+
+
+async def _append_on_a_new_replica(
+    moto_server: MotoServer, bucket: str, path: str, at: int, chunk: bytes, **extra: Any
+) -> None:
+    replica = make(moto_server, bucket, **extra)
+    writer = await (replica.writer(path) if at == 0 else replica.writer(path, resume_at=at))
+    await writer.write(chunk)
+    await writer.commit()
+    await writer.close()
+    await replica.close()
+
+
+async def test_a_chunk_of_a_part_or_more_goes_up_whole_and_leaves_no_tail(
+    moto_server: MotoServer, bucket: str
+) -> None:
+    """Chunks below ``chunksize`` but at or above S3's part minimum become parts of their
+    own at commit: the tail stays empty, so the next chunk reads nothing back."""
+    params = {"chunksize": 10 * MiB}
+    content = b""
+    # (chunk size, parts after it, tail after it)
+    steps = [
+        (6 * MiB, [6 * MiB], 0),
+        (5 * MiB, [6 * MiB, 5 * MiB], 0),
+        (3 * MiB, [6 * MiB, 5 * MiB], 3 * MiB),  # below the minimum: kept as the tail
+        (4 * MiB, [6 * MiB, 5 * MiB, 7 * MiB], 0),  # with the tail, a part again
+        (12 * MiB, [6 * MiB, 5 * MiB, 7 * MiB, 10 * MiB], 2 * MiB),
+    ]
+    for size, parts, tail in steps:
+        chunk = os.urandom(size)
+        await _append_on_a_new_replica(
+            moto_server, bucket, "/u/data", len(content), chunk, **params
+        )
+        content += chunk
+        assert parts_of(moto_server, bucket, "u/data") == parts
+        assert keys(moto_server, bucket)["u/data"] == tail
+        assert (await make(moto_server, bucket).stat("/u/data")).size == len(content)
+    # Cut back into the parts, then read: completed from parts of unequal sizes.
+    reader = make(moto_server, bucket, **params)
+    writer = await reader.writer("/u/data", resume_at=20 * MiB)
+    await writer.close()
+    assert await reader.read("/u/data") == content[: 20 * MiB]
+    assert uploads_in_progress(moto_server, bucket) == []
+    await reader.close()
+
+
+async def test_past_half_the_part_limit_chunks_wait_in_the_tail_for_a_full_part(
+    moto_server: MotoServer, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dockyard.storage import s3 as s3_module
+
+    monkeypatch.setattr(s3_module, "MAX_PARTS", 4)
+    params = {"chunksize": 10 * MiB}
+    content = b""
+    for index in range(4):
+        chunk = os.urandom(6 * MiB)
+        await _append_on_a_new_replica(
+            moto_server, bucket, "/u/data", len(content), chunk, **params
+        )
+        content += chunk
+    # Two 6 MiB parts reach half the limit; then the tail fills up to a 10 MiB part.
+    assert parts_of(moto_server, bucket, "u/data") == [6 * MiB, 6 * MiB, 10 * MiB]
+    assert keys(moto_server, bucket)["u/data"] == 2 * MiB
+    reader = make(moto_server, bucket, **params)
+    assert await reader.read("/u/data") == content
     await reader.close()
 
 
