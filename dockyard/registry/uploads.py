@@ -179,11 +179,14 @@ class UploadStore:
         if hasher is None:
             hasher = self.states.new()
         if hasher.length < session.size:
-            data = layout.upload_data(session.repository, session.id)
-            start = hasher.length
-            async for chunk in self.driver.stream(data, start, session.size - start):
-                await asyncio.to_thread(hasher.update, chunk)
+            await self._hash_stored(session, hasher, hasher.length)
         return hasher
+
+    async def _hash_stored(self, session: UploadSession, hasher: Any, start: int) -> None:
+        """Feed ``hasher`` the session's stored bytes from ``start`` to its size."""
+        data = layout.upload_data(session.repository, session.id)
+        async for chunk in self.driver.stream(data, start, session.size - start):
+            await asyncio.to_thread(hasher.update, chunk)
 
     def _lock(self, upload_id: str) -> AbstractAsyncContextManager[None]:
         # Chunks of one session may reach different workers or replicas at once (a client
@@ -335,9 +338,7 @@ class UploadStore:
                 hasher = await self._restored_hasher(session)
         if hasher is None:
             hasher = new_hasher(algorithm)
-            data = layout.upload_data(session.repository, session.id)
-            async for chunk in self.driver.stream(data):
-                await asyncio.to_thread(hasher.update, chunk)
+            await self._hash_stored(session, hasher, 0)
         return Digest(algorithm, hasher.hexdigest())
 
     async def cancel(self, name: str, upload_id: str) -> None:
