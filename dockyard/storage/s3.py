@@ -1220,9 +1220,9 @@ class S3Writer(FileWriter):
         Pending bytes enough for a part of their own (S3's minimum) go up as one, as
         Distribution's writer does, and the tail saved is empty: the next chunk, on
         whichever replica, then reads nothing back and sends nothing twice. Past half
-        the part limit they stay in the tail instead, so that uploads in many chunks
-        still reach ``chunksize`` times the limit. Bytes kept in the tail stay pending
-        for what is written next; the upload stays open.
+        the part limit they stay in the tail instead, so that the other half of the
+        parts are full ``chunksize`` ones however small the chunks. Bytes kept in the
+        tail stay pending for what is written next; the upload stays open.
         """
         if len(self._pending) >= MIN_PART_SIZE and len(self._parts) < MAX_PARTS // 2:
             await self._upload_part(bytes(self._pending))
