@@ -134,6 +134,17 @@ async def test_resume_in_another_process_continues_the_committed_object(
     await reader.close()
 
 
+async def _append_on_a_new_replica(
+    moto_server: MotoServer, bucket: str, path: str, at: int, chunk: bytes, **extra: Any
+) -> None:
+    replica = make(moto_server, bucket, **extra)
+    writer = await (replica.writer(path) if at == 0 else replica.writer(path, resume_at=at))
+    await writer.write(chunk)
+    await writer.commit()
+    await writer.close()
+    await replica.close()
+
+
 async def test_chunks_resumed_anywhere_go_on_in_one_open_upload(
     moto_server: MotoServer, bucket: str
 ) -> None:
@@ -142,15 +153,8 @@ async def test_chunks_resumed_anywhere_go_on_in_one_open_upload(
     content = b""
     upload_ids = set()
     for index in range(5):
-        replica = make(moto_server, bucket)
-        writer = await (
-            replica.writer("/u/data") if index == 0 else replica.writer("/u/data", resume_at=len(content))
-        )
         chunk = os.urandom(3 * MiB + index)
-        await writer.write(chunk)
-        await writer.commit()
-        await writer.close()
-        await replica.close()
+        await _append_on_a_new_replica(moto_server, bucket, "/u/data", len(content), chunk)
         content += chunk
         if index:  # the first 3 MiB are below a part: one plain object
             (upload,) = uploads_in_progress(moto_server, bucket)
@@ -171,17 +175,6 @@ def parts_of(moto_server: MotoServer, bucket: str, key: str) -> list[int]:
     (upload,) = uploads_in_progress(moto_server, bucket)
     listing = moto_server.client().list_parts(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
     return [part["Size"] for part in listing.get("Parts", [])]
-
-
-async def _append_on_a_new_replica(
-    moto_server: MotoServer, bucket: str, path: str, at: int, chunk: bytes, **extra: Any
-) -> None:
-    replica = make(moto_server, bucket, **extra)
-    writer = await (replica.writer(path) if at == 0 else replica.writer(path, resume_at=at))
-    await writer.write(chunk)
-    await writer.commit()
-    await writer.close()
-    await replica.close()
 
 
 async def test_a_chunk_of_a_part_or_more_goes_up_whole_and_leaves_no_tail(
@@ -225,7 +218,7 @@ async def test_past_half_the_part_limit_chunks_wait_in_the_tail_for_a_full_part(
     monkeypatch.setattr(s3_module, "MAX_PARTS", 4)
     params = {"chunksize": 10 * MiB}
     content = b""
-    for index in range(4):
+    for _ in range(4):
         chunk = os.urandom(6 * MiB)
         await _append_on_a_new_replica(
             moto_server, bucket, "/u/data", len(content), chunk, **params
