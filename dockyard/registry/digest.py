@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -22,20 +23,10 @@ class Digest:
     algorithm: str
     hex: str
 
-    @classmethod
-    def parse(cls, text: str) -> Digest:
+    @staticmethod
+    def parse(text: str) -> Digest:
         """Parse and validate; anything but a well-formed sha256/sha512 is ``DIGEST_INVALID``."""
-        if not _DIGEST_GRAMMAR.match(text):
-            raise DigestInvalid("invalid digest format", detail={"digest": text[:200]})
-        algorithm, _, encoded = text.partition(":")
-        pattern = _ENCODINGS.get(algorithm)
-        if pattern is None:
-            raise DigestInvalid(
-                f"unsupported digest algorithm {algorithm!r}", detail={"digest": text[:200]}
-            )
-        if not pattern.match(encoded):
-            raise DigestInvalid("invalid digest encoding", detail={"digest": text[:200]})
-        return cls(algorithm, encoded)
+        return _parse(text)
 
     @classmethod
     def listed(cls, algorithm: str, encoded: str) -> Digest | None:
@@ -60,6 +51,23 @@ class Digest:
 
     def __str__(self) -> str:
         return f"{self.algorithm}:{self.hex}"
+
+
+# The digests of the links and references a registry serves repeat all the time; a
+# failed parse raises and is not remembered.
+@functools.lru_cache(maxsize=4096)
+def _parse(text: str) -> Digest:
+    if not _DIGEST_GRAMMAR.match(text):
+        raise DigestInvalid("invalid digest format", detail={"digest": text[:200]})
+    algorithm, _, encoded = text.partition(":")
+    pattern = _ENCODINGS.get(algorithm)
+    if pattern is None:
+        raise DigestInvalid(
+            f"unsupported digest algorithm {algorithm!r}", detail={"digest": text[:200]}
+        )
+    if not pattern.match(encoded):
+        raise DigestInvalid("invalid digest encoding", detail={"digest": text[:200]})
+    return Digest(algorithm, encoded)
 
 
 def new_hasher(algorithm: str = "sha256") -> hashlib._Hash:

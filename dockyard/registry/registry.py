@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from dockyard.coordination import Coordination, local_coordination
@@ -19,6 +20,10 @@ from dockyard.registry.tags import TagStore
 from dockyard.registry.uploads import RunningHashes, UploadStore
 from dockyard.storage.driver import StorageDriver
 
+# Repositories whose store objects a registry keeps between requests: building them
+# (and validating the name) is a few percent of a manifest GET.
+REPOSITORIES_REMEMBERED = 1024
+
 
 @dataclass(frozen=True, slots=True)
 class RegistryOptions:
@@ -30,7 +35,8 @@ class RegistryOptions:
 
 
 class Repository:
-    """Everything about one repository; cheap to create per request."""
+    """Everything about one repository. It holds no state of its own (that is in storage
+    and the registry's caches), so one object serves every request for the name."""
 
     def __init__(self, registry: Registry, name: str) -> None:
         self.name = check_name(name)
@@ -65,9 +71,18 @@ class Registry:
         )
         self.catalog = Catalog(driver)
         self.manifest_cache: DigestCache[StoredManifest] = DigestCache(64 << 20)
+        self._repositories: OrderedDict[str, Repository] = OrderedDict()
 
     def repository(self, name: str) -> Repository:
-        return Repository(self, name)
+        repository = self._repositories.get(name)
+        if repository is None:
+            repository = Repository(self, name)  # refuses an invalid name
+            self._repositories[name] = repository
+            if len(self._repositories) > REPOSITORIES_REMEMBERED:
+                self._repositories.popitem(last=False)
+        else:
+            self._repositories.move_to_end(name)
+        return repository
 
     def check_writable(self) -> None:
         if self.options.read_only:

@@ -65,6 +65,10 @@ LISTED_NAMES_REMEMBERED = 100_000
 SMALL_LISTINGS_REMEMBERED = 16_384
 SMALL_NAMES_REMEMBERED = 131_072
 SETTLED_AFTER_NS = 2_000_000_000
+# Small files (links: 71 bytes for sha256, 135 for sha512) whose contents a driver keeps,
+# and up to what size: about 500 bytes each with their path, 2 MiB in all.
+SMALL_FILES_REMEMBERED = 4096
+SMALL_FILE_LIMIT = 256
 # How often a tree is removed again when entries appear in it while it is removed.
 REMOVE_ATTEMPTS = 20
 # '~' can never occur in a driver path, so a temporary file can neither collide with a
@@ -661,7 +665,7 @@ class _Listings:
         self._names = 0
 
     @staticmethod
-    def _version(status: os.stat_result) -> int:
+    def version(status: os.stat_result) -> int:
         # One int holding all four, each in 64 bits of its own: the same comparison as a
         # tuple of them, in a third of the memory (16,384 small listings are kept).
         return (
@@ -673,7 +677,7 @@ class _Listings:
 
     def get(self, real: str, status: os.stat_result) -> list[str] | None:
         kept = self._kept.get(real)
-        if kept is None or kept[0] != self._version(status):
+        if kept is None or kept[0] != self.version(status):
             return None
         self._kept.move_to_end(real)
         return list(kept[1])
@@ -689,7 +693,7 @@ class _Listings:
             return
         # Interned: the names every repository's directory holds (_layers, _manifests,
         # _uploads) are then kept once, not once per repository.
-        self._kept[real] = (self._version(status), tuple(map(sys.intern, names)))
+        self._kept[real] = (self.version(status), tuple(map(sys.intern, names)))
         self._names += len(names)
         while len(self._kept) > self._entries_limit or self._names > self._names_limit:
             self._forget(next(iter(self._kept)))
@@ -698,6 +702,40 @@ class _Listings:
         kept = self._kept.pop(real, None)
         if kept is not None:
             self._names -= len(kept[1])
+
+
+class _SmallFiles:
+    """Contents of small files, each kept with the identity and times its file had when
+    it was read, and answered again only while both are unchanged.
+
+    A manifest GET by tag reads two links, a blob GET one: answered from here, each
+    costs the ``lstat`` a read makes anyway instead of an open, a read and a close. The
+    registry replaces a file by renaming a new one over it (a new inode and ctime) and
+    touches it with ``utime`` (a new ctime). As with listings, only a file that had
+    settled when it was read is kept, so a change within the same clock tick cannot
+    leave its times as they were.
+    """
+
+    def __init__(self, limit: int = SMALL_FILES_REMEMBERED) -> None:
+        self._kept: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
+        self._limit = limit
+
+    def get(self, real: str, status: os.stat_result) -> bytes | None:
+        kept = self._kept.get(real)
+        if kept is None or kept[0] != _Listings.version(status):
+            return None
+        self._kept.move_to_end(real)
+        return kept[1]
+
+    def keep(self, real: str, status: os.stat_result, before: int, data: bytes) -> None:
+        """Keep ``data``, read after ``status`` was taken at ``before`` (ns)."""
+        if before - max(status.st_mtime_ns, status.st_ctime_ns) < SETTLED_AFTER_NS:
+            self._kept.pop(real, None)
+            return
+        self._kept[real] = (_Listings.version(status), data)
+        self._kept.move_to_end(real)
+        if len(self._kept) > self._limit:
+            self._kept.popitem(last=False)
 
 
 def _scan(real: str, inside: Callable[[str], bool]) -> list[tuple[str, os.stat_result]]:
@@ -828,6 +866,7 @@ class FilesystemDriver(StorageDriver):
         self._plain_dirs: OrderedDict[str, None] = OrderedDict()
         self._listings = _Listings()
         self._small_listings = _Listings(SMALL_NAMES_REMEMBERED, SMALL_LISTINGS_REMEMBERED)
+        self._small_files = _SmallFiles()
 
     def _inside(self, real: str) -> bool:
         return real.startswith(self._prefix)
@@ -889,12 +928,19 @@ class FilesystemDriver(StorageDriver):
     async def read(self, path: str) -> bytes:
         real = self._resolve(path, follow=False)
         with _translated(path, _READ_MISSING):
+            before = time.time_ns()
             status = os.lstat(real)
             if S_ISLNK(status.st_mode):
                 real = self._resolve(path)
                 status = os.stat(real)
             if S_ISDIR(status.st_mode):
                 raise PathNotFoundError(path)
+            if status.st_size <= SMALL_FILE_LIMIT:
+                data = self._small_files.get(real, status)
+                if data is None:
+                    data = _read_file(real, status.st_size)
+                    self._small_files.keep(real, status, before, data)
+                return data
             if status.st_size <= INLINE_LIMIT:
                 return _read_file(real, status.st_size)
             return await asyncio.to_thread(_read_file, real, status.st_size)

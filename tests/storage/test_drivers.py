@@ -44,7 +44,9 @@ from dockyard.storage.filesystem import (
     PLAIN_DIRS_REMEMBERED,
     SETTLED_AFTER_NS,
     SMALL_DIRECTORY,
+    SMALL_FILE_LIMIT,
     _Listings,
+    _SmallFiles,
     _read_file,
 )
 from tests.s3.moto_server import MotoServer
@@ -1371,6 +1373,81 @@ async def test_fs_a_settled_listing_is_kept_and_every_change_seen(
     os.unlink(tags)
     tags.mkdir()
     assert await fs.list("/repo/tags") == []
+
+
+async def test_fs_a_settled_small_file_is_kept_and_every_change_seen(
+    fs: FilesystemDriver, fs_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    link = fs_root / "repo" / "tags" / "latest" / "current" / "link"
+    link.parent.mkdir(parents=True)
+    link.write_bytes(b"sha256:" + b"a" * 64)
+    opened: list[str] = []
+    real_open = os.open
+
+    def counting_open(path: Any, *args: Any, **kwargs: Any) -> int:
+        opened.append(str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", counting_open)
+    path = "/repo/tags/latest/current/link"
+    # Read while it may still change within the settle time: read again every time.
+    assert await fs.read(path) == b"sha256:" + b"a" * 64
+    assert await fs.read(path) == b"sha256:" + b"a" * 64
+    assert opened == [str(link)] * 2
+    await asyncio.sleep(SETTLED_AFTER_NS / 1e9 + 0.1)
+    assert await fs.read(path) == b"sha256:" + b"a" * 64
+    # Settled and kept: the next reads only stat it.
+    assert await fs.read(path) == b"sha256:" + b"a" * 64
+    assert await fs.read(path) == b"sha256:" + b"a" * 64
+    assert opened == [str(link)] * 3
+    # Changes made by anyone, right after it was kept, show at once: in place with the
+    # same size, replaced by a rename, touched, removed, and a link to another file.
+    with open(link, "r+b") as file:
+        file.write(b"sha256:" + b"b" * 64)
+    assert await fs.read(path) == b"sha256:" + b"b" * 64
+    await fs.write(path, b"sha256:" + b"c" * 64)
+    assert await fs.read(path) == b"sha256:" + b"c" * 64
+    os.utime(link)
+    assert await fs.read(path) == b"sha256:" + b"c" * 64
+    link.unlink()
+    with pytest.raises(PathNotFoundError):
+        await fs.read(path)
+    other = fs_root / "elsewhere"
+    other.write_bytes(b"sha256:" + b"d" * 64)
+    os.symlink(other, link)
+    assert await fs.read(path) == b"sha256:" + b"d" * 64
+    # Larger files are read every time.
+    big = fs_root / "big"
+    big.write_bytes(b"x" * (SMALL_FILE_LIMIT + 1))
+    os.utime(big, ns=(0, 0))
+    await asyncio.sleep(SETTLED_AFTER_NS / 1e9 + 0.1)
+    opened.clear()
+    assert await fs.read("/big") == b"x" * (SMALL_FILE_LIMIT + 1)
+    assert await fs.read("/big") == b"x" * (SMALL_FILE_LIMIT + 1)
+    assert opened == [str(big)] * 2
+
+
+def test_fs_kept_small_files_are_bounded(tmp_path: Path) -> None:
+    kept = _SmallFiles(limit=2)
+    files = []
+    for number in range(3):
+        file = tmp_path / f"f{number}"
+        file.write_bytes(b"%d" % number)
+        status = os.stat(file)
+        settled = max(status.st_mtime_ns, status.st_ctime_ns) + SETTLED_AFTER_NS
+        files.append((str(file), status, settled))
+    for real, status, settled in files[:2]:
+        kept.keep(real, status, settled, b"x")
+    # The least recently used goes first.
+    assert kept.get(files[0][0], files[0][1]) == b"x"
+    kept.keep(*files[2], b"x")
+    assert kept.get(files[1][0], files[1][1]) is None
+    assert kept.get(files[0][0], files[0][1]) == b"x"
+    assert kept.get(files[2][0], files[2][1]) == b"x"
+    # Read again before it settled: what was kept of it is forgotten.
+    real, status, settled = files[0]
+    kept.keep(real, status, settled - 1, b"y")
+    assert kept.get(real, status) is None
 
 
 def test_fs_kept_listings_hold_a_bounded_number_of_names(tmp_path: Path) -> None:
