@@ -25,20 +25,25 @@ async def base(request: web.Request) -> web.StreamResponse:
     return web.json_response({})
 
 
-_ROUTES: list[tuple[re.Pattern[str], dict[str, Endpoint]]] = [
-    (re.compile(r"^/?$"), {"GET": base, "HEAD": base}),
-    (re.compile(r"^_catalog$"), {"GET": listing.list_catalog}),
-    (re.compile(r"^_dockyard/usage$"), {"GET": extensions.usage}),
+# Each pattern with a literal every path it matches contains: a path without the literal
+# is not tried against the pattern (a manifest GET runs two patterns instead of seven).
+_ROUTES: list[tuple[str, re.Pattern[str], dict[str, Endpoint]]] = [
+    ("", re.compile(r"^/?$"), {"GET": base, "HEAD": base}),
+    ("_catalog", re.compile(r"^_catalog$"), {"GET": listing.list_catalog}),
+    ("_dockyard/usage", re.compile(r"^_dockyard/usage$"), {"GET": extensions.usage}),
     (
+        "_dockyard/gc",
         re.compile(r"^_dockyard/gc$"),
         {"GET": extensions.collection_status, "POST": extensions.collect},
     ),
     (
+        "_dockyard/repositories/",
         re.compile(r"^_dockyard/repositories/(?P<name>.+)$"),
         {"GET": extensions.repository_details, "DELETE": extensions.delete_repository},
     ),
-    (re.compile(r"^(?P<name>.+)/tags/list$"), {"GET": listing.list_tags}),
+    ("/tags/list", re.compile(r"^(?P<name>.+)/tags/list$"), {"GET": listing.list_tags}),
     (
+        "/manifests/",
         re.compile(r"^(?P<name>.+)/manifests/(?P<reference>[^/]+)$"),
         {
             "GET": manifests.get_manifest,
@@ -47,8 +52,13 @@ _ROUTES: list[tuple[re.Pattern[str], dict[str, Endpoint]]] = [
             "DELETE": manifests.delete_manifest,
         },
     ),
-    (re.compile(r"^(?P<name>.+)/blobs/uploads/?$"), {"POST": uploads.start_upload}),
     (
+        "/blobs/uploads",
+        re.compile(r"^(?P<name>.+)/blobs/uploads/?$"),
+        {"POST": uploads.start_upload},
+    ),
+    (
+        "/blobs/uploads/",
         re.compile(r"^(?P<name>.+)/blobs/uploads/(?P<upload_id>[^/]+)$"),
         {
             "GET": uploads.upload_status,
@@ -58,10 +68,12 @@ _ROUTES: list[tuple[re.Pattern[str], dict[str, Endpoint]]] = [
         },
     ),
     (
+        "/blobs/",
         re.compile(r"^(?P<name>.+)/blobs/(?P<digest_text>[^/]+)$"),
         {"GET": blobs.get_blob, "HEAD": blobs.get_blob, "DELETE": blobs.delete_blob},
     ),
     (
+        "/referrers/",
         re.compile(r"^(?P<name>.+)/referrers/(?P<digest_text>[^/]+)$"),
         {"GET": referrers.list_referrers},
     ),
@@ -69,7 +81,9 @@ _ROUTES: list[tuple[re.Pattern[str], dict[str, Endpoint]]] = [
 
 
 def resolve(tail: str, method: str) -> tuple[Endpoint, dict[str, Any]]:
-    for pattern, methods in _ROUTES:
+    for literal, pattern, methods in _ROUTES:
+        if literal not in tail:
+            continue
         match = pattern.match(tail)
         if match is None:
             continue

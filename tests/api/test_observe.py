@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
-from dockyard.api.observe import classify
+from dockyard.api.observe import classify, new_request_id
 from dockyard.metrics import ROUTES
 
 DIGEST = "sha256:" + "a" * 64
@@ -46,3 +48,15 @@ def test_classify_under_a_prefix() -> None:
     assert classify("/registry/v2/team/app/tags/list", "/registry") == ("tags", "team/app")
     assert classify("/registry/auth/token", "/registry") == ("auth", None)
     assert classify("/elsewhere/v2/", "/registry") == ("other", None)
+
+
+def test_request_ids_are_distinct_version_4_uuids() -> None:
+    ids = [new_request_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+        assert str(parsed) == text
+    # Every variant digit occurs: the random bits below the variant's are kept.
+    assert {text[19] for text in ids} == set("89ab")
