@@ -22,6 +22,7 @@ import tracemalloc
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -46,8 +47,8 @@ from dockyard.storage.filesystem import (
     SMALL_DIRECTORY,
     SMALL_FILE_LIMIT,
     _Listings,
-    _SmallFiles,
     _read_file,
+    _SmallFiles,
 )
 from tests.s3.moto_server import MotoServer
 from tests.support.redis_server import RedisServer
@@ -1375,6 +1376,12 @@ async def test_fs_a_settled_listing_is_kept_and_every_change_seen(
     assert await fs.list("/repo/tags") == []
 
 
+def _overwrite_in_place(path: Path, data: bytes) -> None:
+    """Same inode, same size: only the times tell the change."""
+    with open(path, "r+b") as file:
+        file.write(data)
+
+
 async def test_fs_a_settled_small_file_is_kept_and_every_change_seen(
     fs: FilesystemDriver, fs_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1402,8 +1409,7 @@ async def test_fs_a_settled_small_file_is_kept_and_every_change_seen(
     assert opened == [str(link)] * 3
     # Changes made by anyone, right after it was kept, show at once: in place with the
     # same size, replaced by a rename, touched, removed, and a link to another file.
-    with open(link, "r+b") as file:
-        file.write(b"sha256:" + b"b" * 64)
+    _overwrite_in_place(link, b"sha256:" + b"b" * 64)
     assert await fs.read(path) == b"sha256:" + b"b" * 64
     await fs.write(path, b"sha256:" + b"c" * 64)
     assert await fs.read(path) == b"sha256:" + b"c" * 64
