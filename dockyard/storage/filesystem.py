@@ -644,6 +644,21 @@ def _names(real: str, inside: Callable[[str], bool]) -> list[str]:
         return sorted(entry.name for entry in entries if _visible(entry, inside))
 
 
+def _version(status: os.stat_result) -> int:
+    """What a kept listing or file is checked against: its times and identity."""
+    # One int holding all four, each in 64 bits of its own: the same comparison as a
+    # tuple of them, in a third of the memory (16,384 small listings are kept).
+    return (
+        status.st_mtime_ns | status.st_ctime_ns << 64 | status.st_ino << 128 | status.st_dev << 192
+    )
+
+
+def _settled(status: os.stat_result, before: int) -> bool:
+    """Whether, at ``before`` (ns), the entry had been unchanged long enough to be kept:
+    a change within the same clock tick could otherwise leave its times as they were."""
+    return before - max(status.st_mtime_ns, status.st_ctime_ns) >= SETTLED_AFTER_NS
+
+
 class _Listings:
     """Names of directories, each kept with the identity and times its directory had
     when it was read, and answered again only while both are unchanged.
@@ -664,36 +679,24 @@ class _Listings:
         self._entries_limit = entries_limit
         self._names = 0
 
-    @staticmethod
-    def version(status: os.stat_result) -> int:
-        # One int holding all four, each in 64 bits of its own: the same comparison as a
-        # tuple of them, in a third of the memory (16,384 small listings are kept).
-        return (
-            status.st_mtime_ns
-            | status.st_ctime_ns << 64
-            | status.st_ino << 128
-            | status.st_dev << 192
-        )
-
     def get(self, real: str, status: os.stat_result) -> list[str] | None:
         kept = self._kept.get(real)
-        if kept is None or kept[0] != self.version(status):
+        if kept is None or kept[0] != _version(status):
             return None
         self._kept.move_to_end(real)
         return list(kept[1])
 
     def keep(self, real: str, status: os.stat_result, before: int, names: list[str]) -> None:
         """Keep ``names``, read after ``status`` was taken at ``before`` (ns), if the
-        directory had settled by then; a change in the same clock tick could otherwise
-        leave the times as they were."""
+        directory had settled by then."""
         self._forget(real)
-        if before - max(status.st_mtime_ns, status.st_ctime_ns) < SETTLED_AFTER_NS:
+        if not _settled(status, before):
             return
         if len(names) > self._names_limit:
             return
         # Interned: the names every repository's directory holds (_layers, _manifests,
         # _uploads) are then kept once, not once per repository.
-        self._kept[real] = (self.version(status), tuple(map(sys.intern, names)))
+        self._kept[real] = (_version(status), tuple(map(sys.intern, names)))
         self._names += len(names)
         while len(self._kept) > self._entries_limit or self._names > self._names_limit:
             self._forget(next(iter(self._kept)))
@@ -722,17 +725,17 @@ class _SmallFiles:
 
     def get(self, real: str, status: os.stat_result) -> bytes | None:
         kept = self._kept.get(real)
-        if kept is None or kept[0] != _Listings.version(status):
+        if kept is None or kept[0] != _version(status):
             return None
         self._kept.move_to_end(real)
         return kept[1]
 
     def keep(self, real: str, status: os.stat_result, before: int, data: bytes) -> None:
         """Keep ``data``, read after ``status`` was taken at ``before`` (ns)."""
-        if before - max(status.st_mtime_ns, status.st_ctime_ns) < SETTLED_AFTER_NS:
+        if not _settled(status, before):
             self._kept.pop(real, None)
             return
-        self._kept[real] = (_Listings.version(status), data)
+        self._kept[real] = (_version(status), data)
         self._kept.move_to_end(real)
         if len(self._kept) > self._limit:
             self._kept.popitem(last=False)
