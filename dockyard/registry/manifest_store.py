@@ -123,7 +123,10 @@ class ManifestStore:
                 files.update(move.files)
             # Every file is written (durably, invisibly) at once; then each stage appears
             # only once the one before it is durable: content, revision, tag.
-            prepared = await stack.enter_async_context(await self.driver.prepare_writes(files))
+            volatile = move.volatile if move else []
+            prepared = await stack.enter_async_context(
+                await self.driver.prepare_writes(files, volatile)
+            )
             stages = [[*content, *(move.entry if move else [])]]
             stages.append([*revision, *(move.history if move else [])])
             if move is not None:
