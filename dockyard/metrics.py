@@ -21,7 +21,7 @@ import asyncio
 import builtins
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -406,11 +406,9 @@ class InstrumentedDriver(DelegatingDriver):
             inner = await self.inner.writer(path, resume_at)
         return InstrumentedWriter(inner, self.metrics, self.name)
 
-    async def prepare_writes(
-        self, files: Mapping[str, bytes], volatile: Collection[str] = ()
-    ) -> PreparedWrites:
+    async def prepare_writes(self, files: Mapping[str, bytes]) -> PreparedWrites:
         with self._timer("prepare_writes"):
-            inner = await self.inner.prepare_writes(files, volatile)
+            inner = await self.inner.prepare_writes(files)
         return InstrumentedPreparedWrites(inner, self.metrics, self.name)
 
     async def stat(self, path: str) -> FileInfo:

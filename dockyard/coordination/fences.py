@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -131,11 +131,9 @@ class FencedDriver(DelegatingDriver):
         async with self.fences.busy(path):
             await self.inner.write(path, data, durable)
 
-    async def prepare_writes(
-        self, files: Mapping[str, bytes], volatile: Collection[str] = ()
-    ) -> PreparedWrites:
+    async def prepare_writes(self, files: Mapping[str, bytes]) -> PreparedWrites:
         # Each published file goes through ``write`` above, fenced.
-        return DeferredWrites(self, files, volatile)
+        return DeferredWrites(self, files)
 
     async def move_unless_touched(self, source: str, dest: str, since: float) -> bool:
         async with self.fences.fenced(source) as up:

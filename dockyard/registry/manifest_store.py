@@ -121,13 +121,9 @@ class ManifestStore:
             if tag is not None:
                 move = await stack.enter_async_context(self.tags.moving(tag, actual))
                 files.update(move.files)
-            # Every file is written (invisibly; durably but for the tag's history and
-            # reverse-index entry) at once; then each stage appears only once the one
-            # before it is durable: content, revision, tag.
-            volatile = move.volatile if move else []
-            prepared = await stack.enter_async_context(
-                await self.driver.prepare_writes(files, volatile)
-            )
+            # Every file is written (durably, invisibly) at once; then each stage appears
+            # only once the one before it is durable: content, revision, tag.
+            prepared = await stack.enter_async_context(await self.driver.prepare_writes(files))
             stages = [[*content, *(move.entry if move else [])]]
             stages.append([*revision, *(move.history if move else [])])
             if move is not None:

@@ -24,23 +24,15 @@ class TagMove:
 
     ``entry`` (the reverse index's candidate, which readers check) at any time;
     ``history`` (the tag's index link) with or after the manifest's revision link; the
-    ``current`` link last. A process that dies between history and current leaves
-    history naming a digest the tag never pointed at, which is harmless.
-
-    Only ``current`` must survive a crash of the whole system: ``volatile`` (the entry and
-    the history) is written without waiting for the disk. Nothing reads the history
-    but a collection, to delete it; the reverse index is trusted only in the
-    ``volatile_epoch`` it was completed in (see :meth:`TagStore.pointing_at`).
+    ``current`` link last. A crash between history and current leaves history naming a
+    digest the tag never pointed at, which is harmless, rather than a current tag
+    missing from its own history.
     """
 
     files: dict[str, bytes]
     entry: list[str]
     history: list[str]
     current: str
-
-    @property
-    def volatile(self) -> list[str]:
-        return [*self.entry, *self.history]
 
 
 class TagStore:
@@ -64,7 +56,7 @@ class TagStore:
     async def tag(self, tag: str, digest: Digest) -> None:
         async with (
             self.moving(tag, digest) as move,
-            await self.driver.prepare_writes(move.files, move.volatile) as files,
+            await self.driver.prepare_writes(move.files) as files,
         ):
             await files.publish_in_order([[*move.entry, *move.history], [move.current]])
 
@@ -110,7 +102,9 @@ class TagStore:
         # Drivers list names sorted; the filter runs in C, which matters at 10,000 tags.
         return list(filter(TAG_PATTERN.match, await self._names()))
 
-    async def page(self, n: int | None, last: str | None) -> tuple[builtins.list[str], bool]:
+    async def page(
+        self, n: int | None, last: str | None
+    ) -> tuple[builtins.list[str], bool]:
         """Up to ``n`` tags (all when None) after ``last``, and whether more follow.
 
         The page starts by bisection and only its own names are checked, so a page of
@@ -139,16 +133,10 @@ class TagStore:
         Its entries are candidates, each checked against the tag itself, so the cost
         follows the tags of this manifest, not the repository's. A store another
         registry wrote has no index yet: the first call reads every tag and builds it.
-
-        Entries are written without waiting for the disk, so a crash of the system may
-        lose some: the completeness marker holds the driver's ``volatile_epoch`` (for a
-        local disk, the boot), and one from another is rebuilt, not trusted.
         """
         try:
-            marker = await self.driver.read(layout.tagged_complete(self.name))
+            await self.driver.stat(layout.tagged_complete(self.name))
         except PathNotFoundError:
-            marker = None
-        if marker != self.driver.volatile_epoch.encode():
             return await self._scan_and_index(digest)
         try:
             candidates = await self.driver.list(layout.tagged(self.name, digest))
@@ -171,10 +159,8 @@ class TagStore:
             current = await read_link(self.driver, layout.tag_current_link(self.name, tag))
             if current is None:
                 continue
-            entry = layout.tagged_entry(self.name, current, tag)
-            await self.driver.write(entry, b"", durable=False)
+            await self.driver.write(layout.tagged_entry(self.name, current, tag), b"")
             if current == digest:
                 found.append(tag)
-        marker = self.driver.volatile_epoch.encode()
-        await self.driver.write(layout.tagged_complete(self.name), marker, durable=False)
+        await self.driver.write(layout.tagged_complete(self.name), b"")
         return found

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 from dockyard.storage.driver import FileInfo, FileWriter, PreparedWrites, StorageDriver
 
@@ -14,7 +14,6 @@ class DelegatingDriver(StorageDriver):
         self.name = inner.name
         self.atomic_holds = inner.atomic_holds
         self.remote = inner.remote
-        self.volatile_epoch = inner.volatile_epoch
 
     async def read(self, path: str) -> bytes:
         return await self.inner.read(path)
@@ -22,10 +21,8 @@ class DelegatingDriver(StorageDriver):
     async def write(self, path: str, data: bytes, durable: bool = True) -> None:
         await self.inner.write(path, data, durable)
 
-    async def prepare_writes(
-        self, files: Mapping[str, bytes], volatile: Collection[str] = ()
-    ) -> PreparedWrites:
-        return await self.inner.prepare_writes(files, volatile)
+    async def prepare_writes(self, files: Mapping[str, bytes]) -> PreparedWrites:
+        return await self.inner.prepare_writes(files)
 
     def stream(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         return self.inner.stream(path, offset, length)

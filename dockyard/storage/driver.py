@@ -16,7 +16,7 @@ import asyncio
 import builtins
 import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -30,8 +30,6 @@ PATH_PATTERN = re.compile(r"^(/[A-Za-z0-9._-]+)+\Z")
 # backend.
 MAX_COMPONENT_LENGTH = 255
 MAX_PATH_LENGTH = 1024
-# The ``volatile_epoch`` of a driver that never loses a write.
-DURABLE = "durable"
 
 
 class StorageError(Exception):
@@ -148,25 +146,18 @@ class PreparedWrites(ABC):
 class DeferredWrites(PreparedWrites):
     """Prepares nothing: each file is written when published, a stage's files together."""
 
-    def __init__(
-        self, driver: StorageDriver, files: Mapping[str, bytes], volatile: Collection[str] = ()
-    ) -> None:
+    def __init__(self, driver: StorageDriver, files: Mapping[str, bytes]) -> None:
         for path in files:
             check_path(path)
         self._driver = driver
         self._files = dict(files)
-        self._volatile = frozenset(volatile)
 
     async def publish(self, paths: Iterable[str]) -> None:
         pending = [(path, self._files.pop(path)) for path in paths]
         # Every write ends before publish does, also when one fails: none goes on in the
         # background after the caller has seen the failure.
         outcomes = await asyncio.gather(
-            *(
-                self._driver.write(path, data, durable=path not in self._volatile)
-                for path, data in pending
-            ),
-            return_exceptions=True,
+            *(self._driver.write(path, data) for path, data in pending), return_exceptions=True
         )
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
@@ -185,10 +176,6 @@ class StorageDriver(ABC):
     atomic_holds: bool = False
     # Whether each operation is a network round trip (an object store), which caches save.
     remote: bool = False
-    # Names the span within which a write made with ``durable=False`` survives: it may be
-    # lost only where this changes (a local disk's across a reboot, see the filesystem
-    # driver). ``DURABLE`` where every write is durable anyway, so none is ever lost.
-    volatile_epoch: str = DURABLE
 
     @abstractmethod
     async def read(self, path: str) -> bytes:
@@ -203,19 +190,14 @@ class StorageDriver(ABC):
         disk. Drivers whose writes cost the same either way ignore it.
         """
 
-    async def prepare_writes(
-        self, files: Mapping[str, bytes], volatile: Collection[str] = ()
-    ) -> PreparedWrites:
+    async def prepare_writes(self, files: Mapping[str, bytes]) -> PreparedWrites:
         """Get several writes ready, so that publishing them in ordered stages costs about
         one durable write per stage: a manifest push shows its content, then its
         revision, then its tag, each durable before the next appears.
 
-        The files in ``volatile`` are written as ``write(durable=False)`` writes them:
-        published in their stage like the others, but not waited for to reach the disk.
-
         This default writes each file when it is published (as :meth:`write` does).
         """
-        return DeferredWrites(self, files, volatile)
+        return DeferredWrites(self, files)
 
     @abstractmethod
     def stream(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:

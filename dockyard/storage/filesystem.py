@@ -21,22 +21,13 @@ import sys
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import (
-    AsyncIterator,
-    Callable,
-    Collection,
-    Iterable,
-    Iterator,
-    Mapping,
-    Sequence,
-)
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from stat import S_ISDIR, S_ISLNK
 from typing import Any, TypeVar
 
 from dockyard.storage.driver import (
-    DURABLE,
     FileInfo,
     FileWriter,
     InvalidOffsetError,
@@ -78,8 +69,6 @@ SETTLED_AFTER_NS = 2_000_000_000
 # and up to what size: about 500 bytes each with their path, 2 MiB in all.
 SMALL_FILES_REMEMBERED = 4096
 SMALL_FILE_LIMIT = 256
-# Linux's id of the running boot (proc(5)).
-BOOT_ID = "/proc/sys/kernel/random/boot_id"
 # How often a tree is removed again when entries appear in it while it is removed.
 REMOVE_ATTEMPTS = 20
 # '~' can never occur in a driver path, so a temporary file can neither collide with a
@@ -142,15 +131,6 @@ def _read_file(real: str, size: int) -> bytes:
     finally:
         os.close(fd)
     return pieces[0] if len(pieces) == 1 else b"".join(pieces)
-
-
-def _boot_id() -> str | None:
-    """The running kernel's boot id, new at every boot; None where there is none."""
-    try:
-        with open(BOOT_ID, encoding="ascii") as file:
-            return file.read().strip() or None
-    except OSError:
-        return None
 
 
 def _fsync_dir(directory: str) -> None:
@@ -216,8 +196,6 @@ class _PreparedFile:
     real: str
     data: bytes
     temp: str
-    # False for a file that may be lost in a crash: neither it nor its name is fsynced.
-    durable: bool = True
 
 
 def _create_temp_beside(real: str, created: list[str]) -> tuple[int, str]:
@@ -238,11 +216,8 @@ def _create_temp_beside(real: str, created: list[str]) -> tuple[int, str]:
                 raise
 
 
-def _prepare_files(
-    targets: list[tuple[str, bytes]], created: list[str], volatile: Collection[str] = ()
-) -> list[_PreparedFile]:
-    """Each file's content in a temporary file beside it, all of them durable but those
-    in ``volatile``.
+def _prepare_files(targets: list[tuple[str, bytes]], created: list[str]) -> list[_PreparedFile]:
+    """Each file's content in a temporary file beside it, all of them durable.
 
     Nothing is fsynced until every file is written, so one journal commit can carry
     most of them; the directories made on the way are appended to ``created``, their
@@ -254,11 +229,10 @@ def _prepare_files(
         for real, data in targets:
             fd, temp = _create_temp_beside(real, created)
             descriptors.append(fd)
-            prepared.append(_PreparedFile(real, data, temp, real not in volatile))
+            prepared.append(_PreparedFile(real, data, temp))
             _write_all(fd, data)
-        for fd, file in zip(descriptors, prepared, strict=True):
-            if file.durable:
-                os.fsync(fd)
+        for fd in descriptors:
+            os.fsync(fd)
     except BaseException:
         _discard_files(prepared, created)
         raise
@@ -276,8 +250,7 @@ def _publish_files(
 ) -> None:
     """Rename each prepared file into place, then make the renames (and the new
     directories they are in) durable: every directory fsynced once, after all renames.
-    A volatile file's directories are left to the kernel (unless a durable file's need
-    them too). On a failure no temporary file is left behind.
+    On a failure no temporary file is left behind.
 
     ``synced``: directories an earlier stage of the same writes made durable. Every
     directory in ``created`` was made before the first stage, so a parent fsynced then
@@ -298,14 +271,11 @@ def _publish_files(
                 if retries == 0:
                     raise
                 again: list[str] = []
-                volatile = () if file.durable else (file.real,)
                 _publish_files(
-                    _prepare_files([(file.real, file.data)], again, volatile),
+                    _prepare_files([(file.real, file.data)], again),
                     again,
                     retries=retries - 1,
                 )
-                continue
-            if not file.durable:
                 continue
             directory = os.path.dirname(file.real)
             directories.add(directory)
@@ -364,12 +334,8 @@ class _PreparedFiles(PreparedWrites):
     """Files written beside their targets when the first stage is published, in the same
     thread call (one hand-off fewer per write), then renamed into place stage by stage."""
 
-    def __init__(
-        self, targets: dict[str, tuple[str, bytes]], volatile: frozenset[str] = frozenset()
-    ) -> None:
+    def __init__(self, targets: dict[str, tuple[str, bytes]]) -> None:
         self._targets = targets
-        # Real paths of the files written without waiting for the disk.
-        self._volatile = volatile
         self._files: dict[str, _PreparedFile] | None = None
         self._created: list[str] = []
         self._synced: set[str] = set()
@@ -396,7 +362,7 @@ class _PreparedFiles(PreparedWrites):
 
     def _publish(self, paths: list[str]) -> None:
         if self._files is None:
-            prepared = _prepare_files(list(self._targets.values()), self._created, self._volatile)
+            prepared = _prepare_files(list(self._targets.values()), self._created)
             self._files = dict(zip(self._targets, prepared, strict=True))
         files = [self._files.pop(path) for path in paths]
         _publish_files(files, self._created, self._synced)
@@ -904,11 +870,6 @@ class FilesystemDriver(StorageDriver):
         self._listings = _Listings()
         self._small_listings = _Listings(SMALL_NAMES_REMEMBERED, SMALL_LISTINGS_REMEMBERED)
         self._small_files = _SmallFiles()
-        # What is not fsynced stays in the page cache, which only a crash of the whole
-        # system loses, and a system that comes back has a new boot id. Without one to
-        # tell, every write is made durable.
-        boot = _boot_id()
-        self.volatile_epoch = DURABLE if boot is None else f"boot {boot}"
 
     def _inside(self, real: str) -> bool:
         return real.startswith(self._prefix)
@@ -989,17 +950,13 @@ class FilesystemDriver(StorageDriver):
 
     async def write(self, path: str, data: bytes, durable: bool = True) -> None:
         real = self._resolve(path, follow=False)
-        durable = durable or self.volatile_epoch == DURABLE
         with _translated(path):
             await asyncio.to_thread(_replace_atomically if durable else _replace, real, data)
 
-    async def prepare_writes(
-        self, files: Mapping[str, bytes], volatile: Collection[str] = ()
-    ) -> PreparedWrites:
-        targets = {path: (self._resolve(path, follow=False), data) for path, data in files.items()}
-        if self.volatile_epoch == DURABLE:
-            volatile = ()
-        return _PreparedFiles(targets, frozenset(targets[path][0] for path in volatile))
+    async def prepare_writes(self, files: Mapping[str, bytes]) -> PreparedWrites:
+        return _PreparedFiles(
+            {path: (self._resolve(path, follow=False), data) for path, data in files.items()}
+        )
 
     def stream(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         check_path(path)

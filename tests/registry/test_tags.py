@@ -15,7 +15,6 @@ from dockyard.registry.links import write_link
 from dockyard.registry.tags import TagStore
 from dockyard.storage import MemoryDriver, PathNotFoundError
 from dockyard.storage.delegating import DelegatingDriver
-from dockyard.storage.driver import DURABLE
 
 A, B, C = Digest.of(b"a"), Digest.of(b"b"), Digest.of(b"c")
 
@@ -111,42 +110,6 @@ async def test_an_entry_left_by_a_crash_is_only_a_candidate(
     assert await tags.pointing_at(A) == []
     assert not await tags.untag_if_at("latest", A)
     assert await tags.resolve("latest") == B
-
-
-class EpochDriver(DelegatingDriver):
-    """A store whose unsynced writes survive within ``volatile_epoch``, set by the test
-    (a local disk's: the boot)."""
-
-    def __init__(self, inner: MemoryDriver, epoch: str) -> None:
-        super().__init__(inner)
-        self.volatile_epoch = epoch
-
-
-async def test_an_index_completed_in_another_epoch_is_rebuilt_not_trusted() -> None:
-    store = MemoryDriver()
-    before = TagStore("lib/app", EpochDriver(store, "boot one"), ProcessLocks())
-    await before.tag("base", C)
-    assert await before.pointing_at(C) == ["base"]  # complete, in boot one
-    await before.tag("latest", A)
-    await before.tag("stable", A)
-    # The system crashed: unsynced entries were lost, the synced tags were not.
-    await store.delete(layout.tagged_entry("lib/app", A, "latest"))
-    after = TagStore("lib/app", EpochDriver(store, "boot two"), ProcessLocks())
-    assert await after.pointing_at(A) == ["latest", "stable"]
-    # Rebuilt and marked complete in boot two: trusted from now on.
-    assert await store.read(layout.tagged_complete("lib/app")) == b"boot two"
-    assert await store.list(layout.tagged("lib/app", A)) == ["latest", "stable"]
-    await store.delete(layout.tagged_entry("lib/app", A, "stable"))
-    assert await after.pointing_at(A) == ["latest"]
-
-
-async def test_a_marker_without_an_epoch_from_an_older_registry_is_rebuilt(
-    tags: TagStore, driver: CountingDriver
-) -> None:
-    await write_link(driver, layout.tag_current_link("lib/app", "one"), A)
-    await driver.write(layout.tagged_complete("lib/app"), b"")
-    assert await tags.pointing_at(A) == ["one"]
-    assert await driver.read(layout.tagged_complete("lib/app")) == DURABLE.encode()
 
 
 # Tag names and names a tag directory may hold that are not tags (another tool's, or a

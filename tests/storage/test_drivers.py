@@ -229,19 +229,6 @@ async def test_prepared_writes_appear_only_when_published(driver: StorageDriver)
     assert await files_below(driver, "/repo") == sorted(PREPARED)
 
 
-async def test_volatile_prepared_writes_appear_like_the_others(driver: StorageDriver) -> None:
-    revision, index, current = PREPARED
-    async with await driver.prepare_writes(PREPARED, [index]) as prepared:
-        await prepared.publish_in_order([[revision], [index], [current]])
-    for path, data in PREPARED.items():
-        assert await driver.read(path) == data
-    # One not published is dropped like any other.
-    async with await driver.prepare_writes({"/other/link": b"x"}, ["/other/link"]):
-        pass
-    assert await files_below(driver, "/other") == []
-    assert driver.volatile_epoch  # what a reader compares a completeness marker with
-
-
 async def test_stages_published_in_order_all_appear(driver: StorageDriver) -> None:
     revision, index, current = PREPARED
     calls: list[int] = []

@@ -17,19 +17,10 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
-from dockyard.storage import filesystem
-from dockyard.storage.driver import DURABLE
-
 WRITER = textwrap.dedent(
     """
-    import asyncio, os, sys
-    from dockyard.storage import filesystem
+    import asyncio, sys
     from dockyard.storage.filesystem import FilesystemDriver
-
-    if os.environ.get("WITHOUT_BOOT_ID"):
-        filesystem.BOOT_ID = "/nonexistent/boot_id"
 
     # A manifest PUT by a new tag: content, then revision and tag history, then the tag;
     # the last stage also renames into a directory an earlier stage made durable.
@@ -50,10 +41,7 @@ WRITER = textwrap.dedent(
         # One existing directory on the way, as in a store that already has blobs.
         await driver.write("/blobs/sha256/ab/other/data", b"x")
         print("BEGIN", flush=True)
-        volatile = sys.argv[2:]
-        prepared = await driver.prepare_writes(
-            {k: v for s in STAGES for k, v in s.items()}, volatile
-        )
+        prepared = await driver.prepare_writes({k: v for s in STAGES for k, v in s.items()})
         # A marker before each stage: the first here, the others from the thread that
         # publishes them all.
         print("STAGE", flush=True)
@@ -132,9 +120,7 @@ def parse(text: str, root: str) -> Trace:
     return trace
 
 
-def traced_write(
-    tmp_path: Path, volatile: tuple[str, ...] = (), without_boot_id: bool = False
-) -> tuple[Trace, str]:
+def traced_write(tmp_path: Path) -> tuple[Trace, str]:
     root = tmp_path / "root"
     root.mkdir()
     output = tmp_path / "trace.txt"
@@ -142,11 +128,10 @@ def traced_write(
         [
             "strace", "-f", "-y", "-qq", "-o", str(output),
             "-e", "trace=fsync,rename,renameat,renameat2,mkdir,mkdirat,write",
-            sys.executable, "-c", WRITER, str(root), *volatile,
+            sys.executable, "-c", WRITER, str(root),
         ],
         check=True,
         stdout=subprocess.DEVNULL,
-        env={**os.environ, "WITHOUT_BOOT_ID": "1" if without_boot_id else ""},
     )  # fmt: skip
     real_root = os.path.realpath(root)
     return parse(output.read_text(), real_root), real_root
@@ -173,9 +158,9 @@ def test_each_stage_is_durable_before_the_next_appears(tmp_path: Path) -> None:
         first = min(at for at, _, dest in trace.renames if dest.startswith(directory + "/"))
         end = stage_end(trace, first)
         parent = os.path.dirname(directory)
-        assert any(f.path == parent and made < f.start and f.end < end for f in trace.fsyncs), (
-            directory
-        )
+        assert any(
+            f.path == parent and made < f.start and f.end < end for f in trace.fsyncs
+        ), directory
     assert any(d == f"{root}/repo/_manifests/tags/latest/current" for _, d in trace.mkdirs)
 
 
@@ -190,45 +175,3 @@ def test_a_directory_is_fsynced_again_only_when_a_file_lands_in_it(tmp_path: Pat
         "repo/_tagged/abcd",
     ]
 
-
-# The tag's history and the reverse index's entries, as a manifest PUT marks them.
-VOLATILE = (
-    "/repo/_tagged/abcd/latest",
-    "/repo/_manifests/tags/latest/index/sha256/abcd/link",
-    "/repo/_tagged/abcd/stable",
-)
-
-
-def test_volatile_files_and_directories_only_they_need_are_never_fsynced(
-    tmp_path: Path,
-) -> None:
-    trace, root = traced_write(tmp_path, VOLATILE)
-    synced = {f.path for f in trace.fsyncs}
-    assert len(trace.renames) == 6
-    for _, source, dest in trace.renames:
-        # Each durable file's content is fsynced, no volatile one's.
-        assert (source in synced) == (dest[len(root) :] not in VOLATILE), dest
-    below = "/repo/_manifests/tags/latest"
-    for directory in ("/repo/_tagged", "/repo/_tagged/abcd", f"{below}/index",
-                      f"{below}/index/sha256", f"{below}/index/sha256/abcd"):  # fmt: skip
-        assert root + directory not in synced, directory
-    # What the durable files need still is: their directories and each new one's parent.
-    for directory in ("/blobs/sha256/ab/abcd", "/blobs/sha256/ab", "/repo",
-                      "/repo/_manifests/revisions/sha256/abcd", "/repo/_manifests/tags",
-                      below, f"{below}/current"):  # fmt: skip
-        assert root + directory in synced, directory
-
-
-def test_a_driver_that_cannot_tell_a_boot_makes_volatile_writes_durable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    trace, _ = traced_write(tmp_path, VOLATILE, without_boot_id=True)
-    synced = {f.path for f in trace.fsyncs}
-    assert all(source in synced for _, source, _ in trace.renames)
-    monkeypatch.setattr(filesystem, "BOOT_ID", str(tmp_path / "no-such-file"))
-    assert filesystem.FilesystemDriver(str(tmp_path)).volatile_epoch == DURABLE
-    # With Linux's boot id, the epoch names the boot.
-    monkeypatch.undo()
-    with open(filesystem.BOOT_ID, encoding="ascii") as boot:
-        expected = f"boot {boot.read().strip()}"
-    assert filesystem.FilesystemDriver(str(tmp_path)).volatile_epoch == expected
