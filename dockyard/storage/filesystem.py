@@ -38,6 +38,7 @@ from dockyard.storage.driver import (
     StorageError,
     check_path,
 )
+from dockyard.storage.writeback import start_writeback
 
 T = TypeVar("T")
 
@@ -112,6 +113,13 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def _append(fd: int, data: bytes, offset: int) -> None:
+    """Append ``data`` (which lands at ``offset``) and start writing it to disk, so the
+    closing fsync does not wait for the whole file."""
+    _write_all(fd, data)
+    start_writeback(fd, offset, len(data))
 
 
 def _read_file(real: str, size: int) -> bytes:
@@ -832,7 +840,7 @@ class _FilesystemWriter(FileWriter):
             if len(data) <= INLINE_LIMIT and self._descriptor.idle:
                 _write_all(self._descriptor.fd, data)
             else:
-                await self._descriptor.run(_write_all, data)
+                await self._descriptor.run(_append, data, self._size)
         self._size += len(data)
 
     async def commit(self) -> None:
