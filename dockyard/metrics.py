@@ -315,6 +315,18 @@ class InstrumentedWriter(FileWriter):
         with _Timer(self.metrics, self.driver, "writer_write"):
             await self.inner.write(data)
 
+    def blocking_append(self) -> Callable[[bytes], None] | None:
+        append = self.inner.blocking_append()
+        if append is None:
+            return None
+
+        def timed(data: bytes) -> None:
+            # From the caller's thread: the client library's metrics are thread-safe.
+            with _Timer(self.metrics, self.driver, "writer_write"):
+                append(data)
+
+        return timed
+
     async def commit(self) -> None:
         with _Timer(self.metrics, self.driver, "writer_commit"):
             await self.inner.commit()

@@ -92,6 +92,14 @@ class FileWriter(ABC):
     @abstractmethod
     async def write(self, data: bytes) -> None: ...
 
+    def blocking_append(self) -> Callable[[bytes], None] | None:
+        """A function that appends as :meth:`write` does but blocks, for a caller that
+        already hands each piece to a thread of its own (to hash it) and would otherwise
+        hand it to a second one to write it; None where writes are not plain system
+        calls. One thread at a time may call it, and every call must have returned
+        before the next ``write``, ``commit``, ``cancel`` or ``close``."""
+        return None
+
     @abstractmethod
     async def commit(self) -> None:
         """Make everything written so far durable; the writer stays usable."""

@@ -843,6 +843,19 @@ class _FilesystemWriter(FileWriter):
                 await self._descriptor.run(_append, data, self._size)
         self._size += len(data)
 
+    def blocking_append(self) -> Callable[[bytes], None] | None:
+        self._check_open()
+        fd = self._descriptor.fd
+
+        def append(data: bytes) -> None:
+            if self._closed:
+                raise ValueError(f"writer for {self._path} is closed")
+            with _translated(self._path):
+                _append(fd, data, self._size)
+            self._size += len(data)
+
+        return append
+
     async def commit(self) -> None:
         self._check_open()
         with _translated(self._path):

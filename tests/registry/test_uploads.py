@@ -9,7 +9,7 @@ import itertools
 import random
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ from dockyard.registry.digest import Digest
 from dockyard.registry.uploads import WRITE_PIECE
 from dockyard.storage import FilesystemDriver, MemoryDriver
 from dockyard.storage.delegating import DelegatingDriver
-from dockyard.storage.driver import PathNotFoundError, StorageDriver, StorageError
+from dockyard.storage.driver import FileWriter, PathNotFoundError, StorageDriver, StorageError
 
 
 @pytest.fixture(params=["filesystem", "memory"])
@@ -45,7 +45,7 @@ def body_of(data: bytes, seed: int) -> AsyncIterator[bytes]:
 
 
 def hash_threads() -> list[threading.Thread]:
-    return [thread for thread in threading.enumerate() if thread.name.startswith("dockyard-hash")]
+    return [thread for thread in threading.enumerate() if thread.name.startswith("dockyard-piece")]
 
 
 @pytest.mark.parametrize("size", [0, 1000, WRITE_PIECE - 1, WRITE_PIECE, 11 * WRITE_PIECE + 5])
@@ -110,6 +110,61 @@ async def test_a_body_that_fails_midway_keeps_a_prefix_and_no_running_hash(
     while hash_threads() and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     assert hash_threads() == []
+
+
+class ThirdAppendFails(FileWriter):
+    """A local file's writer whose third append from a thread fails, as a full disk
+    would, and whose later ones would succeed if they were still made."""
+
+    def __init__(self, inner: FileWriter) -> None:
+        self.inner = inner
+        self.appends = 0
+
+    @property
+    def size(self) -> int:
+        return self.inner.size
+
+    async def write(self, data: bytes) -> None:
+        await self.inner.write(data)
+
+    def blocking_append(self) -> Callable[[bytes], None] | None:
+        append = self.inner.blocking_append()
+        assert append is not None
+
+        def failing(data: bytes) -> None:
+            self.appends += 1
+            if self.appends == 3:
+                raise StorageError("no space left on device")
+            append(data)
+
+        return failing
+
+    async def commit(self) -> None:
+        await self.inner.commit()
+
+    async def cancel(self) -> None:
+        await self.inner.cancel()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class FailingAppends(DelegatingDriver):
+    async def writer(self, path: str, resume_at: int | None = None) -> FileWriter:
+        return ThirdAppendFails(await self.inner.writer(path, resume_at))
+
+
+async def test_no_piece_lands_after_one_that_failed(tmp_path: Path) -> None:
+    driver = FailingAppends(FilesystemDriver(str(tmp_path)))
+    data = random.Random(5).randbytes(8 * WRITE_PIECE)
+    registry = Registry(driver)
+    session = await registry.uploads.start("lib/app")
+    with pytest.raises(StorageError, match="no space"):
+        await registry.uploads.append("lib/app", session.id, body_of(data, 5))
+    stored = await driver.read(layout.upload_data("lib/app", session.id))
+    # The pieces before the failed one, then nothing: the file is still a prefix.
+    assert 2 * WRITE_PIECE <= len(stored) < len(data)
+    assert stored == data[: len(stored)]
 
 
 class ReadsCounted(DelegatingDriver):

@@ -593,6 +593,32 @@ async def test_writer_creates_a_file_with_everything_written(driver: StorageDriv
     assert (await driver.stat("/uploads/u1/data")).size == 11
 
 
+async def test_blocking_appends_from_a_thread_land_in_order(driver: StorageDriver) -> None:
+    # Where a writer offers it, appending from a thread is writing: the same bytes in
+    # the same order, counted in its size, durable on commit; writes may follow.
+    writer = await driver.writer("/uploads/u1/data")
+    append = writer.blocking_append()
+    if append is None:
+        assert driver.name != "filesystem"  # a local file has no reason to refuse
+        await writer.close()
+        return
+    await writer.write(b"head ")
+    pieces = [bytes([65 + n]) * (300_000 + n) for n in range(5)]
+
+    def in_a_thread() -> None:
+        for piece in pieces:
+            append(piece)
+
+    await asyncio.to_thread(in_a_thread)
+    assert writer.size == 5 + sum(map(len, pieces))
+    await writer.write(b" tail")
+    await writer.commit()
+    await writer.close()
+    assert await driver.read("/uploads/u1/data") == b"head " + b"".join(pieces) + b" tail"
+    with pytest.raises(ValueError, match="closed"):
+        append(b"late")
+
+
 async def test_an_empty_committed_writer_leaves_an_empty_file(driver: StorageDriver) -> None:
     writer = await driver.writer("/uploads/u1/data")
     await writer.commit()
