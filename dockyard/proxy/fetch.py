@@ -36,6 +36,7 @@ from dockyard.proxy.routing import Target
 from dockyard.proxy.upstream import UPSTREAM_UNKNOWN, UpstreamUnavailable
 from dockyard.registry import Registry
 from dockyard.registry.digest import Digest, new_hasher
+from dockyard.storage.writeback import start_writeback
 
 log = logging.getLogger("dockyard.proxy")
 
@@ -192,22 +193,41 @@ class BlobFetch:
 
     async def _write_spool(self, hasher: Any) -> None:
         """Hash and append the queued pieces to the spool in order, each leaving memory
-        once written: both in one thread call per piece, the event loop meanwhile
-        receiving the next one and serving readers."""
+        once written: both in one thread call for all the pieces queued, the event loop
+        meanwhile receiving the next ones and serving readers. Each piece's disk write
+        starts at once, so the fsync that stores the blob has little left to wait for."""
         assert self._fd is not None
         fd = self._fd
 
-        def hash_and_write(piece: bytes, offset: int) -> None:
-            hasher.update(piece)
-            view, done = memoryview(piece), 0
-            while done < len(piece):
-                done += os.pwrite(fd, view[done:], offset + done)
+        def hash_and_write(pieces: list[bytes], offset: int) -> None:
+            for piece in pieces:
+                hasher.update(piece)
+                view, done = memoryview(piece), 0
+                while done < len(piece):
+                    done += os.pwrite(fd, view[done:], offset + done)
+                start_writeback(fd, offset, len(piece))
+                offset += len(piece)
 
         try:
-            while (piece := await self._writes.get()) is not None:
-                await asyncio.to_thread(hash_and_write, piece, self.written)
-                self.written += len(piece)
-                self._unwritten.popleft()
+            ended = False
+            while not ended:
+                # Whatever queued up while the last call ran goes in the next one, so a
+                # spool behind the network hashes back to back instead of waiting a turn
+                # of the event loop between pieces.
+                pieces: list[bytes] = []
+                piece = await self._writes.get()
+                while piece is not None:
+                    pieces.append(piece)
+                    if self._writes.empty():
+                        break
+                    piece = self._writes.get_nowait()
+                ended = piece is None
+                if not pieces:
+                    break
+                await asyncio.to_thread(hash_and_write, pieces, self.written)
+                for piece in pieces:
+                    self.written += len(piece)
+                    self._unwritten.popleft()
                 async with self._changed:
                     self._changed.notify_all()
         finally:
