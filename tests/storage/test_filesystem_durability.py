@@ -9,6 +9,7 @@ is fsynced again only when a file is renamed into it.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import subprocess
@@ -16,6 +17,11 @@ import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
+
+from dockyard.storage.filesystem import _Syncs
+from tests.storage.test_writeback import page_cache
 
 WRITER = textwrap.dedent(
     """
@@ -175,3 +181,39 @@ def test_a_directory_is_fsynced_again_only_when_a_file_lands_in_it(tmp_path: Pat
         "repo/_tagged/abcd",
     ]
 
+
+
+def test_the_fsyncs_of_a_barrier_are_issued_side_by_side(tmp_path: Path) -> None:
+    trace, _ = traced_write(tmp_path)
+    # The first barrier (every file's content, and the parents of the new directories)
+    # is spread over several threads instead of one fsync after another.
+    first = [f for f in trace.fsyncs if f.start < trace.renames[0][0]]
+    assert len(first) >= 8
+    assert len({f.thread for f in first}) >= 2
+
+
+def test_a_failed_fsync_in_a_barrier_is_raised_after_the_others_ended(tmp_path: Path) -> None:
+    syncs = _Syncs(threads=4)
+    paths = [tmp_path / f"file{n}" for n in range(6)]
+    descriptors = [os.open(path, os.O_WRONLY | os.O_CREAT) for path in paths]
+    try:
+        for fd in descriptors:
+            os.write(fd, os.urandom(1 << 16))
+        # A number no descriptor has (a closed one could be reused meanwhile).
+        with pytest.raises(OSError) as failure:
+            syncs.run([*descriptors, 1 << 30], [str(tmp_path)])
+        assert failure.value.errno == errno.EBADF
+        # Every other file was synced all the same: none of its pages is left dirty.
+        assert all(page_cache(path).dirty == 0 for path in paths)
+    finally:
+        for fd in descriptors:
+            os.close(fd)
+        syncs.close()
+    # Once closed (the driver closing), a barrier still runs, in the caller's thread.
+    fd = os.open(paths[0], os.O_WRONLY)
+    try:
+        os.write(fd, os.urandom(1 << 16))
+        syncs.run([fd], [str(tmp_path)])
+        assert page_cache(paths[0]).dirty == 0
+    finally:
+        os.close(fd)
