@@ -238,12 +238,14 @@ class UploadStore:
     async def start(self, name: str) -> UploadSession:
         upload_id = str(uuid.uuid4())
         started_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        await self.driver.write(
-            layout.upload_started_at(name, upload_id), started_at.encode("ascii")
-        )
-        writer = await self.driver.writer(layout.upload_data(name, upload_id))
-        await writer.commit()
-        await writer.close()
+        files = {
+            layout.upload_started_at(name, upload_id): started_at.encode("ascii"),
+            layout.upload_data(name, upload_id): b"",
+        }
+        # One batch: both files and the session's new directory become durable together
+        # (one barrier on a local disk) rather than one after the other.
+        async with await self.driver.prepare_writes(files) as prepared:
+            await prepared.publish(files)
         self.hashes.put(upload_id, 0, self._new_hasher())
         return UploadSession(name, upload_id, 0, started_at)
 

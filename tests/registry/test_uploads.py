@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +24,7 @@ from dockyard.registry.uploads import WRITE_PIECE
 from dockyard.storage import FilesystemDriver, MemoryDriver
 from dockyard.storage.delegating import DelegatingDriver
 from dockyard.storage.driver import FileWriter, PathNotFoundError, StorageDriver, StorageError
+from tests.storage.test_filesystem_durability import parse
 
 
 @pytest.fixture(params=["filesystem", "memory"])
@@ -293,3 +297,50 @@ async def test_a_state_that_cannot_be_saved_does_not_fail_the_chunk(
     blob = await second.uploads.finish("lib/app", session.id, Digest.of(data), len(data))
     assert await driver.read(layout.blob_data(blob.digest)) == data
     assert refusing.streams == [(layout.upload_data("lib/app", session.id), 0, len(data))]
+
+
+STARTER = """
+import asyncio, sys
+from dockyard.registry import Registry
+from dockyard.storage import FilesystemDriver
+
+async def main() -> None:
+    driver = FilesystemDriver(sys.argv[1])
+    print("BEGIN", flush=True)
+    await Registry(driver).uploads.start("lib/app")
+    print("END", flush=True)
+    await driver.close()
+
+asyncio.run(main())
+"""
+
+
+def test_a_started_session_is_durable_when_start_returns(tmp_path: Path) -> None:
+    # A client told where to send its chunks must find the session after a crash: both
+    # files' contents, their names and the session's new directory fsynced before start
+    # returns, in two barriers (contents and directories made, then the renames).
+    root = tmp_path / "root"
+    root.mkdir()
+    output = tmp_path / "trace.txt"
+    subprocess.run(
+        [
+            "strace", "-f", "-y", "-qq", "-o", str(output),
+            "-e", "trace=fsync,rename,renameat,renameat2,mkdir,mkdirat,write",
+            sys.executable, "-c", STARTER, str(root),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    trace = parse(output.read_text(), os.path.realpath(root))
+    (end,) = trace.stages
+    renamed = {os.path.basename(dest): (at, source, dest) for at, source, dest in trace.renames}
+    assert sorted(renamed) == ["data", "startedat"]
+    for at, source, dest in renamed.values():
+        assert any(f.path == source and f.end < at for f in trace.fsyncs), source
+        assert any(
+            f.path == os.path.dirname(dest) and at < f.start and f.end < end for f in trace.fsyncs
+        ), dest
+    session = os.path.dirname(renamed["data"][2])
+    made = next(at for at, directory in trace.mkdirs if directory == session)
+    parent = os.path.dirname(session)
+    assert any(f.path == parent and made < f.start and f.end < end for f in trace.fsyncs)

@@ -182,7 +182,6 @@ def test_a_directory_is_fsynced_again_only_when_a_file_lands_in_it(tmp_path: Pat
     ]
 
 
-
 def test_the_fsyncs_of_a_barrier_are_issued_side_by_side(tmp_path: Path) -> None:
     trace, _ = traced_write(tmp_path)
     # The first barrier (every file's content, and the parents of the new directories)
