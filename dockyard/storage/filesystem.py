@@ -269,7 +269,7 @@ def _make_dirs(directory: str, durable: bool = True) -> list[str]:
 _VANISHED_RETRIES = 100
 
 
-def _rename_durably(source: str, dest: str) -> None:
+def _rename_durably(source: str, dest: str, syncs: _Syncs | None = None) -> None:
     dest_parent = os.path.dirname(dest)
     for attempt in range(_VANISHED_RETRIES):
         try:
@@ -280,10 +280,10 @@ def _rename_durably(source: str, dest: str) -> None:
             # Only the destination's directory moved away (see _publish_files).
             if attempt == _VANISHED_RETRIES - 1 or not os.path.lexists(source):
                 raise
-    _fsync_dir(dest_parent)
-    source_parent = os.path.dirname(source)
-    if source_parent != dest_parent:
-        _fsync_dir(source_parent)
+    # Both directories at once: the new entry and the removed one. A new directory on
+    # the way was made durable before the rename (above), so that a rename written back
+    # early cannot leave the file in a directory that a crash unlinks.
+    _barrier(syncs, directories={dest_parent, os.path.dirname(source)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -1210,7 +1210,7 @@ class FilesystemDriver(StorageDriver):
         if dest.startswith(source + "/"):
             raise StorageError(f"cannot move {source} into itself ({dest})")
         try:
-            await asyncio.to_thread(_rename_durably, source_real, dest_real)
+            await asyncio.to_thread(_rename_durably, source_real, dest_real, self._syncs)
         except FileNotFoundError as error:
             # The source was removed concurrently, after the check above.
             raise PathNotFoundError(source) from error

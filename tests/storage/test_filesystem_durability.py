@@ -216,3 +216,49 @@ def test_a_failed_fsync_in_a_barrier_is_raised_after_the_others_ended(tmp_path: 
         assert page_cache(paths[0]).dirty == 0
     finally:
         os.close(fd)
+
+
+MOVER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from dockyard.storage.filesystem import FilesystemDriver
+
+    async def main() -> None:
+        driver = FilesystemDriver(sys.argv[1])
+        await driver.write("/repo/_uploads/u1/data", b"layer")
+        print("BEGIN", flush=True)
+        # An upload adopted as a blob: into a directory that does not exist yet.
+        await driver.move("/repo/_uploads/u1/data", "/blobs/sha256/ab/abcd/data")
+        print("END", flush=True)
+        await driver.close()
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_a_move_is_durable_on_both_sides_before_it_returns(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    output = tmp_path / "trace.txt"
+    subprocess.run(
+        [
+            "strace", "-f", "-y", "-qq", "-o", str(output),
+            "-e", "trace=fsync,rename,renameat,renameat2,mkdir,mkdirat,write",
+            sys.executable, "-c", MOVER, str(root),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    real = os.path.realpath(root)
+    trace = parse(output.read_text(), real)
+    ((at, source, dest),) = trace.renames
+    (end,) = trace.stages
+    assert dest == f"{real}/blobs/sha256/ab/abcd/data"
+    # Every new directory's entry was durable before the file went into it...
+    for made, directory in trace.mkdirs:
+        parent = os.path.dirname(directory)
+        assert any(f.path == parent and made < f.start and f.end < at for f in trace.fsyncs)
+    # ...and the rename, on both sides, before the move returned.
+    for side in (os.path.dirname(source), os.path.dirname(dest)):
+        assert any(f.path == side and at < f.start and f.end < end for f in trace.fsyncs), side
