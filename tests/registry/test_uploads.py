@@ -8,8 +8,6 @@ import hashlib
 import itertools
 import os
 import random
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,7 +22,7 @@ from dockyard.registry.uploads import WRITE_PIECE
 from dockyard.storage import FilesystemDriver, MemoryDriver
 from dockyard.storage.delegating import DelegatingDriver
 from dockyard.storage.driver import FileWriter, PathNotFoundError, StorageDriver, StorageError
-from tests.storage.test_filesystem_durability import parse
+from tests.storage.test_filesystem_durability import traced
 
 
 @pytest.fixture(params=["filesystem", "memory"])
@@ -319,19 +317,7 @@ def test_a_started_session_is_durable_when_start_returns(tmp_path: Path) -> None
     # A client told where to send its chunks must find the session after a crash: both
     # files' contents, their names and the session's new directory fsynced before start
     # returns, in two barriers (contents and directories made, then the renames).
-    root = tmp_path / "root"
-    root.mkdir()
-    output = tmp_path / "trace.txt"
-    subprocess.run(
-        [
-            "strace", "-f", "-y", "-qq", "-o", str(output),
-            "-e", "trace=fsync,rename,renameat,renameat2,mkdir,mkdirat,write",
-            sys.executable, "-c", STARTER, str(root),
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    trace = parse(output.read_text(), os.path.realpath(root))
+    trace, _ = traced(tmp_path, STARTER)
     (end,) = trace.stages
     renamed = {os.path.basename(dest): (at, source, dest) for at, source, dest in trace.renames}
     assert sorted(renamed) == ["data", "startedat"]

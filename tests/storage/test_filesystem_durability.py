@@ -126,7 +126,8 @@ def parse(text: str, root: str) -> Trace:
     return trace
 
 
-def traced_write(tmp_path: Path) -> tuple[Trace, str]:
+def traced(tmp_path: Path, program: str) -> tuple[Trace, str]:
+    """Run ``program`` (given a new store root as its argument) under strace."""
     root = tmp_path / "root"
     root.mkdir()
     output = tmp_path / "trace.txt"
@@ -134,13 +135,17 @@ def traced_write(tmp_path: Path) -> tuple[Trace, str]:
         [
             "strace", "-f", "-y", "-qq", "-o", str(output),
             "-e", "trace=fsync,rename,renameat,renameat2,mkdir,mkdirat,write",
-            sys.executable, "-c", WRITER, str(root),
+            sys.executable, "-c", program, str(root),
         ],
         check=True,
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
     real_root = os.path.realpath(root)
     return parse(output.read_text(), real_root), real_root
+
+
+def traced_write(tmp_path: Path) -> tuple[Trace, str]:
+    return traced(tmp_path, WRITER)
 
 
 def stage_end(trace: Trace, line: int) -> int:
@@ -238,20 +243,7 @@ MOVER = textwrap.dedent(
 
 
 def test_a_move_is_durable_on_both_sides_before_it_returns(tmp_path: Path) -> None:
-    root = tmp_path / "root"
-    root.mkdir()
-    output = tmp_path / "trace.txt"
-    subprocess.run(
-        [
-            "strace", "-f", "-y", "-qq", "-o", str(output),
-            "-e", "trace=fsync,rename,renameat,renameat2,mkdir,mkdirat,write",
-            sys.executable, "-c", MOVER, str(root),
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    real = os.path.realpath(root)
-    trace = parse(output.read_text(), real)
+    trace, real = traced(tmp_path, MOVER)
     ((at, source, dest),) = trace.renames
     (end,) = trace.stages
     assert dest == f"{real}/blobs/sha256/ab/abcd/data"
