@@ -226,19 +226,6 @@ class _Syncs:
             pool.shutdown(wait=False)
 
 
-def _barrier(
-    syncs: _Syncs | None, descriptors: Iterable[int] = (), directories: Iterable[str] = ()
-) -> None:
-    """fsync all of them: side by side with ``syncs``, one after another without."""
-    if syncs is not None:
-        syncs.run(descriptors, directories)
-        return
-    for fd in descriptors:
-        os.fsync(fd)
-    for directory in directories:
-        _fsync_dir(directory)
-
-
 def _make_dirs(directory: str, durable: bool = True) -> list[str]:
     """``mkdir -p``; the new directories, each one's entry in its parent made durable
     unless ``durable`` is False (the caller then fsyncs their parents itself)."""
@@ -269,7 +256,7 @@ def _make_dirs(directory: str, durable: bool = True) -> list[str]:
 _VANISHED_RETRIES = 100
 
 
-def _rename_durably(source: str, dest: str, syncs: _Syncs | None = None) -> None:
+def _rename_durably(source: str, dest: str, syncs: _Syncs) -> None:
     dest_parent = os.path.dirname(dest)
     for attempt in range(_VANISHED_RETRIES):
         try:
@@ -283,7 +270,7 @@ def _rename_durably(source: str, dest: str, syncs: _Syncs | None = None) -> None
     # Both directories at once: the new entry and the removed one. A new directory on
     # the way was made durable before the rename (above), so that a rename written back
     # early cannot leave the file in a directory that a crash unlinks.
-    _barrier(syncs, directories={dest_parent, os.path.dirname(source)})
+    syncs.run(directories={dest_parent, os.path.dirname(source)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,8 +301,8 @@ def _create_temp_beside(real: str, created: list[str]) -> tuple[int, str]:
 def _prepare_files(
     targets: list[tuple[str, bytes]],
     created: list[str],
-    synced: set[str] | None = None,
-    syncs: _Syncs | None = None,
+    synced: set[str],
+    syncs: _Syncs,
 ) -> list[_PreparedFile]:
     """Each file's content in a temporary file beside it, all of them durable.
 
@@ -334,9 +321,8 @@ def _prepare_files(
             prepared.append(_PreparedFile(real, data, temp))
             _write_all(fd, data)
         parents = {os.path.dirname(directory) for directory in created[made:]}
-        _barrier(syncs, descriptors, parents)
-        if synced is not None:
-            synced.update(parents)
+        syncs.run(descriptors, parents)
+        synced.update(parents)
     except BaseException:
         _discard_files(prepared, created)
         raise
@@ -349,9 +335,9 @@ def _prepare_files(
 def _publish_files(
     files: Iterable[_PreparedFile],
     created: Iterable[str],
-    synced: set[str] | None = None,
+    synced: set[str],
+    syncs: _Syncs,
     retries: int = _VANISHED_RETRIES,
-    syncs: _Syncs | None = None,
 ) -> None:
     """Rename each prepared file into place, then make the renames (and the new
     directories they are in) durable: every directory fsynced once, after all renames.
@@ -364,7 +350,6 @@ def _publish_files(
     """
     files = list(files)
     new = set(created)
-    synced = set() if synced is None else synced
     directories: set[str] = set()
     try:
         for file in files:
@@ -381,8 +366,8 @@ def _publish_files(
                     _prepare_files([(file.real, file.data)], again, done, syncs),
                     again,
                     done,
-                    retries - 1,
                     syncs,
+                    retries - 1,
                 )
                 continue
             directory = os.path.dirname(file.real)
@@ -396,7 +381,7 @@ def _publish_files(
             with suppress(OSError):
                 os.unlink(file.temp)  # those renamed into place are no longer there
         raise
-    _barrier(syncs, directories=directories)
+    syncs.run(directories=directories)
     synced.update(directories)
 
 
@@ -416,13 +401,11 @@ def _discard_files(files: Iterable[_PreparedFile], created: list[str]) -> None:
             _fsync_dir(os.path.dirname(directory))
 
 
-def _replace_atomically(real: str, data: bytes, syncs: _Syncs | None = None) -> None:
+def _replace_atomically(real: str, data: bytes, syncs: _Syncs) -> None:
     """Replace ``real`` whole and durably: one file prepared beside it, then published."""
     created: list[str] = []
     synced: set[str] = set()
-    _publish_files(
-        _prepare_files([(real, data)], created, synced, syncs), created, synced, syncs=syncs
-    )
+    _publish_files(_prepare_files([(real, data)], created, synced, syncs), created, synced, syncs)
 
 
 def _replace(real: str, data: bytes) -> None:
@@ -478,7 +461,7 @@ class _PreparedFiles(PreparedWrites):
             )
             self._files = dict(zip(self._targets, prepared, strict=True))
         files = [self._files.pop(path) for path in paths]
-        _publish_files(files, self._created, self._synced, syncs=self._syncs)
+        _publish_files(files, self._created, self._synced, self._syncs)
 
     async def discard(self) -> None:
         if self._files:
