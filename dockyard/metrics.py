@@ -418,9 +418,11 @@ class InstrumentedDriver(DelegatingDriver):
             inner = await self.inner.writer(path, resume_at)
         return InstrumentedWriter(inner, self.metrics, self.name)
 
-    async def prepare_writes(self, files: Mapping[str, bytes]) -> PreparedWrites:
+    async def prepare_writes(
+        self, files: Mapping[str, bytes], replayable: bool = False
+    ) -> PreparedWrites:
         with self._timer("prepare_writes"):
-            inner = await self.inner.prepare_writes(files)
+            inner = await self.inner.prepare_writes(files, replayable)
         return InstrumentedPreparedWrites(inner, self.metrics, self.name)
 
     async def stat(self, path: str) -> FileInfo:

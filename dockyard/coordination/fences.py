@@ -131,7 +131,9 @@ class FencedDriver(DelegatingDriver):
         async with self.fences.busy(path):
             await self.inner.write(path, data, durable)
 
-    async def prepare_writes(self, files: Mapping[str, bytes]) -> PreparedWrites:
+    async def prepare_writes(
+        self, files: Mapping[str, bytes], replayable: bool = False
+    ) -> PreparedWrites:
         # Each published file goes through ``write`` above, fenced.
         return DeferredWrites(self, files)
 

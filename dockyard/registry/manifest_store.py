@@ -121,9 +121,12 @@ class ManifestStore:
             if tag is not None:
                 move = await stack.enter_async_context(self.tags.moving(tag, actual))
                 files.update(move.files)
-            # Every file is written (durably, invisibly) at once; then each stage appears
-            # only once the one before it is durable: content, revision, tag.
-            prepared = await stack.enter_async_context(await self.driver.prepare_writes(files))
+            # Every file is written (invisibly) at once; then each stage appears only once
+            # the one before it is durable: content, revision, tag. Replayable: these
+            # files change again only through pushes like this one, or through deletes.
+            prepared = await stack.enter_async_context(
+                await self.driver.prepare_writes(files, replayable=True)
+            )
             stages = [[*content, *(move.entry if move else [])]]
             stages.append([*revision, *(move.history if move else [])])
             if move is not None:

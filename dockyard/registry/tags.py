@@ -56,7 +56,7 @@ class TagStore:
     async def tag(self, tag: str, digest: Digest) -> None:
         async with (
             self.moving(tag, digest) as move,
-            await self.driver.prepare_writes(move.files) as files,
+            await self.driver.prepare_writes(move.files, replayable=True) as files,
         ):
             await files.publish_in_order([[*move.entry, *move.history], [move.current]])
 

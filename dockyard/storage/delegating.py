@@ -21,8 +21,10 @@ class DelegatingDriver(StorageDriver):
     async def write(self, path: str, data: bytes, durable: bool = True) -> None:
         await self.inner.write(path, data, durable)
 
-    async def prepare_writes(self, files: Mapping[str, bytes]) -> PreparedWrites:
-        return await self.inner.prepare_writes(files)
+    async def prepare_writes(
+        self, files: Mapping[str, bytes], replayable: bool = False
+    ) -> PreparedWrites:
+        return await self.inner.prepare_writes(files, replayable)
 
     def stream(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         return self.inner.stream(path, offset, length)

@@ -198,10 +198,21 @@ class StorageDriver(ABC):
         disk. Drivers whose writes cost the same either way ignore it.
         """
 
-    async def prepare_writes(self, files: Mapping[str, bytes]) -> PreparedWrites:
+    async def prepare_writes(
+        self, files: Mapping[str, bytes], replayable: bool = False
+    ) -> PreparedWrites:
         """Get several writes ready, so that publishing them in ordered stages costs about
         one durable write per stage: a manifest push shows its content, then its
         revision, then its tag, each durable before the next appears.
+
+        ``replayable``: the caller promises that until these files change again through
+        another replayable batch, nothing else changes them but this driver's own
+        writes, moves and deletes. A driver may then make the whole batch durable at
+        once through a journal that writes it again, in order, after a crash (the
+        filesystem driver does); each of its other changes settles that journal first.
+        Once the batch is recorded, every stage of it is published, and a crash
+        replays all of them: ``between`` is then called for every later stage before
+        anything is published.
 
         This default writes each file when it is published (as :meth:`write` does).
         """

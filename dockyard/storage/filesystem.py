@@ -41,6 +41,7 @@ from dockyard.storage.driver import (
     StorageError,
     check_path,
 )
+from dockyard.storage.journal import PublishJournal
 from dockyard.storage.writeback import start_writeback
 
 T = TypeVar("T")
@@ -298,6 +299,20 @@ def _create_temp_beside(real: str, created: list[str]) -> tuple[int, str]:
                 raise
 
 
+def _write_temp(real: str, data: bytes, created: list[str]) -> tuple[int, _PreparedFile]:
+    """``data`` in a new temporary file beside ``real`` (not fsynced); its descriptor,
+    still open, and the prepared file."""
+    fd, temp = _create_temp_beside(real, created)
+    try:
+        _write_all(fd, data)
+    except BaseException:
+        os.close(fd)
+        with suppress(OSError):
+            os.unlink(temp)
+        raise
+    return fd, _PreparedFile(real, data, temp)
+
+
 def _prepare_files(
     targets: list[tuple[str, bytes]],
     created: list[str],
@@ -316,10 +331,9 @@ def _prepare_files(
     made = len(created)
     try:
         for real, data in targets:
-            fd, temp = _create_temp_beside(real, created)
+            fd, file = _write_temp(real, data, created)
             descriptors.append(fd)
-            prepared.append(_PreparedFile(real, data, temp))
-            _write_all(fd, data)
+            prepared.append(file)
         parents = {os.path.dirname(directory) for directory in created[made:]}
         syncs.run(descriptors, parents)
         synced.update(parents)
@@ -425,11 +439,24 @@ def _replace(real: str, data: bytes) -> None:
 
 class _PreparedFiles(PreparedWrites):
     """Files written beside their targets when the first stage is published, in the same
-    thread call (one hand-off fewer per write), then renamed into place stage by stage."""
+    thread call (one hand-off fewer per write), then renamed into place stage by stage.
 
-    def __init__(self, targets: dict[str, tuple[str, bytes]], syncs: _Syncs) -> None:
+    Through the ``journal`` (a replayable batch), the whole batch is one record there
+    and no file or directory is fsynced; otherwise each stage is a durability barrier,
+    after the journal has been settled.
+    """
+
+    def __init__(
+        self,
+        targets: dict[str, tuple[str, bytes]],
+        syncs: _Syncs,
+        journal: PublishJournal,
+        replayable: bool,
+    ) -> None:
         self._targets = targets
         self._syncs = syncs
+        self._journal = journal
+        self._replayable = replayable
         self._files: dict[str, _PreparedFile] | None = None
         self._created: list[str] = []
         self._synced: set[str] = set()
@@ -449,6 +476,11 @@ class _PreparedFiles(PreparedWrites):
     def _publish_stages(
         self, stages: list[list[str]], between: Callable[[int], None] | None
     ) -> None:
+        if self._replayable:
+            self._record(stages, between)
+            return
+        if self._files is None and self._journal.pending():
+            self._journal.settle()
         for number, paths in enumerate(stages):
             if number and between is not None:
                 between(number)
@@ -462,6 +494,31 @@ class _PreparedFiles(PreparedWrites):
             self._files = dict(zip(self._targets, prepared, strict=True))
         files = [self._files.pop(path) for path in paths]
         _publish_files(files, self._created, self._synced, self._syncs)
+
+    def _record(self, stages: list[list[str]], between: Callable[[int], None] | None) -> None:
+        # A recorded batch is replayed whole after a crash: whatever may stop a later
+        # stage must stop it before anything is recorded.
+        if between is not None:
+            for number in range(1, len(stages)):
+                between(number)
+        order = [path for stage in stages for path in stage]
+        self._files = {}
+        for path in order:
+            fd, self._files[path] = _write_temp(*self._targets[path], self._created)
+            os.close(fd)
+        files = self._files
+
+        def publish() -> None:
+            for path in order:
+                file = files.pop(path)
+                try:
+                    os.replace(file.temp, file.real)
+                except FileNotFoundError:
+                    # Its directory was moved away since (garbage collection removing an
+                    # empty tree): written again in a new one, durable through the record.
+                    _replace(file.real, file.data)
+
+        self._journal.record([(files[path].real, files[path].data) for path in order], publish)
 
     async def discard(self) -> None:
         if self._files:
@@ -980,6 +1037,33 @@ class FilesystemDriver(StorageDriver):
         self._small_listings = _Listings(SMALL_NAMES_REMEMBERED, SMALL_LISTINGS_REMEMBERED)
         self._small_files = _SmallFiles()
         self._syncs = _Syncs()
+        # Replayable batches (a manifest push) are made durable through it; every other
+        # change settles it first (see journal).
+        self._journal = PublishJournal(
+            self._root,
+            lambda real, data: _replace_atomically(real, data, self._syncs),
+            self._sync_existing,
+        )
+        # What a crash of the machine may have lost is written again before any use.
+        self._journal.recover()
+
+    def _sync_existing(self, files: Iterable[str], directories: Iterable[str]) -> None:
+        """fsync the files and directories that are there, side by side."""
+        descriptors = []
+        try:
+            for file in files:
+                with suppress(FileNotFoundError):
+                    descriptors.append(os.open(file, os.O_RDONLY | os.O_CLOEXEC))
+            self._syncs.run(descriptors, directories)
+        finally:
+            for fd in descriptors:
+                os.close(fd)
+
+    async def _settle(self) -> None:
+        """Before any change but a replayable batch: recorded files must be durable in
+        place, so that no replay after a crash can undo this change."""
+        if self._journal.pending():
+            await asyncio.to_thread(self._journal.settle)
 
     def _inside(self, real: str) -> bool:
         return real.startswith(self._prefix)
@@ -1061,15 +1145,20 @@ class FilesystemDriver(StorageDriver):
     async def write(self, path: str, data: bytes, durable: bool = True) -> None:
         real = self._resolve(path, follow=False)
         with _translated(path):
+            await self._settle()
             if durable:
                 await asyncio.to_thread(_replace_atomically, real, data, self._syncs)
             else:
                 await asyncio.to_thread(_replace, real, data)
 
-    async def prepare_writes(self, files: Mapping[str, bytes]) -> PreparedWrites:
+    async def prepare_writes(
+        self, files: Mapping[str, bytes], replayable: bool = False
+    ) -> PreparedWrites:
         return _PreparedFiles(
             {path: (self._resolve(path, follow=False), data) for path, data in files.items()},
             self._syncs,
+            self._journal,
+            replayable,
         )
 
     def stream(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
@@ -1107,6 +1196,8 @@ class FilesystemDriver(StorageDriver):
 
     async def writer(self, path: str, resume_at: int | None = None) -> FileWriter:
         real = self._resolve(path)
+        with _translated(path):
+            await self._settle()
         if resume_at is None:
             parent = os.path.dirname(real)
             with _translated(path):
@@ -1152,6 +1243,7 @@ class FilesystemDriver(StorageDriver):
         if dest == source or dest.startswith(source + "/"):
             raise StorageError(f"cannot move {source} onto or into itself ({dest})")
         with _translated(source):
+            await self._settle()
             files = _flat_files(source_real)
             if files is not None:
                 return _move_unless_touched(source_real, dest_real, since, files)
@@ -1193,6 +1285,7 @@ class FilesystemDriver(StorageDriver):
         if dest.startswith(source + "/"):
             raise StorageError(f"cannot move {source} into itself ({dest})")
         try:
+            await self._settle()
             await asyncio.to_thread(_rename_durably, source_real, dest_real, self._syncs)
         except FileNotFoundError as error:
             # The source was removed concurrently, after the check above.
@@ -1205,6 +1298,7 @@ class FilesystemDriver(StorageDriver):
         # collection, while every write is durable.
         real = self._resolve(path, follow=False)
         with _translated(path, _LISTING_MISSING):
+            await self._settle()
             files = _flat_files(real)
             if files is not None:
                 _remove_flat(real, files)
@@ -1219,6 +1313,7 @@ class FilesystemDriver(StorageDriver):
         reals = [self._resolve(path, follow=False) for path in paths]
         found: list[bool] = []
         try:
+            await self._settle()
             await asyncio.to_thread(_delete_each, reals, found)
         except OSError as error:
             raise _storage_error(paths[len(found)], error, ()) from error
@@ -1227,6 +1322,7 @@ class FilesystemDriver(StorageDriver):
     async def remove_empty(self, path: str) -> bool:
         real = self._resolve(path, follow=False)
         with _translated(path):
+            await self._settle()
             # Most directories asked about are empty already (a link's, once the link has
             # gone): one rmdir, which the kernel refuses for any that holds an entry.
             if _removed_if_empty(real):
@@ -1276,4 +1372,8 @@ class FilesystemDriver(StorageDriver):
         return self._resolve(path)
 
     async def close(self) -> None:
+        # Settled on the way out: a store left by a clean stop needs no replay, and
+        # another registry reading it finds every file in place.
+        with _translated("/"):
+            await asyncio.to_thread(self._journal.close)
         self._syncs.close()

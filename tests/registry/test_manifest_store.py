@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -46,3 +48,22 @@ async def test_a_push_past_the_hold_limit_commits_no_revision_and_no_tag(
         await repo.tags.resolve("latest")
     with pytest.raises(PathNotFoundError):
         await driver.list(layout.tags("lib/app"))
+
+
+async def test_a_push_survives_a_crash_that_loses_what_was_not_settled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dockyard.storage import journal
+
+    monkeypatch.setattr(journal, "SETTLE_AFTER", 3600.0)
+    driver = FilesystemDriver(str(tmp_path))
+    await Registry(driver).repository("lib/app").manifests.put(INDEX, OCI_INDEX, "latest", None)
+    digest = Digest.of(INDEX)
+    # The machine crashes before the journal is settled, and the files the push renamed
+    # into place never reached the disk.
+    for path in (layout.blob_data(digest), layout.revision_link("lib/app", digest)):
+        os.unlink(tmp_path / path.lstrip("/"))
+    shutil.rmtree(tmp_path / layout.tags("lib/app").lstrip("/"))
+    repo = Registry(FilesystemDriver(str(tmp_path))).repository("lib/app")
+    assert await repo.tags.resolve("latest") == digest
+    assert (await repo.manifests.get(digest)).data == INDEX

@@ -1,0 +1,364 @@
+"""A journal that makes a batch of small files durable with one fsync.
+
+Published the plain way, a batch whose files must appear in order (a manifest's
+content, then its revision, then its tag) costs one durability barrier per stage, each
+a dozen fsyncs on a new tag's directories. Through the journal, the whole batch is
+appended as one record and made durable with one ``fdatasync``; its files are then
+renamed into place, in stage order, without any fsync. What a crash of the machine can
+lose is only what the page cache held: on the next start :meth:`PublishJournal.recover`
+writes every recorded file again, durably and in the order recorded.
+
+Every so often (and before anything else changes the tree) the journal is *settled*:
+every file it records is made durable in place and the journal is emptied.
+
+Why a replay never undoes a later change: a recorded path changes afterwards only
+through later records (the caller's promise when it asks for a replayable batch), and
+every other change the driver makes (writes, moves, deletes) settles the journal first.
+So the records left at a crash are newer than anything else that touched their paths.
+
+One journal file per store, shared by every process using it, under an exclusive
+``flock`` (and a thread lock within a process): a record is appended and its files
+published under the lock, so settling never sees a record whose files are not in place
+yet. Records are checksummed: one torn by a crash while it was appended was never
+acknowledged, and is dropped with anything after it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import struct
+import threading
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+
+# The journal's name: '~' can never occur in a driver path, so it is neither listed nor
+# reachable through the driver.
+JOURNAL_NAME = ".dockyard~journal"
+_MAGIC = b"DYJ1"
+# Magic, payload length, CRC-32 of the payload.
+_HEADER = struct.Struct(">4sII")
+# Path length, data length; each entry's path and data follow.
+_ENTRY = struct.Struct(">HI")
+# How long records may wait before a background settle, in seconds: long enough to
+# settle many batches at once, short enough that other changes seldom wait for one.
+SETTLE_AFTER = 0.1
+# Settling syncs the whole file system (two ``syncfs``) while the system has less than
+# this dirty in its page cache; beyond it, only the recorded files and their directories.
+SYNCFS_DIRTY_LIMIT = 64 << 20
+
+Entry = tuple[str, bytes]
+
+
+def encode(entries: Sequence[Entry]) -> bytes:
+    """One record: the files (paths relative to the store's root) in publishing order."""
+    parts = []
+    for path, data in entries:
+        name = path.encode("utf-8")
+        parts += [_ENTRY.pack(len(name), len(data)), name, data]
+    payload = b"".join(parts)
+    return _HEADER.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+
+def decode(journal: bytes) -> list[list[Entry]]:
+    """The records in a journal's content, up to the first that is torn or damaged."""
+    records: list[list[Entry]] = []
+    offset = 0
+    while offset + _HEADER.size <= len(journal):
+        magic, length, checksum = _HEADER.unpack_from(journal, offset)
+        start = offset + _HEADER.size
+        payload = journal[start : start + length]
+        if magic != _MAGIC or len(payload) != length or zlib.crc32(payload) != checksum:
+            break
+        records.append(list(_entries(payload)))
+        offset = start + length
+    return records
+
+
+def _entries(payload: bytes) -> Iterator[Entry]:
+    offset = 0
+    while offset < len(payload):
+        name_length, data_length = _ENTRY.unpack_from(payload, offset)
+        offset += _ENTRY.size
+        name = payload[offset : offset + name_length].decode("utf-8")
+        offset += name_length
+        yield name, payload[offset : offset + data_length]
+        offset += data_length
+
+
+def _dirty_bytes() -> int | None:
+    """What the system's page cache holds that is not on disk yet (dirty or being
+    written back), or None where /proc/meminfo does not say."""
+    try:
+        with open("/proc/meminfo", "rb") as meminfo:
+            lines = meminfo.read().splitlines()
+    except OSError:
+        return None
+    total = 0
+    found = 0
+    for line in lines:
+        name, _, value = line.partition(b":")
+        if name in (b"Dirty", b"Writeback"):
+            total += int(value.split()[0]) * 1024
+            found += 1
+    return total if found == 2 else None
+
+
+class _Syncfs:
+    """``syncfs(2)``, which Python's os module lacks, through the C library."""
+
+    def __init__(self) -> None:
+        self._call: Callable[[int], int] | None = None
+        try:
+            self._call = ctypes.CDLL(None, use_errno=True).syncfs
+        except (OSError, AttributeError):
+            self._call = None
+
+    @property
+    def available(self) -> bool:
+        return self._call is not None
+
+    def __call__(self, fd: int) -> None:
+        assert self._call is not None
+        if self._call(fd) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, os.strerror(error))
+
+
+class PublishJournal:
+    """The journal of one store's root.
+
+    ``write_durably(real, data)`` replaces a file durably (replay);
+    ``sync_paths(files, directories)`` fsyncs files and directories that exist (settle).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        write_durably: Callable[[str, bytes], None],
+        sync_paths: Callable[[Iterable[str], Iterable[str]], None],
+        settle_after: float | None = None,
+    ) -> None:
+        self.root = root.rstrip(os.sep) or os.sep
+        self.path = os.path.join(self.root, JOURNAL_NAME)
+        self._write_durably = write_durably
+        self._sync_paths = sync_paths
+        self._settle_after = SETTLE_AFTER if settle_after is None else settle_after
+        self._fd: int | None = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._syncfs = _Syncfs()
+        self._recorded = threading.Event()
+        self._stopping = threading.Event()
+        self._closing = False
+        self._settler: threading.Thread | None = None
+
+    # --- the file and its lock -------------------------------------------------------
+
+    def _descriptor(self, create: bool) -> int | None:
+        if self._fd is not None and self._pid != os.getpid():
+            # Inherited through a fork: its lock would be shared with the parent's.
+            self._fd = None
+        if self._fd is None:
+            flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC
+            try:
+                self._fd = os.open(self.path, flags | (os.O_CREAT if create else 0), 0o644)
+            except (FileNotFoundError, NotADirectoryError):
+                if create:
+                    raise
+                return None
+            except OSError as error:
+                # A store mounted read-only has nothing to settle or replay into.
+                if create or error.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                    raise
+                return None
+            self._pid = os.getpid()
+            if create:
+                # The journal's own entry in the root must survive a crash.
+                root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    os.fsync(root)
+                finally:
+                    os.close(root)
+        return self._fd
+
+    @contextmanager
+    def _locked(self, create: bool = False) -> Iterator[int | None]:
+        with self._lock:
+            fd = self._descriptor(create)
+            if fd is None:
+                yield None
+                return
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield fd
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def pending(self) -> bool:
+        """Whether any process has recorded files that are not settled yet."""
+        fd = self._fd
+        if fd is None:
+            with self._lock:
+                fd = self._descriptor(create=False)
+            if fd is None:
+                return False
+        return os.fstat(fd).st_size > 0
+
+    # --- recording -------------------------------------------------------------------
+
+    def record(self, entries: Sequence[tuple[str, bytes]], publish: Callable[[], None]) -> None:
+        """Append ``entries`` (real paths and contents, in publishing order) as one
+        durable record, then ``publish`` them (rename into place) under the same lock.
+
+        On return the files are visible, and durable through the journal.
+        """
+        relative = [(self._relative(real), data) for real, data in entries]
+        record = encode(relative)
+        with self._locked(create=True) as fd:
+            assert fd is not None
+            end = os.fstat(fd).st_size
+            try:
+                written = os.write(fd, record)
+                if written != len(record):
+                    raise OSError(f"journal: short write ({written} of {len(record)} bytes)")
+                os.fdatasync(fd)
+            except BaseException:
+                # Nothing half-written may stay in front of the next record.
+                with suppress(OSError):
+                    os.ftruncate(fd, end)
+                raise
+            publish()
+        self._wake_settler()
+
+    def _relative(self, real: str) -> str:
+        prefix = self.root.rstrip(os.sep) + os.sep
+        if not real.startswith(prefix):
+            raise ValueError(f"{real} is not below {self.root}")
+        return real[len(prefix) :]
+
+    def _real(self, relative: str) -> str:
+        return os.path.join(self.root, relative)
+
+    # --- settling --------------------------------------------------------------------
+
+    def settle(self) -> None:
+        """Make every recorded file durable in place, then empty the journal."""
+        with self._locked() as fd:
+            if fd is None:
+                return
+            journal = _read_all(fd)
+            if not journal:
+                return
+            self._make_durable(decode(journal))
+            self._empty(fd)
+
+    def _make_durable(self, records: list[list[Entry]]) -> None:
+        dirty = _dirty_bytes()
+        if self._syncfs.available and dirty is not None and dirty < SYNCFS_DIRTY_LIMIT:
+            # Everything the page cache holds, cheaply while it is little. Twice: without
+            # a file-system journal, ext4's syncfs flushes the disk's cache before it
+            # writes the metadata blocks; the second call's flush covers them.
+            root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                self._syncfs(root)
+                self._syncfs(root)
+            finally:
+                os.close(root)
+            return
+        files: set[str] = set()
+        directories: set[str] = set()
+        for record in records:
+            for relative, _ in record:
+                real = self._real(relative)
+                files.add(real)
+                # Every directory up to the root: which ones the batch made is not
+                # recorded, and each new one's entry is in its parent.
+                parent = os.path.dirname(real)
+                while parent not in directories and len(parent) >= len(self.root):
+                    directories.add(parent)
+                    if parent == self.root:
+                        break
+                    parent = os.path.dirname(parent)
+        self._sync_paths(files, directories)
+
+    @staticmethod
+    def _empty(fd: int) -> None:
+        os.ftruncate(fd, 0)
+        # Durable before anything else changes the tree: a journal that came back after
+        # a crash would replay records over newer changes.
+        os.fdatasync(fd)
+
+    # --- recovery --------------------------------------------------------------------
+
+    def recover(self) -> int:
+        """Write every recorded file again, durably and in order, then empty the
+        journal; how many files were written. Run before the store is used."""
+        if not self.pending():
+            return 0
+        written = 0
+        with self._locked() as fd:
+            if fd is None:
+                return 0
+            for record in decode(_read_all(fd)):
+                for relative, data in record:
+                    self._write_durably(self._real(relative), data)
+                    written += 1
+            self._empty(fd)
+        return written
+
+    # --- the background settler ------------------------------------------------------
+
+    def _wake_settler(self) -> None:
+        self._recorded.set()
+        if self._settler is None and not self._closing:
+            self._settler = threading.Thread(
+                target=self._settle_in_background, name="dockyard-journal", daemon=True
+            )
+            self._settler.start()
+
+    def _settle_in_background(self) -> None:
+        while True:
+            self._recorded.wait()
+            if self._closing:
+                return
+            # Records that arrive meanwhile are settled with these.
+            if self._stopping.wait(self._settle_after):
+                return
+            self._recorded.clear()
+            with suppress(OSError):
+                # A failure leaves the records in the journal: the next settle, or the
+                # next start's recovery, makes them durable.
+                self.settle()
+
+    def close(self) -> None:
+        """Stop settling in the background, settle what is left, close the file."""
+        if self._closing:
+            return
+        self._closing = True
+        self._stopping.set()
+        self._recorded.set()
+        if self._settler is not None:
+            self._settler.join()
+            self._settler = None
+        self.settle()
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def _read_all(fd: int) -> bytes:
+    size = os.fstat(fd).st_size
+    chunks = []
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, size - offset, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
