@@ -355,6 +355,9 @@ class InstrumentedPreparedWrites(PreparedWrites):
         with _Timer(self.metrics, self.driver, "publish"):
             await self.inner.publish_in_order(stages, between)
 
+    async def remove_stale(self) -> None:
+        await self.inner.remove_stale()
+
     async def discard(self) -> None:
         await self.inner.discard()
 
@@ -419,10 +422,13 @@ class InstrumentedDriver(DelegatingDriver):
         return InstrumentedWriter(inner, self.metrics, self.name)
 
     async def prepare_writes(
-        self, files: Mapping[str, bytes], replayable: bool = False
+        self,
+        files: Mapping[str, bytes],
+        replayable: bool = False,
+        removals: Sequence[str] = (),
     ) -> PreparedWrites:
         with self._timer("prepare_writes"):
-            inner = await self.inner.prepare_writes(files, replayable)
+            inner = await self.inner.prepare_writes(files, replayable, removals)
         return InstrumentedPreparedWrites(inner, self.metrics, self.name)
 
     async def stat(self, path: str) -> FileInfo:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -132,10 +132,13 @@ class FencedDriver(DelegatingDriver):
             await self.inner.write(path, data, durable)
 
     async def prepare_writes(
-        self, files: Mapping[str, bytes], replayable: bool = False
+        self,
+        files: Mapping[str, bytes],
+        replayable: bool = False,
+        removals: Sequence[str] = (),
     ) -> PreparedWrites:
         # Each published file goes through ``write`` above, fenced.
-        return DeferredWrites(self, files)
+        return DeferredWrites(self, files, removals)
 
     async def move_unless_touched(self, source: str, dest: str, since: float) -> bool:
         async with self.fences.fenced(source) as up:

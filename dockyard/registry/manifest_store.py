@@ -125,7 +125,9 @@ class ManifestStore:
             # the one before it is durable: content, revision, tag. Replayable: these
             # files change again only through pushes like this one, or through deletes.
             prepared = await stack.enter_async_context(
-                await self.driver.prepare_writes(files, replayable=True)
+                await self.driver.prepare_writes(
+                    files, replayable=True, removals=move.stale if move else ()
+                )
             )
             stages = [[*content, *(move.entry if move else [])]]
             stages.append([*revision, *(move.history if move else [])])

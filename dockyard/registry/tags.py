@@ -26,13 +26,15 @@ class TagMove:
     ``history`` (the tag's index link) with or after the manifest's revision link; the
     ``current`` link last. A crash between history and current leaves history naming a
     digest the tag never pointed at, which is harmless, rather than a current tag
-    missing from its own history.
+    missing from its own history. ``stale`` (the reverse index's entry for where the
+    tag pointed before) goes in the same batch, after them all.
     """
 
     files: dict[str, bytes]
     entry: list[str]
     history: list[str]
     current: str
+    stale: list[str]
 
 
 class TagStore:
@@ -56,15 +58,16 @@ class TagStore:
     async def tag(self, tag: str, digest: Digest) -> None:
         async with (
             self.moving(tag, digest) as move,
-            await self.driver.prepare_writes(move.files, replayable=True) as files,
+            await self.driver.prepare_writes(
+                move.files, replayable=True, removals=move.stale
+            ) as files,
         ):
             await files.publish_in_order([[*move.entry, *move.history], [move.current]])
 
     @asynccontextmanager
     async def moving(self, tag: str, digest: Digest) -> AsyncIterator[TagMove]:
         """Under the tag's lock, the files that point ``tag`` at ``digest``, for the caller
-        to publish in the order ``TagMove`` gives (with its own files, in one batch); the
-        tag's previous reverse-index entry goes once the block ends without error."""
+        to publish in the order ``TagMove`` gives (with its own files, in one batch)."""
         async with self._lock(tag):
             previous = await read_link(self.driver, layout.tag_current_link(self.name, tag))
             link = str(digest).encode("ascii")
@@ -72,9 +75,10 @@ class TagStore:
             current = layout.tag_current_link(self.name, tag)
             entry = [layout.tagged_entry(self.name, digest, tag)] if previous != digest else []
             files = {**dict.fromkeys(entry, b""), index: link, current: link}
-            yield TagMove(files, entry, [index], current)
+            stale = []
             if previous is not None and previous != digest:
-                await delete_if_exists(self.driver, layout.tagged_entry(self.name, previous, tag))
+                stale.append(layout.tagged_entry(self.name, previous, tag))
+            yield TagMove(files, entry, [index], current, stale)
 
     async def untag(self, tag: str) -> None:
         async with self._lock(tag):

@@ -22,9 +22,12 @@ class DelegatingDriver(StorageDriver):
         await self.inner.write(path, data, durable)
 
     async def prepare_writes(
-        self, files: Mapping[str, bytes], replayable: bool = False
+        self,
+        files: Mapping[str, bytes],
+        replayable: bool = False,
+        removals: Sequence[str] = (),
     ) -> PreparedWrites:
-        return await self.inner.prepare_writes(files, replayable)
+        return await self.inner.prepare_writes(files, replayable, removals)
 
     def stream(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         return self.inner.stream(path, offset, length)

@@ -17,6 +17,7 @@ import builtins
 import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -134,6 +135,10 @@ class PreparedWrites(ABC):
             if number and between is not None:
                 between(number)
             await self.publish(stage)
+        await self.remove_stale()
+
+    async def remove_stale(self) -> None:
+        """Delete the batch's ``removals``, where they are (after its last stage)."""
 
     @abstractmethod
     async def discard(self) -> None:
@@ -154,11 +159,14 @@ class PreparedWrites(ABC):
 class DeferredWrites(PreparedWrites):
     """Prepares nothing: each file is written when published, a stage's files together."""
 
-    def __init__(self, driver: StorageDriver, files: Mapping[str, bytes]) -> None:
-        for path in files:
+    def __init__(
+        self, driver: StorageDriver, files: Mapping[str, bytes], removals: Sequence[str] = ()
+    ) -> None:
+        for path in [*files, *removals]:
             check_path(path)
         self._driver = driver
         self._files = dict(files)
+        self._removals = list(removals)
 
     async def publish(self, paths: Iterable[str]) -> None:
         pending = [(path, self._files.pop(path)) for path in paths]
@@ -170,6 +178,12 @@ class DeferredWrites(PreparedWrites):
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
+
+    async def remove_stale(self) -> None:
+        removals, self._removals = self._removals, []
+        for path in removals:
+            with suppress(PathNotFoundError):
+                await self._driver.delete(path)
 
     async def discard(self) -> None:
         self._files.clear()
@@ -199,7 +213,10 @@ class StorageDriver(ABC):
         """
 
     async def prepare_writes(
-        self, files: Mapping[str, bytes], replayable: bool = False
+        self,
+        files: Mapping[str, bytes],
+        replayable: bool = False,
+        removals: Sequence[str] = (),
     ) -> PreparedWrites:
         """Get several writes ready, so that publishing them in ordered stages costs about
         one durable write per stage: a manifest push shows its content, then its
@@ -214,9 +231,13 @@ class StorageDriver(ABC):
         replays all of them: ``between`` is then called for every later stage before
         anything is published.
 
+        ``removals``: files of the same batch that go once every stage is published
+        (by :meth:`PreparedWrites.publish_in_order`), where they are; like any delete,
+        a crash may undo their removal.
+
         This default writes each file when it is published (as :meth:`write` does).
         """
-        return DeferredWrites(self, files)
+        return DeferredWrites(self, files, removals)
 
     @abstractmethod
     def stream(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:

@@ -422,6 +422,11 @@ def _replace_atomically(real: str, data: bytes, syncs: _Syncs) -> None:
     _publish_files(_prepare_files([(real, data)], created, synced, syncs), created, synced, syncs)
 
 
+def _unlink_if_there(real: str) -> None:
+    with suppress(FileNotFoundError):
+        os.unlink(real)
+
+
 def _replace(real: str, data: bytes) -> None:
     """Replace ``real`` whole, atomically but not durably: no fsync at all."""
     fd, temp = _create_temp_beside(real, [])
@@ -449,11 +454,13 @@ class _PreparedFiles(PreparedWrites):
     def __init__(
         self,
         targets: dict[str, tuple[str, bytes]],
+        removals: list[str],
         syncs: _Syncs,
         journal: PublishJournal,
         replayable: bool,
     ) -> None:
         self._targets = targets
+        self._removals = removals
         self._syncs = syncs
         self._journal = journal
         self._replayable = replayable
@@ -472,6 +479,14 @@ class _PreparedFiles(PreparedWrites):
         listed = [list(stage) for stage in stages]
         with _translated(" ".join(path for stage in listed for path in stage)):
             await asyncio.to_thread(self._publish_stages, listed, between)
+        await self.remove_stale()
+
+    async def remove_stale(self) -> None:
+        # Recorded with the batch when it is replayable (and removed as it is published).
+        removals, self._removals = self._removals, []
+        for real in removals:
+            with _translated(real):
+                await asyncio.to_thread(_unlink_if_there, real)
 
     def _publish_stages(
         self, stages: list[list[str]], between: Callable[[int], None] | None
@@ -518,7 +533,20 @@ class _PreparedFiles(PreparedWrites):
                     # empty tree): written again in a new one, durable through the record.
                     _replace(file.real, file.data)
 
-        self._journal.record([(files[path].real, files[path].data) for path in order], publish)
+        removals, self._removals = self._removals, []
+
+        def publish_and_remove() -> None:
+            publish()
+            for real in removals:
+                _unlink_if_there(real)
+
+        self._journal.record(
+            [
+                *((files[path].real, files[path].data) for path in order),
+                *((r, None) for r in removals),
+            ],
+            publish_and_remove,
+        )
 
     async def discard(self) -> None:
         if self._files:
@@ -1042,6 +1070,7 @@ class FilesystemDriver(StorageDriver):
         self._journal = PublishJournal(
             self._root,
             lambda real, data: _replace_atomically(real, data, self._syncs),
+            _unlink_if_there,
             self._sync_existing,
         )
         # What a crash of the machine may have lost is written again before any use.
@@ -1152,10 +1181,14 @@ class FilesystemDriver(StorageDriver):
                 await asyncio.to_thread(_replace, real, data)
 
     async def prepare_writes(
-        self, files: Mapping[str, bytes], replayable: bool = False
+        self,
+        files: Mapping[str, bytes],
+        replayable: bool = False,
+        removals: Sequence[str] = (),
     ) -> PreparedWrites:
         return _PreparedFiles(
             {path: (self._resolve(path, follow=False), data) for path, data in files.items()},
+            [self._resolve(path, follow=False) for path in removals],
             self._syncs,
             self._journal,
             replayable,

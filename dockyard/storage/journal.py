@@ -34,6 +34,7 @@ import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 
 # The journal's name: '~' can never occur in a driver path, so it is neither listed nor
 # reachable through the driver.
@@ -41,8 +42,9 @@ JOURNAL_NAME = ".dockyard~journal"
 _MAGIC = b"DYJ1"
 # Magic, payload length, CRC-32 of the payload.
 _HEADER = struct.Struct(">4sII")
-# Path length, data length; each entry's path and data follow.
+# Path length, data length; each entry's path and data follow. A removal has no data.
 _ENTRY = struct.Struct(">HI")
+_REMOVAL = 0xFFFFFFFF
 # How long records may wait before a background settle, in seconds: long enough to
 # settle many batches at once, short enough that other changes seldom wait for one.
 SETTLE_AFTER = 0.1
@@ -50,15 +52,19 @@ SETTLE_AFTER = 0.1
 # this dirty in its page cache; beyond it, only the recorded files and their directories.
 SYNCFS_DIRTY_LIMIT = 64 << 20
 
-Entry = tuple[str, bytes]
+# A file's path (relative to the store's root) and content; None for a removal.
+Entry = tuple[str, bytes | None]
 
 
 def encode(entries: Sequence[Entry]) -> bytes:
-    """One record: the files (paths relative to the store's root) in publishing order."""
+    """One record: the files written and removed, in publishing order."""
     parts = []
     for path, data in entries:
         name = path.encode("utf-8")
-        parts += [_ENTRY.pack(len(name), len(data)), name, data]
+        if data is None:
+            parts += [_ENTRY.pack(len(name), _REMOVAL), name]
+        else:
+            parts += [_ENTRY.pack(len(name), len(data)), name, data]
     payload = b"".join(parts)
     return _HEADER.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload
 
@@ -85,6 +91,9 @@ def _entries(payload: bytes) -> Iterator[Entry]:
         offset += _ENTRY.size
         name = payload[offset : offset + name_length].decode("utf-8")
         offset += name_length
+        if data_length == _REMOVAL:
+            yield name, None
+            continue
         yield name, payload[offset : offset + data_length]
         offset += data_length
 
@@ -131,25 +140,31 @@ class _Syncfs:
 class PublishJournal:
     """The journal of one store's root.
 
-    ``write_durably(real, data)`` replaces a file durably (replay);
-    ``sync_paths(files, directories)`` fsyncs files and directories that exist (settle).
+    ``write_durably(real, data)`` replaces a file durably, ``remove(real)`` removes one
+    if it is there (replay); ``sync_paths(files, directories)`` fsyncs files and
+    directories that exist (settle).
     """
 
     def __init__(
         self,
         root: str,
         write_durably: Callable[[str, bytes], None],
+        remove: Callable[[str], None],
         sync_paths: Callable[[Iterable[str], Iterable[str]], None],
         settle_after: float | None = None,
     ) -> None:
         self.root = root.rstrip(os.sep) or os.sep
         self.path = os.path.join(self.root, JOURNAL_NAME)
         self._write_durably = write_durably
+        self._remove = remove
         self._sync_paths = sync_paths
         self._settle_after = SETTLE_AFTER if settle_after is None else settle_after
         self._fd: int | None = None
         self._pid = os.getpid()
         self._lock = threading.Lock()
+        # Batches waiting for the thread that holds the lock to record them.
+        self._queue: list[_Pending] = []
+        self._queue_guard = threading.Lock()
         self._syncfs = _Syncfs()
         self._recorded = threading.Event()
         self._stopping = threading.Event()
@@ -210,28 +225,33 @@ class PublishJournal:
 
     # --- recording -------------------------------------------------------------------
 
-    def record(self, entries: Sequence[tuple[str, bytes]], publish: Callable[[], None]) -> None:
-        """Append ``entries`` (real paths and contents, in publishing order) as one
-        durable record, then ``publish`` them (rename into place) under the same lock.
+    def record(self, entries: Sequence[Entry], publish: Callable[[], None]) -> None:
+        """Append ``entries`` (real paths and contents, None for a removal, in publishing
+        order) as one durable record, then ``publish`` them (rename into place, remove)
+        under the same lock.
 
-        On return the files are visible, and durable through the journal.
+        On return the files are visible, and durable through the journal. Batches that
+        arrive from other threads while one is being written go in together, with one
+        ``fdatasync`` for all (a group commit).
         """
-        relative = [(self._relative(real), data) for real, data in entries]
-        record = encode(relative)
-        with self._locked(create=True) as fd:
-            assert fd is not None
-            end = os.fstat(fd).st_size
-            try:
-                written = os.write(fd, record)
-                if written != len(record):
-                    raise OSError(f"journal: short write ({written} of {len(record)} bytes)")
-                os.fdatasync(fd)
-            except BaseException:
-                # Nothing half-written may stay in front of the next record.
-                with suppress(OSError):
-                    os.ftruncate(fd, end)
-                raise
-            publish()
+        pending = _Pending(
+            encode([(self._relative(real), data) for real, data in entries]), publish
+        )
+        with self._queue_guard:
+            self._queue.append(pending)
+        with self._lock:
+            if not pending.done:
+                with self._queue_guard:
+                    batch, self._queue = self._queue, []
+                fd = self._descriptor(create=True)
+                assert fd is not None
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    _commit(fd, batch)
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+        if pending.error is not None:
+            raise pending.error
         self._wake_settler()
 
     def _relative(self, real: str) -> str:
@@ -272,7 +292,9 @@ class PublishJournal:
         files: set[str] = set()
         directories: set[str] = set()
         for record in records:
-            for relative, _ in record:
+            for relative, data in record:
+                if data is None:
+                    continue  # a removal, which need not be durable (as no delete is)
                 real = self._real(relative)
                 files.add(real)
                 # Every directory up to the root: which ones the batch made is not
@@ -305,7 +327,10 @@ class PublishJournal:
                 return 0
             for record in decode(_read_all(fd)):
                 for relative, data in record:
-                    self._write_durably(self._real(relative), data)
+                    if data is None:
+                        self._remove(self._real(relative))
+                    else:
+                        self._write_durably(self._real(relative), data)
                     written += 1
             self._empty(fd)
         return written
@@ -349,6 +374,40 @@ class PublishJournal:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A batch waiting to be recorded, and what became of it."""
+
+    record: bytes
+    publish: Callable[[], None]
+    done: bool = False
+    error: BaseException | None = None
+
+
+def _commit(fd: int, batch: list[_Pending]) -> None:
+    """Append the batches' records, make them durable at once, then publish each."""
+    end = os.fstat(fd).st_size
+    records = b"".join(pending.record for pending in batch)
+    try:
+        written = os.write(fd, records)
+        if written != len(records):
+            raise OSError(f"journal: short write ({written} of {len(records)} bytes)")
+        os.fdatasync(fd)
+    except BaseException as error:  # noqa: BLE001 - each batch's thread raises it
+        # Nothing half-written may stay in front of the next record.
+        with suppress(OSError):
+            os.ftruncate(fd, end)
+        for pending in batch:
+            pending.error, pending.done = error, True
+        return
+    for pending in batch:
+        try:
+            pending.publish()
+        except BaseException as error:  # noqa: BLE001 - raised in the thread that asked
+            pending.error = error
+        pending.done = True
 
 
 def _read_all(fd: int) -> bytes:

@@ -67,3 +67,25 @@ async def test_a_push_survives_a_crash_that_loses_what_was_not_settled(
     repo = Registry(FilesystemDriver(str(tmp_path))).repository("lib/app")
     assert await repo.tags.resolve("latest") == digest
     assert (await repo.manifests.get(digest)).data == INDEX
+
+
+async def test_moving_a_tag_removes_its_stale_reverse_entry_in_the_same_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dockyard.storage import journal
+
+    monkeypatch.setattr(journal, "SETTLE_AFTER", 3600.0)
+    driver = FilesystemDriver(str(tmp_path))
+    repo = Registry(driver).repository("lib/app")
+    other = json.dumps({**json.loads(INDEX), "annotations": {"v": "2"}}).encode()
+    await repo.manifests.put(INDEX, OCI_INDEX, "latest", None)
+    await repo.manifests.put(other, OCI_INDEX, "latest", None)
+    with pytest.raises(PathNotFoundError):
+        await driver.stat(layout.tagged_entry("lib/app", Digest.of(INDEX), "latest"))
+    await driver.stat(layout.tagged_entry("lib/app", Digest.of(other), "latest"))
+    # Both pushes made durable by their records alone: nothing settled the journal.
+    records = journal.decode((tmp_path / journal.JOURNAL_NAME).read_bytes())
+    assert len(records) == 2
+    stale = layout.tagged_entry("lib/app", Digest.of(INDEX), "latest").lstrip("/")
+    assert (stale, None) in records[1]
+    assert await repo.tags.pointing_at(Digest.of(INDEX)) == []

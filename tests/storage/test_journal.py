@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -40,6 +41,11 @@ async def publish(driver: FilesystemDriver, files: dict[str, bytes]) -> None:
 
 def journal_of(root: Path) -> bytes:
     return (root / JOURNAL_NAME).read_bytes()
+
+
+def test_a_removal_is_recorded_without_data() -> None:
+    entries = [("a/link", b""), ("b/stale", None), ("c/data", b"x")]
+    assert decode(encode(entries)) == [entries]
 
 
 def test_records_round_trip_and_a_torn_one_ends_them() -> None:
@@ -88,6 +94,28 @@ async def test_a_crash_loses_nothing_recorded_and_replays_in_order(
     assert journal_of(tmp_path) == b""
     assert not [name for name in os.listdir(tmp_path / "repo/_manifests/tags/latest/current")
                 if name != "link"]  # fmt: skip
+    await again.close()
+
+
+async def test_a_batch_removes_its_stale_files_and_a_replay_removes_them_again(
+    tmp_path: Path, unsettled: None
+) -> None:
+    driver = FilesystemDriver(str(tmp_path))
+    await publish(driver, {"/repo/_tagged/one/latest": b""})
+    async with await driver.prepare_writes(
+        {"/repo/_tagged/two/latest": b""}, replayable=True, removals=["/repo/_tagged/one/latest"]
+    ) as prepared:
+        await prepared.publish_in_order([["/repo/_tagged/two/latest"]])
+    assert not (tmp_path / "repo/_tagged/one/latest").exists()
+    # Recorded with the batch: nothing was settled for it.
+    assert [len(record) for record in decode(journal_of(tmp_path))] == [1, 2]
+    # A crash brings the removed file back (deletes are not durable) and loses the new
+    # one; the replay puts both right.
+    (tmp_path / "repo/_tagged/one/latest").touch()
+    shutil.rmtree(tmp_path / "repo/_tagged/two")
+    again = FilesystemDriver(str(tmp_path))
+    assert not (tmp_path / "repo/_tagged/one/latest").exists()
+    assert (tmp_path / "repo/_tagged/two/latest").exists()
     await again.close()
 
 
@@ -380,3 +408,35 @@ def test_one_fdatasync_per_batch_and_a_settle_before_the_journal_empties(
                 parent = os.path.dirname(parent)
     # The empty journal is durable before the settle returns.
     assert any(c[0] == "fdatasync" and c[1] == journal_path and c[2] > truncate[3] for c in settled)
+
+
+def test_batches_that_wait_together_share_one_fdatasync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unsettled: None
+) -> None:
+    synced: list[int] = []
+    fdatasync = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), fdatasync(fd))[1])
+    recorder = journal.PublishJournal(
+        str(tmp_path), lambda real, data: None, lambda real: None, lambda files, dirs: None
+    )
+    published: list[int] = []
+
+    def batch(n: int) -> None:
+        recorder.record([(f"{tmp_path}/file{n}", b"%d" % n)], lambda: published.append(n))
+
+    threads = [threading.Thread(target=batch, args=(n,)) for n in range(6)]
+    # While one thread records, the others queue up behind it.
+    with recorder._lock:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while len(recorder._queue) < len(threads) and time.monotonic() < deadline:
+            time.sleep(0.001)
+    for thread in threads:
+        thread.join()
+    assert len(synced) == 1
+    assert sorted(published) == list(range(6))
+    # Recorded in the order they are published.
+    records = decode(journal_of(tmp_path))
+    assert [record[0][1] for record in records] == [b"%d" % n for n in published]
+    recorder.close()
