@@ -45,6 +45,7 @@ _HEADER = struct.Struct(">4sII")
 # Path length, data length; each entry's path and data follow. A removal has no data.
 _ENTRY = struct.Struct(">HI")
 _REMOVAL = 0xFFFFFFFF
+_NONCE = 8
 # How long records may wait before a background settle, in seconds: long enough to
 # settle many batches at once, short enough that other changes seldom wait for one.
 SETTLE_AFTER = 0.1
@@ -57,8 +58,12 @@ Entry = tuple[str, bytes | None]
 
 
 def encode(entries: Sequence[Entry]) -> bytes:
-    """One record: the files written and removed, in publishing order."""
-    parts = []
+    """One record: the files written and removed, in publishing order.
+
+    Each begins with random bytes of its own, so that no two records are equal: a
+    settle tells the records it synced from any written after an emptying.
+    """
+    parts = [os.urandom(_NONCE)]
     for path, data in entries:
         name = path.encode("utf-8")
         if data is None:
@@ -85,7 +90,7 @@ def decode(journal: bytes) -> list[list[Entry]]:
 
 
 def _entries(payload: bytes) -> Iterator[Entry]:
-    offset = 0
+    offset = _NONCE
     while offset < len(payload):
         name_length, data_length = _ENTRY.unpack_from(payload, offset)
         offset += _ENTRY.size
@@ -266,14 +271,30 @@ class PublishJournal:
     # --- settling --------------------------------------------------------------------
 
     def settle(self) -> None:
-        """Make every recorded file durable in place, then empty the journal."""
+        """Make every recorded file durable in place, then empty the journal.
+
+        Most of the work is done without the lock, so that batches go on being recorded
+        meanwhile: the records there at the start (each published, since publishing
+        happens under the lock) are made durable first; then, under the lock, only
+        those recorded since, before the journal is emptied.
+        """
         with self._locked() as fd:
             if fd is None:
                 return
+            settled = _read_all(fd)
+        if not settled:
+            return
+        self._make_durable(decode(settled))
+        with self._locked() as fd:
+            assert fd is not None
             journal = _read_all(fd)
             if not journal:
-                return
-            self._make_durable(decode(journal))
+                return  # emptied meanwhile by another settle
+            # Records are all different (see encode): unless another settle emptied the
+            # journal meanwhile, it still begins with those synced above.
+            fresh = journal.removeprefix(settled)
+            if fresh:
+                self._make_durable(decode(fresh))
             self._empty(fd)
 
     def _make_durable(self, records: list[list[Entry]]) -> None:

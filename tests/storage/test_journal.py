@@ -440,3 +440,26 @@ def test_batches_that_wait_together_share_one_fdatasync(
     records = decode(journal_of(tmp_path))
     assert [record[0][1] for record in records] == [b"%d" % n for n in published]
     recorder.close()
+
+
+async def test_a_settle_makes_durable_what_was_recorded_while_it_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unsettled: None
+) -> None:
+    driver = FilesystemDriver(str(tmp_path))
+    recorder = driver._journal
+    await publish(driver, {"/a/first": b"1"})
+    synced: list[list[str]] = []
+    make_durable = recorder._make_durable
+
+    def syncing(records: list[list[journal.Entry]]) -> None:
+        synced.append([path for record in records for path, _ in record])
+        make_durable(records)
+        if len(synced) == 1:
+            # Recorded while the first records are synced, without the lock.
+            recorder.record([(f"{tmp_path}/b/second", b"2")], lambda: None)
+
+    monkeypatch.setattr(recorder, "_make_durable", syncing)
+    await asyncio.to_thread(recorder.settle)
+    assert synced == [["a/first"], ["b/second"]]
+    assert journal_of(tmp_path) == b""
+    await driver.close()
