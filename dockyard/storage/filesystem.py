@@ -1091,8 +1091,11 @@ class FilesystemDriver(StorageDriver):
     async def _settle(self) -> None:
         """Before any change but a replayable batch: recorded files must be durable in
         place, so that no replay after a crash can undo this change."""
-        if self._journal.pending():
-            await asyncio.to_thread(self._journal.settle)
+        try:
+            if self._journal.pending():
+                await asyncio.to_thread(self._journal.settle)
+        except OSError as error:
+            raise StorageError(f"settling the publish journal: {error}") from error
 
     def _inside(self, real: str) -> bool:
         return real.startswith(self._prefix)
@@ -1229,8 +1232,7 @@ class FilesystemDriver(StorageDriver):
 
     async def writer(self, path: str, resume_at: int | None = None) -> FileWriter:
         real = self._resolve(path)
-        with _translated(path):
-            await self._settle()
+        await self._settle()
         if resume_at is None:
             parent = os.path.dirname(real)
             with _translated(path):
@@ -1317,8 +1319,8 @@ class FilesystemDriver(StorageDriver):
             return
         if dest.startswith(source + "/"):
             raise StorageError(f"cannot move {source} into itself ({dest})")
+        await self._settle()
         try:
-            await self._settle()
             await asyncio.to_thread(_rename_durably, source_real, dest_real, self._syncs)
         except FileNotFoundError as error:
             # The source was removed concurrently, after the check above.
@@ -1345,8 +1347,8 @@ class FilesystemDriver(StorageDriver):
         # pay a hand-off of its own, and the event loop meanwhile prepares the next batch.
         reals = [self._resolve(path, follow=False) for path in paths]
         found: list[bool] = []
+        await self._settle()
         try:
-            await self._settle()
             await asyncio.to_thread(_delete_each, reals, found)
         except OSError as error:
             raise _storage_error(paths[len(found)], error, ()) from error

@@ -246,15 +246,21 @@ class PublishJournal:
             self._queue.append(pending)
         with self._lock:
             if not pending.done:
+                # This thread's batch is still queued: it records every batch queued.
                 with self._queue_guard:
                     batch, self._queue = self._queue, []
-                fd = self._descriptor(create=True)
-                assert fd is not None
-                fcntl.flock(fd, fcntl.LOCK_EX)
                 try:
-                    _commit(fd, batch)
-                finally:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    fd = self._descriptor(create=True)
+                    assert fd is not None
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    try:
+                        _commit(fd, batch)
+                    finally:
+                        fcntl.flock(fd, fcntl.LOCK_UN)
+                except BaseException as error:  # noqa: BLE001 - each batch's thread raises it
+                    for item in batch:
+                        if not item.done:
+                            item.error, item.done = error, True
         if pending.error is not None:
             raise pending.error
         self._wake_settler()

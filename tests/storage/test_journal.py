@@ -463,3 +463,44 @@ async def test_a_settle_makes_durable_what_was_recorded_while_it_synced(
     assert synced == [["a/first"], ["b/second"]]
     assert journal_of(tmp_path) == b""
     await driver.close()
+
+
+def test_batches_whose_recording_failed_all_fail_and_none_is_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unsettled: None
+) -> None:
+    recorder = journal.PublishJournal(
+        str(tmp_path), lambda real, data: None, lambda real: None, lambda files, dirs: None
+    )
+    # The journal cannot be opened once (then could be): the batches queued together
+    # must all fail, not be forgotten by the next thread that records.
+    descriptor = recorder._descriptor
+    calls: list[bool] = []
+
+    def failing_once(create: bool) -> int | None:
+        calls.append(create)
+        if len(calls) == 1:
+            raise IsADirectoryError(21, "in the way")
+        return descriptor(create)
+
+    monkeypatch.setattr(recorder, "_descriptor", failing_once)
+    published: list[int] = []
+    failures: list[BaseException] = []
+
+    def batch(n: int) -> None:
+        try:
+            recorder.record([(f"{tmp_path}/file{n}", b"x")], lambda: published.append(n))
+        except OSError as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=batch, args=(n,)) for n in range(4)]
+    with recorder._lock:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while len(recorder._queue) < len(threads) and time.monotonic() < deadline:
+            time.sleep(0.001)
+    for thread in threads:
+        thread.join()
+    assert published == []
+    assert len(failures) == len(threads)
+    assert all(isinstance(error, IsADirectoryError) for error in failures)
