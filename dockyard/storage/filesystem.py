@@ -1069,6 +1069,7 @@ class FilesystemDriver(StorageDriver):
         # change settles it first (see journal).
         self._journal = PublishJournal(
             self._root,
+            _make_dirs,
             lambda real, data: _replace_atomically(real, data, self._syncs),
             _unlink_if_there,
             self._sync_existing,

@@ -36,9 +36,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
-# The journal's name: '~' can never occur in a driver path, so it is neither listed nor
-# reachable through the driver.
-JOURNAL_NAME = ".dockyard~journal"
+# Where the journal is, relative to the store's root: beside the registry's own state,
+# so that nothing appears in the root outside the layout Distribution reads. '~' can
+# never occur in a driver path, so it is neither listed nor reachable through the driver.
+JOURNAL_PATH = "docker/registry/v2/_dockyard/publish~journal"
 _MAGIC = b"DYJ1"
 # Magic, payload length, CRC-32 of the payload.
 _HEADER = struct.Struct(">4sII")
@@ -145,21 +146,24 @@ class _Syncfs:
 class PublishJournal:
     """The journal of one store's root.
 
-    ``write_durably(real, data)`` replaces a file durably, ``remove(real)`` removes one
-    if it is there (replay); ``sync_paths(files, directories)`` fsyncs files and
+    ``make_dirs(directory)`` makes a directory and its parents durably (the journal's
+    own); ``write_durably(real, data)`` replaces a file durably, ``remove(real)`` removes
+    one if it is there (replay); ``sync_paths(files, directories)`` fsyncs files and
     directories that exist (settle).
     """
 
     def __init__(
         self,
         root: str,
+        make_dirs: Callable[[str], object],
         write_durably: Callable[[str, bytes], None],
         remove: Callable[[str], None],
         sync_paths: Callable[[Iterable[str], Iterable[str]], None],
         settle_after: float | None = None,
     ) -> None:
         self.root = root.rstrip(os.sep) or os.sep
-        self.path = os.path.join(self.root, JOURNAL_NAME)
+        self.path = os.path.join(self.root, JOURNAL_PATH)
+        self._make_dirs = make_dirs
         self._write_durably = write_durably
         self._remove = remove
         self._sync_paths = sync_paths
@@ -184,6 +188,9 @@ class PublishJournal:
             self._fd = None
         if self._fd is None:
             flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC
+            directory = os.path.dirname(self.path)
+            if create:
+                self._make_dirs(directory)
             try:
                 self._fd = os.open(self.path, flags | (os.O_CREAT if create else 0), 0o644)
             except (FileNotFoundError, NotADirectoryError):
@@ -197,12 +204,12 @@ class PublishJournal:
                 return None
             self._pid = os.getpid()
             if create:
-                # The journal's own entry in the root must survive a crash.
-                root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                # The journal's own entry must survive a crash.
+                parent = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                 try:
-                    os.fsync(root)
+                    os.fsync(parent)
                 finally:
-                    os.close(root)
+                    os.close(parent)
         return self._fd
 
     @contextmanager

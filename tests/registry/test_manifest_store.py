@@ -84,7 +84,7 @@ async def test_moving_a_tag_removes_its_stale_reverse_entry_in_the_same_batch(
         await driver.stat(layout.tagged_entry("lib/app", Digest.of(INDEX), "latest"))
     await driver.stat(layout.tagged_entry("lib/app", Digest.of(other), "latest"))
     # Both pushes made durable by their records alone: nothing settled the journal.
-    records = journal.decode((tmp_path / journal.JOURNAL_NAME).read_bytes())
+    records = journal.decode((tmp_path / journal.JOURNAL_PATH).read_bytes())
     assert len(records) == 2
     stale = layout.tagged_entry("lib/app", Digest.of(INDEX), "latest").lstrip("/")
     assert (stale, None) in records[1]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from dockyard.storage import FilesystemDriver, InvalidPathError, journal
-from dockyard.storage.journal import JOURNAL_NAME, decode, encode
+from dockyard.storage.journal import JOURNAL_PATH, decode, encode
 
 BATCH = {
     "/blobs/sha256/ab/abcd/data": b"{}",
@@ -40,7 +40,7 @@ async def publish(driver: FilesystemDriver, files: dict[str, bytes]) -> None:
 
 
 def journal_of(root: Path) -> bytes:
-    return (root / JOURNAL_NAME).read_bytes()
+    return (root / JOURNAL_PATH).read_bytes()
 
 
 def test_a_removal_is_recorded_without_data() -> None:
@@ -71,7 +71,7 @@ async def test_a_batch_is_visible_at_once_and_recorded_until_settled(
     assert driver._journal.pending()
     # Not addressable through the driver.
     with pytest.raises(InvalidPathError):
-        await driver.read(f"/{JOURNAL_NAME}")
+        await driver.read(f"/{JOURNAL_PATH}")
     await driver.close()
     assert journal_of(tmp_path) == b""
 
@@ -123,7 +123,7 @@ async def test_a_record_torn_by_the_crash_is_not_replayed(tmp_path: Path, unsett
     driver = FilesystemDriver(str(tmp_path))
     await publish(driver, {"/a/link": b"one"})
     torn = encode([("a/link", b"two")])
-    path = tmp_path / JOURNAL_NAME
+    path = tmp_path / JOURNAL_PATH
     path.write_bytes(path.read_bytes() + torn[:-3])
     os.unlink(tmp_path / "a/link")
     again = FilesystemDriver(str(tmp_path))
@@ -146,7 +146,7 @@ async def test_a_stage_refused_before_recording_publishes_nothing(
     assert not driver._journal.pending()
     assert not (tmp_path / "blobs/sha256/ab/abcd/data").exists()
     leftovers = [name for _, _, names in os.walk(tmp_path) for name in names]
-    assert leftovers in ([], [JOURNAL_NAME])
+    assert leftovers in ([], [os.path.basename(JOURNAL_PATH)])
     await driver.close()
 
 
@@ -380,7 +380,7 @@ def test_one_fdatasync_per_batch_and_a_settle_before_the_journal_empties(
     if shutil.which("strace") is None:
         pytest.fail("strace is needed (scripts/test.sh installs it)")
     calls, root = trace_settle(tmp_path, dirty_limit)
-    journal_path = f"{root}/{JOURNAL_NAME}"
+    journal_path = f"{root}/{JOURNAL_PATH}"
     published = between(calls, "PUBLISH", "SETTLE")
     # The batch: its record made durable with one fdatasync, before any name appears,
     # then every file renamed into place in stage order, with no fsync at all.
@@ -417,7 +417,11 @@ def test_batches_that_wait_together_share_one_fdatasync(
     fdatasync = os.fdatasync
     monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), fdatasync(fd))[1])
     recorder = journal.PublishJournal(
-        str(tmp_path), lambda real, data: None, lambda real: None, lambda files, dirs: None
+        str(tmp_path),
+        lambda directory: os.makedirs(directory, exist_ok=True),
+        lambda real, data: None,
+        lambda real: None,
+        lambda files, dirs: None,
     )
     published: list[int] = []
 
@@ -469,7 +473,11 @@ def test_batches_whose_recording_failed_all_fail_and_none_is_published(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unsettled: None
 ) -> None:
     recorder = journal.PublishJournal(
-        str(tmp_path), lambda real, data: None, lambda real: None, lambda files, dirs: None
+        str(tmp_path),
+        lambda directory: os.makedirs(directory, exist_ok=True),
+        lambda real, data: None,
+        lambda real: None,
+        lambda files, dirs: None,
     )
     # The journal cannot be opened once (then could be): the batches queued together
     # must all fail, not be forgotten by the next thread that records.
