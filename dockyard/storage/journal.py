@@ -320,9 +320,13 @@ class PublishJournal:
             try:
                 self._syncfs(root)
                 self._syncfs(root)
+                return
+            except OSError:
+                # It reports any file's write-back error meanwhile, maybe not one of
+                # these: they are synced one by one below, which says.
+                pass
             finally:
                 os.close(root)
-            return
         files: set[str] = set()
         directories: set[str] = set()
         for record in records:
@@ -373,11 +377,12 @@ class PublishJournal:
 
     def _wake_settler(self) -> None:
         self._recorded.set()
-        if self._settler is None and not self._closing:
-            self._settler = threading.Thread(
-                target=self._settle_in_background, name="dockyard-journal", daemon=True
-            )
-            self._settler.start()
+        with self._queue_guard:
+            if self._settler is None and not self._closing:
+                self._settler = threading.Thread(
+                    target=self._settle_in_background, name="dockyard-journal", daemon=True
+                )
+                self._settler.start()
 
     def _settle_in_background(self) -> None:
         while True:

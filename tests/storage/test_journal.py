@@ -512,3 +512,31 @@ def test_batches_whose_recording_failed_all_fail_and_none_is_published(
     assert published == []
     assert len(failures) == len(threads)
     assert all(isinstance(error, IsADirectoryError) for error in failures)
+
+
+def test_a_failed_syncfs_falls_back_to_syncing_each_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unsettled: None
+) -> None:
+    synced: list[tuple[set[str], set[str]]] = []
+    recorder = journal.PublishJournal(
+        str(tmp_path),
+        lambda directory: os.makedirs(directory, exist_ok=True),
+        lambda real, data: None,
+        lambda real: None,
+        lambda files, dirs: synced.append((set(files), set(dirs))),
+    )
+
+    class FailingSyncfs:
+        available = True
+
+        def __call__(self, fd: int) -> None:
+            raise OSError(5, "a write-back error elsewhere")
+
+    monkeypatch.setattr(recorder, "_syncfs", FailingSyncfs())
+    monkeypatch.setattr(journal, "SYNCFS_DIRTY_LIMIT", 1 << 62)
+    recorder.record([(f"{tmp_path}/a/b/link", b"x")], lambda: None)
+    recorder.settle()
+    root = str(tmp_path)
+    assert synced == [({f"{root}/a/b/link"}, {root, f"{root}/a", f"{root}/a/b"})]
+    assert journal_of(tmp_path) == b""
+    recorder.close()
