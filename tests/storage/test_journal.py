@@ -12,7 +12,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -41,6 +41,33 @@ async def publish(driver: FilesystemDriver, files: dict[str, bytes]) -> None:
 
 def journal_of(root: Path) -> bytes:
     return (root / JOURNAL_PATH).read_bytes()
+
+
+def bare_journal(
+    tmp_path: Path,
+    sync_paths: Callable[[Iterable[str], Iterable[str]], None] = lambda files, dirs: None,
+) -> journal.PublishJournal:
+    """A journal on its own, replaying and syncing nothing."""
+    return journal.PublishJournal(
+        str(tmp_path),
+        lambda directory: os.makedirs(directory, exist_ok=True),
+        lambda real, data: None,
+        lambda real: None,
+        sync_paths,
+    )
+
+
+def record_together(recorder: journal.PublishJournal, threads: list[threading.Thread]) -> None:
+    """Start ``threads`` (each recording a batch) while the journal is locked, so that
+    every batch is queued before any is recorded; wait for them all."""
+    with recorder._lock:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while len(recorder._queue) < len(threads) and time.monotonic() < deadline:
+            time.sleep(0.001)
+    for thread in threads:
+        thread.join()
 
 
 def test_a_removal_is_recorded_without_data() -> None:
@@ -416,28 +443,14 @@ def test_batches_that_wait_together_share_one_fdatasync(
     synced: list[int] = []
     fdatasync = os.fdatasync
     monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), fdatasync(fd))[1])
-    recorder = journal.PublishJournal(
-        str(tmp_path),
-        lambda directory: os.makedirs(directory, exist_ok=True),
-        lambda real, data: None,
-        lambda real: None,
-        lambda files, dirs: None,
-    )
+    recorder = bare_journal(tmp_path)
     published: list[int] = []
 
     def batch(n: int) -> None:
         recorder.record([(f"{tmp_path}/file{n}", b"%d" % n)], lambda: published.append(n))
 
     threads = [threading.Thread(target=batch, args=(n,)) for n in range(6)]
-    # While one thread records, the others queue up behind it.
-    with recorder._lock:
-        for thread in threads:
-            thread.start()
-        deadline = time.monotonic() + 30
-        while len(recorder._queue) < len(threads) and time.monotonic() < deadline:
-            time.sleep(0.001)
-    for thread in threads:
-        thread.join()
+    record_together(recorder, threads)
     assert len(synced) == 1
     assert sorted(published) == list(range(6))
     # Recorded in the order they are published.
@@ -472,13 +485,7 @@ async def test_a_settle_makes_durable_what_was_recorded_while_it_synced(
 def test_batches_whose_recording_failed_all_fail_and_none_is_published(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unsettled: None
 ) -> None:
-    recorder = journal.PublishJournal(
-        str(tmp_path),
-        lambda directory: os.makedirs(directory, exist_ok=True),
-        lambda real, data: None,
-        lambda real: None,
-        lambda files, dirs: None,
-    )
+    recorder = bare_journal(tmp_path)
     # The journal cannot be opened once (then could be): the batches queued together
     # must all fail, not be forgotten by the next thread that records.
     descriptor = recorder._descriptor
@@ -501,14 +508,7 @@ def test_batches_whose_recording_failed_all_fail_and_none_is_published(
             failures.append(error)
 
     threads = [threading.Thread(target=batch, args=(n,)) for n in range(4)]
-    with recorder._lock:
-        for thread in threads:
-            thread.start()
-        deadline = time.monotonic() + 30
-        while len(recorder._queue) < len(threads) and time.monotonic() < deadline:
-            time.sleep(0.001)
-    for thread in threads:
-        thread.join()
+    record_together(recorder, threads)
     assert published == []
     assert len(failures) == len(threads)
     assert all(isinstance(error, IsADirectoryError) for error in failures)
@@ -518,13 +518,7 @@ def test_a_failed_syncfs_falls_back_to_syncing_each_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unsettled: None
 ) -> None:
     synced: list[tuple[set[str], set[str]]] = []
-    recorder = journal.PublishJournal(
-        str(tmp_path),
-        lambda directory: os.makedirs(directory, exist_ok=True),
-        lambda real, data: None,
-        lambda real: None,
-        lambda files, dirs: synced.append((set(files), set(dirs))),
-    )
+    recorder = bare_journal(tmp_path, lambda files, dirs: synced.append((set(files), set(dirs))))
 
     class FailingSyncfs:
         available = True
