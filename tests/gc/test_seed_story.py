@@ -25,6 +25,7 @@ from tests.support.gc_store import (
     store_size,
     stored_blobs,
     wait_until_quiet,
+    wait_until_settled,
 )
 from tests.support.images import Image, read_oci_layout, skopeo, skopeo_fails, write_oci_layout
 from tests.support.servers import ServerProcess
@@ -74,6 +75,7 @@ def test_delete_then_garbage_collect_frees_exactly_the_deleted_image(
     # The shared base is stored once: 3 + 2 layers, 2 configs, 2 manifests, minus one.
     assert set(blobs_before) == nginx.all_digests | centos.all_digests
     assert len(blobs_before) == 8
+    wait_until_settled(root)
     size_before = store_size(root)
 
     # The seed's step: `curl -I -X DELETE .../manifests/<digest>` → 202.

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from dockyard.storage.journal import JOURNAL_PATH
 from tests.support.servers import DISTRIBUTION_BINARY
 
 V2 = Path("docker") / "registry" / "v2"
@@ -35,6 +36,16 @@ _ELIGIBLE_MANIFEST = re.compile(rf"^(?:(\S+): )?manifest eligible for deletion: 
 _DELETING_BLOB = re.compile(
     r"Deleting blob: (/docker/registry/v2/blobs/sha256/([0-9a-f]{2})/([0-9a-f]{64}))"
 )
+
+
+def wait_until_settled(root: Path, timeout: float = 30.0) -> None:
+    """Until the journal of manifest pushes is empty: a push is settled from it within a
+    tenth of a second, and until then ``du`` counts its record too."""
+    journal = root / JOURNAL_PATH
+    deadline = time.monotonic() + timeout
+    while journal.exists() and journal.stat().st_size and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not journal.exists() or journal.stat().st_size == 0, "the push journal never settled"
 
 
 def store_size(root: Path) -> int:
