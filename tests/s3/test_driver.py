@@ -4,17 +4,24 @@ looked at from outside with a plain boto3 client."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import os
+import re
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from dockyard.storage import PathNotFoundError, S3Driver, create_driver
+from dockyard.storage.s3 import SOCKET_READ
 from tests.s3.moto_server import MotoServer
 
 MiB = 1 << 20
@@ -477,3 +484,52 @@ async def test_a_path_near_the_key_limit_gets_a_hashed_time_key(
     assert (await s3.stat(path)).mtime > time.time() - 60
     await s3.delete("/long")
     assert keys(moto_server, bucket) == {}
+
+
+# Streams ``/big`` through a driver built from the JSON parameters in argv[1].
+STREAMER = """
+import asyncio, json, sys
+from dockyard.storage import create_driver
+
+async def main():
+    driver = create_driver("s3", json.loads(sys.argv[1]))
+    total = 0
+    async for piece in driver.stream("/big"):
+        total += len(piece)
+    await driver.close()
+    print(total)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_streamed_read_takes_up_to_a_mebibyte_per_receive(
+    s3: S3Driver, moto_server: MotoServer, bucket: str, tmp_path: Path
+) -> None:
+    body = os.urandom(8 * MiB)
+    await s3.write("/big", body)
+    trace = tmp_path / "recv.trace"
+    params = moto_server.driver_params(bucket, rootdirectory="/registry/root/")
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [
+            "strace", "-f", "-yy", "-qq", "-e", "trace=recvfrom", "-o", str(trace),
+            sys.executable, "-c", STREAMER, json.dumps(params),
+        ],
+        capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    assert done.stdout.strip() == str(len(body))
+    port = moto_server.endpoint.rsplit(":", 1)[1]
+    receive = re.compile(
+        rf"recvfrom\(\d+<TCP:\[[^\]]*->127\.0\.0\.1:{port}\]>, .*, (\d+), \d+, NULL, NULL\) = (\d+)$"
+    )
+    receives = [
+        (int(match[1]), int(match[2]))
+        for line in trace.read_text().splitlines()
+        if (match := receive.search(line))
+    ]
+    # Past the response's head, the body comes through receives of up to SOCKET_READ:
+    # asyncio's own default would ask for 256 KiB each time.
+    widened = sum(got for asked, got in receives if asked == SOCKET_READ)
+    assert widened >= len(body) - 2 * MiB, receives[:8]
+    assert {asked for asked, _ in receives} <= {SOCKET_READ, 256 * 1024}
