@@ -1283,8 +1283,9 @@ def _widen_reads(body: Any) -> None:
     of those turns. Neither aiobotocore nor aiohttp has a setting for it: the body's
     aiohttp response gives its connection's transport, whose attribute each ``recv``
     reads. A TLS connection's transport has none and keeps its reads as they are. The
-    registry's own connections keep 256 KiB: widened too, a worker taking pushed layers
-    spent more CPU per MB, not less.
+    connection stays widened when it goes back to the pool; a small response is still
+    read in one receive, of what has arrived. The registry's own connections keep
+    256 KiB: widened too, a worker taking pushed layers spent more CPU per MB, not less.
     """
     response = getattr(body, "_raw_stream", None)
     connection = getattr(response, "connection", None)
