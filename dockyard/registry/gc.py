@@ -39,7 +39,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -232,23 +232,28 @@ class GarbageCollector:
 
     async def repository_names(self) -> list[str]:
         """Every directory below ``repositories/`` that holds repository data."""
-        found: list[str] = []
+        return [name async for name in self.repositories()]
 
-        async def visit(path: str, prefix: str) -> None:
-            children = await self._children(path)
-            if any(child in ("_manifests", "_layers", "_uploads") for child in children):
-                found.append(prefix)
-            for child in children:
-                if not child.startswith("_"):
-                    child_path = f"{path}/{child}"
-                    try:
-                        if (await self.driver.stat(child_path)).is_dir:
-                            await visit(child_path, f"{prefix}/{child}" if prefix else child)
-                    except PathNotFoundError:
-                        continue
-
-        await visit(layout.REPOSITORIES, "")
-        return found
+    async def repositories(
+        self, path: str = layout.REPOSITORIES, name: str = ""
+    ) -> AsyncIterator[str]:
+        """:meth:`repository_names` as each is found: a repository looked at right away
+        is found quicker (see the filesystem driver's plain directories)."""
+        children = await self._children(path)
+        if any(child in ("_manifests", "_layers", "_uploads") for child in children):
+            yield name
+        for child in children:
+            if not child.startswith("_"):
+                child_path = f"{path}/{child}"
+                try:
+                    is_dir = (await self.driver.stat(child_path)).is_dir
+                except PathNotFoundError:
+                    continue
+                if is_dir:
+                    async for found in self.repositories(
+                        child_path, f"{name}/{child}" if name else child
+                    ):
+                        yield found
 
     async def _digests_under(self, path: str) -> list[Digest]:
         found = []
@@ -342,7 +347,7 @@ class GarbageCollector:
         plan = GcPlan(started_at=start, held=held)
         plan.scans = [
             await self.scan_repository(name, young_after=cutoff)
-            for name in await self.repository_names()
+            async for name in self.repositories()
         ]
         for scan in plan.scans:
             kept = self.kept_manifests(scan, cutoff)
@@ -380,16 +385,17 @@ class GarbageCollector:
             for digest, mtime in scan.layers.items()
             if mtime >= cutoff
         }
-        for digest in await self.all_blobs():
-            if digest in plan.marked or digest in linked_recently:
-                continue
-            try:
-                blob = await self.driver.stat(layout.blob_data(digest))
-            except PathNotFoundError:
-                continue
-            if blob.mtime >= held:
-                continue
-            plan.blobs[digest] = blob.size
+        async for group in self.blob_groups():
+            for digest in group:
+                if digest in plan.marked or digest in linked_recently:
+                    continue
+                try:
+                    blob = await self.driver.stat(layout.blob_data(digest))
+                except PathNotFoundError:
+                    continue
+                if blob.mtime >= held:
+                    continue
+                plan.blobs[digest] = blob.size
         return plan
 
     # --- the run --------------------------------------------------------------------
@@ -522,13 +528,19 @@ class GarbageCollector:
         await self.driver.remove_empty(directory)
 
     async def all_blobs(self) -> list[Digest]:
-        found = []
+        return [digest async for group in self.blob_groups() for digest in group]
+
+    async def blob_groups(self) -> AsyncIterator[list[Digest]]:
+        """The store's blobs, one directory of them (one digest prefix) at a time: what
+        is looked at in a directory just listed is found quicker (see the filesystem
+        driver's plain directories)."""
         for algorithm in await self._children(layout.BLOBS):
             if algorithm not in SUPPORTED_ALGORITHMS:
                 continue
             for prefix in await self._children(f"{layout.BLOBS}/{algorithm}"):
+                group = []
                 for encoded in await self._children(f"{layout.BLOBS}/{algorithm}/{prefix}"):
                     digest = Digest.listed(algorithm, encoded)
                     if digest is not None and encoded.startswith(prefix):
-                        found.append(digest)
-        return found
+                        group.append(digest)
+                yield group

@@ -58,6 +58,9 @@ SMALL_DIRECTORY = 4096
 # come back at the cost of one lstat when evicted; most others (a blob's, a revision's)
 # are seen once or twice, so more would only hold memory.
 PLAIN_DIRS_REMEMBERED = 4096
+# At most so many subdirectories of one listing are remembered from it (a blob prefix
+# holds some hundreds in a registry of 100,000 blobs).
+PLAIN_DIRS_SEEDED = 1024
 # Listings of large directories kept, at most so many names in all (about 60 bytes
 # each), and how long a directory must have been left unchanged before its listing is
 # kept: a change is then sure to move its modification time, even on file systems that
@@ -820,9 +823,20 @@ def _visible(entry: os.DirEntry[str], inside: Callable[[str], bool]) -> bool:
     return not entry.is_symlink() or inside(os.path.realpath(entry.path))
 
 
-def _names(real: str, inside: Callable[[str], bool]) -> list[str]:
+def _names_and_dirs(real: str, inside: Callable[[str], bool]) -> tuple[list[str], list[str]]:
+    """A directory's addressable names, sorted, and which of them are directories
+    themselves, not symbolic links: entry types come with the listing, at no system
+    call of their own."""
+    names = []
+    dirs = []
     with os.scandir(real) as entries:
-        return sorted(entry.name for entry in entries if _visible(entry, inside))
+        for entry in entries:
+            if _visible(entry, inside):
+                names.append(entry.name)
+                if entry.is_dir(follow_symlinks=False):
+                    dirs.append(entry.name)
+    names.sort()
+    return names, dirs
 
 
 def _version(status: os.stat_result) -> int:
@@ -1128,10 +1142,13 @@ class FilesystemDriver(StorageDriver):
         if S_ISLNK(mode):
             return os.path.realpath(candidate), True
         if S_ISDIR(mode):
-            self._plain_dirs[joined] = None
-            if len(self._plain_dirs) > PLAIN_DIRS_REMEMBERED:
-                self._plain_dirs.popitem(last=False)
+            self._remember_plain(joined)
         return candidate, True
+
+    def _remember_plain(self, joined: str) -> None:
+        self._plain_dirs[joined] = None
+        if len(self._plain_dirs) > PLAIN_DIRS_REMEMBERED:
+            self._plain_dirs.popitem(last=False)
 
     def _resolve(self, path: str, follow: bool = True) -> str:
         """The OS path for ``path``, refusing any that a symbolic link leads out of the root.
@@ -1292,21 +1309,34 @@ class FilesystemDriver(StorageDriver):
         try:
             before = time.time_ns()
             status = os.lstat(real)
+            # Reached without a symbolic link: so are the directories listed in it.
+            plain = real == self._prefix + path[1:] and path != "/"
             if S_ISLNK(status.st_mode):
                 real = self._resolve(path)
                 status = os.stat(real)
+                plain = False
             # A directory's size grows with its entries: a small one (a repository's, a
             # tag's) is listed at once; a thread for one that may hold many thousands of
             # names (blobs, a registry's repositories), so the event loop never waits.
             small = status.st_size <= SMALL_DIRECTORY
             listings = self._small_listings if small else self._listings
-            names = listings.get(real, status)
-            if names is None:
-                if small:
-                    names = _names(real, self._inside)
-                else:
-                    names = await asyncio.to_thread(_names, real, self._inside)
-                listings.keep(real, status, before, names)
+            if plain:
+                self._remember_plain(real)
+            kept = listings.get(real, status)
+            if kept is not None:
+                return kept
+            if small:
+                names, dirs = _names_and_dirs(real, self._inside)
+            else:
+                names, dirs = await asyncio.to_thread(_names_and_dirs, real, self._inside)
+            listings.keep(real, status, before, names)
+            # A listing is usually followed by a look at each entry (a collection stats
+            # every link below a repository's `_layers`, every blob below a prefix): the
+            # entry types answer those lookups' lstats of directories. Not for thousands
+            # of them, which would evict all else remembered.
+            if plain and len(dirs) <= PLAIN_DIRS_SEEDED:
+                for name in dirs:
+                    self._remember_plain(f"{real}{os.sep}{name}")
             return names
         except OSError as error:
             raise _storage_error(path, error, _LISTING_MISSING) from error

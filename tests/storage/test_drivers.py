@@ -1547,6 +1547,46 @@ async def test_fs_remembered_directories_stay_bounded(fs: FilesystemDriver, fs_r
         await fs.read("/blobs/00000/data")
 
 
+async def test_fs_a_listing_answers_its_directories_lookups(
+    fs: FilesystemDriver, fs_root: Path, outside: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A collection lists a repository's links, then stats each: one lstat per link, the
+    # listing's entry types saying that the directory above it is a plain one.
+    layers = fs_root / "repo" / "_layers" / "sha256"
+    encoded = [f"{number:064x}" for number in range(8)]
+    for name in encoded:
+        (layers / name).mkdir(parents=True)
+        (layers / name / "link").write_bytes(b"sha256:" + name.encode())
+    (layers / "inside").symlink_to(layers / encoded[0])
+    (layers / "outside").symlink_to(outside)
+    looked_up: list[str] = []
+    real_lstat = os.lstat
+
+    def counting_lstat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        looked_up.append(str(path))
+        return real_lstat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "lstat", counting_lstat)
+    assert await fs.list("/repo/_layers/sha256") == [*encoded, "inside"]
+    looked_up.clear()
+    for name in encoded:
+        assert (await fs.stat(f"/repo/_layers/sha256/{name}/link")).size == 71
+    assert looked_up == [str(layers / name / "link") for name in encoded]
+    # Symbolic links listed beside them are still resolved, and refused when they lead
+    # out of the root.
+    assert await fs.read("/repo/_layers/sha256/inside/link") == b"sha256:" + encoded[0].encode()
+    with pytest.raises(InvalidPathError):
+        await fs.stat("/repo/_layers/sha256/outside/secret")
+    # A listing reached through a link vouches for nothing below it: a directory there
+    # replaced by a link leading out is refused.
+    (fs_root / "alias").symlink_to(layers)
+    assert await fs.list("/alias") == [*encoded, "inside"]
+    shutil.rmtree(layers / encoded[1])
+    (layers / encoded[1]).symlink_to(outside)
+    with pytest.raises(InvalidPathError):
+        await fs.read(f"/alias/{encoded[1]}/secret")
+
+
 async def failures_beside(
     churn: Callable[[threading.Event], None],
     operations: Callable[[], Awaitable[None]],
