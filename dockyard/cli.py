@@ -171,7 +171,9 @@ def garbage_collect(
             return GarbageCollector(
                 registry.driver,
                 options,
-                emit=click.echo,
+                # print, not click.echo: that flushes, and asks whether stdout is a
+                # terminal, on every one of the tens of thousands of lines.
+                emit=print,
                 descriptors=registry.coordination.descriptors,
                 alone=alone,
             )
