@@ -1320,7 +1320,7 @@ class FilesystemDriver(StorageDriver):
             # names (blobs, a registry's repositories), so the event loop never waits.
             small = status.st_size <= SMALL_DIRECTORY
             listings = self._small_listings if small else self._listings
-            if plain:
+            if plain and S_ISDIR(status.st_mode):
                 self._remember_plain(real)
             kept = listings.get(real, status)
             if kept is not None:

@@ -1577,6 +1577,10 @@ async def test_fs_a_listing_answers_its_directories_lookups(
     assert await fs.read("/repo/_layers/sha256/inside/link") == b"sha256:" + encoded[0].encode()
     with pytest.raises(InvalidPathError):
         await fs.stat("/repo/_layers/sha256/outside/secret")
+    # A file asked to be listed is not taken for a directory.
+    with pytest.raises(PathNotFoundError):
+        await fs.list(f"/repo/_layers/sha256/{encoded[0]}/link")
+    assert str(layers / encoded[0] / "link") not in fs._plain_dirs
     # A listing reached through a link vouches for nothing below it: a directory there
     # replaced by a link leading out is refused.
     (fs_root / "alias").symlink_to(layers)
