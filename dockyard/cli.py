@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from contextlib import AbstractAsyncContextManager, nullcontext
@@ -81,8 +82,14 @@ def _load_or_exit(config_path: str | None) -> Config:
     envvar="UI_LISTEN",
     help="Address to serve the UI on, host:port or :port (env UI_LISTEN).",
 )
-@click.option("--registry-url", default=None, help="The registry, e.g. http://host:5000/v2 (env REGISTRY_URL).")
-@click.option("--registry-name", default=None, help="host:port shown in pull commands (env REGISTRY_NAME).")
+@click.option(
+    "--registry-url",
+    default=None,
+    help="The registry, e.g. http://host:5000/v2 (env REGISTRY_URL).",
+)
+@click.option(
+    "--registry-name", default=None, help="host:port shown in pull commands (env REGISTRY_NAME)."
+)
 @click.option(
     "--read-only/--read-write",
     default=None,
@@ -139,18 +146,26 @@ def ui(
     default=None,
     help="Seconds a candidate stays set aside before it is deleted.",
 )
+@click.option(
+    "--scan-processes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Processes that scan repositories, this one included (default: one per usable core).",
+)
 def garbage_collect(
     config_path: str,
     dry_run: bool,
     delete_untagged: bool,
     delay: float | None,
     settle: float | None,
+    scan_processes: int | None,
 ) -> None:
     """Delete blobs and manifests nothing references; safe while the registry serves."""
     from dockyard.errors import Unsupported
     from dockyard.registry.assembly import build_registry
     from dockyard.registry.gc import GarbageCollector, GcOptions
     from dockyard.registry.gc_status import CollectionStatus
+    from dockyard.registry.scan_helpers import ScanHelpers, StorageSpec
     from dockyard.registry.store_use import store_alone
 
     config = _load_or_exit(config_path)
@@ -161,6 +176,14 @@ def garbage_collect(
         delay=gc_config.delay.total_seconds() if delay is None else delay,
         settle=gc_config.settle.total_seconds() if settle is None else settle,
     )
+
+    spec = StorageSpec(config.storage.driver_name, dict(config.storage.driver_params))
+    processes = scan_processes or _usable_cores()
+    # The scan is CPU work in one thread: helpers scan beside it on the other cores.
+    # Started here, before the event loop and its threads, and before any lock is taken.
+    helpers = ScanHelpers(spec, processes - 1) if processes > 1 and spec.shared else None
+    if helpers is not None:
+        helpers.start()
 
     async def collect() -> None:
         # The server's coordination (the same token, fences and descriptor cache), so
@@ -176,6 +199,7 @@ def garbage_collect(
                 emit=print,
                 descriptors=registry.coordination.descriptors,
                 alone=alone,
+                helpers=helpers,
             )
 
         try:
@@ -205,6 +229,16 @@ def garbage_collect(
         asyncio.run(collect())
     except Unsupported as error:
         raise click.ClickException(f"{error.message}: {error.detail}") from None
+    finally:
+        if helpers is not None:
+            helpers.close()
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        return os.cpu_count() or 1
 
 
 def _driver_for(config: Config) -> StorageDriver:
@@ -297,8 +331,12 @@ def delete_repository(config_path: str, name: str) -> None:
 @main.command()
 @click.option("--ip", "ips", multiple=True, help="An IP address clients use (repeatable).")
 @click.option("--dns", "names", multiple=True, help="A host name clients use (repeatable).")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Directory to write to.")
-@click.option("--port", default=5000, show_default=True, help="The registry's port, for the paths printed.")
+@click.option(
+    "--out", "out", required=True, type=click.Path(file_okay=False), help="Directory to write to."
+)
+@click.option(
+    "--port", default=5000, show_default=True, help="The registry's port, for the paths printed."
+)
 @click.option("--days", default=825, show_default=True, help="Validity of the server certificate.")
 @click.option("--ca-days", default=3650, show_default=True, help="Validity of a new CA.")
 @click.option("--rsa", is_flag=True, help="RSA-3072 keys instead of ECDSA P-256.")
@@ -327,7 +365,13 @@ def cert(
 
     try:
         result = create_certificates(
-            out, ips, names, kind="rsa" if rsa else "ec", days=days, ca_days=ca_days, clients=clients
+            out,
+            ips,
+            names,
+            kind="rsa" if rsa else "ec",
+            days=days,
+            ca_days=ca_days,
+            clients=clients,
         )
     except (ValueError, OSError) as error:
         click.echo(f"dockyard: {error}", err=True)

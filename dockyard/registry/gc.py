@@ -41,7 +41,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from dockyard.coordination.descriptors import DescriptorCache, NoDescriptorCache
 from dockyard.registry import layout
@@ -155,6 +155,28 @@ class GcReport:
 References = tuple[list[Digest], list[Digest], Digest | None]
 
 
+class StoreScanner(Protocol):
+    """Scans elsewhere (``scan_helpers``): in other processes, on other cores."""
+
+    processes: int
+
+    async def scan(self, names: list[str], young_after: float) -> list[RepositoryScan]:
+        """:meth:`GarbageCollector.scan_repository` of each name, in order."""
+
+    async def unmarked_blobs(
+        self, prefixes: list[tuple[str, str]], marked: set[Digest], held: float
+    ) -> list[dict[Digest, int]]:
+        """:meth:`GarbageCollector.unmarked_blobs` of each (algorithm, prefix), in order."""
+
+
+# Work handed to a helper at a time: little enough that it spreads evenly, enough that
+# each hand-off's cost (pickling, an event loop per batch) stays small.
+REPOSITORIES_PER_BATCH = 24
+PREFIXES_PER_BATCH = 8
+
+_Item = TypeVar("_Item")
+
+
 def references_of(data: bytes) -> References:
     """Blobs, child manifests and subject a stored manifest names, whatever its schema.
 
@@ -206,8 +228,10 @@ class GarbageCollector:
         cache: ScanCache | None = None,
         descriptors: DescriptorCache | None = None,
         alone: bool = False,
+        helpers: StoreScanner | None = None,
     ) -> None:
         self.driver = driver
+        self.helpers = helpers
         self.options = options
         # No other process uses the store (``store_use``): candidates need no grace period.
         self.alone = alone
@@ -309,6 +333,123 @@ class GarbageCollector:
         scan.listed = await self._mtime(layout.manifests(name)) is not None
         return scan
 
+    async def scan_repositories(self, young_after: float) -> list[RepositoryScan]:
+        """Every repository scanned, in the order found; by helpers too, if any."""
+        scans: dict[str, RepositoryScan] = {}
+
+        async def here(name: str) -> None:
+            scans[name] = await self.scan_repository(name, young_after)
+
+        async def elsewhere(helpers: StoreScanner, names: list[str]) -> None:
+            for scan in await helpers.scan(names, young_after):
+                scans[scan.name] = scan
+
+        found = await self._spread(self.repositories(), here, elsewhere, REPOSITORIES_PER_BATCH)
+        return [scans[name] for name in found]
+
+    async def unmarked_blobs(
+        self, algorithm: str, prefix: str, marked: set[Digest], held: float
+    ) -> dict[Digest, int]:
+        """The blobs of one digest prefix that are not ``marked`` and were not touched
+        since ``held``, with their sizes: what a collection would remove of them."""
+        found: dict[Digest, int] = {}
+        for encoded in await self._children(f"{layout.BLOBS}/{algorithm}/{prefix}"):
+            digest = Digest.listed(algorithm, encoded)
+            if digest is None or not encoded.startswith(prefix) or digest in marked:
+                continue
+            try:
+                blob = await self.driver.stat(layout.blob_data(digest))
+            except PathNotFoundError:
+                continue
+            if blob.mtime < held:
+                found[digest] = blob.size
+        return found
+
+    async def _unmarked_blobs_everywhere(
+        self, marked: set[Digest], held: float
+    ) -> dict[Digest, int]:
+        """:meth:`unmarked_blobs` of every prefix, in the order listed; by helpers too."""
+        by_prefix: dict[tuple[str, str], dict[Digest, int]] = {}
+        # A helper is sent the marked blobs of its own prefixes only.
+        marked_by_prefix: dict[tuple[str, str], set[Digest]] = {}
+        for digest in marked:
+            marked_by_prefix.setdefault((digest.algorithm, digest.hex[:2]), set()).add(digest)
+
+        async def here(where: tuple[str, str]) -> None:
+            by_prefix[where] = await self.unmarked_blobs(*where, marked, held)
+
+        async def elsewhere(helpers: StoreScanner, batch: list[tuple[str, str]]) -> None:
+            marked_there = set().union(*(marked_by_prefix.get(where, ()) for where in batch))
+            found = await helpers.unmarked_blobs(batch, marked_there, held)
+            for where, blobs in zip(batch, found, strict=True):
+                by_prefix[where] = blobs
+
+        listed = await self._spread(self.blob_prefixes(), here, elsewhere, PREFIXES_PER_BATCH)
+        return {digest: size for where in listed for digest, size in by_prefix[where].items()}
+
+    async def _spread(
+        self,
+        items: AsyncIterator[_Item],
+        here: Callable[[_Item], Awaitable[None]],
+        elsewhere: Callable[[StoreScanner, list[_Item]], Awaitable[None]],
+        per_batch: int,
+    ) -> list[_Item]:
+        """Each item to ``here``, or in batches to the helpers if there are any; the
+        items in the order they came."""
+        if self.helpers is None:
+            listed = []
+            async for item in items:
+                listed.append(item)
+                await here(item)
+            return listed
+        helpers = self.helpers
+        listed = []
+        # Two batches per helper: one to work on while the other's result travels back,
+        # which waits for this process's event loop to take it.
+        helper_lanes = 2 * helpers.processes
+        lanes = 1 + helper_lanes
+        # Bounded, so that listing stays just ahead of the work: what is looked at soon
+        # after it was listed finds its directories known (the filesystem driver's plain
+        # directories, a bounded memory).
+        batches: asyncio.Queue[list[_Item] | None] = asyncio.Queue(maxsize=lanes)
+
+        async def deal() -> None:
+            batch: list[_Item] = []
+            async for item in items:
+                listed.append(item)
+                batch.append(item)
+                if len(batch) == per_batch:
+                    await batches.put(batch)
+                    batch = []
+            if batch:
+                await batches.put(batch)
+            for _ in range(lanes):
+                await batches.put(None)
+
+        async def work_here() -> None:
+            while (batch := await batches.get()) is not None:
+                for item in batch:
+                    await here(item)
+                    # Work here seldom waits for anything: without a turn of the event
+                    # loop now and then, helpers' results would wait to be taken, and
+                    # this lane would take every batch before a helper woken for one ran.
+                    await asyncio.sleep(0)
+
+        async def work_in_helper() -> None:
+            while (batch := await batches.get()) is not None:
+                await elsewhere(helpers, batch)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(deal())
+                group.create_task(work_here())
+                for _ in range(helper_lanes):
+                    group.create_task(work_in_helper())
+        except ExceptionGroup as failed:
+            # The first failure, as the work in one lane raised it (a StorageError, say).
+            raise failed.exceptions[0] from None
+        return listed
+
     # --- marking --------------------------------------------------------------------
 
     def kept_manifests(self, scan: RepositoryScan, cutoff: float) -> set[Digest]:
@@ -345,10 +486,7 @@ class GarbageCollector:
         held = start if self.alone else start - self.options.hold_limit
         cutoff = min(start - self.options.delay, held)
         plan = GcPlan(started_at=start, held=held)
-        plan.scans = [
-            await self.scan_repository(name, young_after=cutoff)
-            async for name in self.repositories()
-        ]
+        plan.scans = await self.scan_repositories(young_after=cutoff)
         for scan in plan.scans:
             kept = self.kept_manifests(scan, cutoff)
             plan.kept[scan.name] = kept
@@ -385,17 +523,7 @@ class GarbageCollector:
             for digest, mtime in scan.layers.items()
             if mtime >= cutoff
         }
-        async for group in self.blob_groups():
-            for digest in group:
-                if digest in plan.marked or digest in linked_recently:
-                    continue
-                try:
-                    blob = await self.driver.stat(layout.blob_data(digest))
-                except PathNotFoundError:
-                    continue
-                if blob.mtime >= held:
-                    continue
-                plan.blobs[digest] = blob.size
+        plan.blobs = await self._unmarked_blobs_everywhere(plan.marked | linked_recently, held)
         return plan
 
     # --- the run --------------------------------------------------------------------
@@ -531,16 +659,18 @@ class GarbageCollector:
         return [digest async for group in self.blob_groups() for digest in group]
 
     async def blob_groups(self) -> AsyncIterator[list[Digest]]:
-        """The store's blobs, one directory of them (one digest prefix) at a time: what
-        is looked at in a directory just listed is found quicker (see the filesystem
-        driver's plain directories)."""
+        """The store's blobs, one directory of them (one digest prefix) at a time."""
+        async for algorithm, prefix in self.blob_prefixes():
+            group = []
+            for encoded in await self._children(f"{layout.BLOBS}/{algorithm}/{prefix}"):
+                digest = Digest.listed(algorithm, encoded)
+                if digest is not None and encoded.startswith(prefix):
+                    group.append(digest)
+            yield group
+
+    async def blob_prefixes(self) -> AsyncIterator[tuple[str, str]]:
+        """The directories blobs are kept in, as (algorithm, digest prefix)."""
         for algorithm in await self._children(layout.BLOBS):
-            if algorithm not in SUPPORTED_ALGORITHMS:
-                continue
-            for prefix in await self._children(f"{layout.BLOBS}/{algorithm}"):
-                group = []
-                for encoded in await self._children(f"{layout.BLOBS}/{algorithm}/{prefix}"):
-                    digest = Digest.listed(algorithm, encoded)
-                    if digest is not None and encoded.startswith(prefix):
-                        group.append(digest)
-                yield group
+            if algorithm in SUPPORTED_ALGORITHMS:
+                for prefix in await self._children(f"{layout.BLOBS}/{algorithm}"):
+                    yield algorithm, prefix

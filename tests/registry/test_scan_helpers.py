@@ -1,0 +1,168 @@
+"""A collection's scan spread over helper processes plans exactly what one process does."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dockyard.registry import Registry, RegistryOptions
+from dockyard.registry.digest import Digest
+from dockyard.registry.gc import (
+    REPOSITORIES_PER_BATCH,
+    GarbageCollector,
+    GcOptions,
+    GcPlan,
+    RepositoryScan,
+)
+from dockyard.registry.manifests import OCI_MANIFEST
+from dockyard.registry.scan_helpers import ScanHelpers, StorageSpec
+from dockyard.storage import FilesystemDriver
+from tests.support.gc_store import dockyard_cli, dockyard_gc
+
+REPOSITORIES = 2 * REPOSITORIES_PER_BATCH + 5
+
+
+class CountingHelpers(ScanHelpers):
+    """Real helpers that also count the work handed to them."""
+
+    def __init__(self, spec: StorageSpec, processes: int) -> None:
+        super().__init__(spec, processes)
+        self.repositories = 0
+        self.prefixes = 0
+
+    async def scan(self, names: list[str], young_after: float) -> list[RepositoryScan]:
+        self.repositories += len(names)
+        return await super().scan(names, young_after)
+
+    async def unmarked_blobs(
+        self, prefixes: list[tuple[str, str]], marked: set[Digest], held: float
+    ) -> list[dict[Digest, int]]:
+        self.prefixes += len(prefixes)
+        return await super().unmarked_blobs(prefixes, marked, held)
+
+
+def image(config: Digest, layers: list[Digest], number: int) -> bytes:
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": str(config),
+                "size": 10,
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": str(layer),
+                    "size": 10,
+                }
+                for layer in layers
+            ],
+            "annotations": {"n": str(number)},
+        }
+    ).encode()
+
+
+async def fill(root: Path) -> None:
+    """Repositories of two images each, one tagged and one not; blobs of either, and
+    blobs nobody references, spread over many digest prefixes."""
+    registry = Registry(FilesystemDriver(str(root)), RegistryOptions(delete_enabled=True))
+    shared = await registry.blobs.put(b"shared base layer")
+    for r in range(REPOSITORIES):
+        repo = registry.repository(f"team-{r % 3}/app-{r}")
+        for number in range(2):
+            config = await registry.blobs.put(f"config {r} {number}".encode())
+            own = await registry.blobs.put(f"layer {r} {number}".encode())
+            for digest in (shared, config, own):
+                await repo.blobs.link(digest)
+            tag = "latest" if number == 0 else None
+            await repo.manifests.put(image(config, [shared, own], number), OCI_MANIFEST, tag, None)
+        await registry.blobs.put(f"orphan {r}".encode())
+    await registry.close()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One store for every test here: they only read it."""
+    root = tmp_path_factory.mktemp("scanned") / "data"
+    asyncio.run(fill(root))
+    # Older than the hold limit of a collection settling 1 s (0.4 s) at its start.
+    time.sleep(0.5)
+    return root
+
+
+async def plan_of(root: Path, helpers: ScanHelpers | None) -> GcPlan:
+    driver = FilesystemDriver(str(root))
+    try:
+        options = GcOptions(delete_untagged=True, delay=0, settle=1)
+        return await GarbageCollector(driver, options, alone=True, helpers=helpers).plan()
+    finally:
+        await driver.close()
+
+
+def test_helpers_plan_what_one_process_plans(store: Path) -> None:
+    spec = StorageSpec("filesystem", {"rootdirectory": str(store)})
+    with CountingHelpers(spec, 2) as helpers:
+        helpers.start()
+        spread = asyncio.run(plan_of(store, helpers))
+    alone = asyncio.run(plan_of(store, None))
+
+    # The helpers did part of the work, and the plan is the same, in the same order.
+    assert 0 < helpers.repositories < REPOSITORIES
+    assert 0 < helpers.prefixes
+    assert len(spread.scans) == REPOSITORIES
+    assert spread.scans == alone.scans
+    assert spread.marked == alone.marked
+    assert list(spread.blobs.items()) == list(alone.blobs.items())
+    assert spread.manifests == alone.manifests
+    assert spread.layer_links == alone.layer_links
+    assert len(spread.manifests) == REPOSITORIES
+    # Each repository's untagged image goes (manifest, config, own layer), and its orphan.
+    assert len(spread.blobs) == 4 * REPOSITORIES
+
+
+def test_a_helper_fails_with_its_own_error(store: Path) -> None:
+    # The helper cannot open this store; its error reaches the collection as it is.
+    spec = StorageSpec("filesystem", {"rootdirectory": 5})
+    with ScanHelpers(spec, 1) as helpers:
+        helpers.start()
+        with pytest.raises(ValueError, match="rootdirectory must be a path"):
+            asyncio.run(plan_of(store, helpers))
+
+
+def test_a_store_in_memory_has_no_helpers() -> None:
+    with pytest.raises(ValueError, match="cannot be opened by another process"):
+        ScanHelpers(StorageSpec("inmemory"), 1)
+    with pytest.raises(ValueError, match="at least one process"):
+        ScanHelpers(StorageSpec("filesystem", {"rootdirectory": "/tmp"}), 0)
+
+
+def test_the_command_line_collects_the_same_with_any_number_of_scan_processes(
+    store: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "version": 0.1,
+                "storage": {"filesystem": {"rootdirectory": str(store)}},
+                "http": {"addr": "127.0.0.1:0"},
+            }
+        )
+    )
+    options = ("--dry-run", "--delete-untagged", "--delay", "0", "--settle", "1")
+    one = dockyard_gc(config, *options, "--scan-processes", "1")
+    three = dockyard_gc(config, *options, "--scan-processes", "3")
+    assert one.stdout == three.stdout
+    assert len(one.eligible_blobs) == 4 * REPOSITORIES
+    assert len(one.eligible_manifests) == REPOSITORIES
+
+    refused = dockyard_cli("garbage-collect", str(config), "--scan-processes", "0")
+    assert refused.returncode == 2
+    assert "--scan-processes" in refused.stderr
