@@ -355,7 +355,8 @@ class GarbageCollector:
         found: dict[Digest, int] = {}
         for encoded in await self._children(f"{layout.BLOBS}/{algorithm}/{prefix}"):
             digest = Digest.listed(algorithm, encoded)
-            if digest is None or not encoded.startswith(prefix) or digest in marked:
+            # One listed below another prefix is not where the blob's path leads.
+            if digest is None or layout.blob_prefix(digest) != prefix or digest in marked:
                 continue
             try:
                 blob = await self.driver.stat(layout.blob_data(digest))
@@ -373,7 +374,8 @@ class GarbageCollector:
         # A helper is sent the marked blobs of its own prefixes only.
         marked_by_prefix: dict[tuple[str, str], set[Digest]] = {}
         for digest in marked:
-            marked_by_prefix.setdefault((digest.algorithm, digest.hex[:2]), set()).add(digest)
+            where = (digest.algorithm, layout.blob_prefix(digest))
+            marked_by_prefix.setdefault(where, set()).add(digest)
 
         async def here(where: tuple[str, str]) -> None:
             by_prefix[where] = await self.unmarked_blobs(*where, marked, held)
@@ -664,7 +666,7 @@ class GarbageCollector:
             group = []
             for encoded in await self._children(f"{layout.BLOBS}/{algorithm}/{prefix}"):
                 digest = Digest.listed(algorithm, encoded)
-                if digest is not None and encoded.startswith(prefix):
+                if digest is not None and layout.blob_prefix(digest) == prefix:
                     group.append(digest)
             yield group
 

@@ -13,8 +13,13 @@ BLOBS = f"{ROOT}/blobs"
 REPOSITORIES = f"{ROOT}/repositories"
 
 
+def blob_prefix(digest: Digest) -> str:
+    """The directory below the algorithm's that holds the blob's."""
+    return digest.hex[:2]
+
+
 def blob_dir(digest: Digest) -> str:
-    return f"{BLOBS}/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}"
+    return f"{BLOBS}/{digest.algorithm}/{blob_prefix(digest)}/{digest.hex}"
 
 
 def blob_data(digest: Digest) -> str:

@@ -1,8 +1,8 @@
-"""Helper processes that scan repositories for a collection beside its own process.
+"""Helper processes that share a collection's scan with its own process.
 
 A collection's scan is CPU work in one thread: listings parsed, paths resolved, links
-read. On a machine with several cores, helpers scan some repositories while the
-collection's process scans the others. Each helper opens the store with a driver of
+read, blobs looked at. On a machine with several cores, helpers scan some repositories
+and blob directories while the collection's process scans the others. Each helper opens the store with a driver of
 its own, made from the same storage configuration; a scan only reads, so what a helper
 reports is what the collection's process would have found itself.
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import signal
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -59,6 +60,12 @@ def scan_repositories(
     return asyncio.run(scan())
 
 
+def _leave_interrupts_to_the_collection() -> None:
+    # Ctrl-C reaches every process of the terminal's group: the collection's process
+    # stops its helpers itself, after the batch each is on (``close``).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _ready() -> None:
     """A helper's first task: it has started."""
 
@@ -93,7 +100,11 @@ class ScanHelpers:
         self.spec = spec
         self.processes = processes
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        self._pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context(method))
+        self._pool = ProcessPoolExecutor(
+            processes,
+            mp_context=multiprocessing.get_context(method),
+            initializer=_leave_interrupts_to_the_collection,
+        )
 
     def start(self) -> None:
         """Start every helper now; before this process has threads or holds locks."""

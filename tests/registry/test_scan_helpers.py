@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -166,3 +167,31 @@ def test_the_command_line_collects_the_same_with_any_number_of_scan_processes(
     refused = dockyard_cli("garbage-collect", str(config), "--scan-processes", "0")
     assert refused.returncode == 2
     assert "--scan-processes" in refused.stderr
+
+
+def test_a_blob_listed_below_another_prefix_is_not_a_candidate(store: Path, tmp_path: Path) -> None:
+    # A helper is sent only the marked blobs of its own prefixes, so a directory of a
+    # kept blob under a stray prefix (``a/`` beside ``ab/``) must not be taken for it.
+    root = tmp_path / "data"
+    shutil.copytree(store, root, copy_function=shutil.copy2)
+    shared = Digest.of(b"shared base layer")
+    stray = root / "docker/registry/v2/blobs/sha256" / shared.hex[:1] / shared.hex
+    stray.mkdir(parents=True)
+    (stray / "data").write_bytes(b"shared base layer")
+    time.sleep(0.05)
+
+    async def unmarked_in_stray_prefix() -> dict[Digest, int]:
+        driver = FilesystemDriver(str(root))
+        try:
+            collector = GarbageCollector(driver, GcOptions(delay=0, settle=1))
+            return await collector.unmarked_blobs("sha256", shared.hex[:1], set(), time.time())
+        finally:
+            await driver.close()
+
+    assert asyncio.run(unmarked_in_stray_prefix()) == {}
+    spec = StorageSpec("filesystem", {"rootdirectory": str(root)})
+    with ScanHelpers(spec, 2) as helpers:
+        helpers.start()
+        plan = asyncio.run(plan_of(root, helpers))
+    assert shared in plan.marked
+    assert shared not in plan.blobs
