@@ -2,9 +2,10 @@
 
 A collection's scan is CPU work in one thread: listings parsed, paths resolved, links
 read, blobs looked at. On a machine with several cores, helpers scan some repositories
-and blob directories while the collection's process scans the others. Each helper opens the store with a driver of
-its own, made from the same storage configuration; a scan only reads, so what a helper
-reports is what the collection's process would have found itself.
+and blob directories while the collection's process scans the others. Each helper
+opens the store with a driver of its own, made from the same storage configuration; a
+scan only reads, so what a helper reports is what the collection's process would have
+found itself.
 
 Helpers are forked, so that they start at once with everything imported (a new
 interpreter would take about half a second, a quarter of a scan here), and forked
@@ -18,11 +19,11 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import signal
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Self, TypeVar
 
 from dockyard.registry.digest import Digest
 from dockyard.registry.gc import GarbageCollector, GcOptions, RepositoryScan
@@ -30,6 +31,8 @@ from dockyard.storage import create_driver
 
 # Drivers whose store other processes can open: an in-memory store lives in one process.
 SHARED_KINDS = frozenset({"filesystem", "s3"})
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -44,20 +47,42 @@ class StorageSpec:
         return self.kind in SHARED_KINDS
 
 
+def _in_this_process(spec: StorageSpec, work: Callable[[GarbageCollector], Awaitable[_T]]) -> _T:
+    """Run a helper's batch of work on a driver of its own."""
+
+    async def run() -> _T:
+        driver = create_driver(spec.kind, dict(spec.params))
+        try:
+            return await work(GarbageCollector(driver, GcOptions()))
+        finally:
+            await driver.close()
+
+    return asyncio.run(run())
+
+
 def scan_repositories(
     spec: StorageSpec, names: list[str], young_after: float
 ) -> list[RepositoryScan]:
     """Scan ``names`` in this process (a helper's work), in order."""
 
-    async def scan() -> list[RepositoryScan]:
-        driver = create_driver(spec.kind, dict(spec.params))
-        try:
-            collector = GarbageCollector(driver, GcOptions())
-            return [await collector.scan_repository(name, young_after) for name in names]
-        finally:
-            await driver.close()
+    async def scan(collector: GarbageCollector) -> list[RepositoryScan]:
+        return [await collector.scan_repository(name, young_after) for name in names]
 
-    return asyncio.run(scan())
+    return _in_this_process(spec, scan)
+
+
+def unmarked_blobs(
+    spec: StorageSpec, prefixes: list[tuple[str, str]], marked: set[Digest], held: float
+) -> list[dict[Digest, int]]:
+    """The unmarked blobs of each (algorithm, prefix), in order (a helper's work)."""
+
+    async def scan(collector: GarbageCollector) -> list[dict[Digest, int]]:
+        return [
+            await collector.unmarked_blobs(algorithm, prefix, marked, held)
+            for algorithm, prefix in prefixes
+        ]
+
+    return _in_this_process(spec, scan)
 
 
 def _leave_interrupts_to_the_collection() -> None:
@@ -70,27 +95,9 @@ def _ready() -> None:
     """A helper's first task: it has started."""
 
 
-def unmarked_blobs(
-    spec: StorageSpec, prefixes: list[tuple[str, str]], marked: set[Digest], held: float
-) -> list[dict[Digest, int]]:
-    """The unmarked blobs of each (algorithm, prefix), in order (a helper's work)."""
-
-    async def scan() -> list[dict[Digest, int]]:
-        driver = create_driver(spec.kind, dict(spec.params))
-        try:
-            collector = GarbageCollector(driver, GcOptions())
-            return [
-                await collector.unmarked_blobs(algorithm, prefix, marked, held)
-                for algorithm, prefix in prefixes
-            ]
-        finally:
-            await driver.close()
-
-    return asyncio.run(scan())
-
-
 class ScanHelpers:
-    """``processes`` helper processes, started on first use and stopped on exit."""
+    """``processes`` helper processes: started by ``start`` (or on first use), stopped
+    by ``close``."""
 
     def __init__(self, spec: StorageSpec, processes: int) -> None:
         if not spec.shared:
