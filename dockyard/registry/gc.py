@@ -353,10 +353,8 @@ class GarbageCollector:
         """The blobs of one digest prefix that are not ``marked`` and were not touched
         since ``held``, with their sizes: what a collection would remove of them."""
         found: dict[Digest, int] = {}
-        for encoded in await self._children(f"{layout.BLOBS}/{algorithm}/{prefix}"):
-            digest = Digest.listed(algorithm, encoded)
-            # One listed below another prefix is not where the blob's path leads.
-            if digest is None or layout.blob_prefix(digest) != prefix or digest in marked:
+        for digest in await self._blobs_in(algorithm, prefix):
+            if digest in marked:
                 continue
             try:
                 blob = await self.driver.stat(layout.blob_data(digest))
@@ -663,12 +661,17 @@ class GarbageCollector:
     async def blob_groups(self) -> AsyncIterator[list[Digest]]:
         """The store's blobs, one directory of them (one digest prefix) at a time."""
         async for algorithm, prefix in self.blob_prefixes():
-            group = []
-            for encoded in await self._children(f"{layout.BLOBS}/{algorithm}/{prefix}"):
-                digest = Digest.listed(algorithm, encoded)
-                if digest is not None and layout.blob_prefix(digest) == prefix:
-                    group.append(digest)
-            yield group
+            yield await self._blobs_in(algorithm, prefix)
+
+    async def _blobs_in(self, algorithm: str, prefix: str) -> list[Digest]:
+        """The blobs listed in one prefix directory."""
+        found = []
+        for encoded in await self._children(f"{layout.BLOBS}/{algorithm}/{prefix}"):
+            digest = Digest.listed(algorithm, encoded)
+            # One listed below another prefix is not where the blob's path leads.
+            if digest is not None and layout.blob_prefix(digest) == prefix:
+                found.append(digest)
+        return found
 
     async def blob_prefixes(self) -> AsyncIterator[tuple[str, str]]:
         """The directories blobs are kept in, as (algorithm, digest prefix)."""

@@ -1309,18 +1309,17 @@ class FilesystemDriver(StorageDriver):
         try:
             before = time.time_ns()
             status = os.lstat(real)
-            # Reached without a symbolic link: so are the directories listed in it.
-            plain = real == self._prefix + path[1:] and path != "/"
+            # A directory reached without a symbolic link: so are the directories in it.
+            plain = S_ISDIR(status.st_mode) and path != "/" and real == self._prefix + path[1:]
             if S_ISLNK(status.st_mode):
                 real = self._resolve(path)
                 status = os.stat(real)
-                plain = False
             # A directory's size grows with its entries: a small one (a repository's, a
             # tag's) is listed at once; a thread for one that may hold many thousands of
             # names (blobs, a registry's repositories), so the event loop never waits.
             small = status.st_size <= SMALL_DIRECTORY
             listings = self._small_listings if small else self._listings
-            if plain and S_ISDIR(status.st_mode):
+            if plain:
                 self._remember_plain(real)
             kept = listings.get(real, status)
             if kept is not None:
