@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 from dockyard import __version__
-from dockyard.config import Config, ConfigError, load_config
+from dockyard.config import Config, ConfigError, load_config, load_config_apart
 from dockyard.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -41,7 +41,9 @@ def serve(config_path: str | None) -> None:
     """Serve the registry API (config.yml as registry:2 reads it)."""
     from dockyard.server import serve as run
 
-    config = _load_or_exit(config_path)
+    # Read apart: the workers forked from this process then hold no configuration
+    # checker (see load_config_apart).
+    config = _load_or_exit(config_path, apart=True)
     _check_security_or_exit(config)
     try:
         run(config)
@@ -61,9 +63,9 @@ def _check_security_or_exit(config: Config) -> None:
         sys.exit(1)
 
 
-def _load_or_exit(config_path: str | None) -> Config:
+def _load_or_exit(config_path: str | None, apart: bool = False) -> Config:
     try:
-        loaded = load_config(config_path)
+        loaded = load_config_apart(config_path) if apart else load_config(config_path)
     except ConfigError as error:
         click.echo(f"dockyard: {error}", err=True)
         sys.exit(1)
@@ -242,9 +244,9 @@ def _usable_cores() -> int:
 
 
 def _driver_for(config: Config) -> StorageDriver:
-    from dockyard.storage import create_driver
+    from dockyard.registry.assembly import configured_driver
 
-    return create_driver(config.storage.driver_name, dict(config.storage.driver_params))
+    return configured_driver(config)
 
 
 @main.command()

@@ -26,6 +26,7 @@ from dockyard.memory import (
     TRIM_AFTER_BYTES,
     HeapTrimmer,
 )
+from dockyard.schema import validate
 
 # Eight threads that each allocate from the C heap while all eight are alive, then the
 # arena count as glibc's malloc_info reports it (one <heap nr=...> per arena).
@@ -182,8 +183,8 @@ async def test_the_heap_is_trimmed_once_a_burst_of_large_bodies_is_over() -> Non
 
 
 async def test_a_worker_trims_after_a_large_push(tmp_path: Path) -> None:
-    config = Config.model_validate(
-        {"version": "0.1", "storage": {"filesystem": {"rootdirectory": str(tmp_path)}}}
+    config = validate(
+        Config, {"version": "0.1", "storage": {"filesystem": {"rootdirectory": str(tmp_path)}}}
     )
     app = create_app(config, background=False)
     server = TestServer(app, host="127.0.0.1")

@@ -13,7 +13,7 @@ import binascii
 import json
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Literal
 
 from dockyard.auth.backoff import BackoffSettings, LoginThrottle
@@ -273,7 +273,7 @@ def _policy(config: Config) -> AccessPolicy | None:
         return None
     try:
         return AccessPolicy.build(
-            [rule.model_dump() for rule in settings.access or []],
+            [asdict(rule) for rule in settings.access or []],
             settings.admins,
             settings.groups,
         )

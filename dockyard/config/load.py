@@ -9,17 +9,22 @@ and the reason.
 from __future__ import annotations
 
 import os
+import pickle
+import traceback
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import yaml
-from pydantic import BaseModel, ValidationError
+from dockyard.config.model import LOG_LEVELS, STORAGE_DRIVERS, Config, expand_choice
+from dockyard.schema import Invalid, field_types, is_settings, validate
 
-from dockyard.config.model import STORAGE_DRIVERS, Config, expand_choice
+# PyYAML is imported where a file or a variable is read, not here: the serving process
+# imports this module, and its workers, forked from it, would hold PyYAML for good.
+if TYPE_CHECKING:
+    import yaml
 
 KeyPath = tuple[str, ...]
 
@@ -173,6 +178,8 @@ def _read(path: str) -> str:
 
 
 def _yaml_problem(error: yaml.YAMLError, source: str) -> str:
+    import yaml
+
     if not isinstance(error, yaml.MarkedYAMLError):
         return f"{source}: {error}"
     mark = error.problem_mark or error.context_mark
@@ -188,6 +195,8 @@ def _yaml_problem(error: yaml.YAMLError, source: str) -> str:
 
 def _index(node: yaml.Node, path: KeyPath, context: _Context, active: set[int]) -> None:
     """Record the line of every key and the text of every non-string plain scalar."""
+    import yaml
+
     if id(node) in active:
         return  # an alias of one of its own parents
     active.add(id(node))
@@ -221,6 +230,8 @@ def _index(node: yaml.Node, path: KeyPath, context: _Context, active: set[int]) 
 
 
 def _parse(text: str, context: _Context) -> dict[str, Any]:
+    import yaml
+
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
@@ -265,11 +276,9 @@ def _allows_none(annotation: Any) -> bool:
     return annotation is Any
 
 
-def _model(annotation: Any) -> type[BaseModel] | None:
+def _model(annotation: Any) -> type | None:
     kind = _unwrap(annotation)
-    if isinstance(kind, type) and issubclass(kind, BaseModel):
-        return kind
-    return None
+    return kind if is_settings(kind) else None
 
 
 def _is_mapping(annotation: Any) -> bool:
@@ -288,7 +297,7 @@ def _item_type(annotation: Any) -> Any:
     return args[-1] if args else Any
 
 
-def _choices(model: type[BaseModel] | None) -> tuple[str, ...]:
+def _choices(model: type | None) -> tuple[str, ...]:
     return tuple(getattr(model, "choices", ()))
 
 
@@ -304,9 +313,9 @@ def _go_scalars(value: Any, annotation: Any, path: KeyPath, context: _Context) -
     model = _model(annotation)
     if model is not None and isinstance(value, dict):
         for key, item in value.items():
-            info = model.model_fields.get(str(key))
-            if info is not None:
-                value[key] = _go_scalars(item, info.annotation, (*path, str(key)), context)
+            field_type = field_types(model).get(str(key))
+            if field_type is not None:
+                value[key] = _go_scalars(item, field_type, (*path, str(key)), context)
     elif _is_mapping(annotation) and isinstance(value, dict):
         for key, item in value.items():
             value[key] = _go_scalars(item, _item_type(annotation), (*path, str(key)), context)
@@ -319,9 +328,9 @@ def _go_scalars(value: Any, annotation: Any, path: KeyPath, context: _Context) -
 # --- REGISTRY_* overrides ---------------------------------------------------------------------
 
 
-def _env_field(model: type[BaseModel], part: str) -> str | None:
+def _env_field(model: type, part: str) -> str | None:
     name = part.lower()
-    if name in model.model_fields:
+    if name in field_types(model):
         return name
     aliases: Mapping[str, str] = getattr(model, "env_aliases", {})
     return aliases.get(name)
@@ -355,6 +364,8 @@ def _assign(
         # A string field takes the text as is, as Distribution's decoder does.
         container[key] = text
         return
+    import yaml
+
     try:
         container[key] = yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -419,7 +430,7 @@ def _override(
         if name is None:
             _unknown_variable(variable, context)
             return
-        key, item_type, rest = name, model.model_fields[name].annotation, parts[1:]
+        key, item_type, rest = name, field_types(model)[name], parts[1:]
     else:
         item_type = _item_type(annotation)
         for size in range(len(parts), 0, -1):
@@ -505,23 +516,23 @@ def _not_supported(path: KeyPath, context: _Context) -> ConfigError:
     )
 
 
-def _review(data: dict[Any, Any], model: type[BaseModel], path: KeyPath, context: _Context) -> None:
+def _review(data: dict[Any, Any], model: type, path: KeyPath, context: _Context) -> None:
     for key in list(data):
         name = str(key)
         here = (*path, name)
         dotted = ".".join(here)
-        info = model.model_fields.get(name)
-        if info is None:
+        field_type = field_types(model).get(name)
+        if field_type is None:
             line = context.lines.get(here)
             at = f" at line {line}" if line is not None else context.origin(here)
             context.warnings.append(f"config: unknown key {dotted}{at}")
             continue
         value = data[key]
-        if value is None and not _allows_none(info.annotation):
+        if value is None and not _allows_none(field_type):
             # A key left empty means its default, as Go's zero values mostly do.
             del data[key]
             continue
-        child_model = _model(info.annotation)
+        child_model = _model(field_type)
         if _choices(child_model):
             value = data[key] = expand_choice(value, _choices(child_model))
         if dotted in DEPRECATED_KEYS:
@@ -546,17 +557,25 @@ def _review(data: dict[Any, Any], model: type[BaseModel], path: KeyPath, context
             continue
         if child_model is not None and isinstance(value, dict):
             _review(value, child_model, here, context)
-        elif _is_list(info.annotation) and isinstance(value, list):
-            item_model = _model(_item_type(info.annotation))
+        elif _is_list(field_type) and isinstance(value, list):
+            item_model = _model(_item_type(field_type))
             for index, item in enumerate(value):
                 if item_model is not None and isinstance(item, dict):
                     _review(item, item_model, (*here, str(index)), context)
 
 
-def _describe(error: Mapping[str, Any], context: _Context) -> str:
-    path = tuple(str(part) for part in error["loc"])
-    message = str(error["msg"]).removeprefix("Value error, ")
-    return f"{context.location(path)}: {'.'.join(path) or '(top level)'}: {message}"
+def _describe(path: KeyPath, reason: str, context: _Context) -> str:
+    return f"{context.location(path)}: {'.'.join(path) or '(top level)'}: {reason}"
+
+
+def _old_log_level(data: dict[str, Any]) -> None:
+    """``loglevel`` stands for ``log.level`` where the file does not set the latter."""
+    level, log = data.get("loglevel"), data.get("log")
+    # A level that is not one is reported at loglevel, by its own check, and only there.
+    if not isinstance(level, str) or level.lower() not in LOG_LEVELS:
+        return
+    if log is None or (isinstance(log, dict) and log.get("level") is None):
+        data["log"] = {**(log or {}), "level": level}
 
 
 # --- the entry point --------------------------------------------------------------------------
@@ -582,9 +601,47 @@ def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> L
                 f"{context.source}: {required}: missing; Distribution's configuration "
                 f"needs {example}"
             )
+    _old_log_level(data)
     try:
-        config = Config.model_validate(data)
-    except ValidationError as error:
-        problems = [_describe(problem, context) for problem in error.errors()]
+        config = validate(Config, data)
+    except Invalid as error:
+        problems = [_describe(path, reason, context) for path, reason in error.problems]
         raise ConfigError("\n".join(problems)) from None
     return LoadedConfig(config, context.warnings)
+
+
+def load_config_apart(path: str | None) -> LoadedConfig:
+    """:func:`load_config`, run in a child process that sends back what it read.
+
+    For a process that goes on to serve (``dockyard serve``): its workers are forked
+    from it, and each would hold what checking the file took (pydantic and the schemas
+    it builds, about 12 MiB) for as long as it runs. The configuration itself is plain
+    dataclasses, which cost nothing to receive.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        try:
+            try:
+                outcome: tuple[str, object] = ("loaded", load_config(path))
+            except ConfigError as error:
+                outcome = ("refused", str(error))
+            except Exception:  # noqa: BLE001 - a fault in the loader: the parent reports it
+                outcome = ("failed", traceback.format_exc())
+            with os.fdopen(write_end, "wb") as pipe:
+                pickle.dump(outcome, pipe)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        sent = pipe.read()
+    os.waitpid(pid, 0)
+    if not sent:
+        raise ConfigError("the process reading the configuration ended without an answer")
+    kind, value = pickle.loads(sent)
+    if kind == "loaded" and isinstance(value, LoadedConfig):
+        return value
+    if kind == "refused":
+        raise ConfigError(str(value))
+    raise RuntimeError(f"reading the configuration failed:\n{value}")

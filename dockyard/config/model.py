@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
-
+from dockyard.schema import After, Before, Settings
 from dockyard.storage.s3 import S3Parameters
 
 # --- Go durations ---------------------------------------------------------------------
@@ -84,20 +84,19 @@ def parse_go_duration(value: object) -> timedelta:
     return timedelta(microseconds=int(nanoseconds / 1000))
 
 
-Duration = Annotated[timedelta, BeforeValidator(parse_go_duration)]
+Duration = Annotated[timedelta, Before(parse_go_duration)]
 
 
 # --- shared pieces ----------------------------------------------------------------------
 
 
-class Section(BaseModel):
+@dataclass(kw_only=True)
+class Section(Settings):
     """A mapping of Distribution's file.
 
     Keys nobody knows are dropped here; the loader has already warned about each one
     with its line, which pydantic could not do.
     """
-
-    model_config = ConfigDict(extra="ignore")
 
     # Other names ``REGISTRY_*`` variables may use for a key: Distribution matches the
     # variables against its Go field names, which differ from the YAML key in a few
@@ -145,26 +144,27 @@ def _log_level(value: Any) -> Any:
     return value
 
 
+def _log_formatter(value: str) -> str:
+    if value == "":
+        return "text"
+    if value not in LOG_FORMATTERS:
+        raise ValueError(f"unknown log formatter {value!r} (text, json or logstash)")
+    return value
+
+
+@dataclass(kw_only=True)
 class AccessLog(Section):
     disabled: bool = False
 
 
+@dataclass(kw_only=True)
 class Log(Section):
-    level: Annotated[str, BeforeValidator(_log_level)] = "info"
-    formatter: str = "text"
-    fields: dict[str, Any] = Field(default_factory=dict)
-    accesslog: AccessLog = Field(default_factory=AccessLog)
-    hooks: list[dict[str, Any]] = Field(default_factory=list)
+    level: Annotated[str, Before(_log_level)] = "info"
+    formatter: Annotated[str, After(_log_formatter)] = "text"
+    fields: dict[str, Any] = field(default_factory=dict)
+    accesslog: AccessLog = field(default_factory=AccessLog)
+    hooks: list[dict[str, Any]] = field(default_factory=list)
     reportcaller: bool = False
-
-    @field_validator("formatter")
-    @classmethod
-    def _formatter(cls, value: str) -> str:
-        if value == "":
-            return "text"
-        if value not in LOG_FORMATTERS:
-            raise ValueError(f"unknown log formatter {value!r} (text, json or logstash)")
-        return value
 
 
 # --- storage ------------------------------------------------------------------------------
@@ -173,22 +173,24 @@ STORAGE_DRIVERS = ("filesystem", "inmemory", "s3", "gcs", "azure", "swift", "oss
 DEFAULT_ROOT_DIRECTORY = "/var/lib/registry"
 
 
+def _rootdirectory(value: str) -> str:
+    if not value:
+        raise ValueError("rootdirectory must be a directory path")
+    return value
+
+
+@dataclass(kw_only=True)
 class FilesystemParams(Section):
-    rootdirectory: str = DEFAULT_ROOT_DIRECTORY
+    rootdirectory: Annotated[str, After(_rootdirectory)] = DEFAULT_ROOT_DIRECTORY
     maxthreads: int | None = None
 
-    @field_validator("rootdirectory")
-    @classmethod
-    def _rootdirectory(cls, value: str) -> str:
-        if not value:
-            raise ValueError("rootdirectory must be a directory path")
-        return value
 
-
+@dataclass(kw_only=True)
 class Delete(Section):
     enabled: bool = False
 
 
+@dataclass(kw_only=True)
 class Cache(Section):
     # Any other name is accepted, as Distribution does (it logs an unknown one and caches
     # nothing). "redis" needs the top-level redis section.
@@ -197,50 +199,54 @@ class Cache(Section):
     # The old name of blobdescriptor, still read by Distribution.
     layerinfo: str | None = None
 
-    @model_validator(mode="after")
-    def _old_name(self) -> Cache:
+    def __post_init__(self) -> None:
         if self.blobdescriptor is None and self.layerinfo is not None:
             self.blobdescriptor = self.layerinfo
-        return self
 
 
+@dataclass(kw_only=True)
 class Redirect(Section):
     # Only object storage drivers redirect (s3: to pre-signed URLs); filesystem and
     # inmemory never do, for Distribution as for Dockyard.
     disable: bool = False
 
 
+@dataclass(kw_only=True)
 class S3Params(S3Parameters, Section):
     """``storage.s3``: Distribution's parameters and defaults (see dockyard.storage.s3)."""
 
 
+def _positive_interval(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("interval must be positive")
+    return value
+
+
+@dataclass(kw_only=True)
 class UploadPurging(Section):
     enabled: bool = True
     age: Duration = timedelta(hours=168)
-    interval: Duration = timedelta(hours=24)
+    interval: Annotated[Duration, After(_positive_interval)] = timedelta(hours=24)
     dryrun: bool = False
 
-    @field_validator("interval")
-    @classmethod
-    def _interval(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            raise ValueError("interval must be positive")
-        return value
 
-
+@dataclass(kw_only=True)
 class ReadOnly(Section):
     enabled: bool = False
 
 
+@dataclass(kw_only=True)
 class Maintenance(Section):
-    uploadpurging: UploadPurging = Field(default_factory=UploadPurging)
-    readonly: ReadOnly = Field(default_factory=ReadOnly)
+    uploadpurging: UploadPurging = field(default_factory=UploadPurging)
+    readonly: ReadOnly = field(default_factory=ReadOnly)
 
 
+@dataclass(kw_only=True)
 class TagOptions(Section):
     concurrencylimit: int | None = None
 
 
+@dataclass(kw_only=True)
 class Storage(Section):
     """Exactly one driver section, plus the options every driver shares."""
 
@@ -253,15 +259,14 @@ class Storage(Section):
     azure: dict[str, Any] | None = None
     swift: dict[str, Any] | None = None
     oss: dict[str, Any] | None = None
-    delete: Delete = Field(default_factory=Delete)
-    cache: Cache = Field(default_factory=Cache)
-    redirect: Redirect = Field(default_factory=Redirect)
-    maintenance: Maintenance = Field(default_factory=Maintenance)
-    tag: TagOptions = Field(default_factory=TagOptions)
+    delete: Delete = field(default_factory=Delete)
+    cache: Cache = field(default_factory=Cache)
+    redirect: Redirect = field(default_factory=Redirect)
+    maintenance: Maintenance = field(default_factory=Maintenance)
+    tag: TagOptions = field(default_factory=TagOptions)
 
-    @model_validator(mode="before")
     @classmethod
-    def _one_driver(cls, data: Any) -> Any:
+    def prepare(cls, data: Any) -> Any:
         data = expand_choice(data, cls.choices)
         if not isinstance(data, dict):
             return data
@@ -271,7 +276,7 @@ class Storage(Section):
                 f"exactly one storage driver is allowed, found {' and '.join(drivers)}"
             )
         if not drivers:
-            strangers = [str(key) for key in data if key not in cls.model_fields]
+            strangers = [str(key) for key in data if key not in cls.__dataclass_fields__]
             found = f"; {', '.join(strangers)} is not one" if strangers else ""
             raise ValueError(
                 f"a storage driver is required: one of {', '.join(STORAGE_DRIVERS)}{found}"
@@ -295,10 +300,14 @@ class Storage(Section):
         """
         params = getattr(self, self.driver_name)
         if isinstance(params, FilesystemParams):
-            return params.model_dump(exclude_none=True)
+            return _set_values(params)
         if isinstance(params, S3Params):
-            return {**params.model_dump(exclude_none=True), "redirect": not self.redirect.disable}
+            return {**_set_values(params), "redirect": not self.redirect.disable}
         return dict(params)
+
+
+def _set_values(params: Section) -> dict[str, Any]:
+    return {key: value for key, value in asdict(params).items() if value is not None}
 
 
 # --- auth ---------------------------------------------------------------------------------
@@ -306,11 +315,13 @@ class Storage(Section):
 AUTH_TYPES = ("silly", "token", "htpasswd")
 
 
+@dataclass(kw_only=True)
 class SillyAuth(Section):
     realm: str | None = None
     service: str | None = None
 
 
+@dataclass(kw_only=True)
 class TokenAuth(Section):
     realm: str | None = None
     service: str | None = None
@@ -319,14 +330,16 @@ class TokenAuth(Section):
     jwks: str | None = None
     autoredirect: bool = False
     autoredirectpath: str | None = None
-    signingalgorithms: list[str] = Field(default_factory=list)
+    signingalgorithms: list[str] = field(default_factory=list)
 
 
+@dataclass(kw_only=True)
 class HtpasswdAuth(Section):
     realm: str | None = None
     path: str | None = None
 
 
+@dataclass(kw_only=True)
 class Auth(Section):
     """Distribution's ``auth``: at most one of silly, token or htpasswd."""
 
@@ -336,9 +349,8 @@ class Auth(Section):
     token: TokenAuth | None = None
     htpasswd: HtpasswdAuth | None = None
 
-    @model_validator(mode="before")
     @classmethod
-    def _one_type(cls, data: Any) -> Any:
+    def prepare(cls, data: Any) -> Any:
         # ``{htpasswd: null}`` becomes ``{htpasswd: {}}`` so that it fails for want of a
         # realm, as in Distribution, instead of reading as "no auth" and serving openly.
         data = expand_choice(data, cls.choices)
@@ -367,39 +379,43 @@ TLS_CLIENT_AUTH = (
 )
 
 
+def _clientauth(value: str | None) -> str | None:
+    if value is not None and value not in TLS_CLIENT_AUTH:
+        raise ValueError(f"unknown clientauth {value!r} (one of {', '.join(TLS_CLIENT_AUTH)})")
+    return value
+
+
+@dataclass(kw_only=True)
 class TLS(Section):
     certificate: str | None = None
     key: str | None = None
-    clientcas: list[str] = Field(default_factory=list)
-    clientauth: str | None = None
+    clientcas: list[str] = field(default_factory=list)
+    clientauth: Annotated[str | None, After(_clientauth)] = None
     minimumtls: str | None = None
-    ciphersuites: list[str] = Field(default_factory=list)
+    ciphersuites: list[str] = field(default_factory=list)
     letsencrypt: dict[str, Any] | None = None
 
-    @field_validator("clientauth")
-    @classmethod
-    def _clientauth(cls, value: str | None) -> str | None:
-        if value is not None and value not in TLS_CLIENT_AUTH:
-            raise ValueError(f"unknown clientauth {value!r} (one of {', '.join(TLS_CLIENT_AUTH)})")
-        return value
 
-
+@dataclass(kw_only=True)
 class Prometheus(Section):
     enabled: bool = False
     path: str = "/metrics"
 
 
+@dataclass(kw_only=True)
 class Debug(Section):
     addr: str | None = None
-    prometheus: Prometheus = Field(default_factory=Prometheus)
+    prometheus: Prometheus = field(default_factory=Prometheus)
 
 
+@dataclass(kw_only=True)
 class HTTP2(Section):
     # Dockyard speaks HTTP/1.1 only, which is what ``disabled: true`` asks for; where
     # Distribution would offer HTTP/2 over TLS, clients fall back to HTTP/1.1.
     disabled: bool = False
 
 
+@dataclass(kw_only=True)
 class H2C(Section):
     enabled: bool = False
 
@@ -419,9 +435,18 @@ def _headers(value: Any) -> Any:
     return headers
 
 
+def _net(value: str) -> str:
+    if value == "":
+        return "tcp"
+    if value not in HTTP_NETWORKS:
+        raise ValueError(f"unknown network {value!r} (tcp or unix)")
+    return value
+
+
+@dataclass(kw_only=True)
 class HTTP(Section):
     addr: str = ":5000"
-    net: str = "tcp"
+    net: Annotated[str, After(_net)] = "tcp"
     prefix: str = ""
     host: str | None = None
     # Distribution signs upload state it hands to clients with this; Dockyard keeps
@@ -429,112 +454,102 @@ class HTTP(Section):
     secret: str | None = None
     relativeurls: bool = False
     draintimeout: Duration | None = None
-    headers: Annotated[dict[str, list[str]], BeforeValidator(_headers)] = Field(
-        default_factory=dict
-    )
-    tls: TLS = Field(default_factory=TLS)
-    debug: Debug = Field(default_factory=Debug)
-    http2: HTTP2 = Field(default_factory=HTTP2)
-    h2c: H2C = Field(default_factory=H2C)
-
-    @field_validator("net")
-    @classmethod
-    def _net(cls, value: str) -> str:
-        if value == "":
-            return "tcp"
-        if value not in HTTP_NETWORKS:
-            raise ValueError(f"unknown network {value!r} (tcp or unix)")
-        return value
+    headers: Annotated[dict[str, list[str]], Before(_headers)] = field(default_factory=dict)
+    tls: TLS = field(default_factory=TLS)
+    debug: Debug = field(default_factory=Debug)
+    http2: HTTP2 = field(default_factory=HTTP2)
+    h2c: H2C = field(default_factory=H2C)
 
 
 # --- notifications ------------------------------------------------------------------------
 
+
+@dataclass(kw_only=True)
 class NotificationIgnore(Section):
     """``ignore``: events whose target media type or action is listed are not sent."""
 
-    mediatypes: list[str] = Field(default_factory=list)
-    actions: list[str] = Field(default_factory=list)
+    mediatypes: list[str] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
 
 
+@dataclass(kw_only=True)
 class NotificationEndpoint(Section):
     """One ``notifications.endpoints`` entry, with Distribution's defaults for zeros."""
 
     name: str = ""
     disabled: bool = False
     url: str = ""
-    headers: Annotated[dict[str, list[str]], BeforeValidator(_headers)] = Field(
-        default_factory=dict
-    )
+    headers: Annotated[dict[str, list[str]], Before(_headers)] = field(default_factory=dict)
     # Zero or unset: Distribution's defaults (1s, 10 failures, 1s).
     timeout: Duration = timedelta(0)
     threshold: int = 0
     backoff: Duration = timedelta(0)
-    ignoredmediatypes: list[str] = Field(default_factory=list)
-    ignore: NotificationIgnore = Field(default_factory=NotificationIgnore)
+    ignoredmediatypes: list[str] = field(default_factory=list)
+    ignore: NotificationIgnore = field(default_factory=NotificationIgnore)
 
-    @model_validator(mode="after")
-    def _url(self) -> NotificationEndpoint:
+    def __post_init__(self) -> None:
         if not self.disabled and not re.match(r"^https?://[^/\s]+", self.url):
             raise ValueError(
                 f"endpoint {self.name or '(unnamed)'}: url {self.url!r} is not an http(s) URL"
             )
-        return self
 
 
+@dataclass(kw_only=True)
 class NotificationEvents(Section):
     includereferences: bool = False
 
 
+@dataclass(kw_only=True)
 class Notifications(Section):
-    events: NotificationEvents = Field(default_factory=NotificationEvents)
-    endpoints: list[NotificationEndpoint] = Field(default_factory=list)
+    events: NotificationEvents = field(default_factory=NotificationEvents)
+    endpoints: list[NotificationEndpoint] = field(default_factory=list)
 
 
 # --- health -------------------------------------------------------------------------------
 
 
+def _interval(value: timedelta) -> timedelta:
+    if value < timedelta(0):
+        raise ValueError("interval must not be negative")
+    # Distribution checks every 10s when the interval is zero.
+    return value or timedelta(seconds=10)
+
+
+def _threshold(value: int) -> int:
+    if value < 0:
+        raise ValueError("threshold must not be negative")
+    return value
+
+
+@dataclass(kw_only=True)
 class StorageDriverHealth(Section):
     enabled: bool = False
-    interval: Duration = timedelta(seconds=10)
+    interval: Annotated[Duration, After(_interval)] = timedelta(seconds=10)
     # Distribution's documented default: one failure marks the storage unhealthy.
-    threshold: int = 1
-
-    @field_validator("interval")
-    @classmethod
-    def _interval(cls, value: timedelta) -> timedelta:
-        if value < timedelta(0):
-            raise ValueError("interval must not be negative")
-        # Distribution checks every 10s when the interval is zero.
-        return value or timedelta(seconds=10)
-
-    @field_validator("threshold")
-    @classmethod
-    def _threshold(cls, value: int) -> int:
-        if value < 0:
-            raise ValueError("threshold must not be negative")
-        return value
+    threshold: Annotated[int, After(_threshold)] = 1
 
 
+@dataclass(kw_only=True)
 class Health(Section):
     env_aliases: ClassVar[Mapping[str, str]] = MappingProxyType(
         {"filecheckers": "file", "httpcheckers": "http", "tcpcheckers": "tcp"}
     )
 
-    storagedriver: StorageDriverHealth = Field(default_factory=StorageDriverHealth)
-    file: list[dict[str, Any]] = Field(default_factory=list)
-    http: list[dict[str, Any]] = Field(default_factory=list)
-    tcp: list[dict[str, Any]] = Field(default_factory=list)
+    storagedriver: StorageDriverHealth = field(default_factory=StorageDriverHealth)
+    file: list[dict[str, Any]] = field(default_factory=list)
+    http: list[dict[str, Any]] = field(default_factory=list)
+    tcp: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _maxentries(value: int) -> int:
+    if value < 1:
+        raise ValueError("maxentries must be at least 1")
+    return value
+
+
+@dataclass(kw_only=True)
 class Catalog(Section):
-    maxentries: int = 1000
-
-    @field_validator("maxentries")
-    @classmethod
-    def _maxentries(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError("maxentries must be at least 1")
-        return value
+    maxentries: Annotated[int, After(_maxentries)] = 1000
 
 
 # --- proxy (pull-through cache) ----------------------------------------------------------------
@@ -543,6 +558,7 @@ class Catalog(Section):
 PROXY_TTL = timedelta(hours=168)
 
 
+@dataclass(kw_only=True)
 class Proxy(Section):
     """Distribution's ``proxy``: the whole registry mirrors ``remoteurl``."""
 
@@ -552,7 +568,12 @@ class Proxy(Section):
     ttl: Duration = PROXY_TTL
 
 
-class ProxyUpstream(BaseModel):
+def _prefix(value: str) -> str:
+    return value.strip("/")
+
+
+@dataclass(kw_only=True)
+class ProxyUpstream:
     """One ``dockyard.proxy`` entry: repositories under ``prefix`` mirror ``remoteurl``.
 
     ``local: true`` (and no ``remoteurl``) keeps the prefix an ordinary repository area
@@ -560,8 +581,8 @@ class ProxyUpstream(BaseModel):
     names; unset, it is on for Docker Hub's addresses.
     """
 
-    model_config = ConfigDict(extra="forbid")
-    prefix: str = ""
+    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}
+    prefix: Annotated[str, After(_prefix)] = ""
     remoteurl: str | None = None
     username: str | None = None
     password: str | None = None
@@ -571,21 +592,15 @@ class ProxyUpstream(BaseModel):
     library: bool | None = None
     local: bool = False
 
-    @field_validator("prefix")
-    @classmethod
-    def _prefix(cls, value: str) -> str:
-        return value.strip("/")
-
-    @model_validator(mode="after")
-    def _target(self) -> ProxyUpstream:
+    def __post_init__(self) -> None:
         if self.local == (self.remoteurl is not None):
             raise ValueError("an entry needs a remoteurl, or local: true without one")
-        return self
 
 
 # --- Dockyard's own section -----------------------------------------------------------------
 
 
+@dataclass(kw_only=True)
 class GarbageCollection(Section):
     """Dockyard's collector; ``enabled`` runs it inside ``dockyard serve`` every ``interval``."""
 
@@ -596,6 +611,13 @@ class GarbageCollection(Section):
     deleteuntagged: bool = False
 
 
+def _page_size(value: int) -> int:
+    if not 5 <= value <= 500:
+        raise ValueError("must be between 5 and 500")
+    return value
+
+
+@dataclass(kw_only=True)
 class UI(Section):
     """The web UI under ``/ui`` (``dockyard.ui``)."""
 
@@ -605,19 +627,21 @@ class UI(Section):
     # host[:port] shown in ``docker pull`` commands; unset: http.host, else the host the
     # browser used to reach the page.
     name: str | None = None
-    pagesize: int = Field(default=50, ge=5, le=500)
+    pagesize: Annotated[int, After(_page_size)] = 50
 
 
-class AccessRule(BaseModel):
+@dataclass(kw_only=True)
+class AccessRule:
     """One ``dockyard.auth.access`` entry; a misspelt key is an error, not a silent no-op."""
 
-    model_config = ConfigDict(extra="forbid")
+    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}
     repositories: list[str]
-    users: list[str] = Field(default_factory=list)
+    users: list[str] = field(default_factory=list)
     anonymous: bool = False
     actions: list[str]
 
 
+@dataclass(kw_only=True)
 class TokenService(Section):
     """Dockyard's built-in token server (``/auth/token``)."""
 
@@ -625,10 +649,11 @@ class TokenService(Section):
     key: str | None = None
     certificate: str | None = None
     issuer: str | None = None
-    services: list[str] = Field(default_factory=list)
+    services: list[str] = field(default_factory=list)
     expiration: Duration = timedelta(minutes=5)
 
 
+@dataclass(kw_only=True)
 class LoginBackoff(Section):
     free: int = 5
     initial: Duration = timedelta(milliseconds=500)
@@ -636,17 +661,19 @@ class LoginBackoff(Section):
     window: Duration = timedelta(minutes=15)
 
 
+@dataclass(kw_only=True)
 class DockyardAuth(Section):
     """Users, access rules and the token service (``dockyard.auth``)."""
 
     users: str | None = None
-    admins: list[str] = Field(default_factory=list)
-    groups: dict[str, list[str]] = Field(default_factory=dict)
+    admins: list[str] = field(default_factory=list)
+    groups: dict[str, list[str]] = field(default_factory=dict)
     access: list[AccessRule] | None = None
-    tokenservice: TokenService = Field(default_factory=TokenService)
-    backoff: LoginBackoff = Field(default_factory=LoginBackoff)
+    tokenservice: TokenService = field(default_factory=TokenService)
+    backoff: LoginBackoff = field(default_factory=LoginBackoff)
 
 
+@dataclass(kw_only=True)
 class NotificationSpool(Section):
     """Where events wait for their endpoints (``dockyard.notifications``); unset: under
     the filesystem driver's root, or a temporary directory for the other drivers."""
@@ -654,27 +681,28 @@ class NotificationSpool(Section):
     spooldirectory: str | None = None
 
 
+def _workers(value: int | None) -> int | None:
+    if value is not None and value < 1:
+        raise ValueError("workers must be at least 1")
+    return value
+
+
+@dataclass(kw_only=True)
 class Dockyard(Section):
     """Settings Distribution does not have; Distribution ignores this section."""
 
-    ui: UI = Field(default_factory=UI)
-    workers: int | None = None
-    auth: DockyardAuth = Field(default_factory=DockyardAuth)
-    gc: GarbageCollection = Field(default_factory=GarbageCollection)
-    proxy: list[ProxyUpstream] = Field(default_factory=list)
-    notifications: NotificationSpool = Field(default_factory=lambda: NotificationSpool())
-
-    @field_validator("workers")
-    @classmethod
-    def _workers(cls, value: int | None) -> int | None:
-        if value is not None and value < 1:
-            raise ValueError("workers must be at least 1")
-        return value
+    ui: UI = field(default_factory=UI)
+    workers: Annotated[int | None, After(_workers)] = None
+    auth: DockyardAuth = field(default_factory=DockyardAuth)
+    gc: GarbageCollection = field(default_factory=GarbageCollection)
+    proxy: list[ProxyUpstream] = field(default_factory=list)
+    notifications: NotificationSpool = field(default_factory=lambda: NotificationSpool())
 
 
 # --- redis --------------------------------------------------------------------------------
 
 
+@dataclass(kw_only=True)
 class RedisPool(Section):
     """Distribution 2.x's pool settings; 3.x moved them up (maxidleconns, poolsize)."""
 
@@ -683,37 +711,38 @@ class RedisPool(Section):
     idletimeout: Duration | None = None
 
 
+@dataclass(kw_only=True)
 class RedisTLS(Section):
     enabled: bool = False
     # Distribution 3.x: a client certificate, and the CAs that sign the server's.
     certificate: str | None = None
     key: str | None = None
-    clientcas: list[str] = Field(default_factory=list)
+    clientcas: list[str] = field(default_factory=list)
 
     @property
     def active(self) -> bool:
         return self.enabled or bool(self.certificate or self.clientcas)
 
 
+@dataclass(kw_only=True)
 class Redis(Section):
     """Distribution's ``redis`` section, in its 2.x form (addr, pool) or 3.x (addrs)."""
 
     addr: str | None = None
-    addrs: list[str] = Field(default_factory=list)
+    addrs: list[str] = field(default_factory=list)
     username: str | None = None
     password: str | None = None
     db: int = 0
     dialtimeout: Duration | None = None
     readtimeout: Duration | None = None
     writetimeout: Duration | None = None
-    pool: RedisPool = Field(default_factory=RedisPool)
+    pool: RedisPool = field(default_factory=RedisPool)
     poolsize: int | None = None
     maxidleconns: int | None = None
     connmaxidletime: Duration | None = None
-    tls: RedisTLS = Field(default_factory=RedisTLS)
+    tls: RedisTLS = field(default_factory=RedisTLS)
 
-    @model_validator(mode="after")
-    def _one_address(self) -> Redis:
+    def __post_init__(self) -> None:
         addresses = [a for a in [self.addr, *self.addrs] if a]
         if not addresses:
             raise ValueError("redis needs addr (host:port)")
@@ -724,7 +753,6 @@ class Redis(Section):
         host, _, port = addresses[0].rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"redis addr must be host:port, not {addresses[0]!r}")
-        return self
 
     @property
     def host(self) -> str:
@@ -744,42 +772,34 @@ class Redis(Section):
 CONFIG_VERSION = "0.1"
 
 
+def _version(value: str) -> str:
+    # Distribution knows exactly one configuration format and refuses any other.
+    if value != CONFIG_VERSION:
+        raise ValueError(f"unsupported version {value!r}: the only version is {CONFIG_VERSION}")
+    return value
+
+
+@dataclass(kw_only=True)
 class Config(Section):
-    version: str = CONFIG_VERSION
-    log: Log = Field(default_factory=Log)
+    version: Annotated[str, After(_version)] = CONFIG_VERSION
+    log: Log = field(default_factory=Log)
     # Deprecated by Distribution in favour of log.level, which wins when both are set.
-    loglevel: Annotated[str | None, BeforeValidator(_log_level)] = None
-    storage: Storage = Field(default_factory=lambda: Storage(filesystem=FilesystemParams()))
+    loglevel: Annotated[str | None, Before(_log_level)] = None
+    storage: Storage = field(default_factory=lambda: Storage(filesystem=FilesystemParams()))
     auth: Auth | None = None
     middleware: dict[str, Any] | None = None
     reporting: dict[str, Any] | None = None
-    http: HTTP = Field(default_factory=HTTP)
-    notifications: Notifications = Field(default_factory=Notifications)
+    http: HTTP = field(default_factory=HTTP)
+    notifications: Notifications = field(default_factory=Notifications)
     redis: Redis | None = None
-    health: Health = Field(default_factory=Health)
+    health: Health = field(default_factory=Health)
     proxy: Proxy | None = None
     compatibility: dict[str, Any] | None = None
     validation: dict[str, Any] | None = None
     policy: dict[str, Any] | None = None
-    catalog: Catalog = Field(default_factory=Catalog)
-    dockyard: Dockyard = Field(default_factory=Dockyard)
+    catalog: Catalog = field(default_factory=Catalog)
+    dockyard: Dockyard = field(default_factory=Dockyard)
 
-    @field_validator("version")
-    @classmethod
-    def _version(cls, value: str) -> str:
-        # Distribution knows exactly one configuration format and refuses any other.
-        if value != CONFIG_VERSION:
-            raise ValueError(f"unsupported version {value!r}: the only version is {CONFIG_VERSION}")
-        return value
-
-    @model_validator(mode="after")
-    def _redis_cache(self) -> Config:
+    def __post_init__(self) -> None:
         if self.storage.cache.blobdescriptor == "redis" and self.redis is None:
             raise ValueError("storage.cache.blobdescriptor is redis but no redis section is set")
-        return self
-
-    @model_validator(mode="after")
-    def _old_log_level(self) -> Config:
-        if self.loglevel is not None and "level" not in self.log.model_fields_set:
-            self.log.level = self.loglevel
-        return self

@@ -13,8 +13,18 @@ from dockyard.config import Config
 from dockyard.coordination import build_coordination
 from dockyard.registry.gc import hold_limit_for
 from dockyard.registry.registry import Registry, RegistryOptions
-from dockyard.storage import create_driver
+from dockyard.storage import S3Driver, create_driver
 from dockyard.storage.driver import StorageDriver
+
+
+def configured_driver(config: Config) -> StorageDriver:
+    """The storage driver of a checked configuration."""
+    storage = config.storage
+    if storage.s3 is not None:
+        # Checked already: the parameters need no second reading (which would load
+        # pydantic into a worker that has none).
+        return S3Driver(storage.s3, redirect=not storage.redirect.disable)
+    return create_driver(storage.driver_name, dict(storage.driver_params))
 
 
 def build_registry(
@@ -22,9 +32,7 @@ def build_registry(
 ) -> Registry:
     """``instrument`` wraps the driver once it is coordinated (the server's metrics)."""
     coordination = build_coordination(config)
-    driver = coordination.adapt(
-        create_driver(config.storage.driver_name, dict(config.storage.driver_params))
-    )
+    driver = coordination.adapt(configured_driver(config))
     if instrument is not None:
         driver = instrument(driver)
     options = RegistryOptions(

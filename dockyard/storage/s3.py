@@ -39,10 +39,9 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
-
+from dockyard.schema import After, Invalid, Settings, validate
 from dockyard.storage.driver import (
     FileInfo,
     FileWriter,
@@ -94,77 +93,69 @@ _FileInfos = list[FileInfo]
 _Keys = list[str]
 
 
-class S3Parameters(BaseModel):
-    """Distribution's ``storage.s3`` parameters, with its defaults."""
+def _required(value: str) -> str:
+    if not value:
+        raise ValueError("must not be empty")
+    return value
 
-    model_config = ConfigDict(extra="ignore")
+
+def _part_size(value: int) -> int:
+    if not MIN_PART_SIZE <= value <= MAX_PART_SIZE:
+        raise ValueError(f"must be between {MIN_PART_SIZE} (5 MiB) and {MAX_PART_SIZE} (5 GiB)")
+    return value
+
+
+def _threshold(value: int) -> int:
+    if not 0 <= value <= MAX_PART_SIZE:
+        raise ValueError(f"must be between 0 and {MAX_PART_SIZE} (5 GiB)")
+    return value
+
+
+def _concurrency(value: int) -> int:
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _storage_class(value: str) -> str:
+    return value.upper() or "STANDARD"
+
+
+@dataclass(kw_only=True)
+class S3Parameters(Settings):
+    """Distribution's ``storage.s3`` parameters, with its defaults."""
 
     accesskey: str | None = None
     secretkey: str | None = None
     sessiontoken: str | None = None
-    region: str
+    region: Annotated[str, After(_required)]
     regionendpoint: str | None = None
     # Distribution 2.8 addresses buckets by path whenever regionendpoint is set (MinIO,
     # Ceph RGW...), and virtual-host style on AWS; an explicit value wins.
     forcepathstyle: bool | None = None
-    bucket: str
+    bucket: Annotated[str, After(_required)]
     encrypt: bool = False
     keyid: str | None = None
     secure: bool = True
     skipverify: bool = False
     v4auth: bool = True
-    chunksize: int = 10 * MiB
-    multipartcopychunksize: int = 32 * MiB
-    multipartcopymaxconcurrency: int = 100
-    multipartcopythresholdsize: int = 32 * MiB
+    chunksize: Annotated[int, After(_part_size)] = 10 * MiB
+    multipartcopychunksize: Annotated[int, After(_part_size)] = 32 * MiB
+    multipartcopymaxconcurrency: Annotated[int, After(_concurrency)] = 100
+    multipartcopythresholdsize: Annotated[int, After(_threshold)] = 32 * MiB
     rootdirectory: str = ""
-    storageclass: str = "STANDARD"
+    storageclass: Annotated[str, After(_storage_class)] = "STANDARD"
     objectacl: str = "private"
     useragent: str | None = None
     usedualstack: bool = False
     accelerate: bool = False
     loglevel: str | None = None
 
-    @field_validator("region", "bucket")
-    @classmethod
-    def _required(cls, value: str) -> str:
-        if not value:
-            raise ValueError("must not be empty")
-        return value
-
-    @field_validator("chunksize", "multipartcopychunksize")
-    @classmethod
-    def _part_size(cls, value: int) -> int:
-        if not MIN_PART_SIZE <= value <= MAX_PART_SIZE:
-            raise ValueError(f"must be between {MIN_PART_SIZE} (5 MiB) and {MAX_PART_SIZE} (5 GiB)")
-        return value
-
-    @field_validator("multipartcopythresholdsize")
-    @classmethod
-    def _threshold(cls, value: int) -> int:
-        if not 0 <= value <= MAX_PART_SIZE:
-            raise ValueError(f"must be between 0 and {MAX_PART_SIZE} (5 GiB)")
-        return value
-
-    @field_validator("multipartcopymaxconcurrency")
-    @classmethod
-    def _concurrency(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError("must be at least 1")
-        return value
-
-    @field_validator("storageclass")
-    @classmethod
-    def _storage_class(cls, value: str) -> str:
-        return value.upper() or "STANDARD"
-
-    @model_validator(mode="after")
-    def _credentials(self) -> S3Parameters:
+    def __post_init__(self) -> None:
         if bool(self.accesskey) != bool(self.secretkey):
             raise ValueError(
                 "accesskey and secretkey go together (or neither: the AWS credential chain)"
             )
-        return self
 
     @property
     def path_style(self) -> bool:
@@ -1258,15 +1249,11 @@ class S3Writer(FileWriter):
 
 
 def create_s3_driver(params: dict[str, Any], redirect: bool = True) -> S3Driver:
-    from pydantic import ValidationError
-
     try:
-        parsed = S3Parameters.model_validate(params)
-    except ValidationError as error:
+        parsed = validate(S3Parameters, params)
+    except Invalid as error:
         problems = "; ".join(
-            f"storage.s3.{'.'.join(str(p) for p in problem['loc'])}: "
-            f"{str(problem['msg']).removeprefix('Value error, ')}"
-            for problem in error.errors()
+            f"storage.s3.{'.'.join(path)}: {reason}" for path, reason in error.problems
         )
         raise ValueError(problems) from None
     return S3Driver(parsed, redirect=redirect)
