@@ -1,10 +1,10 @@
 """The parent of several workers: replaces any that dies, stops them all on SIGTERM/SIGINT.
 
-This module imports the standard library and :mod:`dockyard.logs` only. The process that
-loaded the configuration and the application forks the first workers (they share its
-pages), then replaces its own program with this one (``exec``: same pid, still the
-workers' parent), so that the parent holds an interpreter's worth of memory (about
-10 MiB) instead of the application's 50. A worker that dies later is replaced by a fresh
+This module imports the standard library only, and :mod:`dockyard.logs` once the parent
+has something to log. The process that loaded the application forks the first workers
+(they share its pages), then replaces its own program with this one (``exec``: same
+pid, still the workers' parent), so that the parent holds an interpreter's worth of
+memory (about 11 MiB) instead of the application's 40. A worker that dies later is replaced by a fresh
 interpreter (:func:`dockyard.server.run_replacement`) that reads the configuration the
 first workers were given from a memory file the parent keeps open, so a configuration
 file edited since the start does not reach it.
@@ -13,17 +13,16 @@ file edited since the start does not reach it.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING
 
+# Not typing's: the parent imports only what it needs to wait on its workers (typing,
+# logging and the registry's log formats would add a third to its memory).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
-
-log = logging.getLogger("dockyard")
+    import logging
 
 # The worker index of the process that serves the metrics of all the workers.
 METRICS_PROCESS = -1
@@ -65,7 +64,7 @@ class WorkerPlan:
         metrics_dir: str | None,
         config_fd: int,
         drain: float,
-        log_settings: tuple[str, str, dict[str, Any]],
+        log_settings: tuple[str, str, dict[str, object]],
     ) -> None:
         self.children = children  # pid -> worker index
         self.listen_fd = listen_fd
@@ -139,10 +138,27 @@ def package_root() -> str:
 class Supervisor:
     """Waits on the workers, replaces any that dies, stops them all on SIGTERM/SIGINT."""
 
-    def __init__(self, plan: WorkerPlan, root: str) -> None:
+    def __init__(self, plan: WorkerPlan, root: str, logging_ready: bool = True) -> None:
+        """``logging_ready``: this process has set up logging (the one that read the
+        configuration has; the parent's own program sets it up when it first logs)."""
         self.plan = plan
         self.root = root
         self.stopping = False
+        self._logging_ready = logging_ready
+        self._log: logging.Logger | None = None
+
+    @property
+    def log(self) -> logging.Logger:
+        if self._log is None:
+            import logging
+
+            if not self._logging_ready:
+                from dockyard.logs import setup_logging
+
+                level, formatter, fields = self.plan.log_settings
+                setup_logging(level, formatter, dict(fields))
+            self._log = logging.getLogger("dockyard")
+        return self._log
 
     def become_small(self) -> None:
         """Replace this process's program with the parent's own (returns only on failure)."""
@@ -152,7 +168,9 @@ class Supervisor:
         try:
             os.execv(sys.executable, argv)
         except OSError as error:
-            log.warning("cannot start a separate parent process (%s); supervising from here", error)
+            self.log.warning(
+                "cannot start a separate parent process (%s); supervising from here", error
+            )
 
     def spawn(self, index: int, predecessor: int) -> None:
         argv = [
@@ -167,13 +185,13 @@ class Supervisor:
             # replacement starts with an empty mask whatever this process's is.
             pid = os.posix_spawn(sys.executable, argv, os.environ, setsigmask=())
         except OSError as error:
-            log.error("cannot start a replacement for worker %d: %s", index, error)
+            self.log.error("cannot start a replacement for worker %d: %s", index, error)
             return
         self.plan.children[pid] = index
 
     def stop(self, signum: int, _frame: object) -> None:
         if not self.stopping:
-            log.info("stopping: draining requests in flight for up to %.1fs", self.plan.drain)
+            self.log.info("stopping: draining requests in flight for up to %.1fs", self.plan.drain)
             # A worker that outlives its drain (a handler that ignores cancellation)
             # must not keep the parent from exiting.
             signal.setitimer(signal.ITIMER_REAL, self.plan.drain + DRAIN_MARGIN)
@@ -186,7 +204,7 @@ class Supervisor:
 
     def overdue(self, signum: int, _frame: object) -> None:
         for pid, index in list(self.plan.children.items()):
-            log.error("worker %d (pid %d) did not stop in time; killing it", index, pid)
+            self.log.error("worker %d (pid %d) did not stop in time; killing it", index, pid)
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -220,12 +238,12 @@ class Supervisor:
             if self.stopping:
                 continue
             name = "metrics process" if index == METRICS_PROCESS else f"worker {index}"
-            log.error("%s (pid %d) exited with status %d; restarting", name, pid, status)
+            self.log.error("%s (pid %d) exited with status %d; restarting", name, pid, status)
             time.sleep(RESTART_PAUSE)
             if not self.stopping:
                 self.spawn(index, pid)
         signal.setitimer(signal.ITIMER_REAL, 0)
-        log.info("stopped")
+        self.log.info("stopped")
 
 
 def remove_flat_directory(path: str) -> None:
@@ -245,9 +263,4 @@ def remove_flat_directory(path: str) -> None:
 
 def main(encoded: str) -> None:
     """The parent's program after ``exec``."""
-    from dockyard.logs import setup_logging
-
-    plan = WorkerPlan.decode(encoded)
-    level, formatter, fields = plan.log_settings
-    setup_logging(level, formatter, fields)
-    Supervisor(plan, package_root()).run()
+    Supervisor(WorkerPlan.decode(encoded), package_root(), logging_ready=False).run()

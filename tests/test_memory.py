@@ -1,5 +1,5 @@
 """The malloc arena limit of serving processes, counted by glibc itself, and the heap
-trim that gives freed memory back after a burst of uploads."""
+trim that gives freed memory back after a burst of uploads or a large listing."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import re
 import subprocess
 import sys
 import textwrap
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -23,9 +25,12 @@ from dockyard.memory import (
     ARENA_ENV,
     ARENAS,
     LARGE_BODY,
+    LARGE_LISTING,
     TRIM_AFTER_BYTES,
+    TRIM_WHEN_QUIET,
     HeapTrimmer,
 )
+from dockyard.registry import layout
 from dockyard.schema import validate
 
 # Eight threads that each allocate from the C heap while all eight are alive, then the
@@ -154,11 +159,20 @@ class RecordedTrims:
         self.count += 1
 
 
+@asynccontextmanager
+async def running(trimmer: HeapTrimmer) -> AsyncIterator[None]:
+    task = asyncio.create_task(trimmer.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_the_heap_is_trimmed_once_a_burst_of_large_bodies_is_over() -> None:
     trims = RecordedTrims()
     trimmer = HeapTrimmer(trims, after_bytes=4 * LARGE_BODY, quiet=0.1)
-    task = asyncio.create_task(trimmer.run())
-    try:
+    async with running(trimmer):
         # Small bodies (manifests) never count, however many.
         for _ in range(100):
             trimmer.received(LARGE_BODY - 1)
@@ -177,9 +191,51 @@ async def test_the_heap_is_trimmed_once_a_burst_of_large_bodies_is_over() -> Non
         trimmer.received(4 * LARGE_BODY)
         await asyncio.sleep(0.3)
         assert trims.count == 2
+
+
+async def test_a_large_listing_is_worth_a_trim_by_itself() -> None:
+    trims = RecordedTrims()
+    trimmer = HeapTrimmer(trims, quiet=0.1)
+    async with running(trimmer):
+        # Pages of a walk do not count, however many.
+        for _ in range(100):
+            trimmer.listed(LARGE_LISTING - 1)
+        await asyncio.sleep(0.3)
+        assert trims.count == 0
+        trimmer.listed(LARGE_LISTING)
+        await asyncio.sleep(0.3)
+        assert trims.count == 1
+
+
+async def test_a_worker_trims_after_a_large_tag_list(tmp_path: Path) -> None:
+    digest = "sha256:" + "a" * 64
+    for index in range(LARGE_LISTING):
+        link = tmp_path / layout.tag_current_link("lib/app", f"t{index:04d}").lstrip("/")
+        link.parent.mkdir(parents=True)
+        link.write_text(digest)
+    config = validate(
+        Config, {"version": "0.1", "storage": {"filesystem": {"rootdirectory": str(tmp_path)}}}
+    )
+    app = create_app(config, background=False)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    heap = app[HEAP_TRIMMER]
+    try:
+        async with aiohttp.ClientSession() as http:
+            url = server.make_url("/v2/lib/app/tags/list")
+            async with http.get(url.with_query(n="100")) as page:
+                assert len((await page.json())["tags"]) == 100
+            await asyncio.sleep(TRIM_WHEN_QUIET + 0.3)
+            assert heap.trims == 0
+            async with http.get(url) as whole:
+                assert len((await whole.json())["tags"]) == LARGE_LISTING
+        for _ in range(100):
+            if heap.trims:
+                break
+            await asyncio.sleep(0.05)
+        assert heap.trims == 1
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await server.close()
 
 
 async def test_a_worker_trims_after_a_large_push(tmp_path: Path) -> None:

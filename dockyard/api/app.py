@@ -11,7 +11,7 @@ from aiohttp.typedefs import Middleware
 from dockyard import metrics as metrics_module
 from dockyard.api import extensions, health, observe, routes
 from dockyard.api.background import start_jobs
-from dockyard.api.context import CATALOG_MAX_ENTRIES, REGISTRY, URLS
+from dockyard.api.context import CATALOG_MAX_ENTRIES, HEAP_TRIMMER, REGISTRY, URLS
 from dockyard.api.errors import error_middleware, error_response
 from dockyard.api.urls import UrlBuilder
 from dockyard.auth.http import install as install_auth
@@ -27,7 +27,6 @@ from dockyard.registry.store_use import using_store
 from dockyard.storage.driver import StorageDriver
 
 API_VERSION_HEADER = ("Docker-Distribution-Api-Version", "registry/2.0")
-HEAP_TRIMMER = web.AppKey("heap_trimmer", HeapTrimmer)
 
 
 def build_registry(config: Config) -> Registry:

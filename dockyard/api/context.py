@@ -5,11 +5,13 @@ from __future__ import annotations
 from aiohttp import web
 
 from dockyard.api.urls import UrlBuilder
+from dockyard.memory import HeapTrimmer
 from dockyard.registry import Registry
 
 REGISTRY = web.AppKey("registry", Registry)
 URLS = web.AppKey("urls", UrlBuilder)
 CATALOG_MAX_ENTRIES = web.AppKey("catalog_max_entries", int)
+HEAP_TRIMMER = web.AppKey("heap_trimmer", HeapTrimmer)
 
 
 def registry_of(request: web.Request) -> Registry:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from dockyard.api.context import CATALOG_MAX_ENTRIES, registry_of, urls_of
+from dockyard.api.context import CATALOG_MAX_ENTRIES, HEAP_TRIMMER, registry_of, urls_of
 from dockyard.errors import NameUnknown, PaginationNumberInvalid
 from dockyard.registry import layout
 from dockyard.storage.driver import PathNotFoundError
@@ -39,7 +39,9 @@ async def list_tags(request: web.Request, name: str) -> web.StreamResponse:
     headers = {}
     if n and more:
         headers["Link"] = _link(request, f"{repo.name}/tags/list", n, tags[-1])
-    return web.json_response({"name": repo.name, "tags": tags}, headers=headers)
+    response = web.json_response({"name": repo.name, "tags": tags}, headers=headers)
+    request.app[HEAP_TRIMMER].listed(len(tags))
+    return response
 
 
 async def list_catalog(request: web.Request) -> web.StreamResponse:
@@ -51,4 +53,6 @@ async def list_catalog(request: web.Request) -> web.StreamResponse:
     headers = {}
     if more and names:
         headers["Link"] = _link(request, "_catalog", size, names[-1])
-    return web.json_response({"repositories": names}, headers=headers)
+    response = web.json_response({"repositories": names}, headers=headers)
+    request.app[HEAP_TRIMMER].listed(len(names))
+    return response

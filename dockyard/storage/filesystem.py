@@ -72,6 +72,9 @@ LISTED_NAMES_REMEMBERED = 100_000
 # catalog walk of so many repositories to stat rather than read them.
 SMALL_LISTINGS_REMEMBERED = 16_384
 SMALL_NAMES_REMEMBERED = 131_072
+# Sets of names kept once for all the small directories that hold just them: the first
+# so many seen (a repository's own directory, a tag's, a revision's are a handful).
+SMALL_SHAPES_REMEMBERED = 64
 SETTLED_AFTER_NS = 2_000_000_000
 # Small files (links: 71 bytes for sha256, 135 for sha512) whose contents a driver keeps,
 # and up to what size: about 500 bytes each with their path, 2 MiB in all.
@@ -861,43 +864,59 @@ class _Listings:
     A repository's tags or a registry's repositories are listed far more often than
     they change; reading 10,000 entries costs milliseconds, a stat microseconds. A
     catalog lists every repository's own directory, each a few names: kept, a walk over
-    10,000 of them costs a stat each instead of an open, a read and a sort.
+    10,000 of them costs a stat each instead of an open, a read and a sort. Directories
+    are kept by their path below ``root`` (the part every one shares is not repeated),
+    and up to ``shapes_limit`` sets of names are kept once for every directory that
+    holds just them (every repository's own: ``_layers``, ``_manifests``, ``_uploads``).
     """
 
     def __init__(
         self,
+        root: str,
         names_limit: int = LISTED_NAMES_REMEMBERED,
         entries_limit: int = LISTINGS_REMEMBERED,
+        shapes_limit: int = 0,
     ) -> None:
         self._kept: OrderedDict[str, tuple[int, tuple[str, ...]]] = OrderedDict()
+        self._root_length = len(root)
         self._names_limit = names_limit
         self._entries_limit = entries_limit
         self._names = 0
+        self._shapes: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._shapes_limit = shapes_limit
 
     def get(self, real: str, status: os.stat_result) -> list[str] | None:
-        kept = self._kept.get(real)
+        key = real[self._root_length :]
+        kept = self._kept.get(key)
         if kept is None or kept[0] != _version(status):
             return None
-        self._kept.move_to_end(real)
+        self._kept.move_to_end(key)
         return list(kept[1])
 
     def keep(self, real: str, status: os.stat_result, before: int, names: list[str]) -> None:
         """Keep ``names``, read after ``status`` was taken at ``before`` (ns), if the
         directory had settled by then."""
-        self._forget(real)
+        key = real[self._root_length :]
+        self._forget(key)
         if not _settled(status, before):
             return
         if len(names) > self._names_limit:
             return
         # Interned: the names every repository's directory holds (_layers, _manifests,
         # _uploads) are then kept once, not once per repository.
-        self._kept[real] = (_version(status), tuple(map(sys.intern, names)))
+        kept = tuple(map(sys.intern, names))
+        shape = self._shapes.get(kept)
+        if shape is not None:
+            kept = shape
+        elif len(self._shapes) < self._shapes_limit:
+            self._shapes[kept] = kept
+        self._kept[key] = (_version(status), kept)
         self._names += len(names)
         while len(self._kept) > self._entries_limit or self._names > self._names_limit:
             self._forget(next(iter(self._kept)))
 
-    def _forget(self, real: str) -> None:
-        kept = self._kept.pop(real, None)
+    def _forget(self, key: str) -> None:
+        kept = self._kept.pop(key, None)
         if kept is not None:
             self._names -= len(kept[1])
 
@@ -1075,8 +1094,10 @@ class FilesystemDriver(StorageDriver):
         # of a catalog walk's or a collection's scan). The registry never makes links;
         # one made inside the root while it runs is noticed once the entry is evicted.
         self._plain_dirs: OrderedDict[str, None] = OrderedDict()
-        self._listings = _Listings()
-        self._small_listings = _Listings(SMALL_NAMES_REMEMBERED, SMALL_LISTINGS_REMEMBERED)
+        self._listings = _Listings(self._root)
+        self._small_listings = _Listings(
+            self._root, SMALL_NAMES_REMEMBERED, SMALL_LISTINGS_REMEMBERED, SMALL_SHAPES_REMEMBERED
+        )
         self._small_files = _SmallFiles()
         self._syncs = _Syncs()
         # Replayable batches (a manifest push) are made durable through it; every other

@@ -5,13 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
-import jinja2
 from markupsafe import Markup, escape
 
 from dockyard.web import model
+
+if TYPE_CHECKING:
+    import jinja2
 
 HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
@@ -135,6 +137,8 @@ def highlight_json(text: str) -> Markup:
 
 
 def make_environment() -> jinja2.Environment:
+    import jinja2
+
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
         # Every value from an image (labels, annotations, env, history) is untrusted:

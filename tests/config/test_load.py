@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from dockyard.config import Config, ConfigError, load_config, parse_go_duration
+from dockyard.config import Config, ConfigError, load_config, load_config_apart, parse_go_duration
 from dockyard.config.load import UNSUPPORTED_KEYS
 from dockyard.config.model import Section
 from dockyard.schema import field_types
@@ -475,7 +477,12 @@ def test_the_redis_section_as_distribution_2_writes_it(tmp_path: Path) -> None:
     assert warnings == []
     redis = config.redis
     assert redis is not None
-    assert (redis.host, redis.port, redis.db, redis.password) == ("redis.example", 6380, 3, "secret")
+    assert (redis.host, redis.port, redis.db, redis.password) == (
+        "redis.example",
+        6380,
+        3,
+        "secret",
+    )
     assert redis.max_connections == 64
     assert redis.tls.active
     assert config.storage.cache.blobdescriptorsize == 500
@@ -717,8 +724,10 @@ def test_list_items_by_index_and_distributions_go_field_names(tmp_path: Path) ->
     )
     assert config.health.file == [{"file": "/tmp/down"}, {"file": "/tmp/gone"}]
     assert warnings == [
-        ("config: health.file is not supported by Dockyard yet and is ignored "
-        "(set by REGISTRY_HEALTH_FILECHECKERS_0_FILE)")
+        (
+            "config: health.file is not supported by Dockyard yet and is ignored "
+            "(set by REGISTRY_HEALTH_FILECHECKERS_0_FILE)"
+        )
     ]
 
 
@@ -726,3 +735,45 @@ def test_driver_parameters_with_underscores_can_be_overridden(tmp_path: Path) ->
     text = "version: 0.1\nstorage:\n  inmemory:\n    max_retries: 1\n"
     config, _ = load(tmp_path, text, REGISTRY_STORAGE_INMEMORY_MAX_RETRIES="5")
     assert config.storage.driver_params == {"max_retries": 5}
+
+
+# --- read apart, for the serving process ------------------------------------------------
+
+READ_APART = """
+import sys
+from dockyard.config import ConfigError, load_config_apart
+try:
+    loaded = load_config_apart(sys.argv[1])
+    print(repr(loaded.config.http.addr), loaded.warnings)
+except ConfigError as error:
+    print("refused:", error)
+print(sorted(m for m in ("pydantic", "yaml") if m in sys.modules))
+"""
+
+
+def read_apart(path: str) -> list[str]:
+    result = subprocess.run(
+        [sys.executable, "-c", READ_APART, path], capture_output=True, text=True, check=True
+    )
+    return result.stdout.splitlines()
+
+
+def test_read_apart_the_configuration_and_its_warnings_come_back(tmp_path: Path) -> None:
+    path = write(tmp_path, SEED_CONFIG + "colour: blue\n")
+    assert load_config_apart(path) == load_config(path)
+    # The process that asked holds neither the checker nor the YAML reader.
+    assert read_apart(path) == [
+        "':5000' ['config: unknown key colour at line 21']",
+        "[]",
+    ]
+
+
+def test_read_apart_a_bad_file_is_refused_with_the_same_message(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "http:\n  net: udp\n")
+    with pytest.raises(ConfigError) as error:
+        load_config_apart(path)
+    assert str(error.value) == load_error(tmp_path, MINIMAL + "http:\n  net: udp\n")
+    assert read_apart(path) == [
+        "refused: " + str(error.value),
+        "[]",
+    ]

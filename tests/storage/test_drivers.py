@@ -1483,7 +1483,7 @@ def test_fs_kept_small_files_are_bounded(tmp_path: Path) -> None:
 
 
 def test_fs_kept_listings_hold_a_bounded_number_of_names(tmp_path: Path) -> None:
-    listings = _Listings(names_limit=25)
+    listings = _Listings(str(tmp_path), names_limit=25)
     directories = []
     for number in range(4):
         directory = tmp_path / f"d{number}"
@@ -1513,6 +1513,26 @@ def test_fs_kept_listings_hold_a_bounded_number_of_names(tmp_path: Path) -> None
     listings.keep(*directories[1], names)
     assert listings.get(real, status) == names[:5]
     assert listings.get(directories[1][0], directories[1][1]) == names
+
+
+def test_fs_kept_listings_of_one_shape_share_their_names(tmp_path: Path) -> None:
+    listings = _Listings(str(tmp_path), shapes_limit=1)
+    kept = []
+    for number, names in enumerate(
+        [["_layers", "_manifests"], ["_layers", "_manifests"], ["current", "index"]]
+    ):
+        directory = tmp_path / f"d{number}"
+        directory.mkdir()
+        status = os.stat(directory)
+        settled = max(status.st_mtime_ns, status.st_ctime_ns) + SETTLED_AFTER_NS
+        listings.keep(str(directory), status, settled, names)
+        kept.append((str(directory), status, names))
+    # Each directory answers its own names, whether its shape is shared or not (the
+    # table holds one shape here, so the third is kept on its own).
+    assert all(listings.get(real, status) == names for real, status, names in kept)
+    shapes = [entry[1] for entry in listings._kept.values()]
+    assert shapes[0] is shapes[1]
+    assert shapes[2] == ("current", "index") and len(listings._shapes) == 1
 
 
 async def test_fs_remembered_directories_stay_bounded(fs: FilesystemDriver, fs_root: Path) -> None:
