@@ -1,6 +1,8 @@
-"""Distribution's ``config.yml`` as pydantic models, with Distribution's key names.
+"""Distribution's ``config.yml`` as dataclasses, with Distribution's key names.
 
-Only the shape, types and defaults live here. Reading the file, ``REGISTRY_*``
+Only the shape, types, defaults and checks live here; pydantic applies them when a file
+is read (see :mod:`dockyard.schema`), and a process that is handed a configuration
+needs neither pydantic nor this module's checks. Reading the file, ``REGISTRY_*``
 overrides and the warnings about keys Dockyard does not act on live in ``load``.
 Distribution keys that Dockyard does not act on are still modelled (loosely, as
 mappings where their inner shape does not matter to us), so that the loader can tell

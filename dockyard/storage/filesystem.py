@@ -905,11 +905,12 @@ class _Listings:
         # Interned: the names every repository's directory holds (_layers, _manifests,
         # _uploads) are then kept once, not once per repository.
         kept = tuple(map(sys.intern, names))
-        shape = self._shapes.get(kept)
-        if shape is not None:
-            kept = shape
-        elif len(self._shapes) < self._shapes_limit:
-            self._shapes[kept] = kept
+        if self._shapes_limit:
+            shape = self._shapes.get(kept)
+            if shape is not None:
+                kept = shape
+            elif len(self._shapes) < self._shapes_limit:
+                self._shapes[kept] = kept
         self._kept[key] = (_version(status), kept)
         self._names += len(names)
         while len(self._kept) > self._entries_limit or self._names > self._names_limit:
