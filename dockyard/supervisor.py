@@ -4,10 +4,10 @@ This module imports the standard library only, and :mod:`dockyard.logs` once the
 has something to log. The process that loaded the application forks the first workers
 (they share its pages), then replaces its own program with this one (``exec``: same
 pid, still the workers' parent), so that the parent holds an interpreter's worth of
-memory (about 11 MiB) instead of the application's 40. A worker that dies later is replaced by a fresh
-interpreter (:func:`dockyard.server.run_replacement`) that reads the configuration the
-first workers were given from a memory file the parent keeps open, so a configuration
-file edited since the start does not reach it.
+memory (about 11 MiB) instead of the application's 40. A worker that dies later is
+replaced by a fresh interpreter (:func:`dockyard.server.run_replacement`) that reads the
+configuration the first workers were given from a memory file the parent keeps open,
+so a configuration file edited since the start does not reach it.
 """
 
 from __future__ import annotations

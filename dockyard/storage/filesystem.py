@@ -68,7 +68,7 @@ PLAIN_DIRS_SEEDED = 1024
 LISTINGS_REMEMBERED = 32
 LISTED_NAMES_REMEMBERED = 100_000
 # Listings of small directories kept (a repository's own, with its `_layers`,
-# `_manifests` and `_uploads`: about 350 bytes each, 5.5 MiB for all), enough for a
+# `_manifests` and `_uploads`: about 260 bytes each, 4 MiB for all), enough for a
 # catalog walk of so many repositories to stat rather than read them.
 SMALL_LISTINGS_REMEMBERED = 16_384
 SMALL_NAMES_REMEMBERED = 131_072
