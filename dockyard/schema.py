@@ -64,10 +64,7 @@ class Settings:
     def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
         from pydantic_core import core_schema
 
-        schema = handler(source)
-        if cls.prepare.__func__ is Settings.prepare.__func__:  # type: ignore[attr-defined]
-            return schema
-        return core_schema.no_info_before_validator_function(cls.prepare, schema)
+        return core_schema.no_info_before_validator_function(cls.prepare, handler(source))
 
 
 @cache
