@@ -11,6 +11,7 @@ middleware.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import re
@@ -25,6 +26,7 @@ from aiohttp.web import BaseRequest, StreamResponse
 from dockyard import logs
 from dockyard.api.context import REGISTRY
 from dockyard.api.extensions import SUMMARIES
+from dockyard.api.routes import PATHS_REMEMBERED, REMEMBERED_PATH_LENGTH
 from dockyard.auth.http import identity_of
 from dockyard.auth.service import TOKEN_PATH
 from dockyard.memory import HeapTrimmer
@@ -51,8 +53,15 @@ def classify(path: str, prefix: str = "") -> tuple[str, str | None]:
     """The route name (one of :data:`dockyard.metrics.ROUTES`) and repository of a path.
 
     The patterns are the API router's, tried in the same order, so a repository whose
-    name ends in ``blobs`` or ``manifests`` is told apart the same way.
+    name ends in ``blobs`` or ``manifests`` is told apart the same way. Short paths are
+    answered from the ones classified last (see :mod:`dockyard.api.routes`).
     """
+    if len(path) <= REMEMBERED_PATH_LENGTH:
+        return _remembered_classification(path, prefix)
+    return _classify(path, prefix)
+
+
+def _classify(path: str, prefix: str) -> tuple[str, str | None]:
     if prefix and path.startswith(prefix):
         path = path[len(prefix) :] or "/"
     if path == "/v2" or path.startswith("/v2/"):
@@ -71,6 +80,9 @@ def classify(path: str, prefix: str = "") -> tuple[str, str | None]:
     if path == "/debug/health":
         return "health", None
     return "other", None
+
+
+_remembered_classification = functools.lru_cache(maxsize=PATHS_REMEMBERED)(_classify)
 
 
 # The UUID variant digit (binary 10xx) for each random hex digit.

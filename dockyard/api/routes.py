@@ -6,6 +6,7 @@ One catch-all route and a table of patterns, tried in order: a name may itself e
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -80,21 +81,41 @@ _ROUTES: list[tuple[str, re.Pattern[str], dict[str, Endpoint]]] = [
 ]
 
 
-def resolve(tail: str, method: str) -> tuple[Endpoint, dict[str, Any]]:
+# Paths matched last are remembered with what they matched: a pull asks for the same
+# few manifests and blobs again and again (and the auth middleware matches each path
+# before the router does). Only paths up to REMEMBERED_PATH_LENGTH characters are kept,
+# so that the table stays small whatever clients send.
+PATHS_REMEMBERED = 1024
+REMEMBERED_PATH_LENGTH = 256
+
+_Match = tuple[dict[str, Endpoint], tuple[tuple[str, str], ...]]
+
+
+def _match(tail: str) -> _Match | None:
     for literal, pattern, methods in _ROUTES:
         if literal not in tail:
             continue
         match = pattern.match(tail)
-        if match is None:
-            continue
-        endpoint = methods.get(method)
-        if endpoint is None:
-            raise Unsupported(
-                f"method {method} is not allowed here",
-                headers={"Allow": ", ".join(sorted(methods))},
-            )
-        return endpoint, match.groupdict()
-    raise NameUnknown("no such endpoint", detail={"path": tail[:300]})
+        if match is not None:
+            return methods, tuple(match.groupdict().items())
+    return None
+
+
+_remembered_match = functools.lru_cache(maxsize=PATHS_REMEMBERED)(_match)
+
+
+def resolve(tail: str, method: str) -> tuple[Endpoint, dict[str, Any]]:
+    found = _remembered_match(tail) if len(tail) <= REMEMBERED_PATH_LENGTH else _match(tail)
+    if found is None:
+        raise NameUnknown("no such endpoint", detail={"path": tail[:300]})
+    methods, params = found
+    endpoint = methods.get(method)
+    if endpoint is None:
+        raise Unsupported(
+            f"method {method} is not allowed here",
+            headers={"Allow": ", ".join(sorted(methods))},
+        )
+    return endpoint, dict(params)
 
 
 def raw_tail(request: web.Request) -> str:

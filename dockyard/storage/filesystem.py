@@ -58,6 +58,9 @@ SMALL_DIRECTORY = 4096
 # come back at the cost of one lstat when evicted; most others (a blob's, a revision's)
 # are seen once or twice, so more would only hold memory.
 PLAIN_DIRS_REMEMBERED = 4096
+# How many paths below such directories a driver remembers resolved (about 330 bytes
+# each): the links, blobs and upload files that requests come back to.
+PLAIN_PATHS_REMEMBERED = 1024
 # At most so many subdirectories of one listing are remembered from it (a blob prefix
 # holds some hundreds in a registry of 100,000 blobs).
 PLAIN_DIRS_SEEDED = 1024
@@ -76,10 +79,13 @@ SMALL_NAMES_REMEMBERED = 131_072
 # so many seen (a repository's own directory, a tag's, a revision's are a handful).
 SMALL_SHAPES_REMEMBERED = 64
 SETTLED_AFTER_NS = 2_000_000_000
-# Small files (links: 71 bytes for sha256, 135 for sha512) whose contents a driver keeps,
-# and up to what size: about 500 bytes each with their path, 2 MiB in all.
+# Small files whose contents a driver keeps: links (71 bytes for sha256, 135 for
+# sha512, about 500 with their paths) and the small blobs a pull asks for again and
+# again (image configs, small layers). At most so many, so many bytes of content in
+# all, each of at most SMALL_FILE_LIMIT bytes: 2 MiB for 4,096 links, 6 at most.
 SMALL_FILES_REMEMBERED = 4096
-SMALL_FILE_LIMIT = 256
+SMALL_FILES_BYTES = 4 << 20
+SMALL_FILE_LIMIT = 16 * 1024
 # Threads that fsync side by side within one durability barrier (see _Syncs): a manifest
 # push's first barrier holds about a dozen files and directories.
 SYNC_THREADS = 8
@@ -927,33 +933,59 @@ class _SmallFiles:
     it was read, and answered again only while both are unchanged.
 
     A manifest GET by tag reads two links, a blob GET one: answered from here, each
-    costs the ``lstat`` a read makes anyway instead of an open, a read and a close. The
+    costs one ``lstat`` instead of resolving its path, an open, a read and a close. The
     registry replaces a file by renaming a new one over it (a new inode and ctime) and
     touches it with ``utime`` (a new ctime). As with listings, only a file that had
     settled when it was read is kept, so a change within the same clock tick cannot
     leave its times as they were.
+
+    Files are kept by their driver path, with the OS path it resolved to: a path is
+    checked and resolved once, when it is read from disk. What an ``lstat`` of that OS
+    path finds is then either the very file whose content is kept (same device, inode
+    and times), or anything else, which sends the read the whole way again. So a
+    directory replaced by a symbolic link since can make a read slower, never answer
+    from outside the root. A path that is itself a symbolic link is never kept: its
+    target may change without the link changing.
     """
 
-    def __init__(self, limit: int = SMALL_FILES_REMEMBERED) -> None:
-        self._kept: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
+    def __init__(
+        self, limit: int = SMALL_FILES_REMEMBERED, bytes_limit: int = SMALL_FILES_BYTES
+    ) -> None:
+        self._kept: OrderedDict[str, tuple[str, int, bytes]] = OrderedDict()
         self._limit = limit
+        self._bytes_limit = bytes_limit
+        self._bytes = 0
 
-    def get(self, real: str, status: os.stat_result) -> bytes | None:
-        kept = self._kept.get(real)
-        if kept is None or kept[0] != _version(status):
+    def get(self, path: str) -> bytes | None:
+        """The content kept for ``path`` if its file is unchanged since, else None."""
+        kept = self._kept.get(path)
+        if kept is None:
             return None
-        self._kept.move_to_end(real)
-        return kept[1]
+        real, version, data = kept
+        try:
+            status = os.lstat(real)
+        except OSError:
+            return None  # gone or unreachable: the whole read says which
+        if _version(status) != version:
+            return None
+        self._kept.move_to_end(path)
+        return data
 
-    def keep(self, real: str, status: os.stat_result, before: int, data: bytes) -> None:
-        """Keep ``data``, read after ``status`` was taken at ``before`` (ns)."""
+    def keep(self, path: str, real: str, status: os.stat_result, before: int, data: bytes) -> None:
+        """Keep ``data``, read from ``real`` after ``status`` was taken at ``before`` (ns)."""
+        self._forget(path)
         if not _settled(status, before):
-            self._kept.pop(real, None)
             return
-        self._kept[real] = (_version(status), data)
-        self._kept.move_to_end(real)
-        if len(self._kept) > self._limit:
-            self._kept.popitem(last=False)
+        self._kept[path] = (real, _version(status), data)
+        self._bytes += len(data)
+        while len(self._kept) > self._limit or self._bytes > self._bytes_limit:
+            _, (_, _, evicted) = self._kept.popitem(last=False)
+            self._bytes -= len(evicted)
+
+    def _forget(self, path: str) -> None:
+        kept = self._kept.pop(path, None)
+        if kept is not None:
+            self._bytes -= len(kept[2])
 
 
 def _scan(real: str, inside: Callable[[str], bool]) -> list[tuple[str, os.stat_result]]:
@@ -1095,6 +1127,9 @@ class FilesystemDriver(StorageDriver):
         # of a catalog walk's or a collection's scan). The registry never makes links;
         # one made inside the root while it runs is noticed once the entry is evicted.
         self._plain_dirs: OrderedDict[str, None] = OrderedDict()
+        # Paths whose every directory is such a directory, with their OS path: the same
+        # promise, for the files a pull reads and stats again and again.
+        self._plain_paths: OrderedDict[str, str] = OrderedDict()
         self._listings = _Listings(self._root)
         self._small_listings = _Listings(
             self._root, SMALL_NAMES_REMEMBERED, SMALL_LISTINGS_REMEMBERED, SMALL_SHAPES_REMEMBERED
@@ -1178,12 +1213,19 @@ class FilesystemDriver(StorageDriver):
         With ``follow`` false the last component is not resolved, for operations that act
         on the directory entry itself (replace, rename, remove) rather than on its target.
         """
-        # A valid path is absolute, with no empty component and no trailing "/": rpartition
-        # splits it at a fraction of os.path.split's cost on this hot path.
-        joined = self._prefix + check_path(path)[1:]
-        head, _, name = joined.rpartition("/")
-        real_head, present = self._locate_dir(head or "/")
-        real = os.path.join(real_head, name)
+        real = self._plain_paths.get(path)
+        present = True
+        if real is None:
+            # A valid path is absolute, with no empty component and no trailing "/":
+            # rpartition splits it at a fraction of os.path.split's cost.
+            joined = self._prefix + check_path(path)[1:]
+            head, _, name = joined.rpartition("/")
+            real_head, present = self._locate_dir(head or "/")
+            real = os.path.join(real_head, name)
+            if present and real_head == head and self._inside(real):
+                self._plain_paths[path] = real
+                if len(self._plain_paths) > PLAIN_PATHS_REMEMBERED:
+                    self._plain_paths.popitem(last=False)
         if follow and present:
             try:
                 if S_ISLNK(os.lstat(real).st_mode):
@@ -1195,20 +1237,23 @@ class FilesystemDriver(StorageDriver):
         return real
 
     async def read(self, path: str) -> bytes:
+        kept = self._small_files.get(path)
+        if kept is not None:
+            return kept
         real = self._resolve(path, follow=False)
         with _translated(path, _READ_MISSING):
             before = time.time_ns()
             status = os.lstat(real)
-            if S_ISLNK(status.st_mode):
+            linked = S_ISLNK(status.st_mode)
+            if linked:
                 real = self._resolve(path)
                 status = os.stat(real)
             if S_ISDIR(status.st_mode):
                 raise PathNotFoundError(path)
             if status.st_size <= SMALL_FILE_LIMIT:
-                data = self._small_files.get(real, status)
-                if data is None:
-                    data = _read_file(real, status.st_size)
-                    self._small_files.keep(real, status, before, data)
+                data = _read_file(real, status.st_size)
+                if not linked:
+                    self._small_files.keep(path, real, status, before, data)
                 return data
             if status.st_size <= INLINE_LIMIT:
                 return _read_file(real, status.st_size)
@@ -1298,13 +1343,17 @@ class FilesystemDriver(StorageDriver):
 
     async def stat(self, path: str) -> FileInfo:
         real = self._resolve(path, follow=False)
-        with _translated(path, _LISTING_MISSING):
+        # try/except rather than _translated: every blob GET and HEAD stats its blob,
+        # and the context manager cost a tenth of the whole stat.
+        try:
             # One lstat, unless the entry is a symbolic link: then its target, which
             # must be inside the root.
             status = os.lstat(real)
             if S_ISLNK(status.st_mode):
                 status = os.stat(self._resolve(path))
-            return _info(path, status)
+        except OSError as error:
+            raise _storage_error(path, error, _LISTING_MISSING) from error
+        return _info(path, status)
 
     async def touch(self, path: str, mtime: float | None = None) -> None:
         real = self._resolve(path)

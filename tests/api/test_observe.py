@@ -6,7 +6,9 @@ import uuid
 
 import pytest
 
+from dockyard.api import observe, routes
 from dockyard.api.observe import classify, new_request_id
+from dockyard.errors import NameUnknown, Unsupported
 from dockyard.metrics import ROUTES
 
 DIGEST = "sha256:" + "a" * 64
@@ -48,6 +50,38 @@ def test_classify_under_a_prefix() -> None:
     assert classify("/registry/v2/team/app/tags/list", "/registry") == ("tags", "team/app")
     assert classify("/registry/auth/token", "/registry") == ("auth", None)
     assert classify("/elsewhere/v2/", "/registry") == ("other", None)
+
+
+def test_paths_classified_and_routed_are_remembered_only_when_short() -> None:
+    name = "team/" + "n" * (routes.REMEMBERED_PATH_LENGTH - 40)
+    short = f"{name}/manifests/v1"
+    long = f"{name}/{'x' * 40}/manifests/v1"
+    assert len(short) <= routes.REMEMBERED_PATH_LENGTH < len(f"/v2/{long}")
+    observe._remembered_classification.cache_clear()
+    routes._remembered_match.cache_clear()
+    for _ in range(2):
+        assert classify(f"/v2/{short}") == ("manifest", name)
+        assert classify(f"/v2/{long}") == ("manifest", f"{name}/{'x' * 40}")
+        assert routes.resolve(short, "HEAD") == (
+            routes.manifests.get_manifest,
+            {"name": name, "reference": "v1"},
+        )
+        assert routes.resolve(long, "GET")[1]["name"] == f"{name}/{'x' * 40}"
+        # What is remembered is the match: the method is checked every time.
+        with pytest.raises(Unsupported):
+            routes.resolve(short, "POST")
+        with pytest.raises(NameUnknown):
+            routes.resolve(f"{name}/nothing", "GET")
+    classified = observe._remembered_classification.cache_info()
+    matched = routes._remembered_match.cache_info()
+    assert (classified.currsize, classified.hits) == (1, 1)
+    # Both short paths are kept, the unknown one too; every later match is a hit.
+    assert (matched.currsize, matched.hits) == (2, 4)
+    for number in range(routes.PATHS_REMEMBERED + 10):
+        classify(f"/v2/team/app{number}/tags/list")
+        routes.resolve(f"team/app{number}/tags/list", "GET")
+    assert observe._remembered_classification.cache_info().currsize == routes.PATHS_REMEMBERED
+    assert routes._remembered_match.cache_info().currsize == routes.PATHS_REMEMBERED
 
 
 def test_request_ids_are_distinct_version_4_uuids() -> None:

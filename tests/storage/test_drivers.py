@@ -43,6 +43,7 @@ from dockyard.storage.delegating import DelegatingDriver
 from dockyard.storage.driver import DeferredWrites
 from dockyard.storage.filesystem import (
     PLAIN_DIRS_REMEMBERED,
+    PLAIN_PATHS_REMEMBERED,
     SETTLED_AFTER_NS,
     SMALL_DIRECTORY,
     SMALL_FILE_LIMIT,
@@ -1429,10 +1430,19 @@ async def test_fs_a_settled_small_file_is_kept_and_every_change_seen(
     assert opened == [str(link)] * 2
     await asyncio.sleep(SETTLED_AFTER_NS / 1e9 + 0.1)
     assert await fs.read(path) == b"sha256:" + b"a" * 64
-    # Settled and kept: the next reads only stat it.
+    # Settled and kept: the next reads only stat it, without resolving its path again.
+    resolved: list[str] = []
+    real_resolve = fs._resolve
+
+    def counting_resolve(path: str, follow: bool = True) -> str:
+        resolved.append(path)
+        return real_resolve(path, follow)
+
+    monkeypatch.setattr(fs, "_resolve", counting_resolve)
     assert await fs.read(path) == b"sha256:" + b"a" * 64
     assert await fs.read(path) == b"sha256:" + b"a" * 64
     assert opened == [str(link)] * 3
+    assert resolved == []
     # Changes made by anyone, right after it was kept, show at once: in place with the
     # same size, replaced by a rename, touched, removed, and a link to another file.
     _overwrite_in_place(link, b"sha256:" + b"b" * 64)
@@ -1448,6 +1458,27 @@ async def test_fs_a_settled_small_file_is_kept_and_every_change_seen(
     other.write_bytes(b"sha256:" + b"d" * 64)
     os.symlink(other, link)
     assert await fs.read(path) == b"sha256:" + b"d" * 64
+    # A path that is a symbolic link is never kept, settled or not: pointed elsewhere,
+    # it is read from its new target although the old one did not change.
+    os.utime(link, ns=(0, 0), follow_symlinks=False)
+    os.utime(other, ns=(0, 0))
+    await asyncio.sleep(SETTLED_AFTER_NS / 1e9 + 0.1)
+    assert await fs.read(path) == b"sha256:" + b"d" * 64
+    assert await fs.read(path) == b"sha256:" + b"d" * 64
+    another = fs_root / "another"
+    another.write_bytes(b"sha256:" + b"e" * 64)
+    os.symlink(another, fs_root / "new-link")
+    os.replace(fs_root / "new-link", link)
+    assert await fs.read(path) == b"sha256:" + b"e" * 64
+    # A kept file's directory replaced by another (renamed aside, a new one in its
+    # place): the file found there is another, and read.
+    await fs.write(path, b"sha256:" + b"f" * 64)
+    await asyncio.sleep(SETTLED_AFTER_NS / 1e9 + 0.1)
+    assert await fs.read(path) == b"sha256:" + b"f" * 64
+    os.rename(link.parent, link.parent.with_name("aside"))
+    link.parent.mkdir()
+    link.write_bytes(b"sha256:" + b"0" * 64)
+    assert await fs.read(path) == b"sha256:" + b"0" * 64
     # Larger files are read every time.
     big = fs_root / "big"
     big.write_bytes(b"x" * (SMALL_FILE_LIMIT + 1))
@@ -1467,19 +1498,28 @@ def test_fs_kept_small_files_are_bounded(tmp_path: Path) -> None:
         file.write_bytes(b"%d" % number)
         status = os.stat(file)
         settled = max(status.st_mtime_ns, status.st_ctime_ns) + SETTLED_AFTER_NS
-        files.append((str(file), status, settled))
-    for real, status, settled in files[:2]:
-        kept.keep(real, status, settled, b"x")
+        files.append((f"/f{number}", str(file), status, settled))
+    for path, real, status, settled in files[:2]:
+        kept.keep(path, real, status, settled, b"x")
     # The least recently used goes first.
-    assert kept.get(files[0][0], files[0][1]) == b"x"
+    assert kept.get("/f0") == b"x"
     kept.keep(*files[2], b"x")
-    assert kept.get(files[1][0], files[1][1]) is None
-    assert kept.get(files[0][0], files[0][1]) == b"x"
-    assert kept.get(files[2][0], files[2][1]) == b"x"
+    assert kept.get("/f1") is None
+    assert kept.get("/f0") == b"x"
+    assert kept.get("/f2") == b"x"
     # Read again before it settled: what was kept of it is forgotten.
-    real, status, settled = files[0]
-    kept.keep(real, status, settled - 1, b"y")
-    assert kept.get(real, status) is None
+    path, real, status, settled = files[0]
+    kept.keep(path, real, status, settled - 1, b"y")
+    assert kept.get(path) is None
+    # Bounded by their bytes as well: kept again, a file's old content stops counting.
+    by_size = _SmallFiles(limit=10, bytes_limit=5)
+    by_size.keep(*files[0], b"abc")
+    by_size.keep(*files[0], b"abcd")
+    assert by_size.get("/f0") == b"abcd"
+    by_size.keep(*files[1], b"e")
+    assert (by_size.get("/f0"), by_size.get("/f1")) == (b"abcd", b"e")
+    by_size.keep(*files[2], b"fg")
+    assert (by_size.get("/f0"), by_size.get("/f1"), by_size.get("/f2")) == (None, b"e", b"fg")
 
 
 def test_fs_kept_listings_hold_a_bounded_number_of_names(tmp_path: Path) -> None:
@@ -1556,6 +1596,7 @@ async def test_fs_remembered_directories_stay_bounded(fs: FilesystemDriver, fs_r
     # (the table of a dict that evicts grows a little before it is compacted).
     assert held[1] < held[0] * 1.5
     assert len(fs._plain_dirs) <= PLAIN_DIRS_REMEMBERED
+    assert len(fs._plain_paths) == PLAIN_PATHS_REMEMBERED
     # One evicted long ago and replaced by a link leading out is still refused.
     outside = fs_root.parent / "outside"
     outside.mkdir()
@@ -1597,6 +1638,11 @@ async def test_fs_a_listing_answers_its_directories_lookups(
     assert await fs.read("/repo/_layers/sha256/inside/link") == b"sha256:" + encoded[0].encode()
     with pytest.raises(InvalidPathError):
         await fs.stat("/repo/_layers/sha256/outside/secret")
+    # Only paths reached through plain directories are remembered resolved.
+    assert f"/repo/_layers/sha256/{encoded[1]}/link" in fs._plain_paths
+    assert not {"/repo/_layers/sha256/inside/link", "/repo/_layers/sha256/outside/secret"} & set(
+        fs._plain_paths
+    )
     # A file asked to be listed is not taken for a directory.
     with pytest.raises(PathNotFoundError):
         await fs.list(f"/repo/_layers/sha256/{encoded[0]}/link")
@@ -1609,6 +1655,7 @@ async def test_fs_a_listing_answers_its_directories_lookups(
     (layers / encoded[1]).symlink_to(outside)
     with pytest.raises(InvalidPathError):
         await fs.read(f"/alias/{encoded[1]}/secret")
+    assert not any(path.startswith("/alias/") for path in fs._plain_paths)
 
 
 async def failures_beside(
