@@ -54,6 +54,8 @@ def test_the_parent_holds_no_application(server_factory: ServerFactory) -> None:
         worker_files = mapped_files(worker)
         assert any(name.startswith("_http_parser") for name in worker_files)
         assert not any(name.startswith("_pydantic_core") for name in worker_files)
+        # No htpasswd file is configured, so no password is ever checked.
+        assert not any(name.startswith("_bcrypt") for name in worker_files)
     parent_files = mapped_files(parent)
     assert not any(name.startswith(("_pydantic_core", "_http_parser")) for name in parent_files)
     assert b"dockyard.supervisor" in Path(f"/proc/{parent}/cmdline").read_bytes()
