@@ -963,10 +963,13 @@ class _SmallFiles:
             return None
         real, version, data = kept
         try:
-            status = os.lstat(real)
+            unchanged = _version(os.lstat(real)) == version
         except OSError:
-            return None  # gone or unreachable: the whole read says which
-        if _version(status) != version:
+            unchanged = False  # gone or unreachable: the whole read says which
+        if not unchanged:
+            # Dropped now rather than when evicted: a collected blob's content (up to
+            # SMALL_FILE_LIMIT) is not held for nothing, whatever the read finds.
+            self._forget(path)
             return None
         self._kept.move_to_end(path)
         return data
