@@ -101,8 +101,10 @@ def create_app(
     app.on_response_prepare.append(_header_adder(config))
 
     prefix = _prefix(config)
-    app.router.add_route("*", f"{prefix}/v2", routes.dispatch)
+    # aiohttp tries the routes under one prefix in the order they were added: nearly
+    # every request is for the catch-all, so it comes first.
     app.router.add_route("*", f"{prefix}/v2/{{tail:.*}}", routes.dispatch)
+    app.router.add_route("*", f"{prefix}/v2", routes.dispatch)
     app.router.add_get("/debug/health", health.health)
     # Access control (auth.*, dockyard.auth): a middleware innermost, inside the error
     # middleware, and the built-in token service's endpoint when it is enabled.

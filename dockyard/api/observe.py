@@ -145,9 +145,13 @@ REQUEST_INFO = web.RequestKey("dockyard.request", RequestInfo)
 
 def request_info(request: BaseRequest, prefix: str = "") -> RequestInfo:
     """The request's id, route and repository (made here for requests no middleware saw)."""
-    info = request.get(REQUEST_INFO)
-    if isinstance(info, RequestInfo):
-        return info
+    try:
+        return request[REQUEST_INFO]
+    except KeyError:
+        return _new_request_info(request, prefix)
+
+
+def _new_request_info(request: BaseRequest, prefix: str) -> RequestInfo:
     route, repository = classify(request.path, prefix)
     info = RequestInfo(new_request_id(), route, repository)
     request[REQUEST_INFO] = info
@@ -159,7 +163,8 @@ def middleware(
 ) -> Middleware:
     @web.middleware
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-        info = request_info(request, prefix)
+        # Outermost: nothing has seen the request before.
+        info = _new_request_info(request, prefix)
         activity.begin(info)
         logs.request_id.set(info.id)
         try:
@@ -171,7 +176,7 @@ def middleware(
             activity.end(info)
             raise
         finally:
-            if heap is not None:
+            if heap is not None and request.body_exists:
                 heap.received(_received(request))
 
     return observe
@@ -235,6 +240,8 @@ def request_logger(
             info = request_info(request, prefix)
             if activity is not None:
                 activity.end(info)
+            if metrics is None and not emit:
+                return
             received = _received(request)
             sent = _sent(request, response)
             if metrics is not None:

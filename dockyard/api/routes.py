@@ -92,12 +92,13 @@ _Match = tuple[dict[str, Endpoint], tuple[tuple[str, str], ...]]
 
 
 def _match(tail: str) -> _Match | None:
+    # Matched before percent-decoding (see raw_tail), each parameter decoded after.
     for literal, pattern, methods in _ROUTES:
         if literal not in tail:
             continue
         match = pattern.match(tail)
         if match is not None:
-            return methods, tuple(match.groupdict().items())
+            return methods, tuple((key, unquote(raw)) for key, raw in match.groupdict().items())
     return None
 
 
@@ -105,6 +106,7 @@ _remembered_match = functools.lru_cache(maxsize=PATHS_REMEMBERED)(_match)
 
 
 def resolve(tail: str, method: str) -> tuple[Endpoint, dict[str, Any]]:
+    """The endpoint for a raw tail and method, and its percent-decoded parameters."""
     found = _remembered_match(tail) if len(tail) <= REMEMBERED_PATH_LENGTH else _match(tail)
     if found is None:
         raise NameUnknown("no such endpoint", detail={"path": tail[:300]})
@@ -131,5 +133,5 @@ def raw_tail(request: web.Request) -> str:
 async def dispatch(request: web.Request) -> web.StreamResponse:
     endpoint, params = resolve(raw_tail(request), request.method)
     if request.method not in ("GET", "HEAD") and "name" in params:
-        proxy.refuse_writes(request, unquote(params["name"]))
-    return await endpoint(request, **{key: unquote(value) for key, value in params.items()})
+        proxy.refuse_writes(request, params["name"])
+    return await endpoint(request, **params)

@@ -14,7 +14,6 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from urllib.parse import unquote
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -120,7 +119,7 @@ for _name, _rule in (("repository_details", _pull),):
 
 def requirement(request: web.Request) -> Need:
     try:
-        endpoint, raw_params = routes.resolve(routes.raw_tail(request), request.method)
+        endpoint, params = routes.resolve(routes.raw_tail(request), request.method)
     except RegistryError:
         # No such endpoint or method: the handler answers 404/405, but only to a caller
         # who has authenticated, so probing the API teaches an outsider nothing.
@@ -128,8 +127,8 @@ def requirement(request: web.Request) -> Need:
     rule = _TABLE.get(endpoint)
     if rule is None:
         return Need((ADMIN,))
-    # The same decoding the dispatcher applies, so the name checked is the name served.
-    return rule({key: unquote(value) for key, value in raw_params.items()}, request)
+    # The parameters the dispatcher passes on, so the name checked is the name served.
+    return rule(params, request)
 
 
 def _guarded(request: web.Request) -> bool:

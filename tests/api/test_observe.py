@@ -84,6 +84,20 @@ def test_paths_classified_and_routed_are_remembered_only_when_short() -> None:
     assert routes._remembered_match.cache_info().currsize == routes.PATHS_REMEMBERED
 
 
+def test_routes_match_the_raw_path_and_decode_each_parameter() -> None:
+    # An encoded slash stays inside its parameter (the tag's own check refuses it later),
+    # and a remembered match hands out the decoded value as the first one did.
+    for _ in range(2):
+        endpoint, params = routes.resolve("team/app%2Dx/manifests/a%2Fb", "GET")
+        assert endpoint is routes.manifests.get_manifest
+        assert params == {"name": "team/app-x", "reference": "a/b"}
+        params["name"] = "changed"
+    assert routes.resolve("team/blobs/blobs/uploads/u%2F1", "PATCH")[1] == {
+        "name": "team/blobs",
+        "upload_id": "u/1",
+    }
+
+
 def test_request_ids_are_distinct_version_4_uuids() -> None:
     ids = [new_request_id() for _ in range(2000)]
     assert len(set(ids)) == len(ids)
