@@ -8,6 +8,7 @@ directory and first on PYTHONPATH, ahead of the editable install.
 
 from __future__ import annotations
 
+import compileall
 import os
 import subprocess
 import tarfile
@@ -60,6 +61,11 @@ def snapshot(rev: str, destination: Path) -> DockyardSource:
     with tarfile.open(archive) as tar:
         tar.extractall(destination, filter="data")
     archive.unlink()
+    # Byte-compiled as installing a wheel leaves it: every process the run starts (the
+    # garbage-collect command above all) then loads bytecode, whether or not the
+    # environment lets Python write its own (PYTHONDONTWRITEBYTECODE).
+    if not compileall.compile_dir(destination / "dockyard", quiet=1):
+        raise BenchError(f"could not byte-compile {destination / 'dockyard'}")
     # The last commit that changed dockyard/ names the code measured better than REV.
     changed = _git("log", "-1", "--format=%h %s", commit, "--", "dockyard")
     return DockyardSource(
