@@ -43,7 +43,16 @@ def _git(*args: str) -> str:
     return done.stdout.strip()
 
 
+def _byte_compile(root: Path) -> None:
+    # As installing a wheel leaves a package: every process the run starts (the
+    # garbage-collect command above all) then loads bytecode, whether or not the
+    # environment lets Python write its own (PYTHONDONTWRITEBYTECODE).
+    if not compileall.compile_dir(root / "dockyard", quiet=1):
+        raise BenchError(f"could not byte-compile {root / 'dockyard'}")
+
+
 def working_tree() -> DockyardSource:
+    _byte_compile(REPO)
     try:
         commit = _git("rev-parse", "--short", "HEAD")
         dirty = _git("status", "--porcelain", "--", "dockyard")
@@ -61,11 +70,7 @@ def snapshot(rev: str, destination: Path) -> DockyardSource:
     with tarfile.open(archive) as tar:
         tar.extractall(destination, filter="data")
     archive.unlink()
-    # Byte-compiled as installing a wheel leaves it: every process the run starts (the
-    # garbage-collect command above all) then loads bytecode, whether or not the
-    # environment lets Python write its own (PYTHONDONTWRITEBYTECODE).
-    if not compileall.compile_dir(destination / "dockyard", quiet=1):
-        raise BenchError(f"could not byte-compile {destination / 'dockyard'}")
+    _byte_compile(destination)
     # The last commit that changed dockyard/ names the code measured better than REV.
     changed = _git("log", "-1", "--format=%h %s", commit, "--", "dockyard")
     return DockyardSource(

@@ -7,11 +7,14 @@ for Dockyard and for Distribution.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from bench.source import snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,3 +50,24 @@ def test_quick_benchmark_reports_both_servers(tmp_path: Path) -> None:
         assert any(group in row for row in rows), (group, text[:2000])
     measured = [row for row in rows if row.count("|") >= 8 and not row.startswith("| **")]
     assert len(measured) >= 20, text[:2000]
+
+
+def test_a_snapshot_is_measured_from_bytecode(tmp_path: Path) -> None:
+    source = snapshot("HEAD", tmp_path)
+    modules = sorted((tmp_path / "dockyard").rglob("*.py"))
+    assert modules
+    for module in modules:
+        assert list((module.parent / "__pycache__").glob(f"{module.stem}.*.pyc")), module
+    # A process that may not write bytecode still loads it rather than the source.
+    env = {**source.env(), "PYTHONDONTWRITEBYTECODE": "1"}
+    run = subprocess.run(
+        [sys.executable, "-v", "-c", "import dockyard.cli"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    loaded = [line for line in run.stderr.splitlines() if "code object from" in line]
+    cli = [line for line in loaded if os.path.join(str(tmp_path), "dockyard", "") in line]
+    assert cli and all(".pyc" in line for line in cli), cli[:5]
