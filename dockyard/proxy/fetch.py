@@ -3,14 +3,21 @@
 The fetch runs in its own task, independent of the requests that started or joined it
 (a client that goes away does not stop it). It hashes the upstream's bytes as they
 arrive and appends them to a spool file; readers get what the disk has from the spool
-and what it has not yet from memory (a bounded window: once it is full, the upstream
-is read no faster than the disk takes it), so each client receives bytes as soon as
-they arrive, whether it came first or joined late, and a disk slower than the network
-does not hold the first client back. When the upstream's body is complete and its
-digest matches, the spool becomes the blob in one move (filesystem storage) or is
-copied into the storage driver, and is linked into the repository; on a mismatch, or if
-the upstream fails, nothing is stored and every reader's response is cut short, so no
-client takes it for complete.
+and what it has not yet from memory, so each client receives bytes as soon as they
+arrive, whether it came first or joined late.
+
+A disk slower than the network holds nobody back, and memory stays bounded: past
+``UNWRITTEN_WINDOW`` bytes held for the spool, the oldest pieces already hashed are
+dropped, each with a SHA-256 of its bytes, and the spool fetches them again from the
+upstream (one ranged GET per run of dropped pieces) when it gets to them, writing each
+only if it matches. Only a reader that lags behind the network waits for those.
+
+When the upstream's body is complete and its digest matches, readers may have the last
+byte; once the spool has every byte it becomes the blob in one move (filesystem
+storage) or is copied into the storage driver, and is linked into the repository. On a
+mismatch, or if the upstream or the spool fails, nothing is stored and every reader
+that has not had the whole verified blob is cut short, so no client takes a wrong body
+for complete.
 
 Readers share the spool's file descriptor, so the move that commits it does not
 disturb them. With storage in a local directory the spool is named by the digest and
@@ -23,11 +30,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import hashlib
 import logging
 import os
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from dockyard.errors import BlobUnknown, Unavailable
@@ -40,8 +49,27 @@ from dockyard.storage.writeback import start_writeback
 
 log = logging.getLogger("dockyard.proxy")
 
-# How far the spool may lag behind the upstream, in bytes held in memory per fetch.
+# Bytes held in memory per fetch for the spool (and for the hash) before the oldest
+# pieces are dropped, to be fetched again.
 UNWRITTEN_WINDOW = 32 << 20
+
+
+@dataclass(slots=True)
+class _Piece:
+    """Received bytes the spool does not have yet: in memory, or dropped to bound the
+    memory (``data`` None), when the spool fetches them again and checks them against
+    ``sha256``."""
+
+    offset: int
+    size: int
+    data: bytes | None
+    sha256: bytes = b""
+    # Taken by the spool writer: it is not dropped any more.
+    writing: bool = False
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.size
 
 
 class BlobFetch:
@@ -57,15 +85,22 @@ class BlobFetch:
         self.target = target
         self.digest = digest
         self.size: int | None = None
-        # Bytes hashed and readable so far, and how many of them are in the spool file;
-        # those in between are in ``_unwritten`` (piece offsets and contents).
+        # Bytes received so far, how many of them are hashed, and how many are in the
+        # spool file; the pieces past ``written`` are in ``_unwritten``, ``held`` bytes
+        # of them in memory.
         self.received = 0
+        self.hashed = 0
         self.written = 0
-        self._unwritten: collections.deque[tuple[int, bytes]] = collections.deque()
-        self._writes: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.held = 0
+        self._unwritten: collections.deque[_Piece] = collections.deque()
+        self._to_hash: asyncio.Queue[_Piece | None] = asyncio.Queue()
+        # The upstream's whole body has been received.
+        self._received_all = False
+        # Bytes the spool fetched again, because the disk fell behind the network.
+        self.refetched = 0
         self.complete = False
-        # The whole body is written and matches its digest: readers may have it all,
-        # while the spool is still being made durable and stored.
+        # The whole body is received and matches its digest: readers may have it all,
+        # while the spool is still being written, made durable and stored.
         self.verified = False
         self.error: Exception | None = None
         self._changed = asyncio.Condition()
@@ -77,8 +112,6 @@ class BlobFetch:
         self._spool_path = ""
         self._claim = claim
         self.task = asyncio.get_running_loop().create_task(self._run())
-
-    # --- the fetch ---------------------------------------------------------------------
 
     def _open_spool(self) -> None:
         name = str(uuid.uuid4())
@@ -140,47 +173,63 @@ class BlobFetch:
             await asyncio.to_thread(self._open_spool)
             self._started.set()
             hasher = new_hasher(self.digest.algorithm)
-            writing = asyncio.ensure_future(self._write_spool(hasher))
+            hashing = asyncio.ensure_future(self._hash_received(hasher))
+            writing = asyncio.ensure_future(self._write_spool())
             try:
-                await self._receive(response, writing)
-                await self._writes.put(None)
+                await self._receive(response, hashing, writing)
+                await self._to_hash.put(None)
+                await hashing
+                actual = Digest(self.digest.algorithm, hasher.hexdigest())
+                if actual != self.digest or (self.size is not None and self.size != self.received):
+                    raise Unavailable(
+                        "upstream content does not match its digest",
+                        detail={
+                            "digest": str(self.digest),
+                            "actual": str(actual),
+                            "size": self.received,
+                        },
+                    )
+                self.size = self.received
+                async with self._changed:
+                    self.verified = True
+                    self._changed.notify_all()
+                # The client has every byte now; the spool may still be catching up,
+                # fetching dropped pieces again on connections of its own.
+                response.release()
                 await writing
             finally:
-                if not writing.done():
-                    writing.cancel()
-                    await asyncio.gather(writing, return_exceptions=True)
-        actual = Digest(self.digest.algorithm, hasher.hexdigest())
-        if actual != self.digest or (self.size is not None and self.size != self.received):
-            raise Unavailable(
-                "upstream content does not match its digest",
-                detail={"digest": str(self.digest), "actual": str(actual), "size": self.received},
-            )
-        self.size = self.received
-        async with self._changed:
-            self.verified = True
-            self._changed.notify_all()
+                for task in (hashing, writing):
+                    if not task.done():
+                        task.cancel()
+                await asyncio.gather(hashing, writing, return_exceptions=True)
         await self._commit()
         self.complete = True
+        if self.refetched:
+            log.debug(
+                "stored %s: %d of its bytes fetched twice, the disk behind the network",
+                self.digest,
+                self.refetched,
+            )
 
-    async def _receive(self, response: Any, writing: asyncio.Future[None]) -> None:
-        """Read the upstream's body in pieces: each is readable at once, then queued to
-        be hashed and spooled."""
+    async def _receive(
+        self, response: Any, hashing: asyncio.Future[None], writing: asyncio.Future[None]
+    ) -> None:
+        """Read the upstream's body in pieces: each is readable at once, then hashed and
+        spooled. Memory stays bounded without holding the client to the disk: past
+        ``UNWRITTEN_WINDOW`` held, the oldest hashed pieces are dropped, and the spool
+        fetches them again when it gets to them."""
         pending: list[bytes] = []
         pending_size = 0
 
-        async def take(piece: bytes) -> None:
-            self._unwritten.append((self.received, piece))
-            self.received += len(piece)
-            self._writes.put_nowait(piece)
+        async def take(data: bytes) -> None:
+            piece = _Piece(self.received, len(data), data)
+            self._unwritten.append(piece)
+            self.received += piece.size
+            self.held += piece.size
+            self._to_hash.put_nowait(piece)
             async with self._changed:
                 self._changed.notify_all()
-                # Memory stays bounded: past the window, wait for the disk.
-                await self._changed.wait_for(
-                    lambda: self.received - self.written <= UNWRITTEN_WINDOW or writing.done()
-                )
-            if writing.done():
-                writing.result()  # the spool failed: its error ends the fetch
-                raise AssertionError("the spool writer stopped before the end")
+            await self._bound_memory(hashing, writing)
 
         async for chunk in response.content.iter_any():
             pending.append(chunk)
@@ -190,50 +239,176 @@ class BlobFetch:
                 pending, pending_size = [], 0
         if pending:
             await take(b"".join(pending))
+        async with self._changed:
+            self._received_all = True
+            self._changed.notify_all()
 
-    async def _write_spool(self, hasher: Any) -> None:
-        """Hash and append the queued pieces to the spool in order, each leaving memory
-        once written: both in one thread call for all the pieces queued, the event loop
-        meanwhile receiving the next ones and serving readers. Each piece's disk write
-        starts at once, so the fsync that stores the blob has little left to wait for."""
-        assert self._fd is not None
-        fd = self._fd
+    async def _bound_memory(
+        self, hashing: asyncio.Future[None], writing: asyncio.Future[None]
+    ) -> None:
+        # Pieces wait to be hashed in memory too: a hash behind by the window holds
+        # the network back (it seldom is: hashing is faster than a disk).
+        if self.received - self.hashed > UNWRITTEN_WINDOW:
+            async with self._changed:
+                await self._changed.wait_for(
+                    lambda: self.received - self.hashed <= UNWRITTEN_WINDOW or hashing.done()
+                )
+        while self.held > UNWRITTEN_WINDOW:
+            for task in (hashing, writing):
+                if task.done():
+                    task.result()  # its error ends the fetch
+                    raise AssertionError("the hash or the spool stopped before the end")
+            victim = self._droppable()
+            if victim is None:
+                # Nothing hashed that the spool has not taken: wait for either.
+                async with self._changed:
+                    await self._changed.wait_for(
+                        lambda: (
+                            self.held <= UNWRITTEN_WINDOW
+                            or hashing.done()
+                            or writing.done()
+                            or self._droppable() is not None
+                        )
+                    )
+                continue
+            assert victim.data is not None
+            sha256 = await asyncio.to_thread(_sha256, victim.data)
+            if victim.data is None or victim.writing:
+                continue  # the spool took it meanwhile
+            victim.data, victim.sha256 = None, sha256
+            self.held -= victim.size
 
-        def hash_and_write(pieces: list[bytes], offset: int) -> None:
-            for piece in pieces:
-                hasher.update(piece)
-                view, done = memoryview(piece), 0
-                while done < len(piece):
-                    done += os.pwrite(fd, view[done:], offset + done)
-                start_writeback(fd, offset, len(piece))
-                offset += len(piece)
+    def _droppable(self) -> _Piece | None:
+        """The oldest piece in memory that is hashed and not taken by the spool."""
+        for piece in self._unwritten:
+            if piece.end > self.hashed:
+                return None
+            if piece.data is not None and not piece.writing:
+                return piece
+        return None
 
+    async def _hash_received(self, hasher: Any) -> None:
+        """Hash the pieces in order as they arrive: whatever queued up while the last
+        thread call ran goes in the next one."""
         try:
             ended = False
             while not ended:
-                # Whatever queued up while the last call ran goes in the next one, so a
-                # spool behind the network hashes back to back instead of waiting a turn
-                # of the event loop between pieces.
-                pieces: list[bytes] = []
-                piece = await self._writes.get()
+                pieces: list[_Piece] = []
+                piece = await self._to_hash.get()
                 while piece is not None:
                     pieces.append(piece)
-                    if self._writes.empty():
+                    if self._to_hash.empty():
                         break
-                    piece = self._writes.get_nowait()
+                    piece = self._to_hash.get_nowait()
                 ended = piece is None
                 if not pieces:
                     break
-                await asyncio.to_thread(hash_and_write, pieces, self.written)
-                for piece in pieces:
-                    self.written += len(piece)
-                    self._unwritten.popleft()
+                # A piece is dropped only once hashed: every one still has its bytes.
+                await asyncio.to_thread(_update, hasher, [p.data for p in pieces])
+                self.hashed = pieces[-1].end
                 async with self._changed:
                     self._changed.notify_all()
         finally:
-            # Wakes the receiver if it waits on the window, whatever ended this.
             async with self._changed:
                 self._changed.notify_all()
+
+    async def _write_spool(self) -> None:
+        """Append the pieces to the spool in order, each leaving memory once written:
+        all the pieces in memory at the front in one thread call, the event loop
+        meanwhile receiving the next ones and serving readers; dropped ones fetched
+        again from the upstream. Their disk write starts at once, so the fsync that
+        stores the blob has little left to wait for."""
+        assert self._fd is not None
+        fd = self._fd
+
+        def write(pieces: list[_Piece], offset: int) -> None:
+            for piece in pieces:
+                assert piece.data is not None
+                _pwrite_all(fd, piece.data, offset)
+                start_writeback(fd, offset, piece.size)
+                offset += piece.size
+
+        try:
+            while True:
+                async with self._changed:
+                    await self._changed.wait_for(
+                        lambda: bool(self._unwritten) or self._received_all
+                    )
+                if not self._unwritten:
+                    return
+                batch: list[_Piece] = []
+                dropped = self._unwritten[0].data is None
+                for piece in self._unwritten:
+                    if (piece.data is None) != dropped:
+                        break
+                    piece.writing = True
+                    batch.append(piece)
+                if dropped:
+                    await self._refetch(batch)
+                else:
+                    await asyncio.to_thread(write, batch, self.written)
+                async with self._changed:
+                    for piece in batch:
+                        self._unwritten.popleft()
+                        self.written = piece.end
+                        if not dropped:
+                            self.held -= piece.size
+                    self._changed.notify_all()
+        finally:
+            # Wakes the receiver if it waits on memory, whatever ended this.
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def _refetch(self, pieces: list[_Piece]) -> None:
+        """Fetch dropped pieces again (one ranged GET), check each against the digest
+        kept when it was dropped, and write them to the spool."""
+        assert self._fd is not None
+        fd = self._fd
+        first, end = pieces[0].offset, pieces[-1].end
+        response = await self.target.client.request(
+            "GET",
+            self.target.remote,
+            f"blobs/{self.digest}",
+            {"Range": f"bytes={first}-{end - 1}"},
+        )
+        async with response:
+            if response.status == 206:
+                skip = 0
+            elif response.status == 200:
+                skip = first  # an upstream that ignores ranges sends the whole blob
+            else:
+                raise Unavailable(
+                    "upstream refused a range of the blob",
+                    detail={"digest": str(self.digest), "status": response.status},
+                )
+            queue = collections.deque(pieces)
+            buffer = bytearray()
+            async for chunk in response.content.iter_any():
+                if skip:
+                    cut = min(skip, len(chunk))
+                    chunk, skip = chunk[cut:], skip - cut
+                buffer += chunk
+                while queue and len(buffer) >= queue[0].size:
+                    piece = queue.popleft()
+                    data = bytes(buffer[: piece.size])
+                    del buffer[: piece.size]
+                    if await asyncio.to_thread(_check_and_write, fd, data, piece) is False:
+                        raise Unavailable(
+                            "upstream sent a range of the blob that does not match it",
+                            detail={"digest": str(self.digest), "offset": piece.offset},
+                        )
+                    self.refetched += piece.size
+                    # Readers waiting for it read it from the spool now.
+                    async with self._changed:
+                        self.written = piece.end
+                        self._changed.notify_all()
+                if not queue:
+                    break
+            if queue:
+                raise Unavailable(
+                    "upstream ended a range of the blob early",
+                    detail={"digest": str(self.digest), "offset": queue[0].offset},
+                )
 
     async def _commit(self) -> None:
         assert self._fd is not None
@@ -294,15 +469,25 @@ class BlobFetch:
             return self.received
         return min(self.received, self.size - 1)
 
-    def _beyond(self, offset: int) -> bool:
-        return self._readable() > offset or self.verified or self.error is not None
+    def _unwritten_at(self, offset: int) -> _Piece | None:
+        """The piece past the spool's end that holds byte ``offset``."""
+        # A reader that keeps up wants the newest piece: look from that end.
+        for piece in reversed(self._unwritten):
+            if piece.offset <= offset:
+                return piece if offset < piece.end else None
+        return None
 
-    def _in_memory(self, offset: int, end: int) -> memoryview:
-        """Bytes from ``offset`` (not yet in the spool) to at most ``end``, from memory."""
-        for start, piece in self._unwritten:
-            if start <= offset < start + len(piece):
-                return memoryview(piece)[offset - start : end - start]
-        raise AssertionError(f"byte {offset} is neither in the spool nor in memory")
+    def _beyond(self, offset: int) -> bool:
+        """Whether a reader at ``offset`` can go on: bytes to read (in the spool, or
+        still in memory), the end of a verified blob, or the fetch's error."""
+        if self.error is not None:
+            return True
+        if offset >= self._readable():
+            return self.verified
+        if offset < self.written:
+            return True
+        piece = self._unwritten_at(offset)
+        return piece is not None and piece.data is not None
 
     async def pieces(self, fd: int) -> AsyncIterator[bytes | memoryview]:
         """The blob's bytes from the start, as they arrive; raises if the fetch fails."""
@@ -314,17 +499,44 @@ class BlobFetch:
                 raise self.error
             readable = self._readable()
             if offset >= readable:
-                if self.verified:
-                    return
-                continue
+                return
             piece: bytes | memoryview
             if offset < self.written:
                 length = min(readable, self.written) - offset
                 piece = await asyncio.to_thread(os.pread, fd, min(length, PIECE), offset)
             else:
-                piece = self._in_memory(offset, readable)
+                held = self._unwritten_at(offset)
+                if held is None or held.data is None:
+                    continue  # written or dropped since: the spool has it, or will
+                end = min(held.end, readable)
+                piece = memoryview(held.data)[offset - held.offset : end - held.offset]
             offset += len(piece)
             yield piece
+
+
+def _sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def _update(hasher: Any, pieces: list[bytes | None]) -> None:
+    for data in pieces:
+        assert data is not None
+        hasher.update(data)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view, done = memoryview(data), 0
+    while done < len(data):
+        done += os.pwrite(fd, view[done:], offset + done)
+
+
+def _check_and_write(fd: int, data: bytes, piece: _Piece) -> bool:
+    """Write a piece fetched again, if it is what was dropped; returns whether it was."""
+    if _sha256(data) != piece.sha256:
+        return False
+    _pwrite_all(fd, data, piece.offset)
+    start_writeback(fd, piece.offset, piece.size)
+    return True
 
 
 class Finished(Exception):

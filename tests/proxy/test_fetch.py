@@ -1,5 +1,6 @@
 """A cold blob's fetch: readers get bytes from memory before the spool has them, the
-memory it holds is bounded, and a spool that fails ends the fetch for every reader."""
+memory it holds is bounded without holding a client to a slow disk (pieces dropped are
+fetched again and checked), and a spool that fails stores nothing."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import hashlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiohttp import web
 
 from dockyard.config import load_config
+from dockyard.errors import Unavailable
 from dockyard.proxy import fetch as fetch_module
 from dockyard.proxy.fetch import BlobFetch
 from dockyard.proxy.mirror import Mirror
@@ -28,6 +29,7 @@ from tests.support.servers import free_port
 MiB = 1 << 20
 WINDOW = 4 * MiB
 SIZE = 12 * MiB
+SEND = 256 * 1024
 
 
 class HeldSpool(BlobFetch):
@@ -39,36 +41,62 @@ class HeldSpool(BlobFetch):
     # Seconds between verifying the body and storing it: a slow fsync.
     commit_delay = 0.0
 
-    async def _write_spool(self, hasher: Any) -> None:
+    async def _write_spool(self) -> None:
         await self.disk.wait()
         if self.fail:
             raise OSError(errno.ENOSPC, "No space left on device")
-        await super()._write_spool(hasher)
+        await super()._write_spool()
 
     async def _commit(self) -> None:
         await asyncio.sleep(self.commit_delay)
         await super()._commit()
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[tuple[str, bytes, Digest]]:
-    data = os.urandom(SIZE)
-    digest = Digest("sha256", hashlib.sha256(data).hexdigest())
+class Upstream:
+    """A blob served in 256 KiB writes, honouring ``Range`` like a registry does; it can
+    also ignore ranges, send a range's bytes altered, or stall part way through."""
 
-    async def blob(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Length": str(len(data))})
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.digest = Digest("sha256", hashlib.sha256(data).hexdigest())
+        self.url = ""
+        self.ranges: list[str] = []
+        self.ignore_ranges = False
+        self.alter_ranges = False
+        self.stall_after: int | None = None
+
+    async def blob(self, request: web.Request) -> web.StreamResponse:
+        body, status, headers = self.data, 200, {}
+        header = request.headers.get("Range")
+        if header is not None:
+            self.ranges.append(header)
+        if header is not None and not self.ignore_ranges:
+            first, last = (int(n) for n in header.removeprefix("bytes=").split("-"))
+            body, status = self.data[first : last + 1], 206
+            headers["Content-Range"] = f"bytes {first}-{last}/{len(self.data)}"
+            if self.alter_ranges:
+                body = bytes([body[0] ^ 0xFF]) + body[1:]
+        headers["Content-Length"] = str(len(body))
+        response = web.StreamResponse(status=status, headers=headers)
         await response.prepare(request)
-        for offset in range(0, len(data), 256 * 1024):
-            await response.write(data[offset : offset + 256 * 1024])
+        for offset in range(0, len(body), SEND):
+            if header is None and self.stall_after is not None and offset >= self.stall_after:
+                await asyncio.sleep(3600)
+            await response.write(body[offset : offset + SEND])
         return response
 
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    served = Upstream(os.urandom(SIZE))
     app = web.Application()
-    app.router.add_get(f"/v2/lib/x/blobs/{digest}", blob)
+    app.router.add_get(f"/v2/lib/x/blobs/{served.digest}", served.blob)
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}", data, digest
+    served.url = f"http://127.0.0.1:{port}"
+    yield served
     await runner.cleanup()
 
 
@@ -89,47 +117,136 @@ def start_fetch(registry: Registry, url: str, digest: Digest) -> tuple[HeldSpool
     return HeldSpool(registry, target, digest, lambda _: None), client
 
 
-async def test_readers_are_served_from_memory_while_the_spool_lags(
-    upstream: tuple[str, bytes, Digest], registry: Registry, monkeypatch: pytest.MonkeyPatch
+async def read_all(fetch: BlobFetch, fd: int) -> bytes:
+    received = bytearray()
+    async for piece in fetch.pieces(fd):
+        received += piece
+    return bytes(received)
+
+
+async def watch_held(fetch: BlobFetch, most: list[int]) -> None:
+    """Record the most bytes the fetch holds in memory, until it ends."""
+    while not fetch.task.done():
+        most[0] = max(most[0], fetch.held)
+        await asyncio.sleep(0)
+
+
+async def test_a_client_is_not_held_to_a_spool_that_lags_and_memory_stays_bounded(
+    upstream: Upstream, registry: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(fetch_module, "UNWRITTEN_WINDOW", WINDOW)
-    url, data, digest = upstream
-    fetch, client = start_fetch(registry, url, digest)
+    fetch, client = start_fetch(registry, upstream.url, upstream.digest)
+    most = [0]
+    watcher = asyncio.ensure_future(watch_held(fetch, most))
     fd = await fetch.started()
-    received = bytearray()
-    pieces = fetch.pieces(fd)
     try:
-        # Nothing is on disk, yet the reader gets what the window holds.
-        while len(received) < WINDOW:
-            received += await asyncio.wait_for(pieces.__anext__(), 10)
-        assert fetch.written == 0
-        await asyncio.sleep(0.2)
-        # The upstream is read no further than the window, plus the piece in hand (a piece
-        # is at least PIECE bytes, as many as had arrived).
-        _, in_hand = fetch._unwritten[-1]
-        assert fetch.received - len(in_hand) - fetch.written <= WINDOW
-        assert fetch.received < SIZE
+        # Nothing is on disk, yet the reader gets the whole verified blob.
+        received = await asyncio.wait_for(read_all(fetch, fd), 30)
+        assert fetch.written == 0 and fetch.verified
+        assert received == upstream.data
+        # What the spool has not taken was dropped past the window (a piece, under two
+        # reads of the upstream's body, can be in hand on top of it before one goes).
+        assert most[0] < WINDOW + 2 * MiB
+        assert fetch.held <= WINDOW
+        assert upstream.ranges == []
         fetch.disk.set()
-        async for piece in pieces:
-            received += piece
+        await asyncio.wait_for(fetch.task, 30)
     finally:
         fetch.disk.set()  # a failed assertion must not leave the fetch waiting forever
         fetch.release()
-        await fetch.task
+        await asyncio.gather(fetch.task, return_exceptions=True)
+        watcher.cancel()
         await client.close()
-    assert bytes(received) == data
+    # The dropped pieces came again, in ranges, and the spool holds the blob.
+    assert fetch.error is None and fetch.complete
+    assert fetch.refetched >= SIZE - WINDOW - 2 * MiB
+    assert upstream.ranges and all(r.startswith("bytes=") for r in upstream.ranges)
     assert fetch.written == SIZE
-    assert await registry.blobs.read(digest) == data
-    assert await registry.repository("lib/x").blobs.is_linked(digest)
+    assert await registry.blobs.read(upstream.digest) == upstream.data
+    assert await registry.repository("lib/x").blobs.is_linked(upstream.digest)
+
+
+async def test_a_reader_behind_the_network_waits_for_what_the_spool_fetches_again(
+    upstream: Upstream, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fetch_module, "UNWRITTEN_WINDOW", WINDOW)
+    fetch, client = start_fetch(registry, upstream.url, upstream.digest)
+    first = await fetch.started()
+    late = await fetch.started()
+    try:
+        # The first reader takes everything: the pieces it read are dropped meanwhile.
+        assert await asyncio.wait_for(read_all(fetch, first), 30) == upstream.data
+        assert fetch.written == 0
+        # A reader that starts now finds the start dropped; it gets it once the spool
+        # has fetched it again.
+        late_read = asyncio.ensure_future(read_all(fetch, late))
+        await asyncio.sleep(0.2)
+        assert not late_read.done()
+        fetch.disk.set()
+        assert await asyncio.wait_for(late_read, 30) == upstream.data
+        await asyncio.wait_for(fetch.task, 30)
+    finally:
+        fetch.disk.set()
+        fetch.release()
+        fetch.release()
+        await asyncio.gather(fetch.task, return_exceptions=True)
+        await client.close()
+    assert fetch.refetched > 0
+    assert await registry.blobs.read(upstream.digest) == upstream.data
+
+
+async def test_a_range_fetched_again_that_differs_is_not_stored(
+    upstream: Upstream, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fetch_module, "UNWRITTEN_WINDOW", WINDOW)
+    upstream.alter_ranges = True
+    fetch, client = start_fetch(registry, upstream.url, upstream.digest)
+    fd = await fetch.started()
+    try:
+        # The client's bytes were the upstream's first answer, verified whole.
+        assert await asyncio.wait_for(read_all(fetch, fd), 30) == upstream.data
+        fetch.disk.set()
+        await asyncio.wait_for(asyncio.gather(fetch.task, return_exceptions=True), 30)
+    finally:
+        fetch.disk.set()
+        fetch.release()
+        await asyncio.gather(fetch.task, return_exceptions=True)
+        await client.close()
+    assert isinstance(fetch.error, Unavailable)
+    assert "does not match" in fetch.error.message
+    assert not await registry.blobs.exists(upstream.digest)
+    assert not await registry.repository("lib/x").blobs.is_linked(upstream.digest)
+
+
+async def test_an_upstream_that_ignores_ranges_still_fills_the_spool(
+    upstream: Upstream, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fetch_module, "UNWRITTEN_WINDOW", WINDOW)
+    upstream.ignore_ranges = True
+    fetch, client = start_fetch(registry, upstream.url, upstream.digest)
+    fd = await fetch.started()
+    try:
+        assert await asyncio.wait_for(read_all(fetch, fd), 30) == upstream.data
+        fetch.disk.set()
+        await asyncio.wait_for(fetch.task, 30)
+    finally:
+        fetch.disk.set()
+        fetch.release()
+        await asyncio.gather(fetch.task, return_exceptions=True)
+        await client.close()
+    assert upstream.ranges and fetch.refetched > 0
+    assert await registry.blobs.read(upstream.digest) == upstream.data
 
 
 async def test_a_spool_that_fails_ends_the_fetch_and_stores_nothing(
-    upstream: tuple[str, bytes, Digest], registry: Registry, monkeypatch: pytest.MonkeyPatch
+    upstream: Upstream, registry: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(fetch_module, "UNWRITTEN_WINDOW", WINDOW)
     monkeypatch.setattr(HeldSpool, "fail", True)
-    url, _, digest = upstream
-    fetch, client = start_fetch(registry, url, digest)
+    # The body stops coming half way: the spool's failure, not the end of the body, is
+    # what the reader meets.
+    upstream.stall_after = SIZE // 2
+    fetch, client = start_fetch(registry, upstream.url, upstream.digest)
     fd = await fetch.started()
     pieces = fetch.pieces(fd)
     try:
@@ -141,17 +258,17 @@ async def test_a_spool_that_fails_ends_the_fetch_and_stores_nothing(
     finally:
         fetch.disk.set()
         fetch.release()
-        await asyncio.wait_for(fetch.task, 10)
+        await asyncio.wait_for(asyncio.gather(fetch.task, return_exceptions=True), 10)
         await client.close()
     assert fetch.error is not None
-    assert not await registry.blobs.exists(digest)
+    assert not await registry.blobs.exists(upstream.digest)
 
 
 async def test_the_mirror_reports_the_size_of_each_blob_it_fetched(
-    upstream: tuple[str, bytes, Digest], registry: Registry
+    upstream: Upstream, registry: Registry
 ) -> None:
     # The server's heap trimmer hears of it: a fetch held pieces of it in memory.
-    url, data, digest = upstream
+    url, data, digest = upstream.url, upstream.data, upstream.digest
     client = UpstreamClient(url)
     route = Route("", client, ttl=0, library=False)
     sizes: list[int] = []
@@ -167,12 +284,12 @@ async def test_the_mirror_reports_the_size_of_each_blob_it_fetched(
 
 
 async def test_closing_the_mirror_lets_a_verified_fetch_store_its_blob(
-    upstream: tuple[str, bytes, Digest], registry: Registry, monkeypatch: pytest.MonkeyPatch
+    upstream: Upstream, registry: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A reader that has the whole body has told its client the pull succeeded; a shutdown
     # right then must not leave the blob out of the cache.
     monkeypatch.setattr(HeldSpool, "commit_delay", 0.5)
-    url, data, digest = upstream
+    url, data, digest = upstream.url, upstream.data, upstream.digest
     fetch, client = start_fetch(registry, url, digest)
     mirror = Mirror(registry, [fetch.target.route])
     mirror.fetches[digest] = fetch
@@ -194,16 +311,17 @@ async def test_closing_the_mirror_lets_a_verified_fetch_store_its_blob(
 
 
 async def test_closing_the_mirror_stops_a_fetch_still_receiving(
-    upstream: tuple[str, bytes, Digest], registry: Registry
+    upstream: Upstream, registry: Registry
 ) -> None:
-    url, _, digest = upstream
+    # The body stops coming half way: only cancelling ends this fetch.
+    upstream.stall_after = SIZE // 2
+    url, digest = upstream.url, upstream.digest
     fetch, client = start_fetch(registry, url, digest)
     mirror = Mirror(registry, [fetch.target.route])
     mirror.fetches[digest] = fetch
     await fetch.started()
     fetch.release()
     assert not fetch.verified
-    # The disk never takes the spool: only cancelling ends this fetch.
     await asyncio.wait_for(mirror.close(), 10)
     await client.close()
     assert fetch.task.cancelled()
