@@ -38,6 +38,9 @@ class CountingProxy:
         self.upstream = upstream.rstrip("/")
         self.port = free_port()
         self.requests: list[tuple[str, str]] = []
+        # The requests among them that asked for a range (a mirror's spool fetching
+        # again what a disk slower than the network could not keep).
+        self.ranged: list[tuple[str, str]] = []
         self.down = False
         # Bodies whose path ends with ``gate_path``: all but the last MiB is sent, the
         # rest once ``gate`` is set.
@@ -69,10 +72,18 @@ class CountingProxy:
         self._site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
         await self._site.start()
 
-    def count(self, method: str | None = None, contains: str = "") -> int:
+    def count(self, method: str | None = None, contains: str = "", whole: bool = False) -> int:
+        """Requests seen; with ``whole``, only those that did not ask for a range."""
         return sum(
             1
             for seen_method, path in list(self.requests)
+            if (method is None or seen_method == method) and contains in path
+        ) - (self.count_ranged(method, contains) if whole else 0)
+
+    def count_ranged(self, method: str | None = None, contains: str = "") -> int:
+        return sum(
+            1
+            for seen_method, path in list(self.ranged)
             if (method is None or seen_method == method) and contains in path
         )
 
@@ -102,6 +113,8 @@ class CountingProxy:
                 request.transport.abort()
             raise web.HTTPServiceUnavailable()
         self.requests.append((request.method, request.path))
+        if "Range" in request.headers:
+            self.ranged.append((request.method, request.path))
         body = await request.read()
         headers = {
             name: value for name, value in request.headers.items() if name.lower() not in HOP_BY_HOP

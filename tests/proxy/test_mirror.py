@@ -276,7 +276,10 @@ def test_concurrent_pulls_of_a_cold_blob_fetch_it_once_and_stream(
         thread.join(300)
     assert not errors, errors
     assert results == [(200, expected, BIG)] * CLIENTS
-    assert counter.count("GET", f"/blobs/{digest}") == 1
+    # One fetch of the blob; a disk slower than the network may have had its spool ask
+    # for parts of it again, by range.
+    assert counter.count("GET", f"/blobs/{digest}", whole=True) == 1
+    fetched = counter.count("GET", f"/blobs/{digest}")
 
     # Stored: the next pull is local.
     with httpx.stream("GET", f"{mirror.url}/v2/big/blob/blobs/{digest}", timeout=120) as response:
@@ -284,7 +287,7 @@ def test_concurrent_pulls_of_a_cold_blob_fetch_it_once_and_stream(
         for chunk in response.iter_bytes():
             hasher.update(chunk)
     assert hasher.hexdigest() == expected
-    assert counter.count("GET", f"/blobs/{digest}") == 1
+    assert counter.count("GET", f"/blobs/{digest}") == fetched
 
 
 def test_content_that_does_not_match_its_digest_is_not_stored(
