@@ -113,6 +113,8 @@ class BlobFetch:
         self._claim = claim
         self.task = asyncio.get_running_loop().create_task(self._run())
 
+    # --- the fetch ---------------------------------------------------------------------
+
     def _open_spool(self) -> None:
         name = str(uuid.uuid4())
         storage_path = f"{INCOMING}/{name}"
@@ -392,7 +394,7 @@ class BlobFetch:
                     piece = queue.popleft()
                     data = bytes(buffer[: piece.size])
                     del buffer[: piece.size]
-                    if await asyncio.to_thread(_check_and_write, fd, data, piece) is False:
+                    if not await asyncio.to_thread(_check_and_write, fd, data, piece):
                         raise Unavailable(
                             "upstream sent a range of the blob that does not match it",
                             detail={"digest": str(self.digest), "offset": piece.offset},
