@@ -323,12 +323,10 @@ class BlobFetch:
         assert self._fd is not None
         fd = self._fd
 
-        def write(pieces: list[_Piece], offset: int) -> None:
+        def write(pieces: list[_Piece]) -> None:
             for piece in pieces:
                 assert piece.data is not None
-                _pwrite_all(fd, piece.data, offset)
-                start_writeback(fd, offset, piece.size)
-                offset += piece.size
+                _spool(fd, piece.data, piece.offset)
 
         try:
             while True:
@@ -348,7 +346,7 @@ class BlobFetch:
                 if dropped:
                     await self._refetch(batch)
                 else:
-                    await asyncio.to_thread(write, batch, self.written)
+                    await asyncio.to_thread(write, batch)
                 async with self._changed:
                     for piece in batch:
                         self._unwritten.popleft()
@@ -383,17 +381,11 @@ class BlobFetch:
                     "upstream refused a range of the blob",
                     detail={"digest": str(self.digest), "status": response.status},
                 )
-            queue = collections.deque(pieces)
-            buffer = bytearray()
-            async for chunk in response.content.iter_any():
-                if skip:
-                    cut = min(skip, len(chunk))
-                    chunk, skip = chunk[cut:], skip - cut
-                buffer += chunk
-                while queue and len(buffer) >= queue[0].size:
-                    piece = queue.popleft()
-                    data = bytes(buffer[: piece.size])
-                    del buffer[: piece.size]
+            try:
+                while skip:
+                    skip -= len(await response.content.readexactly(min(skip, PIECE)))
+                for piece in pieces:
+                    data = await response.content.readexactly(piece.size)
                     if not await asyncio.to_thread(_check_and_write, fd, data, piece):
                         raise Unavailable(
                             "upstream sent a range of the blob that does not match it",
@@ -404,13 +396,11 @@ class BlobFetch:
                     async with self._changed:
                         self.written = piece.end
                         self._changed.notify_all()
-                if not queue:
-                    break
-            if queue:
+            except asyncio.IncompleteReadError:
                 raise Unavailable(
                     "upstream ended a range of the blob early",
-                    detail={"digest": str(self.digest), "offset": queue[0].offset},
-                )
+                    detail={"digest": str(self.digest), "offset": self.written},
+                ) from None
 
     async def _commit(self) -> None:
         assert self._fd is not None
@@ -526,18 +516,19 @@ def _update(hasher: Any, pieces: list[bytes | None]) -> None:
         hasher.update(data)
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def _spool(fd: int, data: bytes, offset: int) -> None:
+    """Write ``data`` at ``offset`` and start writing it out to disk."""
     view, done = memoryview(data), 0
     while done < len(data):
         done += os.pwrite(fd, view[done:], offset + done)
+    start_writeback(fd, offset, len(data))
 
 
 def _check_and_write(fd: int, data: bytes, piece: _Piece) -> bool:
     """Write a piece fetched again, if it is what was dropped; returns whether it was."""
     if _sha256(data) != piece.sha256:
         return False
-    _pwrite_all(fd, data, piece.offset)
-    start_writeback(fd, piece.offset, piece.size)
+    _spool(fd, data, piece.offset)
     return True
 
 
