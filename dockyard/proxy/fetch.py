@@ -220,7 +220,7 @@ class BlobFetch:
         spooled. Memory stays bounded without holding the client to the disk: past
         ``UNWRITTEN_WINDOW`` held, the oldest hashed pieces are dropped, and the spool
         fetches them again when it gets to them."""
-        pending: list[bytes] = []
+        pending: list[memoryview] = []
         pending_size = 0
 
         async def take(data: bytes) -> None:
@@ -234,11 +234,18 @@ class BlobFetch:
             await self._bound_memory(hashing, writing)
 
         async for chunk in response.content.iter_any():
-            pending.append(chunk)
-            pending_size += len(chunk)
-            if pending_size >= PIECE:
+            # A read holds whatever the connection buffered, up to twice its buffer when
+            # the loop was busy: cut it so that every piece is PIECE bytes, which is what
+            # bounds the memory held past the window.
+            view = memoryview(chunk)
+            while pending_size + len(view) >= PIECE:
+                need = PIECE - pending_size
+                pending.append(view[:need])
                 await take(b"".join(pending))
-                pending, pending_size = [], 0
+                pending, pending_size, view = [], 0, view[need:]
+            if view:
+                pending.append(view)
+                pending_size += len(view)
         if pending:
             await take(b"".join(pending))
         async with self._changed:
