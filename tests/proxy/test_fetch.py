@@ -9,6 +9,7 @@ import errno
 import hashlib
 import os
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,13 @@ class HeldSpool(BlobFetch):
     # The most bytes it ever held in memory.
     most_held = 0
     _held = 0
+    # Readers that have taken a hold of the spool.
+    readers = 0
+
+    async def started(self) -> int:
+        fd = await super().started()
+        self.readers += 1
+        return fd
 
     @property
     def held(self) -> int:
@@ -134,6 +142,22 @@ def start_fetch(registry: Registry, url: str, digest: Digest) -> tuple[HeldSpool
     return HeldSpool(registry, target, digest, lambda _: None), client
 
 
+@asynccontextmanager
+async def held_fetch(registry: Registry, upstream: Upstream) -> AsyncIterator[HeldSpool]:
+    """A fetch from ``upstream`` whose spool waits for ``disk``; on leaving, even after a
+    failed assertion, the spool is let go, every reader's hold released, and the fetch
+    has ended."""
+    fetch, client = start_fetch(registry, upstream.url, upstream.digest)
+    try:
+        yield fetch
+    finally:
+        fetch.disk.set()
+        for _ in range(fetch.readers):
+            fetch.release()
+        await asyncio.wait_for(asyncio.gather(fetch.task, return_exceptions=True), 30)
+        await client.close()
+
+
 async def read_all(fetch: BlobFetch, fd: int) -> bytes:
     received = bytearray()
     async for piece in fetch.pieces(fd):
@@ -145,9 +169,8 @@ async def test_a_client_is_not_held_to_a_spool_that_lags_and_memory_stays_bounde
     upstream: Upstream, registry: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(fetch_module, "UNWRITTEN_WINDOW", WINDOW)
-    fetch, client = start_fetch(registry, upstream.url, upstream.digest)
-    fd = await fetch.started()
-    try:
+    async with held_fetch(registry, upstream) as fetch:
+        fd = await fetch.started()
         # Nothing is on disk, yet the reader gets the whole verified blob.
         received = await asyncio.wait_for(read_all(fetch, fd), 30)
         assert fetch.written == 0 and fetch.verified
@@ -159,11 +182,6 @@ async def test_a_client_is_not_held_to_a_spool_that_lags_and_memory_stays_bounde
         assert upstream.ranges == []
         fetch.disk.set()
         await asyncio.wait_for(fetch.task, 30)
-    finally:
-        fetch.disk.set()  # a failed assertion must not leave the fetch waiting forever
-        fetch.release()
-        await asyncio.gather(fetch.task, return_exceptions=True)
-        await client.close()
     # The dropped pieces came again, in ranges, and the spool holds the blob.
     assert fetch.error is None and fetch.complete
     assert fetch.refetched >= SIZE - WINDOW
@@ -177,10 +195,9 @@ async def test_a_reader_behind_the_network_waits_for_what_the_spool_fetches_agai
     upstream: Upstream, registry: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(fetch_module, "UNWRITTEN_WINDOW", WINDOW)
-    fetch, client = start_fetch(registry, upstream.url, upstream.digest)
-    first = await fetch.started()
-    late = await fetch.started()
-    try:
+    async with held_fetch(registry, upstream) as fetch:
+        first = await fetch.started()
+        late = await fetch.started()
         # The first reader takes everything: the pieces it read are dropped meanwhile.
         assert await asyncio.wait_for(read_all(fetch, first), 30) == upstream.data
         assert fetch.written == 0
@@ -192,12 +209,6 @@ async def test_a_reader_behind_the_network_waits_for_what_the_spool_fetches_agai
         fetch.disk.set()
         assert await asyncio.wait_for(late_read, 30) == upstream.data
         await asyncio.wait_for(fetch.task, 30)
-    finally:
-        fetch.disk.set()
-        fetch.release()
-        fetch.release()
-        await asyncio.gather(fetch.task, return_exceptions=True)
-        await client.close()
     assert fetch.refetched > 0
     assert await registry.blobs.read(upstream.digest) == upstream.data
 
@@ -205,18 +216,10 @@ async def test_a_reader_behind_the_network_waits_for_what_the_spool_fetches_agai
 async def read_then_release_the_spool(registry: Registry, upstream: Upstream) -> BlobFetch:
     """A fetch whose one reader gets the whole blob before the spool writes anything;
     returns the fetch once it has ended, stored or not."""
-    fetch, client = start_fetch(registry, upstream.url, upstream.digest)
-    fd = await fetch.started()
-    try:
+    async with held_fetch(registry, upstream) as fetch:
+        fd = await fetch.started()
         # The client's bytes were the upstream's first answer, verified whole.
         assert await asyncio.wait_for(read_all(fetch, fd), 30) == upstream.data
-        fetch.disk.set()
-        await asyncio.wait_for(asyncio.gather(fetch.task, return_exceptions=True), 30)
-    finally:
-        fetch.disk.set()
-        fetch.release()
-        await asyncio.gather(fetch.task, return_exceptions=True)
-        await client.close()
     return fetch
 
 
@@ -251,20 +254,14 @@ async def test_a_spool_that_fails_ends_the_fetch_and_stores_nothing(
     # The body stops coming half way: the spool's failure, not the end of the body, is
     # what the reader meets.
     upstream.stall_after = SIZE // 2
-    fetch, client = start_fetch(registry, upstream.url, upstream.digest)
-    fd = await fetch.started()
-    pieces = fetch.pieces(fd)
-    try:
+    async with held_fetch(registry, upstream) as fetch:
+        fd = await fetch.started()
+        pieces = fetch.pieces(fd)
         await asyncio.wait_for(pieces.__anext__(), 10)
         fetch.disk.set()
         with pytest.raises(OSError, match="No space left"):
             async for _ in pieces:
                 pass
-    finally:
-        fetch.disk.set()
-        fetch.release()
-        await asyncio.wait_for(asyncio.gather(fetch.task, return_exceptions=True), 10)
-        await client.close()
     assert fetch.error is not None
     assert not await registry.blobs.exists(upstream.digest)
 
