@@ -93,6 +93,9 @@ class BlobFetch:
         self.written = 0
         self.held = 0
         self._unwritten: collections.deque[_Piece] = collections.deque()
+        # Those of them whose bytes are in memory, oldest first: where a piece to drop is
+        # found without stepping over every piece dropped before it.
+        self._in_memory: collections.deque[_Piece] = collections.deque()
         self._to_hash: asyncio.Queue[_Piece | None] = asyncio.Queue()
         # The upstream's whole body has been received.
         self._received_all = False
@@ -226,6 +229,7 @@ class BlobFetch:
         async def take(data: bytes) -> None:
             piece = _Piece(self.received, len(data), data)
             self._unwritten.append(piece)
+            self._in_memory.append(piece)
             self.received += piece.size
             self.held += piece.size
             self._to_hash.put_nowait(piece)
@@ -285,14 +289,15 @@ class BlobFetch:
             if victim.data is None or victim.writing:
                 continue  # the spool took it meanwhile
             victim.data, victim.sha256 = None, sha256
+            self._in_memory.remove(victim)
             self.held -= victim.size
 
     def _droppable(self) -> _Piece | None:
         """The oldest piece in memory that is hashed and not taken by the spool."""
-        for piece in self._unwritten:
+        for piece in self._in_memory:
             if piece.end > self.hashed:
                 return None
-            if piece.data is not None and not piece.writing:
+            if not piece.writing:
                 return piece
         return None
 
@@ -359,6 +364,8 @@ class BlobFetch:
                         self._unwritten.popleft()
                         self.written = piece.end
                         if not dropped:
+                            # The oldest in memory: the spool takes them in order.
+                            self._in_memory.popleft()
                             self.held -= piece.size
                     self._changed.notify_all()
         finally:
@@ -470,11 +477,15 @@ class BlobFetch:
 
     def _unwritten_at(self, offset: int) -> _Piece | None:
         """The piece past the spool's end that holds byte ``offset``."""
-        # A reader that keeps up wants the newest piece: look from that end.
-        for piece in reversed(self._unwritten):
-            if piece.offset <= offset:
-                return piece if offset < piece.end else None
-        return None
+        if not self._unwritten or offset < self._unwritten[0].offset:
+            return None
+        # Every piece but the last is PIECE bytes (see _receive): found by its index, with
+        # no walk over the pieces dropped while the disk lagged.
+        index = (offset - self._unwritten[0].offset) // PIECE
+        if index >= len(self._unwritten):
+            return None
+        piece = self._unwritten[index]
+        return piece if piece.offset <= offset < piece.end else None
 
     def _beyond(self, offset: int) -> bool:
         """Whether a reader at ``offset`` can go on: bytes to read (in the spool, or
