@@ -8,12 +8,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
+import math
+import re
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 LEVELS = {
     "panic": logging.CRITICAL,
@@ -27,8 +31,22 @@ LEVELS = {
 }
 
 
+@functools.lru_cache(maxsize=4)
+def _second(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def _timestamp(record: logging.LogRecord) -> str:
-    return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+    """``datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")``, with
+    the date and time of day made once per second rather than once per line."""
+    created = record.created
+    seconds = math.floor(created)
+    # Rounded to the microsecond half to even first, as ``fromtimestamp`` does.
+    micro = round((created - seconds) * 1e6)
+    if micro >= 1_000_000:
+        seconds += 1
+        micro -= 1_000_000
+    return f"{_second(seconds)}.{micro // 1000:03d}+00:00"
 
 
 # The id of the request being handled, for every line logged while handling it (set by
@@ -48,26 +66,58 @@ def _record_fields(record: logging.LogRecord) -> dict[str, Any]:
 class TextFormatter(logging.Formatter):
     """``time=... level=info msg="..." key=value``, the shape logrus's text output has."""
 
+    # Keys every line starts with, before ``log.fields``.
+    LEADING = frozenset({"time", "level", "msg"})
+
     def __init__(self, fields: dict[str, Any]) -> None:
         super().__init__()
         self.fields = fields
+        # ``log.fields`` never change: quoted once, unless one of them takes the place
+        # of a leading key (the general path below keeps that case as it was).
+        self._fixed: str | None = None
+        if self.LEADING.isdisjoint(fields):
+            self._fixed = "".join(f" {key}={_quote(value)}" for key, value in fields.items())
 
     def format(self, record: logging.LogRecord) -> str:
+        own = _record_fields(record)
+        if (
+            self._fixed is not None
+            and self.LEADING.isdisjoint(own)
+            and self.fields.keys().isdisjoint(own)
+            and not (record.exc_info and ("error" in own or "error" in self.fields))
+        ):
+            # The same line as the general path, which a line's own fields could reorder
+            # only by sharing a key with the leading or fixed ones.
+            line = (
+                f"time={_timestamp(record)} level={_quote(record.levelname.lower())}"
+                f" msg={_quote(record.getMessage())}{self._fixed}"
+            )
+            if own:
+                line += "".join(f" {key}={_quote(value)}" for key, value in own.items())
+            if record.exc_info:
+                line += f" error={_quote(self.formatException(record.exc_info))}"
+            return line
         parts = {
             "time": _timestamp(record),
             "level": record.levelname.lower(),
             "msg": record.getMessage(),
             **self.fields,
-            **_record_fields(record),
+            **own,
         }
         if record.exc_info:
             parts["error"] = self.formatException(record.exc_info)
         return " ".join(f"{key}={_quote(value)}" for key, value in parts.items())
 
 
+# A value made only of these goes out bare, any other quoted. ``\w`` is exactly the
+# characters ``str.isalnum`` accepts, and the underscore. One match per value: a check
+# character by character cost more than the rest of an access line together.
+_BARE = re.compile(r"[\w\-./:@+]+")
+
+
 def _quote(value: Any) -> str:
     text = str(value)
-    if text and all(c.isalnum() or c in "-_./:@+" for c in text):
+    if _BARE.fullmatch(text):
         return text
     return json.dumps(text)
 
@@ -119,8 +169,71 @@ def formatter_for(formatter: str, fields: dict[str, Any]) -> logging.Formatter:
     return TextFormatter(fields)
 
 
+class TurnBatchingHandler(logging.StreamHandler[TextIO]):
+    """Writes the lines an event loop's thread logs during one turn of the loop in one
+    write, at the start of the next turn; lines from any other thread go out at once,
+    after those waiting, so the stream keeps the order they were logged in.
+
+    Under load a worker ends many requests per turn, each with its access line: one
+    system call each cost more than formatting the line.
+    """
+
+    # Past this many waiting characters they are written without waiting for the turn.
+    LIMIT = 64 * 1024
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._waiting: list[str] = []
+        self._waiting_size = 0
+        # The loop whose next turn writes the waiting lines. A line from another loop
+        # schedules its own write: the first may have closed before its next turn.
+        self._writing_loop: asyncio.AbstractEventLoop | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Called with the handler's lock held (``Handler.handle``).
+        try:
+            line = self.format(record) + self.terminator
+            try:
+                loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            self._waiting.append(line)
+            self._waiting_size += len(line)
+            if loop is None or self._waiting_size >= self.LIMIT:
+                self._write_waiting()
+            elif loop is not self._writing_loop:
+                loop.call_soon(self.flush)
+                self._writing_loop = loop
+        except RecursionError:
+            raise
+        except Exception:  # noqa: BLE001 - a handler reports its own failures, as logging's do
+            self.handleError(record)
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            self._write_waiting()
+        except Exception:  # noqa: BLE001 - see below
+            # A stream that cannot be written (a reader gone) loses the lines, as each
+            # line's own write would have lost it; the loop's turn goes on.
+            self._waiting.clear()
+            self._waiting_size = 0
+        finally:
+            self.release()
+
+    def _write_waiting(self) -> None:
+        self._writing_loop = None
+        if not self._waiting:
+            return
+        text = "".join(self._waiting)
+        self._waiting.clear()
+        self._waiting_size = 0
+        self.stream.write(text)
+        self.stream.flush()
+
+
 def setup_logging(level: str, formatter: str, fields: dict[str, Any]) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = TurnBatchingHandler(sys.stderr)
     handler.setFormatter(formatter_for(formatter, fields))
     root = logging.getLogger()
     root.handlers[:] = [handler]

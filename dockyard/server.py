@@ -171,6 +171,10 @@ def run_worker(
             drain_timeout(config),
         )
     )
+    # Lines logged in the loop's last turn are still waiting (see TurnBatchingHandler),
+    # and the worker ends with os._exit, which skips logging's own flush at exit.
+    for handler in logging.getLogger().handlers:
+        handler.flush()
 
 
 async def _serve(

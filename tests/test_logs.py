@@ -7,18 +7,31 @@ status, bytes and duration; ``log.formatter`` picks text, JSON or logstash;
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import logging
+import math
+import random
 import re
+import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from dockyard.logs import formatter_for, request_id
+from dockyard.logs import (
+    TextFormatter,
+    TurnBatchingHandler,
+    _quote,
+    _timestamp,
+    formatter_for,
+    request_id,
+)
 from tests.auth.support import basic, htpasswd_config
 from tests.support.images import push_blob, sha256_digest
 from tests.support.servers import ServerProcess
@@ -198,3 +211,231 @@ def test_lines_logged_while_handling_a_request_carry_its_id(formatter: str) -> N
     assert "http.request.id" not in parse(outside)
     assert parse(inside)["http.request.id"] == "4f1c-request"
     assert parse(inside)["service"] == "registry"
+
+
+def test_a_stopped_worker_has_written_its_last_lines(server_factory: ServerFactory) -> None:
+    # Lines wait for the end of the event loop's turn; a worker that stops must not
+    # take the last ones with it.
+    server = server_factory(config={"log": {"formatter": "json"}, "dockyard": {"workers": 2}})
+    do_requests(server)
+    server.stop()
+    lines = [
+        line
+        for line in access_lines(server, "json")
+        if line.get("http.request.useragent") == "log-test/1.0"
+    ]
+    assert len(lines) == 5, lines
+
+
+def test_a_value_is_bare_exactly_when_each_character_is_alphanumeric_or_allowed() -> None:
+    # The rule logrus's text lines follow here: quoted unless made only of these.
+    for code in range(0x110000):
+        char = chr(code)
+        bare = char.isalnum() or char in "-_./:@+"
+        assert (_quote(char) == char) is bare, hex(code)
+    assert _quote("") == '""'
+    assert _quote("/v2/team/app/manifests/v1.2") == "/v2/team/app/manifests/v1.2"
+    assert _quote("GET /v2/ 200") == '"GET /v2/ 200"'
+    assert _quote('a"b') == '"a\\"b"'
+
+
+def test_the_timestamp_is_isoformat_to_the_millisecond() -> None:
+    rng = random.Random(5)
+    moments = [rng.uniform(0, 4e9) for _ in range(20_000)]
+    # Near the edges: a millisecond's, a second's, and rounding to the microsecond.
+    for base in (1764692572, 1, 2**31 - 1):
+        for fraction in (
+            0.0,
+            0.0004995,
+            0.0005,
+            0.1239996,
+            0.9994999,
+            0.9995,
+            0.9999995,
+            0.99999951,
+        ):
+            moments.append(base + fraction)
+            moments.append(math.nextafter(base + fraction, 0))
+            moments.append(math.nextafter(base + fraction, math.inf))
+    record = logging.LogRecord("dockyard", logging.INFO, __file__, 1, "x", None, None)
+    for moment in moments:
+        record.created = moment
+        expected = datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds")
+        assert _timestamp(record) == expected, repr(moment)
+
+
+def _general_text_line(fields: dict[str, Any], record: logging.LogRecord) -> str:
+    """What a text line is, key by key: later keys take an earlier key's place."""
+    parts = {
+        "time": _timestamp(record),
+        "level": record.levelname.lower(),
+        "msg": record.getMessage(),
+        **fields,
+        **getattr(record, "fields", {}),
+    }
+    if record.exc_info:
+        parts["error"] = logging.Formatter().formatException(record.exc_info)
+    return " ".join(f"{key}={_quote(value)}" for key, value in parts.items())
+
+
+@pytest.mark.parametrize(
+    "fixed",
+    [{}, {"service": "registry", "environment": "staging"}, {"msg": "fixed"}, {"error": "x"}],
+)
+@pytest.mark.parametrize(
+    "own",
+    [
+        {},
+        {"http.request.id": "7b0d", "http.request.uri": "/v2/a b", "pid": 4121},
+        {"service": "other"},
+        {"level": "custom", "vars.name": "team/app"},
+        {"error": "own"},
+    ],
+)
+@pytest.mark.parametrize("failed", [False, True])
+def test_a_text_line_is_the_same_whichever_way_it_is_made(
+    fixed: dict[str, Any], own: dict[str, Any], failed: bool
+) -> None:
+    exc_info = None
+    if failed:
+        try:
+            raise ValueError("broken")
+        except ValueError:
+            exc_info = sys.exc_info()
+    record = logging.LogRecord(
+        "dockyard", logging.WARNING, __file__, 1, "%s done", ("it",), exc_info
+    )
+    record.fields = own
+    assert TextFormatter(dict(fixed)).format(record) == _general_text_line(fixed, record)
+
+
+class _Writes(io.StringIO):
+    """A stream that counts the writes it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def _logger(handler: logging.Handler) -> logging.Logger:
+    logger = logging.getLogger(f"dockyard.test.{id(handler)}")
+    logger.propagate = False
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    return logger
+
+
+def test_lines_of_one_turn_of_the_loop_go_out_in_one_write_in_order() -> None:
+    stream = _Writes()
+    handler = TurnBatchingHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = _logger(handler)
+
+    async def turn() -> None:
+        for number in range(5):
+            logger.info("line %d", number)
+        # Nothing is written before the turn ends.
+        assert stream.writes == 0
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert stream.writes == 1
+        # A line from another thread goes out at once, after those still waiting.
+        logger.info("line 5")
+        await asyncio.to_thread(logger.info, "from a thread")
+        assert stream.getvalue().splitlines()[-2:] == ["line 5", "from a thread"]
+        logger.info("last")
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(turn())
+    finally:
+        loop.close()
+    # Whatever the loop's last turn left waiting, flushing writes it (a worker flushes
+    # before it exits), and nothing twice.
+    handler.flush()
+    assert stream.getvalue().splitlines() == [
+        *(f"line {number}" for number in range(6)),
+        "from a thread",
+        "last",
+    ]
+    # Outside any loop a line is written at once.
+    writes = stream.writes
+    logger.info("no loop")
+    assert stream.writes == writes + 1
+
+
+def test_a_turn_with_many_lines_writes_them_before_its_end() -> None:
+    stream = _Writes()
+    handler = TurnBatchingHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = _logger(handler)
+    line = "x" * 1000
+
+    async def turn() -> None:
+        for _ in range(200):
+            logger.info(line)
+        # 200 KB: written in pieces of the handler's limit, not held for the turn.
+        assert stream.writes >= 200_000 // TurnBatchingHandler.LIMIT
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    asyncio.run(turn())
+    assert stream.getvalue() == (line + "\n") * 200
+
+
+def test_lines_logged_from_threads_at_once_all_arrive_whole() -> None:
+    stream = _Writes()
+    handler = TurnBatchingHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = _logger(handler)
+
+    async def many() -> None:
+        def log_some(thread: int) -> None:
+            for number in range(200):
+                logger.info("thread %d line %d", thread, number)
+
+        for number in range(200):
+            logger.info("loop line %d", number)
+            if number == 100:
+                await asyncio.gather(*(asyncio.to_thread(log_some, t) for t in range(4)))
+        await asyncio.sleep(0)
+
+    asyncio.run(many())
+    handler.flush()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1000
+    assert [line for line in lines if line.startswith("loop")] == [
+        f"loop line {number}" for number in range(200)
+    ]
+    for thread in range(4):
+        assert [line for line in lines if line.startswith(f"thread {thread} ")] == [
+            f"thread {thread} line {number}" for number in range(200)
+        ]
+
+
+def test_lines_left_by_a_loop_that_closed_do_not_hold_back_another_loops() -> None:
+    stream = _Writes()
+    handler = TurnBatchingHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = _logger(handler)
+
+    # A loop that stops in the turn that logged a line leaves it waiting: the write
+    # scheduled for its next turn never runs.
+    ended = asyncio.new_event_loop()
+    ended.call_soon(logger.info, "from a loop now closed")
+    ended.call_soon(ended.stop)
+    ended.run_forever()
+    ended.close()
+    assert stream.writes == 0
+
+    async def later() -> None:
+        logger.info("from the next loop")
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert stream.getvalue().splitlines() == ["from a loop now closed", "from the next loop"]
+
+    asyncio.run(later())
