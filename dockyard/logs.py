@@ -15,6 +15,8 @@ import logging
 import math
 import re
 import sys
+import threading
+import time
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -167,6 +169,36 @@ def formatter_for(formatter: str, fields: dict[str, Any]) -> logging.Formatter:
     if formatter == "logstash":
         return LogstashFormatter(fields)
     return TextFormatter(fields)
+
+
+class RecordsFromTemplate:
+    """Records of one logger at one level from one place in the code, each a copy of a
+    template made once with the rest of what changes set on it: ``Logger.info`` would
+    look up the caller's frame and work out file, module, thread and process names again
+    for every line, and a worker logs one access line per request."""
+
+    def __init__(self, logger: logging.Logger, level: int) -> None:
+        self.logger = logger
+        self.level = level
+        template = logger.makeRecord(logger.name, level, __file__, 0, "", (), None)
+        self._template = dict(template.__dict__)
+        # Where logging's own clock starts, for ``relativeCreated``.
+        self._start = template.created - template.relativeCreated / 1000
+
+    def log(self, msg: str, args: tuple[Any, ...], fields: dict[str, Any]) -> None:
+        if not self.logger.isEnabledFor(self.level):
+            return
+        now = time.time()
+        record = logging.LogRecord.__new__(logging.LogRecord)
+        record.__dict__.update(self._template)
+        record.msg = msg
+        record.args = args
+        record.created = now
+        record.msecs = int((now - int(now)) * 1000) + 0.0
+        record.relativeCreated = (now - self._start) * 1000
+        record.thread = threading.get_ident()
+        record.fields = fields
+        self.logger.handle(record)
 
 
 class TurnBatchingHandler(logging.StreamHandler[TextIO]):

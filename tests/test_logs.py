@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from dockyard.logs import (
+    RecordsFromTemplate,
     TextFormatter,
     TurnBatchingHandler,
     _quote,
@@ -439,3 +440,48 @@ def test_lines_left_by_a_loop_that_closed_do_not_hold_back_another_loops() -> No
         assert stream.getvalue().splitlines() == ["from a loop now closed", "from the next loop"]
 
     asyncio.run(later())
+
+
+class _Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_record_from_the_template_is_what_logging_would_make() -> None:
+    kept = _Kept()
+    logger = _logger(kept)
+    records = RecordsFromTemplate(logger, logging.INFO)
+    before = time.time()
+    records.log("%s %s %s", ("GET", "/v2/", 200), {"http.route": "base"})
+    logger.info("%s %s %s", "GET", "/v2/", 200, extra={"fields": {"http.route": "base"}})
+    made, logged = kept.records
+    assert made.__dict__.keys() == logged.__dict__.keys()
+    assert made.getMessage() == logged.getMessage() == "GET /v2/ 200"
+    for name in ("name", "levelno", "levelname", "fields", "process", "processName", "thread"):
+        assert getattr(made, name) == getattr(logged, name), name
+    assert before <= made.created <= logged.created
+    assert made.msecs == int((made.created - int(made.created)) * 1000)
+    assert 0 <= logged.relativeCreated - made.relativeCreated < 1000
+    # Each record is its own: later ones do not change earlier ones.
+    records.log("%s", ("second",), {"http.route": "other"})
+    assert made.getMessage() == "GET /v2/ 200" and made.fields == {"http.route": "base"}
+
+
+def test_records_from_the_template_follow_the_loggers_level_and_logging_disable() -> None:
+    kept = _Kept()
+    logger = _logger(kept)
+    records = RecordsFromTemplate(logger, logging.INFO)
+    logger.setLevel(logging.WARNING)
+    records.log("quiet", (), {})
+    logger.setLevel(logging.INFO)
+    logging.disable(logging.INFO)
+    try:
+        records.log("disabled", (), {})
+    finally:
+        logging.disable(logging.NOTSET)
+    records.log("heard", (), {})
+    assert [record.getMessage() for record in kept.records] == ["heard"]

@@ -230,6 +230,7 @@ def request_logger(
 ) -> type[AbstractAccessLogger]:
     """aiohttp's access-logger class for this server: called when a response has been
     sent, it writes the line (``emit``), counts the request and ends its activity."""
+    records = logs.RecordsFromTemplate(access_logger(), logging.INFO)
 
     class RequestLogger(AbstractAccessLogger):
         @property
@@ -280,13 +281,7 @@ def request_logger(
                 fields["vars.name"] = info.repository
             # Which worker process answered: requests of one client spread over all.
             fields["pid"] = os.getpid()
-            self.logger.info(
-                "%s %s %s",
-                request.method,
-                request.path_qs,
-                response.status,
-                extra={"fields": fields},
-            )
+            records.log("%s %s %s", (request.method, request.path_qs, response.status), fields)
 
     return RequestLogger
 
