@@ -330,11 +330,16 @@ def _logger(handler: logging.Handler) -> logging.Logger:
     return logger
 
 
-def test_lines_of_one_turn_of_the_loop_go_out_in_one_write_in_order() -> None:
+def _batched() -> tuple[_Writes, TurnBatchingHandler, logging.Logger]:
+    """A logger writing bare messages through a batching handler to a counted stream."""
     stream = _Writes()
     handler = TurnBatchingHandler(stream)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    logger = _logger(handler)
+    return stream, handler, _logger(handler)
+
+
+def test_lines_of_one_turn_of_the_loop_go_out_in_one_write_in_order() -> None:
+    stream, handler, logger = _batched()
 
     async def turn() -> None:
         for number in range(5):
@@ -370,10 +375,7 @@ def test_lines_of_one_turn_of_the_loop_go_out_in_one_write_in_order() -> None:
 
 
 def test_a_turn_with_many_lines_writes_them_before_its_end() -> None:
-    stream = _Writes()
-    handler = TurnBatchingHandler(stream)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger = _logger(handler)
+    stream, _, logger = _batched()
     line = "x" * 1000
 
     async def turn() -> None:
@@ -389,10 +391,7 @@ def test_a_turn_with_many_lines_writes_them_before_its_end() -> None:
 
 
 def test_lines_logged_from_threads_at_once_all_arrive_whole() -> None:
-    stream = _Writes()
-    handler = TurnBatchingHandler(stream)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger = _logger(handler)
+    stream, handler, logger = _batched()
 
     async def many() -> None:
         def log_some(thread: int) -> None:
@@ -419,10 +418,7 @@ def test_lines_logged_from_threads_at_once_all_arrive_whole() -> None:
 
 
 def test_lines_left_by_a_loop_that_closed_do_not_hold_back_another_loops() -> None:
-    stream = _Writes()
-    handler = TurnBatchingHandler(stream)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger = _logger(handler)
+    stream, _, logger = _batched()
 
     # A loop that stops in the turn that logged a line leaves it waiting: the write
     # scheduled for its next turn never runs.
