@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import logging
@@ -19,7 +18,10 @@ import threading
 import time
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    import asyncio
 
 LEVELS = {
     "panic": logging.CRITICAL,
@@ -225,10 +227,15 @@ class TurnBatchingHandler(logging.StreamHandler[TextIO]):
         # Called with the handler's lock held (``Handler.handle``).
         try:
             line = self.format(record) + self.terminator
-            try:
-                loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
+            loop: asyncio.AbstractEventLoop | None = None
+            # No loop runs where asyncio was never imported, as in the workers' small
+            # parent, which logs rarely and need not load it for that.
+            imported = sys.modules.get("asyncio")
+            if imported is not None:
+                try:
+                    loop = imported.get_running_loop()
+                except RuntimeError:
+                    pass
             self._waiting.append(line)
             self._waiting_size += len(line)
             if loop is None or self._waiting_size >= self.LIMIT:
