@@ -160,21 +160,23 @@ def run_worker(
     logger_class = observe.request_logger(
         prefix, not config.log.accesslog.disabled, process_metrics, activity
     )
-    asyncio.run(
-        _serve(
-            app,
-            sock,
-            # http.tls: each worker loads the certificate itself (None: plain HTTP).
-            server_ssl_context(config.http.tls),
-            logger_class,
-            activity,
-            drain_timeout(config),
+    try:
+        asyncio.run(
+            _serve(
+                app,
+                sock,
+                # http.tls: each worker loads the certificate itself (None: plain HTTP).
+                server_ssl_context(config.http.tls),
+                logger_class,
+                activity,
+                drain_timeout(config),
+            )
         )
-    )
-    # Lines logged in the loop's last turn are still waiting (see TurnBatchingHandler),
-    # and the worker ends with os._exit, which skips logging's own flush at exit.
-    for handler in logging.getLogger().handlers:
-        handler.flush()
+    finally:
+        # Lines logged in the loop's last turn are still waiting (TurnBatchingHandler),
+        # and a worker ends with os._exit, which skips logging's own flush at exit.
+        for handler in logging.getLogger().handlers:
+            handler.flush()
 
 
 async def _serve(
