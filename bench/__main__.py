@@ -61,6 +61,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--profile", type=Path, metavar="DIR", help="py-spy Dockyard during each figure into DIR"
     )
     parser.add_argument("--time-limit", type=float, help="seconds before the run gives up")
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="the two servers measured side by side (not the mirror or S3 groups' own) "
+        "write an access line per request, as both do by default",
+    )
     args = parser.parse_args(argv)
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be at least 1")
@@ -168,8 +174,15 @@ def main(argv: list[str] | None = None) -> int:
         scratch = Path(tempfile.mkdtemp(prefix="dockyard-bench-", dir=base))
         source = snapshot(args.rev, scratch / "dockyard-source") if args.rev else working_tree()
         servers = [
-            RegistryServer(DOCKYARD, scratch / DOCKYARD, args.workers, source.path, source.env()),
-            RegistryServer(DISTRIBUTION, scratch / DISTRIBUTION),
+            RegistryServer(
+                DOCKYARD,
+                scratch / DOCKYARD,
+                args.workers,
+                source.path,
+                source.env(),
+                access_log=args.access_log,
+            ),
+            RegistryServer(DISTRIBUTION, scratch / DISTRIBUTION, access_log=args.access_log),
         ]
         mirror = mirrors.build(scratch, args.workers, source) if "mirror" in groups else None
         on_s3 = s3.build(scratch, args.workers, source) if "s3" in groups else None
@@ -191,8 +204,14 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(run_suite(suite, plan, log))
         text = report.render(suite.results, context(plan, args, servers[0], source), suite.notes())
         print(text)
-        # Only a complete, unprofiled full run replaces the committed RESULTS.md.
-        complete = plan.mode == "full" and groups == set(GROUPS) and args.profile is None
+        # Only a complete, unprofiled full run of the usual configuration replaces the
+        # committed RESULTS.md.
+        complete = (
+            plan.mode == "full"
+            and groups == set(GROUPS)
+            and args.profile is None
+            and not args.access_log
+        )
         out = args.out or (DEFAULT_OUT if complete else None)
         if out is not None:
             out.write_text(text)

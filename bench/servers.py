@@ -49,18 +49,21 @@ def registry_config(
     addr: str,
     extra: Mapping[str, Any] | None = None,
     storage: Mapping[str, Any] | None = None,
+    access_log: bool = False,
 ) -> dict[str, Any]:
     """The configuration both servers get: same storage, same logging, same limits.
 
     The blob descriptor cache is on for both because that is how registry:2 ships
     (Debian's and the image's config.yml both enable it); upload purging is off so a
     background sweep cannot land in the middle of a measurement. ``storage`` replaces
-    the filesystem driver (an ``s3`` section, with ``redirect`` beside it).
+    the filesystem driver (an ``s3`` section, with ``redirect`` beside it). The access
+    log is off unless ``access_log``, as both servers' own defaults have it on: one line
+    per request to the server's log file.
     """
     driver = dict(storage) if storage else {"filesystem": {"rootdirectory": str(root)}}
     config: dict[str, Any] = {
         "version": "0.1",
-        "log": {"level": "warn", "accesslog": {"disabled": True}},
+        "log": {"level": "warn", "accesslog": {"disabled": not access_log}},
         "storage": {
             **driver,
             "delete": {"enabled": True},
@@ -275,6 +278,8 @@ class RegistryServer(ManagedProcess):
     role: str = ""
     # Storage sections in place of the filesystem driver (``s3``, ``redirect``).
     storage: dict[str, Any] | None = None
+    # Its access log on, written with the rest of its log (``--access-log``).
+    access_log: bool = False
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -287,7 +292,9 @@ class RegistryServer(ManagedProcess):
         extra: dict[str, Any] = dict(self.config_extra or {})
         if self.kind == DOCKYARD and self.workers is not None:
             extra["dockyard"] = {"workers": self.workers}
-        config = registry_config(self.root, f"127.0.0.1:{self.port}", extra, self.storage)
+        config = registry_config(
+            self.root, f"127.0.0.1:{self.port}", extra, self.storage, self.access_log
+        )
         write_config(self.config_path, config)
 
     @property

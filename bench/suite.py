@@ -667,11 +667,17 @@ class Suite:
 
     def notes(self) -> list[str]:
         dockyard = next((s for s in self.servers if s.kind == DOCKYARD), None)
+        access_log = (
+            "access log on (one line per request to each server's log file; the mirror and S3 "
+            "groups' own servers keep it off)"
+            if any(server.access_log for server in self.servers)
+            else "access log disabled"
+        )
         notes = [
             (
                 "Both servers: filesystem storage in a fresh temp dir, storage.delete enabled, "
-                "blobdescriptor cache inmemory, upload purging off, log level warn, access log "
-                "disabled, catalog.maxentries 100000; loopback only; the test data fit in the page "
+                f"blobdescriptor cache inmemory, upload purging off, log level warn, {access_log}, "
+                "catalog.maxentries 100000; loopback only; the test data fit in the page "
                 "cache, so pulls read memory, not disk."
             ),
             (

@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from bench.source import snapshot
+from bench.servers import DISTRIBUTION, DOCKYARD, RegistryServer
+from bench.source import snapshot, working_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,3 +73,28 @@ def test_a_snapshot_is_measured_from_bytecode(tmp_path: Path) -> None:
     loaded = [line for line in run.stderr.splitlines() if "code object from" in line]
     cli = [line for line in loaded if os.path.join(str(tmp_path), "dockyard", "") in line]
     assert cli and all(".pyc" in line for line in cli), cli[:5]
+
+
+@pytest.mark.parametrize("access_log", [False, True])
+def test_both_servers_write_access_lines_only_when_asked(tmp_path: Path, access_log: bool) -> None:
+    # ``--access-log`` measures both servers as their defaults run them: one line per
+    # request in each server's log file. Without it, neither writes one.
+    source = working_tree()
+    servers = [
+        RegistryServer(
+            DOCKYARD, tmp_path / DOCKYARD, 1, source.path, source.env(), access_log=access_log
+        ),
+        RegistryServer(DISTRIBUTION, tmp_path / DISTRIBUTION, access_log=access_log),
+    ]
+    agent = f"bench-access-log-test/{access_log}"
+    try:
+        for server in servers:
+            server.start()
+            request = urllib.request.Request(server.url + "/v2/", headers={"User-Agent": agent})
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert response.status == 200
+    finally:
+        for server in servers:
+            server.stop()
+    for server in servers:
+        assert (agent in server.log_path.read_text(errors="replace")) is access_log, server.kind
