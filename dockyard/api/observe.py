@@ -231,6 +231,8 @@ def request_logger(
     """aiohttp's access-logger class for this server: called when a response has been
     sent, it writes the line (``emit``), counts the request and ends its activity."""
     records = logs.RecordsFromTemplate(access_logger(), logging.INFO)
+    # Made in the worker that serves: its pid for every line it writes.
+    pid = os.getpid()
 
     class RequestLogger(AbstractAccessLogger):
         @property
@@ -280,7 +282,7 @@ def request_logger(
             if info.repository is not None:
                 fields["vars.name"] = info.repository
             # Which worker process answered: requests of one client spread over all.
-            fields["pid"] = os.getpid()
+            fields["pid"] = pid
             records.log("%s %s %s", (request.method, request.path_qs, response.status), fields)
 
     return RequestLogger
