@@ -260,6 +260,11 @@ def serve(config: Config) -> None:
     # most accepts. The parent's socket is bound but never listens: it only holds the
     # port and reports a bad address before any worker starts.
     shared = workers == 1 or config.http.net == "unix"
+    if not shared:
+        # SO_REUSEPORT lets any process of the same user bind the port too: a second
+        # server started on it would silently take part of the connections. A plain bind
+        # first refuses a taken port, as Distribution's does.
+        bind(config, listen=False).close()
     sock = bind(config, reuse_port=not shared, listen=shared)
     debug_sock = bind_debug(config)
     log.info(

@@ -5,10 +5,16 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
+import pytest
+import yaml
 
 from tests.conftest import ServerFactory
+from tests.support.servers import stop_group
 
 CHUNK = 256 * 1024
 
@@ -82,3 +88,40 @@ def test_a_tag_moved_on_one_worker_is_seen_by_the_others(server_factory: ServerF
                 seen = client.head(f"{server.url}/v2/moving/manifests/latest")
             assert seen.headers["Docker-Content-Digest"] == target
     assert len(pids_in_log(server.log(), "HEAD")) == 2
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_second_server_on_a_taken_port_exits_and_the_first_serves_on(
+    server_factory: ServerFactory, tmp_path: Path, workers: int
+) -> None:
+    first = server_factory(config={"dockyard": {"workers": 2}})
+    second = tmp_path / "second"
+    second.mkdir()
+    config = {
+        "version": "0.1",
+        "storage": {"filesystem": {"rootdirectory": str(second / "data")}},
+        "http": {"addr": f"127.0.0.1:{first.port}"},
+        "dockyard": {"workers": workers},
+    }
+    (second / "config.yml").write_text(yaml.safe_dump(config))
+    # The workers' sockets share the port among themselves (SO_REUSEPORT), which any
+    # process of the same user may join: this one must not.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dockyard", "serve", str(second / "config.yml")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        out, err = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        stop_group(process)
+        pytest.fail("a second server started on the first one's port")
+    assert process.returncode == 1, (out + err).decode()
+    assert f"cannot listen on 127.0.0.1:{first.port}" in err.decode()
+    assert not (second / "data").exists()
+    # Every connection still reaches the first server.
+    for _ in range(20):
+        with httpx.Client() as client:
+            assert client.get(f"{first.url}/v2/_catalog").status_code == 200
+            assert client.get(f"{first.url}/v2/").headers["Docker-Distribution-API-Version"]
