@@ -168,6 +168,9 @@ class StoreScanner(Protocol):
     ) -> list[dict[Digest, int]]:
         """:meth:`GarbageCollector.unmarked_blobs` of each (algorithm, prefix), in order."""
 
+    async def delete_each(self, paths: list[str]) -> list[bool]:
+        """``StorageDriver.delete_each``, for a collection that has the store alone."""
+
 
 # Work handed to a helper at a time: little enough that it spreads evenly, enough that
 # each hand-off's cost (pickling, an event loop per batch) stays small.
@@ -553,7 +556,9 @@ class GarbageCollector:
 
     async def _execute(self, plan: GcPlan, report: GcReport) -> None:
         trash: Sweep = (
-            DirectRemoval(self.driver) if self.alone else Trash(self.driver, self.options.settle)
+            DirectRemoval(self.driver, self.helpers)
+            if self.alone
+            else Trash(self.driver, self.options.settle)
         )
         # Links set aside without their directory, which is cleared once all are aside.
         linked_alone: list[str] = []
@@ -591,7 +596,7 @@ class GarbageCollector:
                 report.layer_links_deleted += 1
 
         # Deleting in place batches many candidates per call to storage: keep enough going.
-        width = DirectRemoval.IN_FLIGHT if self.alone else 16
+        width = DirectRemoval.in_flight(self.helpers) if self.alone else 16
         try:
             await trash.start()
             await self._each((manifest(*item) for item in plan.manifests), width)

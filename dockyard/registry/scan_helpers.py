@@ -85,6 +85,15 @@ def unmarked_blobs(
     return _in_this_process(spec, scan)
 
 
+def delete_each(spec: StorageSpec, paths: list[str]) -> list[bool]:
+    """Delete each path, whether it was there (a helper's work)."""
+
+    async def delete(collector: GarbageCollector) -> list[bool]:
+        return await collector.driver.delete_each(paths)
+
+    return _in_this_process(spec, delete)
+
+
 def _leave_interrupts_to_the_collection() -> None:
     # Ctrl-C reaches every process of the terminal's group: the collection's process
     # stops its helpers itself, after the batch each is on (``close``).
@@ -131,6 +140,10 @@ class ScanHelpers:
         return await loop.run_in_executor(
             self._pool, unmarked_blobs, self.spec, prefixes, marked, held
         )
+
+    async def delete_each(self, paths: list[str]) -> list[bool]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, delete_each, self.spec, paths)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -190,6 +190,16 @@ class Trash:
             await delete_if_exists(self.driver, path)
 
 
+class Remover(Protocol):
+    """Deletes paths in other processes (a collection's helpers): their kernel work and
+    their hand-offs stay off this process's interpreter lock."""
+
+    processes: int
+
+    async def delete_each(self, paths: list[str]) -> list[bool]:
+        """``StorageDriver.delete_each`` on a driver of the helper's own."""
+
+
 class DirectRemoval:
     """The sweep of a collection that has the store to itself: each candidate is deleted
     in place, and so is the trash earlier runs left.
@@ -197,17 +207,32 @@ class DirectRemoval:
     Deletes go to the driver in batches (``delete_each``): the candidates that arrive
     while one turn of the event loop runs, up to ``BATCH``, several batches at once, so
     a local disk's deletes run in threads beside the loop rather than one by one in it.
+    With ``helpers``, each batch goes where fewer are in flight for each lane: a thread
+    here, or a helper process.
     """
 
     # Candidates per batch; the collection keeps ``IN_FLIGHT`` candidates going, so
     # about four batches are in flight at a time.
     BATCH = 64
     IN_FLIGHT = 256
+    # Batches in flight per helper process: one deleted while the next one travels.
+    PER_HELPER = 2
+    # And here: this process also runs the event loop that feeds every lane.
+    HERE = 1
 
-    def __init__(self, driver: StorageDriver) -> None:
+    def __init__(self, driver: StorageDriver, helpers: Remover | None = None) -> None:
         self.driver = driver
+        self.helpers = helpers
         self._waiting: list[tuple[str, asyncio.Future[bool]]] = []
         self._batches: set[asyncio.Task[None]] = set()
+        self._here = 0
+        self._elsewhere = 0
+
+    @classmethod
+    def in_flight(cls, helpers: Remover | None) -> int:
+        """Candidates a collection keeps going: enough for every lane's batches."""
+        lanes = cls.HERE + (cls.PER_HELPER * helpers.processes if helpers else 0)
+        return max(cls.IN_FLIGHT, lanes * cls.BATCH)
 
     async def start(self) -> None:
         await delete_if_exists(self.driver, TRASH)
@@ -227,13 +252,38 @@ class DirectRemoval:
         if not self._waiting:
             return
         batch, self._waiting = self._waiting, []
-        task = asyncio.get_running_loop().create_task(self._delete(batch))
+        # Counted from now, not from when the task first runs: several batches may be
+        # sent in one turn of the event loop.
+        elsewhere = self._elsewhere_next()
+        if elsewhere:
+            self._elsewhere += 1
+        else:
+            self._here += 1
+        task = asyncio.get_running_loop().create_task(self._delete(batch, elsewhere))
         self._batches.add(task)
         task.add_done_callback(self._batches.discard)
 
-    async def _delete(self, batch: list[tuple[str, asyncio.Future[bool]]]) -> None:
+    def _elsewhere_next(self) -> bool:
+        """Whether the next batch goes to a helper: the lanes' load, evened out."""
+        if self.helpers is None:
+            return False
+        return self._elsewhere * self.HERE <= self._here * self.PER_HELPER * self.helpers.processes
+
+    async def _delete_batch(self, paths: list[str], elsewhere: bool) -> list[bool]:
         try:
-            found = await self.driver.delete_each([path for path, _ in batch])
+            if elsewhere:
+                assert self.helpers is not None
+                return await self.helpers.delete_each(paths)
+            return await self.driver.delete_each(paths)
+        finally:
+            if elsewhere:
+                self._elsewhere -= 1
+            else:
+                self._here -= 1
+
+    async def _delete(self, batch: list[tuple[str, asyncio.Future[bool]]], elsewhere: bool) -> None:
+        try:
+            found = await self._delete_batch([path for path, _ in batch], elsewhere)
         except asyncio.CancelledError:
             for _, future in batch:
                 future.cancel()

@@ -18,10 +18,12 @@ from dockyard.registry.gc import (
     GarbageCollector,
     GcOptions,
     GcPlan,
+    GcReport,
     RepositoryScan,
 )
 from dockyard.registry.manifests import OCI_MANIFEST
 from dockyard.registry.scan_helpers import ScanHelpers, StorageSpec
+from dockyard.registry.trash import DirectRemoval
 from dockyard.storage import FilesystemDriver
 from tests.support.gc_store import dockyard_cli, dockyard_gc
 
@@ -35,6 +37,7 @@ class CountingHelpers(ScanHelpers):
         super().__init__(spec, processes)
         self.repositories = 0
         self.prefixes = 0
+        self.deleted = 0
 
     async def scan(self, names: list[str], young_after: float) -> list[RepositoryScan]:
         self.repositories += len(names)
@@ -45,6 +48,10 @@ class CountingHelpers(ScanHelpers):
     ) -> list[dict[Digest, int]]:
         self.prefixes += len(prefixes)
         return await super().unmarked_blobs(prefixes, marked, held)
+
+    async def delete_each(self, paths: list[str]) -> list[bool]:
+        self.deleted += len(paths)
+        return await super().delete_each(paths)
 
 
 def image(config: Digest, layers: list[Digest], number: int) -> bytes:
@@ -195,3 +202,80 @@ def test_a_blob_listed_below_another_prefix_is_not_a_candidate(store: Path, tmp_
         plan = asyncio.run(plan_of(root, helpers))
     assert shared in plan.marked
     assert shared not in plan.blobs
+
+
+def files_below(root: Path) -> list[str]:
+    """Every file and directory in the store, outside the collection's own records."""
+    return sorted(
+        str(path.relative_to(root)) for path in root.rglob("*") if "_dockyard" not in path.parts
+    )
+
+
+async def collect_alone(root: Path, helpers: ScanHelpers | None) -> GcReport:
+    driver = FilesystemDriver(str(root))
+    try:
+        options = GcOptions(delete_untagged=True, delay=0, settle=1)
+        return await GarbageCollector(driver, options, alone=True, helpers=helpers).run()
+    finally:
+        await driver.close()
+
+
+def test_helpers_remove_what_one_process_removes(store: Path, tmp_path: Path) -> None:
+    spread_root, alone_root = tmp_path / "spread", tmp_path / "alone"
+    for root in (spread_root, alone_root):
+        shutil.copytree(store, root, copy_function=shutil.copy2)
+    spec = StorageSpec("filesystem", {"rootdirectory": str(spread_root)})
+    with CountingHelpers(spec, 1) as helpers:
+        helpers.start()
+        spread = asyncio.run(collect_alone(spread_root, helpers))
+    alone = asyncio.run(collect_alone(alone_root, None))
+
+    # Each repository's untagged image (manifest, config, own layer) and its orphan.
+    assert len(alone.blobs_deleted) == 4 * REPOSITORIES
+    # The helper removed part of it, and what is left is the same, file for file.
+    removed = len(spread.blobs_deleted) + spread.layer_links_deleted
+    assert 0 < helpers.deleted < removed
+    assert sorted(spread.blobs_deleted, key=str) == sorted(alone.blobs_deleted, key=str)
+    assert sorted(spread.manifests_deleted) == sorted(alone.manifests_deleted)
+    assert spread.layer_links_deleted == alone.layer_links_deleted > 0
+    assert spread.bytes_freed == alone.bytes_freed
+    assert files_below(spread_root) == files_below(alone_root)
+    for digest in spread.blobs_deleted:
+        assert not (
+            spread_root / "docker/registry/v2/blobs/sha256" / digest.hex[:2] / digest.hex
+        ).exists()
+
+
+def test_a_helper_that_cannot_remove_fails_the_candidates_it_was_sent(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    paths = [f"/blobs/{number:03d}" for number in range(4 * DirectRemoval.BATCH)]
+
+    async def remove() -> list[bool | BaseException]:
+        driver = FilesystemDriver(str(root))
+        try:
+            for path in paths:
+                await driver.write(f"{path}/data", b"x")
+            removal = DirectRemoval(driver, helpers)
+            found = await asyncio.gather(
+                *(removal.set_aside(path, time.time()) for path in paths), return_exceptions=True
+            )
+            await removal.finish()
+            return found
+        finally:
+            await driver.close()
+
+    # The helper cannot open the store; what it was sent fails with its error, and what
+    # this process removed is removed.
+    with ScanHelpers(StorageSpec("filesystem", {"rootdirectory": 5}), 1) as helpers:
+        helpers.start()
+        found = asyncio.run(remove())
+    failed = [path for path, each in zip(paths, found, strict=True) if each is not True]
+    removed = [path for path, each in zip(paths, found, strict=True) if each is True]
+    assert failed and removed
+    assert all(
+        isinstance(each, ValueError) and "rootdirectory must be a path" in str(each)
+        for each in found
+        if each is not True
+    )
+    assert all(not (root / path.lstrip("/")).exists() for path in removed)
+    assert all((root / path.lstrip("/") / "data").exists() for path in failed)
