@@ -152,7 +152,10 @@ def ui(
     "--scan-processes",
     type=click.IntRange(min=1),
     default=None,
-    help="Processes that share the scan, this one included (default: one per usable core).",
+    help=(
+        "Processes that share the scan and, with the store to itself, the deletes; this one"
+        " included (default: one per usable core)."
+    ),
 )
 def garbage_collect(
     config_path: str,

@@ -5,7 +5,8 @@ read, blobs looked at. On a machine with several cores, helpers scan some reposi
 and blob directories while the collection's process scans the others. Each helper
 opens the store with a driver of its own, made from the same storage configuration; a
 scan only reads, so what a helper reports is what the collection's process would have
-found itself.
+found itself. A collection that has the store to itself (``store_use``) also hands
+them part of its deletes (``trash.DirectRemoval``).
 
 Helpers are forked, so that they start at once with everything imported (a new
 interpreter would take about half a second, a quarter of a scan here), and forked
