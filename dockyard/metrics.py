@@ -331,6 +331,10 @@ class InstrumentedWriter(FileWriter):
         with _Timer(self.metrics, self.driver, "writer_commit"):
             await self.inner.commit()
 
+    async def seal(self) -> None:
+        with _Timer(self.metrics, self.driver, "writer_seal"):
+            await self.inner.seal()
+
     async def cancel(self) -> None:
         with _Timer(self.metrics, self.driver, "writer_cancel"):
             await self.inner.cancel()

@@ -342,7 +342,11 @@ class UploadStore:
                 await lane.drain()
             elif pieces:
                 await _store_piece(writer, hasher, b"".join(pieces))
-            await writer.commit()
+            if continues:
+                await writer.commit()
+            else:
+                # The session's last bytes: finishing it reads or moves the file whole next.
+                await writer.seal()
             size = writer.size
         finally:
             if in_flight is not None:

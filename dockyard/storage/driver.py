@@ -105,6 +105,14 @@ class FileWriter(ABC):
     async def commit(self) -> None:
         """Make everything written so far durable; the writer stays usable."""
 
+    async def seal(self) -> None:
+        """:meth:`commit` the last of the file: nothing more will be appended, and it is
+        about to be read or moved whole. A writer that keeps a file in pieces until then
+        (an object store's multipart upload) puts them together now, while it still holds
+        what it has not stored yet, rather than storing that to read it back. The
+        writer stays usable: what is written after continues the whole file."""
+        await self.commit()
+
     @abstractmethod
     async def cancel(self) -> None:
         """Discard the file entirely."""

@@ -1232,6 +1232,35 @@ class S3Writer(FileWriter):
         )
         self._kept = self._upload_id
 
+    async def seal(self) -> None:
+        self._check_open()
+        if self._upload_id is None:
+            # All of it is pending, or a plain object already: a commit stores it whole.
+            await self.commit()
+            return
+        await self._guarded(self._complete())
+
+    async def _complete(self) -> None:
+        """The pending bytes as the upload's last part (which may be small), and the
+        upload completed: the object at the key is then plain, as ``complete_parts``
+        would make it after reading the tail back from a commit."""
+        if self._pending or not self._parts:
+            await self._upload_part(bytes(self._pending))
+        client = await self._driver.client()
+        await client.complete_multipart_upload(
+            Bucket=self._driver.bucket,
+            Key=self._key,
+            UploadId=self._upload_id,  # type: ignore[arg-type]
+            MultipartUpload={"Parts": self._parts},  # type: ignore[typeddict-item]
+        )
+        # A plain object of the whole size, as a new writer on it would start.
+        self._base = self._size
+        self._pending.clear()
+        self._parts = []
+        self._parts_size = 0
+        self._upload_id = self._kept = None
+        self._dirty = False
+
     async def cancel(self) -> None:
         await self.close()
         await self._driver._delete_keys(self._path, [self._key, self._driver.time_key(self._path)])

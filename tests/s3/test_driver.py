@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from dockyard.storage import PathNotFoundError, S3Driver, create_driver
-from dockyard.storage.s3 import SOCKET_READ
+from dockyard.storage.s3 import PARTS_KEY, SOCKET_READ
 from tests.s3.moto_server import MotoServer
 
 MiB = 1 << 20
@@ -215,6 +215,61 @@ async def test_a_chunk_of_a_part_or_more_goes_up_whole_and_leaves_no_tail(
     assert await reader.read("/u/data") == content[: 20 * MiB]
     assert uploads_in_progress(moto_server, bucket) == []
     await reader.close()
+
+
+def is_composite(moto_server: MotoServer, bucket: str, key: str) -> bool:
+    head = moto_server.client().head_object(Bucket=bucket, Key=key)
+    return PARTS_KEY in head.get("Metadata", {})
+
+
+async def test_a_sealed_file_is_one_plain_object_its_tail_sent_as_the_last_part(
+    moto_server: MotoServer, bucket: str
+) -> None:
+    """The last chunk of an upload: the bytes short of a part go up as the upload's last
+    part at once, not stored as the tail to be read back when the blob is moved."""
+    content = os.urandom(12 * MiB + 3)
+    driver = make(moto_server, bucket, chunksize=10 * MiB)
+    writer = await driver.writer("/u/data")
+    await writer.write(content)
+    assert parts_of(moto_server, bucket, "u/data") == [10 * MiB]
+    await writer.seal()
+    # Completed: nothing in progress, nothing composite, and no tail was ever stored.
+    assert uploads_in_progress(moto_server, bucket) == []
+    assert not is_composite(moto_server, bucket, "u/data")
+    assert keys(moto_server, bucket)["u/data"] == len(content)
+    # The writer goes on from the whole file.
+    await writer.write(b"more")
+    await writer.commit()
+    await writer.close()
+    assert await driver.read("/u/data") == content + b"more"
+    await driver.close()
+
+
+async def test_sealing_a_committed_upload_resumed_on_another_replica_completes_it(
+    moto_server: MotoServer, bucket: str
+) -> None:
+    first, last = os.urandom(7 * MiB), os.urandom(2 * MiB)
+    await _append_on_a_new_replica(moto_server, bucket, "/u/data", 0, first, chunksize=10 * MiB)
+    assert is_composite(moto_server, bucket, "u/data")
+    driver = make(moto_server, bucket, chunksize=10 * MiB)
+    writer = await driver.writer("/u/data", resume_at=len(first))
+    await writer.write(last)
+    await writer.seal()
+    await writer.close()
+    assert uploads_in_progress(moto_server, bucket) == []
+    assert not is_composite(moto_server, bucket, "u/data")
+    assert await driver.read("/u/data") == first + last
+    # Sealed with nothing written since the commit: the committed tail is the last part.
+    whole = os.urandom(12 * MiB)
+    await _append_on_a_new_replica(moto_server, bucket, "/v/data", 0, whole, chunksize=10 * MiB)
+    assert is_composite(moto_server, bucket, "v/data")
+    assert keys(moto_server, bucket)["v/data"] == 2 * MiB
+    resumed = await driver.writer("/v/data", resume_at=len(whole))
+    await resumed.seal()
+    await resumed.close()
+    assert not is_composite(moto_server, bucket, "v/data")
+    assert await driver.read("/v/data") == whole
+    await driver.close()
 
 
 async def test_past_half_the_part_limit_chunks_wait_in_the_tail_for_a_full_part(

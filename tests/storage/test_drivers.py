@@ -1098,6 +1098,19 @@ async def test_walk_of_an_empty_directory_and_of_a_file(driver: StorageDriver) -
         await walk(driver, "/d/f")
 
 
+async def test_a_sealed_file_reads_whole_and_its_writer_goes_on(driver: StorageDriver) -> None:
+    content = os.urandom(3 * MiB + 5)
+    writer = await driver.writer("/u/data")
+    await writer.write(content)
+    await writer.seal()
+    assert await driver.read("/u/data") == content
+    assert (await driver.stat("/u/data")).size == len(content)
+    await writer.write(b"tail")
+    await writer.commit()
+    await writer.close()
+    assert await driver.read("/u/data") == content + b"tail"
+
+
 async def test_walk_survives_deletes_while_walking(driver: StorageDriver) -> None:
     # Garbage collection deletes what it finds while it walks.
     for path in ["/g/a/1", "/g/b/1", "/g/b/2", "/g/c/1"]:
