@@ -9,7 +9,12 @@ from dockyard.errors import DigestInvalid, SizeInvalid
 from dockyard.registry.blobs import BlobDescriptor
 from dockyard.registry.digest import Digest
 from dockyard.registry.names import NAME_PATTERN
-from dockyard.registry.uploads import UploadSession, parse_content_range, range_headers
+from dockyard.registry.uploads import (
+    LastChunk,
+    UploadSession,
+    parse_content_range,
+    range_headers,
+)
 
 
 def _session_headers(request: web.Request, session: UploadSession) -> dict[str, str]:
@@ -55,10 +60,13 @@ async def start_upload(request: web.Request, name: str) -> web.StreamResponse:
     digest = Digest.parse(digest_text) if digest_text is not None else None
     session = await registry.uploads.start(repo.name)
     if digest is not None:
-        await registry.uploads.append(
-            repo.name, session.id, request.content.iter_any(), continues=False
+        blob = await registry.uploads.finish(
+            repo.name,
+            session.id,
+            digest,
+            _declared_size(request),
+            LastChunk(request.content.iter_any()),
         )
-        blob = await registry.uploads.finish(repo.name, session.id, digest, _declared_size(request))
         await repo.blobs.link(blob.digest)
         return _blob_created(request, name, blob)
     return empty(202, _session_headers(request, session))
@@ -82,9 +90,14 @@ async def patch_upload(request: web.Request, name: str, upload_id: str) -> web.S
     return empty(202, _session_headers(request, session))
 
 
-async def _append(
-    request: web.Request, name: str, upload_id: str, continues: bool = True
-) -> UploadSession:
+async def _append(request: web.Request, name: str, upload_id: str) -> UploadSession:
+    return await registry_of(request).uploads.append(
+        name, upload_id, request.content.iter_any(), *_chunk_range(request)
+    )
+
+
+def _chunk_range(request: web.Request) -> tuple[int | None, int | None]:
+    """The chunk's first and last byte from ``Content-Range``, checked against its length."""
     start = end = None
     if "Content-Range" in request.headers:
         start, end = parse_content_range(request.headers["Content-Range"])
@@ -97,9 +110,7 @@ async def _append(
                     "Content-Range": request.headers["Content-Range"],
                 },
             )
-    return await registry_of(request).uploads.append(
-        name, upload_id, request.content.iter_any(), start, end, continues
-    )
+    return start, end
 
 
 async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.StreamResponse:
@@ -112,9 +123,12 @@ async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.
         await registry.uploads.get(repo.name, upload_id)
         raise DigestInvalid("digest parameter is required to finish an upload")
     digest = Digest.parse(digest_text)
-    if _has_body(request):
-        await _append(request, repo.name, upload_id, continues=False)
-    blob = await registry.uploads.finish(repo.name, upload_id, digest)
+    last = (
+        LastChunk(request.content.iter_any(), *_chunk_range(request))
+        if _has_body(request)
+        else None
+    )
+    blob = await registry.uploads.finish(repo.name, upload_id, digest, last=last)
     await repo.blobs.link(blob.digest)
     return _blob_created(request, name, blob)
 

@@ -265,33 +265,44 @@ class UploadStore:
         body: AsyncIterator[bytes],
         start: int | None = None,
         end: int | None = None,
-        continues: bool = True,
     ) -> UploadSession:
-        """Append a chunk; ``start``/``end`` come from ``Content-Range`` when the client sent it.
+        """Append a chunk (a PATCH); ``start``/``end`` come from ``Content-Range`` when the
+        client sent it. The chunk that ends a session goes to :meth:`finish`.
 
         A chunk that does not begin exactly where the session ends is refused with 416 and
         changes nothing, so a retried or reordered chunk cannot corrupt the blob.
-        ``continues``: the session goes on after this chunk (a PATCH), so its running hash
-        is saved for any process; a chunk that finishes it (PUT) saves none.
         """
         async with self._lock(upload_id):
             session = await self.get(name, upload_id)
-            if start is not None and start != session.size:
-                raise RangeInvalid(
-                    "chunk does not start at the end of the upload",
-                    detail={"expected": session.size, "start": start},
-                    headers=range_headers(session.size),
-                )
-            size = await self._write(session, body, continues)
-            if end is not None and start is not None and size - session.size != end - start + 1:
-                # The bytes are stored (they are the client's, in order), so the session
-                # stays consistent; the client learns the real offset from Range.
-                raise RangeInvalid(
-                    "chunk length does not match Content-Range",
-                    detail={"expected": end - start + 1, "received": size - session.size},
-                    headers=range_headers(size),
-                )
-            return UploadSession(name, upload_id, size, session.started_at)
+            return await self._append_to(session, body, start, end, continues=True)
+
+    async def _append_to(
+        self,
+        session: UploadSession,
+        body: AsyncIterator[bytes],
+        start: int | None,
+        end: int | None,
+        continues: bool,
+    ) -> UploadSession:
+        """:meth:`append` to a session read under its lock. ``continues``: the session
+        goes on after this chunk, so its running hash is saved for any process; the chunk
+        that finishes it saves none, and its file is sealed."""
+        if start is not None and start != session.size:
+            raise RangeInvalid(
+                "chunk does not start at the end of the upload",
+                detail={"expected": session.size, "start": start},
+                headers=range_headers(session.size),
+            )
+        size = await self._write(session, body, continues)
+        if end is not None and start is not None and size - session.size != end - start + 1:
+            # The bytes are stored (they are the client's, in order), so the session
+            # stays consistent; the client learns the real offset from Range.
+            raise RangeInvalid(
+                "chunk length does not match Content-Range",
+                detail={"expected": end - start + 1, "received": size - session.size},
+                headers=range_headers(size),
+            )
+        return UploadSession(session.repository, session.id, size, session.started_at)
 
     async def _write(
         self, session: UploadSession, body: AsyncIterator[bytes], continues: bool
@@ -367,13 +378,20 @@ class UploadStore:
         upload_id: str,
         digest: Digest,
         expected_size: int | None = None,
+        last: LastChunk | None = None,
     ) -> BlobDescriptor:
-        """Verify the content against ``digest`` and make it a blob of the repository.
+        """Verify the content against ``digest`` and make it a blob of the repository;
+        with ``last``, after appending that chunk, under the same hold of the session's
+        lock (one look at the session, not one before each step).
 
         On a mismatch the session is discarded and nothing is stored.
         """
         async with self._lock(upload_id):
             session = await self.get(name, upload_id)
+            if last is not None:
+                session = await self._append_to(
+                    session, last.body, last.start, last.end, continues=False
+                )
             size = session.size
             data_path = layout.upload_data(name, upload_id)
             actual = await self._digest_of(session, digest.algorithm)
@@ -408,6 +426,15 @@ class UploadStore:
             await self.driver.delete(layout.upload_dir(name, upload_id))
         except PathNotFoundError:
             pass
+
+
+@dataclass(frozen=True, slots=True)
+class LastChunk:
+    """The chunk a finishing request carries, and its ``Content-Range`` if it had one."""
+
+    body: AsyncIterator[bytes]
+    start: int | None = None
+    end: int | None = None
 
 
 def range_headers(size: int) -> dict[str, str]:

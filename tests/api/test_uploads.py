@@ -194,6 +194,26 @@ def test_status_of_a_fresh_upload(api: httpx.Client) -> None:
     assert status.headers["Docker-Upload-UUID"] == path_of(location).rsplit("/", 1)[1]
 
 
+def test_last_chunk_out_of_order_in_put_is_416_and_stores_nothing(api: httpx.Client) -> None:
+    blob = make_blob(2000)
+    location = start_upload(api, "uploads/lastoutoforder")
+    first = patch_chunk(api, location, blob.data[:1200], 0)
+    assert first.status_code == 202
+    finishing = with_query(first.headers["Location"], digest=blob.digest)
+    late = api.put(
+        finishing, content=blob.data[1300:], headers={**OCTET, "Content-Range": "1300-1999"}
+    )
+    assert_error(late, 416, "RANGE_INVALID")
+    assert api.head(f"/v2/uploads/lastoutoforder/blobs/{blob.digest}").status_code == 404
+    status = api.get(first.headers["Location"])
+    assert status.headers["Range"] == "0-1199"
+    done = api.put(
+        finishing, content=blob.data[1200:], headers={**OCTET, "Content-Range": "1200-1999"}
+    )
+    assert done.status_code == 201, done.text
+    assert_blob(api, "uploads/lastoutoforder", blob.digest, blob.data)
+
+
 def test_out_of_order_chunk_is_416_and_upload_continues(api: httpx.Client) -> None:
     blob = make_blob(300)
     location = start_upload(api, "uploads/outoforder")

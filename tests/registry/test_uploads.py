@@ -18,7 +18,7 @@ import pytest
 from dockyard.errors import BlobUploadInvalid
 from dockyard.registry import Registry, layout
 from dockyard.registry.digest import Digest
-from dockyard.registry.uploads import WRITE_PIECE
+from dockyard.registry.uploads import WRITE_PIECE, LastChunk
 from dockyard.storage import FilesystemDriver, MemoryDriver
 from dockyard.storage.delegating import DelegatingDriver
 from dockyard.storage.driver import FileWriter, PathNotFoundError, StorageDriver, StorageError
@@ -203,12 +203,31 @@ async def test_another_process_continues_the_hash_without_reading_the_data(
     assert counted.streams == []
 
 
+class WritesSeen(DelegatingDriver):
+    """Records the path of every whole-file write."""
+
+    def __init__(self, inner: StorageDriver) -> None:
+        super().__init__(inner)
+        self.written: list[str] = []
+
+    async def write(self, path: str, data: bytes, durable: bool = True) -> None:
+        self.written.append(path)
+        await self.inner.write(path, data, durable)
+
+
 async def test_a_chunk_that_finishes_the_upload_saves_no_state(driver: StorageDriver) -> None:
-    registry = Registry(driver)
+    seen = WritesSeen(driver)
+    registry = Registry(seen)
+    data = b"x" * 5000
     session = await registry.uploads.start("lib/app")
-    await registry.uploads.append("lib/app", session.id, body_of(b"x" * 5000, 1), continues=False)
-    with pytest.raises(PathNotFoundError):
-        await driver.list(states_of(session.id))
+    await registry.uploads.append("lib/app", session.id, body_of(data[:3000], 1))
+    assert any(path.startswith(states_of(session.id)) for path in seen.written)
+    seen.written.clear()
+    await registry.uploads.finish(
+        "lib/app", session.id, Digest.of(data), last=LastChunk(body_of(data[3000:], 1))
+    )
+    assert not [path for path in seen.written if path.startswith(states_of(session.id))]
+    assert await driver.read(layout.blob_data(Digest.of(data))) == data
 
 
 async def test_bytes_after_the_last_state_are_read_once_to_catch_up(
