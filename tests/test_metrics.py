@@ -197,14 +197,15 @@ def test_counters_follow_real_requests_over_two_workers(
     assert delta(before, after, "registry_http_request_size_bytes_total", handler="manifest") == (
         len(image.manifest.data)
     )
-    # The storage driver's operations were timed, and nothing is in flight now.
+    # The storage driver's operations were timed, and nothing is in flight now. Each
+    # blob's upload ended with the seal of its last bytes.
     assert (
         delta(
             before,
             after,
             "registry_storage_action_seconds_count",
             driver="filesystem",
-            action="writer_commit",
+            action="writer_seal",
         )
         >= blobs
     )
