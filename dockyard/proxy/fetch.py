@@ -28,6 +28,7 @@ again (``claims``); elsewhere each process fetches at most once.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import functools
 import hashlib
@@ -45,6 +46,7 @@ from dockyard.proxy.routing import Target
 from dockyard.proxy.upstream import UPSTREAM_UNKNOWN, UpstreamUnavailable
 from dockyard.registry import Registry
 from dockyard.registry.digest import Digest, new_hasher
+from dockyard.sockets import widen_reads
 from dockyard.storage.writeback import start_writeback
 
 log = logging.getLogger("dockyard.proxy")
@@ -175,6 +177,7 @@ class BlobFetch:
                 )
             if response.content_length is not None:
                 self.size = response.content_length
+            widen_reads(response)
             await asyncio.to_thread(self._open_spool)
             self._started.set()
             hasher = new_hasher(self.digest.algorithm)
@@ -223,8 +226,6 @@ class BlobFetch:
         spooled. Memory stays bounded without holding the client to the disk: past
         ``UNWRITTEN_WINDOW`` held, the oldest hashed pieces are dropped, and the spool
         fetches them again when it gets to them."""
-        pending: list[memoryview] = []
-        pending_size = 0
 
         async def take(data: bytes) -> None:
             piece = _Piece(self.received, len(data), data)
@@ -237,21 +238,17 @@ class BlobFetch:
                 self._changed.notify_all()
             await self._bound_memory(hashing, writing)
 
+        # A piece is what arrived since the last read, taken as the HTTP client hands it
+        # on: joining reads into pieces of a fixed size cost a copy of every byte, and
+        # kept the bytes of a slow upstream from readers until a whole piece was in.
         async for chunk in response.content.iter_any():
-            # A read holds whatever the connection buffered, up to twice its buffer when
-            # the loop was busy: cut it so that every piece is PIECE bytes, which is what
-            # bounds the memory held past the window.
-            view = memoryview(chunk)
-            while pending_size + len(view) >= PIECE:
-                need = PIECE - pending_size
-                pending.append(view[:need])
-                await take(b"".join(pending))
-                pending, pending_size, view = [], 0, view[need:]
-            if view:
-                pending.append(view)
-                pending_size += len(view)
-        if pending:
-            await take(b"".join(pending))
+            if len(chunk) <= PIECE:
+                await take(chunk)
+                continue
+            # Reads that piled up while the loop was busy come joined: cut so that no
+            # piece passes PIECE bytes, which is what bounds the memory past the window.
+            for start in range(0, len(chunk), PIECE):
+                await take(chunk[start : start + PIECE])
         async with self._changed:
             self._received_all = True
             self._changed.notify_all()
@@ -385,6 +382,7 @@ class BlobFetch:
             f"blobs/{self.digest}",
             {"Range": f"bytes={first}-{end - 1}"},
         )
+        widen_reads(response)
         async with response:
             if response.status == 206:
                 skip = 0
@@ -479,12 +477,12 @@ class BlobFetch:
         """The piece past the spool's end that holds byte ``offset``."""
         if not self._unwritten or offset < self._unwritten[0].offset:
             return None
-        # Every piece but the last is PIECE bytes (see _receive): found by its index, with
-        # no walk over the pieces dropped while the disk lagged.
-        index = (offset - self._unwritten[0].offset) // PIECE
-        if index >= len(self._unwritten):
-            return None
-        piece = self._unwritten[index]
+        piece = self._unwritten[-1]
+        if offset < piece.offset:
+            # Behind the newest piece, where a reader that keeps up is: the pieces are
+            # in the order of their offsets, found by bisection, with no walk over the
+            # pieces dropped while the disk lagged.
+            piece = self._unwritten[bisect.bisect_right(self._unwritten, offset, key=_offset) - 1]
         return piece if piece.offset <= offset < piece.end else None
 
     def _beyond(self, offset: int) -> bool:
@@ -522,6 +520,10 @@ class BlobFetch:
                 piece = memoryview(held.data)[offset - held.offset : end - held.offset]
             offset += len(piece)
             yield piece
+
+
+def _offset(piece: _Piece) -> int:
+    return piece.offset
 
 
 def _sha256(data: bytes) -> bytes:

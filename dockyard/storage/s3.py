@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from dockyard.schema import After, Invalid, Settings, validate
+from dockyard.sockets import widen_reads
 from dockyard.storage.driver import (
     FileInfo,
     FileWriter,
@@ -67,8 +68,6 @@ MAX_PARTS = 10_000
 CHUNK_SIZE = MiB
 # The least a streamed read hands on at once, but for its last piece.
 STREAMED_PIECE = 64 * 1024
-# What a streamed GET's connection reads per ``recv``; see ``_widen_reads``.
-SOCKET_READ = MiB
 # Distribution's lifetime for pre-signed blob URLs.
 REDIRECT_EXPIRY = 20 * 60
 # Requests in flight at once for one fan-out (ancestor checks, stats while walking,
@@ -717,7 +716,8 @@ class S3Driver(StorageDriver):
                 raise InvalidOffsetError(path, offset) from error
             return
         body = response["Body"]
-        _widen_reads(body)
+        # aiobotocore's body wraps the aiohttp response of the GET.
+        widen_reads(getattr(body, "_raw_stream", None))
         try:
             # The body arrives in pieces of whatever the socket had (the HTTP client
             # joins those buffered meanwhile, up to CHUNK_SIZE). A large piece goes out
@@ -1286,25 +1286,3 @@ def create_s3_driver(params: dict[str, Any], redirect: bool = True) -> S3Driver:
         )
         raise ValueError(problems) from None
     return S3Driver(parsed, redirect=redirect)
-
-
-def _widen_reads(body: Any) -> None:
-    """Let the connection that carries a GET's ``body`` read up to ``SOCKET_READ`` bytes
-    per ``recv``.
-
-    asyncio's selector transports read at most their ``max_size``, 256 KiB, at a time.
-    A blob streamed through the registry then costs a turn of the event loop per 256 KiB
-    (the ``recv``, the HTTP parser, the reader's wake-up, the read timeout rescheduled,
-    the ``send`` to the client), and reading what has arrived up to 1 MiB makes a quarter
-    of those turns. Neither aiobotocore nor aiohttp has a setting for it: the body's
-    aiohttp response gives its connection's transport, whose attribute each ``recv``
-    reads. A TLS connection's transport has none and keeps its reads as they are. The
-    connection stays widened when it goes back to the pool; a small response is still
-    read in one receive, of what has arrived. The registry's own connections keep
-    256 KiB: widened too, a worker taking pushed layers spent more CPU per MB, not less.
-    """
-    response = getattr(body, "_raw_stream", None)
-    connection = getattr(response, "connection", None)
-    transport = getattr(connection, "transport", None)
-    if transport is not None and hasattr(transport, "max_size"):
-        transport.max_size = SOCKET_READ

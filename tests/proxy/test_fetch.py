@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from dockyard import sockets
 from dockyard.config import load_config
 from dockyard.errors import Unavailable
 from dockyard.proxy import fetch as fetch_module
@@ -189,6 +190,45 @@ async def test_a_client_is_not_held_to_a_spool_that_lags_and_memory_stays_bounde
     assert fetch.written == SIZE
     assert await registry.blobs.read(upstream.digest) == upstream.data
     assert await registry.repository("lib/x").blobs.is_linked(upstream.digest)
+
+
+async def test_a_reader_gets_what_arrived_without_waiting_for_a_whole_piece(
+    upstream: Upstream, registry: Registry
+) -> None:
+    # A slow upstream: three writes, then nothing until it is let go.
+    upstream.stall_after = 3 * SEND
+    async with held_fetch(registry, upstream) as fetch:
+        fetch.disk.set()
+        fd = await fetch.started()
+        pieces = fetch.pieces(fd)
+        received = bytearray()
+        while len(received) < 3 * SEND:
+            received += await asyncio.wait_for(pieces.__anext__(), 10)
+        assert len(received) == 3 * SEND < PIECE
+        upstream.stalled.set()
+        async for piece in pieces:
+            received += piece
+        await asyncio.wait_for(fetch.task, 30)
+    assert bytes(received) == upstream.data
+    assert fetch.complete
+    assert await registry.blobs.read(upstream.digest) == upstream.data
+
+
+async def test_the_upstreams_connection_reads_a_mebibyte_per_receive(
+    upstream: Upstream, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[int] = []
+
+    def widen_and_note(response: object) -> None:
+        sockets.widen_reads(response)
+        reads.append(response.connection.transport.max_size)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(fetch_module, "widen_reads", widen_and_note)
+    monkeypatch.setattr(fetch_module, "UNWRITTEN_WINDOW", WINDOW)
+    fetch = await read_then_release_the_spool(registry, upstream)
+    assert fetch.complete and fetch.refetched > 0
+    # The blob's GET and the ranged GET of what was dropped.
+    assert len(reads) >= 2 and set(reads) == {sockets.SOCKET_READ}
 
 
 async def test_a_reader_behind_the_network_waits_for_what_the_spool_fetches_again(

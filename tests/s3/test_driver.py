@@ -20,8 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
+from dockyard.sockets import SOCKET_READ
 from dockyard.storage import PathNotFoundError, S3Driver, create_driver
-from dockyard.storage.s3 import PARTS_KEY, SOCKET_READ
+from dockyard.storage.s3 import PARTS_KEY
 from tests.s3.moto_server import MotoServer
 
 MiB = 1 << 20
