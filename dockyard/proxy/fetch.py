@@ -8,9 +8,9 @@ arrive, whether it came first or joined late.
 
 A disk slower than the network holds nobody back, and memory stays bounded: past
 ``UNWRITTEN_WINDOW`` bytes held for the spool, the oldest pieces already hashed are
-dropped, each with a SHA-256 of its bytes, and the spool fetches them again from the
-upstream (one ranged GET per run of dropped pieces) when it gets to them, writing each
-only if it matches. Only a reader that lags behind the network waits for those.
+dropped, and the spool fetches them again from the upstream (one ranged GET per run of
+dropped pieces) when it gets to them, writing each only if the blob's hash, taken up
+from where it stood before the piece, comes to what it came to after it. Only a reader that lags behind the network waits for those.
 
 When the upstream's body is complete and its digest matches, readers may have the last
 byte; once the spool has every byte it becomes the blob in one move (filesystem
@@ -31,7 +31,6 @@ import asyncio
 import bisect
 import collections
 import functools
-import hashlib
 import logging
 import os
 import tempfile
@@ -59,13 +58,16 @@ UNWRITTEN_WINDOW = 32 << 20
 @dataclass(slots=True)
 class _Piece:
     """Received bytes the spool does not have yet: in memory, or dropped to bound the
-    memory (``data`` None), when the spool fetches them again and checks them against
-    ``sha256``."""
+    memory (``data`` None), when the spool fetches them again and checks them: the
+    blob's hash state ``before`` the piece, given the bytes fetched again, must come to
+    the digest it had ``after`` it."""
 
     offset: int
     size: int
     data: bytes | None
-    sha256: bytes = b""
+    # Set by the hash lane: dropping a piece costs no hash of its own.
+    before: Any = None
+    after: bytes = b""
     # Taken by the spool writer: it is not dropped any more.
     writing: bool = False
 
@@ -281,11 +283,7 @@ class BlobFetch:
                         )
                     )
                 continue
-            assert victim.data is not None
-            sha256 = await asyncio.to_thread(_sha256, victim.data)
-            if victim.data is None or victim.writing:
-                continue  # the spool took it meanwhile
-            victim.data, victim.sha256 = None, sha256
+            victim.data = None
             self._in_memory.remove(victim)
             self.held -= victim.size
 
@@ -315,7 +313,7 @@ class BlobFetch:
                 if not pieces:
                     break
                 # A piece is dropped only once hashed: every one still has its bytes.
-                await asyncio.to_thread(_update, hasher, [p.data for p in pieces])
+                await asyncio.to_thread(_update, hasher, pieces)
                 self.hashed = pieces[-1].end
                 async with self._changed:
                     self._changed.notify_all()
@@ -526,14 +524,14 @@ def _offset(piece: _Piece) -> int:
     return piece.offset
 
 
-def _sha256(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
-
-
-def _update(hasher: Any, pieces: list[bytes | None]) -> None:
-    for data in pieces:
-        assert data is not None
-        hasher.update(data)
+def _update(hasher: Any, pieces: list[_Piece]) -> None:
+    """Hash the pieces, noting for each the state before it and the digest after it:
+    what a piece fetched again is checked with, if it is dropped."""
+    for piece in pieces:
+        assert piece.data is not None
+        piece.before = hasher.copy()
+        hasher.update(piece.data)
+        piece.after = hasher.copy().digest()
 
 
 def _spool(fd: int, data: bytes, offset: int) -> None:
@@ -546,7 +544,9 @@ def _spool(fd: int, data: bytes, offset: int) -> None:
 
 def _check_and_write(fd: int, data: bytes, piece: _Piece) -> bool:
     """Write a piece fetched again, if it is what was dropped; returns whether it was."""
-    if _sha256(data) != piece.sha256:
+    state = piece.before.copy()
+    state.update(data)
+    if state.digest() != piece.after:
         return False
     _spool(fd, data, piece.offset)
     return True
