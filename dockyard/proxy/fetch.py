@@ -10,7 +10,8 @@ A disk slower than the network holds nobody back, and memory stays bounded: past
 ``UNWRITTEN_WINDOW`` bytes held for the spool, the oldest pieces already hashed are
 dropped, and the spool fetches them again from the upstream (one ranged GET per run of
 dropped pieces) when it gets to them, writing each only if the blob's hash, taken up
-from where it stood before the piece, comes to what it came to after it. Only a reader that lags behind the network waits for those.
+from where it stood before the piece, comes to what it came to after it. Only a reader
+that lags behind the network waits for those.
 
 When the upstream's body is complete and its digest matches, readers may have the last
 byte; once the spool has every byte it becomes the blob in one move (filesystem
@@ -31,6 +32,7 @@ import asyncio
 import bisect
 import collections
 import functools
+import hashlib
 import logging
 import os
 import tempfile
@@ -66,7 +68,7 @@ class _Piece:
     size: int
     data: bytes | None
     # Set by the hash lane: dropping a piece costs no hash of its own.
-    before: Any = None
+    before: hashlib._Hash | None = None
     after: bytes = b""
     # Taken by the spool writer: it is not dropped any more.
     writing: bool = False
@@ -296,7 +298,7 @@ class BlobFetch:
                 return piece
         return None
 
-    async def _hash_received(self, hasher: Any) -> None:
+    async def _hash_received(self, hasher: hashlib._Hash) -> None:
         """Hash the pieces in order as they arrive: whatever queued up while the last
         thread call ran goes in the next one."""
         try:
@@ -524,7 +526,7 @@ def _offset(piece: _Piece) -> int:
     return piece.offset
 
 
-def _update(hasher: Any, pieces: list[_Piece]) -> None:
+def _update(hasher: hashlib._Hash, pieces: list[_Piece]) -> None:
     """Hash the pieces, noting for each the state before it and the digest after it:
     what a piece fetched again is checked with, if it is dropped."""
     for piece in pieces:
@@ -544,6 +546,7 @@ def _spool(fd: int, data: bytes, offset: int) -> None:
 
 def _check_and_write(fd: int, data: bytes, piece: _Piece) -> bool:
     """Write a piece fetched again, if it is what was dropped; returns whether it was."""
+    assert piece.before is not None  # hashed before it could be dropped
     state = piece.before.copy()
     state.update(data)
     if state.digest() != piece.after:

@@ -214,6 +214,23 @@ async def test_a_reader_gets_what_arrived_without_waiting_for_a_whole_piece(
     assert await registry.blobs.read(upstream.digest) == upstream.data
 
 
+async def test_a_late_reader_gets_every_piece_still_in_memory(
+    upstream: Upstream, registry: Registry
+) -> None:
+    # The window holds the whole blob: nothing is dropped, nothing is on disk, and a
+    # reader that starts after the last byte finds each piece by its offset in memory.
+    async with held_fetch(registry, upstream) as fetch:
+        first = await fetch.started()
+        late = await fetch.started()
+        assert await asyncio.wait_for(read_all(fetch, first), 30) == upstream.data
+        assert len(fetch._unwritten) > 1 and fetch.written == 0
+        assert await asyncio.wait_for(read_all(fetch, late), 30) == upstream.data
+        assert fetch.written == 0 and fetch.refetched == 0
+        fetch.disk.set()
+        await asyncio.wait_for(fetch.task, 30)
+    assert await registry.blobs.read(upstream.digest) == upstream.data
+
+
 async def test_the_upstreams_connection_reads_a_mebibyte_per_receive(
     upstream: Upstream, registry: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
