@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dockyard.registry import Registry, RegistryOptions
+from dockyard.registry import Registry, RegistryOptions, scan_helpers
 from dockyard.registry.digest import Digest
 from dockyard.registry.gc import (
     REPOSITORIES_PER_BATCH,
@@ -142,6 +142,41 @@ def test_a_helper_fails_with_its_own_error(store: Path) -> None:
         helpers.start()
         with pytest.raises(ValueError, match="rootdirectory must be a path"):
             asyncio.run(plan_of(store, helpers))
+
+
+def _helpers_driver() -> tuple[int, int]:
+    """Run in a helper: its process and the driver its batches use."""
+    import os
+
+    collector = scan_helpers._HELPER_STORE._collector
+    assert collector is not None
+    return os.getpid(), id(collector.driver)
+
+
+def test_a_helper_keeps_its_store_from_one_batch_to_the_next(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    spec = StorageSpec("filesystem", {"rootdirectory": str(root)})
+
+    async def batches(helpers: ScanHelpers) -> list[tuple[int, int]]:
+        driver = FilesystemDriver(str(root))
+        try:
+            for number in range(3):
+                await driver.write(f"/blobs/{number}/data", b"x")
+        finally:
+            await driver.close()
+        seen = []
+        loop = asyncio.get_running_loop()
+        for number in range(3):
+            assert await helpers.delete_each([f"/blobs/{number}"]) == [True]
+            # The pool's own executor: the question is asked in the helper itself.
+            seen.append(await loop.run_in_executor(helpers._pool, _helpers_driver))
+        return seen
+
+    with ScanHelpers(spec, 1) as helpers:
+        helpers.start()
+        seen = asyncio.run(batches(helpers))
+    assert len(set(seen)) == 1
+    assert not (root / "blobs/0").exists() and not (root / "blobs/2").exists()
 
 
 def test_a_store_in_memory_has_no_helpers() -> None:
