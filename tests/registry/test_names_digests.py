@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import hashlib
+import pickle
+from dataclasses import FrozenInstanceError
 
 import pytest
 
@@ -75,6 +77,17 @@ def test_digest_round_trip() -> None:
     assert Digest.parse(str(digest)) == digest
     sha512 = Digest.of(data, "sha512")
     assert Digest.parse(str(sha512)) == sha512
+
+
+def test_a_digest_pickles_as_itself() -> None:
+    # Collections send digests to their helper processes pickled.
+    digests = [Digest.of(b"hello"), Digest.of(b"hello", "sha512")]
+    copies = pickle.loads(pickle.dumps(digests, protocol=pickle.HIGHEST_PROTOCOL))
+    assert copies == digests
+    assert [type(copy) for copy in copies] == [Digest, Digest]
+    assert {copies[0]: 1}[digests[0]] == 1
+    with pytest.raises(FrozenInstanceError):
+        copies[0].hex = "0" * 64  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(
