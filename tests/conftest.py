@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-
-import os
 
 import pytest
 
@@ -16,6 +17,26 @@ from tests.support.servers import ServerProcess
 __all__ = ["redis_server"]
 
 ServerFactory = Callable[..., ServerProcess]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def run_temp_dir() -> Iterator[Path]:
+    """A temp directory for this run and every process it starts, removed at its end:
+    a server keeps a lock directory per store in the temp directory, and a run opens
+    some two thousand stores. Short, unlike pytest's own: podman's run root, made in
+    it, must stay under 50 characters."""
+    directory = Path(tempfile.mkdtemp(prefix="dy-tests-"))
+    before = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = tempfile.tempdir = str(directory)
+    try:
+        yield directory
+    finally:
+        tempfile.tempdir = before[1]
+        if before[0] is None:
+            del os.environ["TMPDIR"]
+        else:
+            os.environ["TMPDIR"] = before[0]
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture
