@@ -47,7 +47,7 @@ from dockyard.coordination.descriptors import DescriptorCache, NoDescriptorCache
 from dockyard.registry import layout
 from dockyard.registry.digest import SUPPORTED_ALGORITHMS, Digest
 from dockyard.registry.links import delete_if_exists, read_link
-from dockyard.registry.trash import DirectRemoval, Sweep, Trash
+from dockyard.registry.trash import DirectRemoval, Trash
 from dockyard.storage.driver import PathNotFoundError, StorageDriver
 
 log = logging.getLogger("dockyard.gc")
@@ -555,11 +555,63 @@ class GarbageCollector:
         return report
 
     async def _execute(self, plan: GcPlan, report: GcReport) -> None:
-        trash: Sweep = (
-            DirectRemoval(self.driver, self.helpers)
-            if self.alone
-            else Trash(self.driver, self.options.settle)
-        )
+        if self.alone:
+            await self._remove_in_place(plan, report)
+        else:
+            await self._remove_through_trash(plan, report)
+        # The catalog lists a directory as a repository only while it has ``_manifests``;
+        # removed last, once the repository's manifests are gone for good.
+        for name in plan.repositories:
+            # The reverse tag index goes first, its completeness marker before its
+            # entries: a tag pushed meanwhile finds the index incomplete, and the next
+            # manifest DELETE rebuilds it rather than trusting it.
+            await delete_if_exists(self.driver, layout.tagged_complete(name))
+            await delete_if_exists(self.driver, layout.tagged_root(name))
+            if await self.driver.remove_empty(layout.manifests(name)):
+                report.repositories_removed.append(name)
+                self.emit(f"{name}: repository has no manifests left; removing it")
+
+    async def _remove_in_place(self, plan: GcPlan, report: GcReport) -> None:
+        """The sweep of a collection that has the store alone: nothing can hold a
+        candidate, so each is deleted where it is, a link with its directory.
+
+        Three rounds, each once the one before has ended, so that a run stopped midway
+        leaves no kept manifest without its content: manifests; then the links that
+        named them (referrers, tag history); then blobs and layer links.
+        """
+        removal = DirectRemoval(self.driver, self.helpers)
+        await removal.start()
+        revisions = [_directory(layout.revision_link(n, d)) for n, d, _ in plan.manifests]
+        naming: list[str] = []
+        for (name, digest, subject), removed in zip(
+            plan.manifests, await removal.remove(revisions), strict=True
+        ):
+            if removed:
+                report.manifests_deleted.append((name, digest))
+                if subject is not None:
+                    naming.append(_directory(layout.referrer_link(name, subject, digest)))
+        naming += [_directory(layout.tag_index_link(*item)) for item in plan.tag_history]
+        await removal.remove(naming)
+
+        blobs = list(plan.blobs)
+        links = [_directory(layout.layer_link(*item)) for item in plan.layer_links]
+        found = await removal.remove([layout.blob_dir(digest) for digest in blobs] + links)
+        # The store is this run's alone only without a shared cache (no Redis): each
+        # forget is this process's own memory, not a request.
+        for digest, removed in zip(blobs, found, strict=False):
+            if removed:
+                await self.descriptors.forget_blob(digest)
+                self.emit(f"Deleting blob: {layout.blob_dir(digest)}")
+                report.blobs_deleted.append(digest)
+        for (name, digest), removed in zip(plan.layer_links, found[len(blobs) :], strict=True):
+            if removed:
+                await self.descriptors.forget_link(name, digest)
+                report.layer_links_deleted += 1
+
+    async def _remove_through_trash(self, plan: GcPlan, report: GcReport) -> None:
+        """The sweep beside a serving registry: each candidate set aside unless a push
+        held it meanwhile, and deleted once it has settled (``Trash``)."""
+        trash = Trash(self.driver, self.options.settle)
         # Links set aside without their directory, which is cleared once all are aside.
         linked_alone: list[str] = []
 
@@ -571,7 +623,7 @@ class GarbageCollector:
             # move, leaving nothing to clear. A release marker written since ``held``
             # refuses that, though its time says nothing of whether the link is in use:
             # then the link goes alone.
-            if await set_aside(link.rsplit("/", 1)[0]):
+            if await set_aside(_directory(link)):
                 return True
             if await set_aside(link):
                 linked_alone.append(link)
@@ -595,17 +647,14 @@ class GarbageCollector:
                 await self.descriptors.forget_link(name, digest)
                 report.layer_links_deleted += 1
 
-        # Deleting in place batches many candidates per call to storage: keep enough going.
-        width = DirectRemoval.in_flight(self.helpers) if self.alone else 16
         try:
             await trash.start()
-            await self._each((manifest(*item) for item in plan.manifests), width)
+            await self._each(manifest(*item) for item in plan.manifests)
             await self._each(
-                (set_aside_link(layout.tag_index_link(*item)) for item in plan.tag_history),
-                width,
+                set_aside_link(layout.tag_index_link(*item)) for item in plan.tag_history
             )
-            await self._each((blob(digest) for digest in plan.blobs), width)
-            await self._each((layer_link(*item) for item in plan.layer_links), width)
+            await self._each(blob(digest) for digest in plan.blobs)
+            await self._each(layer_link(*item) for item in plan.layer_links)
             trash.close()
             # What is left around links set aside alone goes while the trash settles: it
             # is not content, and a link pushed again meanwhile keeps its directory.
@@ -616,17 +665,6 @@ class GarbageCollector:
         # Each item is deleted once it has been set aside ``settle`` seconds; nothing is
         # judged again after that grace period.
         await trash.finish()
-        # The catalog lists a directory as a repository only while it has ``_manifests``;
-        # removed last, once the repository's manifests are gone for good.
-        for name in plan.repositories:
-            # The reverse tag index goes first, its completeness marker before its
-            # entries: a tag pushed meanwhile finds the index incomplete, and the next
-            # manifest DELETE rebuilds it rather than trusting it.
-            await delete_if_exists(self.driver, layout.tagged_complete(name))
-            await delete_if_exists(self.driver, layout.tagged_root(name))
-            if await self.driver.remove_empty(layout.manifests(name)):
-                report.repositories_removed.append(name)
-                self.emit(f"{name}: repository has no manifests left; removing it")
 
     @staticmethod
     async def _each(steps: Iterable[Awaitable[Any]], at_once: int = 16) -> None:
@@ -650,7 +688,7 @@ class GarbageCollector:
         Linked again since: the directory is not empty and stays; its marker may go,
         which only makes the new link wait for ``delay`` like any other.
         """
-        directory = link.rsplit("/", 1)[0]
+        directory = _directory(link)
         # Usually the link was all the directory held.
         if await self.driver.remove_empty(directory):
             return
@@ -684,3 +722,8 @@ class GarbageCollector:
             if algorithm in SUPPORTED_ALGORITHMS:
                 for prefix in await self._children(f"{layout.BLOBS}/{algorithm}"):
                     yield algorithm, prefix
+
+
+def _directory(link: str) -> str:
+    """The directory a link file is kept in: usually all it holds."""
+    return link.rsplit("/", 1)[0]

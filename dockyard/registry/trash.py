@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -34,21 +34,6 @@ TRASH = f"{layout.ROOT}/_dockyard/trash"
 PARTS = 2
 # How long one batch takes new items before the next begins.
 BATCH_SECONDS = 0.25
-
-
-class Sweep(Protocol):
-    """How a collection removes its candidates: ``start``, ``set_aside`` each, ``close``
-    once all are, then ``finish`` (or ``abandon`` when the run fails)."""
-
-    async def start(self) -> None: ...
-
-    async def set_aside(self, path: str, since: float) -> bool: ...
-
-    def close(self) -> None: ...
-
-    async def finish(self) -> None: ...
-
-    def abandon(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -204,17 +189,16 @@ class DirectRemoval:
     """The sweep of a collection that has the store to itself: each candidate is deleted
     in place, and so is the trash earlier runs left.
 
-    Deletes go to the driver in batches (``delete_each``): the candidates that arrive
-    while one turn of the event loop runs, up to ``BATCH``, several batches at once, so
-    a local disk's deletes run in threads beside the loop rather than one by one in it.
-    With ``helpers``, each batch goes where fewer are in flight for each lane: a thread
-    here, or a helper process.
+    ``remove`` takes a whole list at once and sends it to the driver in batches
+    (``delete_each``) along several lanes: threads beside this event loop, and with
+    ``helpers`` their processes. Each lane takes the next batch when its last one is
+    done, so the faster lanes do more. No task or future per candidate: a collection
+    removes tens of thousands, and this process's event loop is what sets its pace.
     """
 
-    # Candidates per batch; the collection keeps ``IN_FLIGHT`` candidates going, so
-    # about four batches are in flight at a time.
+    # Candidates per batch: enough that a hand-off's cost stays small against the
+    # deletes it carries, few enough that the lanes finish close together.
     BATCH = 64
-    IN_FLIGHT = 256
     # Batches in flight per helper process: one deleted while the next one travels.
     PER_HELPER = 2
     # And here: this process also runs the event loop that feeds every lane.
@@ -223,87 +207,31 @@ class DirectRemoval:
     def __init__(self, driver: StorageDriver, helpers: Remover | None = None) -> None:
         self.driver = driver
         self.helpers = helpers
-        self._waiting: list[tuple[str, asyncio.Future[bool]]] = []
-        self._batches: set[asyncio.Task[None]] = set()
-        self._here = 0
-        self._elsewhere = 0
-
-    @classmethod
-    def in_flight(cls, helpers: Remover | None) -> int:
-        """Candidates a collection keeps going: enough for every lane's batches."""
-        lanes = cls.HERE + (cls.PER_HELPER * helpers.processes if helpers else 0)
-        return max(cls.IN_FLIGHT, lanes * cls.BATCH)
 
     async def start(self) -> None:
         await delete_if_exists(self.driver, TRASH)
 
-    async def set_aside(self, path: str, since: float) -> bool:
-        """Delete ``path``; whether it was there. Nothing can have touched it since
-        ``since``: no other process uses the store."""
-        found: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiting.append((path, found))
-        if len(self._waiting) >= self.BATCH:
-            self._send()
-        elif len(self._waiting) == 1:
-            asyncio.get_running_loop().call_soon(self._send)
-        return await found
+    async def remove(self, paths: Sequence[str]) -> list[bool]:
+        """Delete each path (a file, or a directory with all it holds); whether each was
+        there. Nothing can have touched them since they were judged: no other process
+        uses the store. The first failure is raised once the other lanes have stopped."""
+        found = [False] * len(paths)
+        starts = iter(range(0, len(paths), self.BATCH))
 
-    def _send(self) -> None:
-        if not self._waiting:
-            return
-        batch, self._waiting = self._waiting, []
-        # Counted from now, not from when the task first runs: several batches may be
-        # sent in one turn of the event loop.
-        elsewhere = self._elsewhere_next()
-        if elsewhere:
-            self._elsewhere += 1
-        else:
-            self._here += 1
-        task = asyncio.get_running_loop().create_task(self._delete(batch, elsewhere))
-        self._batches.add(task)
-        task.add_done_callback(self._batches.discard)
+        async def lane(delete_each: Callable[[list[str]], Awaitable[list[bool]]]) -> None:
+            for first in starts:
+                last = min(first + self.BATCH, len(paths))
+                found[first:last] = await delete_each(list(paths[first:last]))
 
-    def _elsewhere_next(self) -> bool:
-        """Whether the next batch goes to a helper: the lanes' load, evened out."""
-        if self.helpers is None:
-            return False
-        return self._elsewhere * self.HERE <= self._here * self.PER_HELPER * self.helpers.processes
-
-    async def _delete_batch(self, paths: list[str], elsewhere: bool) -> list[bool]:
+        lanes = [lane(self.driver.delete_each) for _ in range(self.HERE)]
+        if self.helpers is not None:
+            helpers = self.helpers
+            lanes += [lane(helpers.delete_each) for _ in range(self.PER_HELPER * helpers.processes)]
         try:
-            if elsewhere:
-                assert self.helpers is not None
-                return await self.helpers.delete_each(paths)
-            return await self.driver.delete_each(paths)
-        finally:
-            if elsewhere:
-                self._elsewhere -= 1
-            else:
-                self._here -= 1
-
-    async def _delete(self, batch: list[tuple[str, asyncio.Future[bool]]], elsewhere: bool) -> None:
-        try:
-            found = await self._delete_batch([path for path, _ in batch], elsewhere)
-        except asyncio.CancelledError:
-            for _, future in batch:
-                future.cancel()
-            raise
-        except Exception as error:  # noqa: BLE001 - each candidate's step reports it
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
-            return
-        for (_, future), each in zip(batch, found, strict=True):
-            if not future.done():
-                future.set_result(each)
-
-    def close(self) -> None:
-        self._send()
-
-    async def finish(self) -> None:
-        self._send()
-        await asyncio.gather(*self._batches, return_exceptions=True)
-
-    def abandon(self) -> None:
-        for task in self._batches:
-            task.cancel()
+            async with asyncio.TaskGroup() as group:
+                for each in lanes:
+                    group.create_task(each)
+        except ExceptionGroup as failed:
+            # The first failure, as the driver or a helper raised it (a StorageError, say).
+            raise failed.exceptions[0] from None
+        return found

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -312,3 +313,50 @@ async def test_a_collection_alone_deletes_in_place_without_a_grace_period(
     for digest in (c1, l1):
         assert await registry.blobs.exists(digest)
         assert await repo.blobs.is_linked(digest)
+
+
+class RemovalRecorder(DelegatingDriver):
+    """Remembers each batch deleted in place, in the order they were sent."""
+
+    def __init__(self, inner: StorageDriver) -> None:
+        super().__init__(inner)
+        self.batches: list[list[str]] = []
+
+    async def delete_each(self, paths: Sequence[str]) -> list[bool]:
+        self.batches.append(list(paths))
+        return await self.inner.delete_each(paths)
+
+
+async def test_a_collection_alone_removes_manifests_before_what_names_them_and_their_blobs(
+    tmp_path: Path,
+) -> None:
+    driver = RemovalRecorder(FilesystemDriver(str(tmp_path)))
+    registry, repo, (c1, l1, c2, l2) = await linked_blobs(driver, "rounds/app", 4)
+    gone = await repo.manifests.put(image_manifest(c2, [l2]), OCI_MANIFEST, "v1", None)
+    # The tag moves on: its history still names the first manifest.
+    kept = await repo.manifests.put(image_manifest(c1, [l1]), OCI_MANIFEST, "v1", None)
+    await asyncio.sleep(0.05)
+
+    options = GcOptions(delay=0, delete_untagged=True)
+    report = await GarbageCollector(driver, options, alone=True).run()
+
+    assert report.manifests_deleted == [("rounds/app", gone.digest)]
+    assert set(report.blobs_deleted) == {gone.digest, c2, l2}
+    assert report.layer_links_deleted == 2
+    revision = layout.revision_link("rounds/app", gone.digest).rsplit("/", 1)[0]
+    history = layout.tag_index_link("rounds/app", "v1", gone.digest).rsplit("/", 1)[0]
+    # One round at a time: a run stopped midway leaves no kept manifest without its
+    # blobs, and no link naming a manifest that is still there.
+    rounds = [batch for batch in driver.batches if batch]
+    assert rounds[0] == [revision]
+    assert rounds[1] == [history]
+    assert sorted(rounds[2]) == sorted(
+        [layout.blob_dir(d) for d in (gone.digest, c2, l2)]
+        + [layout.layer_dir("rounds/app", d) for d in (c2, l2)]
+    )
+    assert len(rounds) == 3
+    for path in rounds[0] + rounds[1] + rounds[2]:
+        assert not (tmp_path / path.lstrip("/")).exists()
+    assert await repo.tags.resolve("v1") == kept.digest
+    for digest in (kept.digest, c1, l1):
+        assert await registry.blobs.exists(digest)

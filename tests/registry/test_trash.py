@@ -158,33 +158,27 @@ class BatchRecorder(DelegatingDriver):
 async def test_removal_in_place_sends_candidates_in_batches(tmp_path: Path) -> None:
     driver = BatchRecorder(FilesystemDriver(str(tmp_path)))
     paths = [f"/blobs/{number:03d}" for number in range(200)]
-    for path in paths[:150]:
+    # Every other one is there: each answer belongs to its own path, whatever its batch.
+    for path in paths[::2]:
         await driver.write(f"{path}/data", b"x")
     await driver.write(f"{TRASH}/left-by-an-earlier-run/0/0/0/data", b"x")
     removal = DirectRemoval(driver)
     await removal.start()
-    found = await asyncio.gather(*(removal.set_aside(path, time.time()) for path in paths))
-    await removal.finish()
+    found = await removal.remove(paths)
     # Which were there, each answered; none of them left.
-    assert found == [True] * 150 + [False] * 50
+    assert found == [True, False] * 100
     assert not (tmp_path / "blobs").exists() or not any((tmp_path / "blobs").iterdir())
     assert not (tmp_path / TRASH.lstrip("/")).exists()
     # Far fewer calls than candidates, none larger than a batch, each candidate once.
     assert 1 < len(driver.batches) <= 200 // DirectRemoval.BATCH + 1
     assert all(len(batch) <= DirectRemoval.BATCH for batch in driver.batches)
     assert sorted(path for batch in driver.batches for path in batch) == paths
+    assert await removal.remove([]) == []
 
 
-async def test_removal_in_place_reports_a_failed_batch_to_each_of_its_candidates(
-    tmp_path: Path,
-) -> None:
+async def test_removal_in_place_raises_what_a_failed_batch_raised(tmp_path: Path) -> None:
     driver = BatchRecorder(FilesystemDriver(str(tmp_path)))
     removal = DirectRemoval(driver)
-    results = await asyncio.gather(
-        removal.set_aside("/broken/1", 0.0),
-        removal.set_aside("/broken/2", 0.0),
-        return_exceptions=True,
-    )
-    await removal.finish()
-    assert [type(result) for result in results] == [StorageError, StorageError]
+    with pytest.raises(StorageError, match="the disk went away"):
+        await removal.remove(["/broken/1", "/broken/2"])
     assert len(driver.batches) == 1
