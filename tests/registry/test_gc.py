@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
-from collections.abc import Sequence
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -19,6 +18,7 @@ from dockyard.registry.trash import TRASH
 from dockyard.storage import FilesystemDriver, MemoryDriver
 from dockyard.storage.delegating import DelegatingDriver
 from dockyard.storage.driver import StorageDriver
+from tests.support.recording_drivers import BatchRecorder
 
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar"
 CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
@@ -315,22 +315,10 @@ async def test_a_collection_alone_deletes_in_place_without_a_grace_period(
         assert await repo.blobs.is_linked(digest)
 
 
-class RemovalRecorder(DelegatingDriver):
-    """Remembers each batch deleted in place, in the order they were sent."""
-
-    def __init__(self, inner: StorageDriver) -> None:
-        super().__init__(inner)
-        self.batches: list[list[str]] = []
-
-    async def delete_each(self, paths: Sequence[str]) -> list[bool]:
-        self.batches.append(list(paths))
-        return await self.inner.delete_each(paths)
-
-
 async def test_a_collection_alone_removes_manifests_before_what_names_them_and_their_blobs(
     tmp_path: Path,
 ) -> None:
-    driver = RemovalRecorder(FilesystemDriver(str(tmp_path)))
+    driver = BatchRecorder(FilesystemDriver(str(tmp_path)))
     registry, repo, (c1, l1, c2, l2) = await linked_blobs(driver, "rounds/app", 4)
     gone = await repo.manifests.put(image_manifest(c2, [l2]), OCI_MANIFEST, "v1", None)
     # The tag moves on: its history still names the first manifest.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from dockyard.registry.trash import BATCH_SECONDS, TRASH, DirectRemoval, Trash
 from dockyard.storage import FilesystemDriver
 from dockyard.storage.delegating import DelegatingDriver
 from dockyard.storage.driver import StorageError
+from tests.support.recording_drivers import BatchRecorder
 
 SETTLE = 0.3
 # Each move takes this long, so twenty span several batches.
@@ -139,20 +139,6 @@ async def test_a_few_items_settle_once(tmp_path: Path, items: int) -> None:
     assert took >= SETTLE
     for slot in driver.moved:
         assert deleted_at(driver, slot) >= driver.moved[slot] + SETTLE
-
-
-class BatchRecorder(DelegatingDriver):
-    """Remembers each ``delete_each`` call's paths; fails those that name ``/broken``."""
-
-    def __init__(self, inner: FilesystemDriver) -> None:
-        super().__init__(inner)
-        self.batches: list[list[str]] = []
-
-    async def delete_each(self, paths: Sequence[str]) -> list[bool]:
-        self.batches.append(list(paths))
-        if any(path.startswith("/broken") for path in paths):
-            raise StorageError("the disk went away")
-        return await self.inner.delete_each(paths)
 
 
 async def test_removal_in_place_sends_candidates_in_batches(tmp_path: Path) -> None:
