@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import TYPE_CHECKING
 
@@ -132,6 +133,15 @@ def ui(
         sys.exit(1)
 
 
+def _write_lines(lines: Sequence[str]) -> None:
+    """A burst of a collection's lines to stdout in one write: print, with
+    PYTHONUNBUFFERED (as container images often set it), writes each line and its
+    newline apart; click.echo also asks whether stdout is a terminal, line by line."""
+    if lines:
+        sys.stdout.write("".join(f"{line}\n" for line in lines))
+        sys.stdout.flush()
+
+
 # Seconds a thread holding the interpreter lock keeps it while another waits, in a
 # collection (Python's default is 0.005).
 GC_SWITCH_INTERVAL = 0.001
@@ -208,9 +218,7 @@ def garbage_collect(
             return GarbageCollector(
                 registry.driver,
                 options,
-                # print, not click.echo: that flushes, and asks whether stdout is a
-                # terminal, on every one of the tens of thousands of lines.
-                emit=print,
+                emit=_write_lines,
                 descriptors=registry.coordination.descriptors,
                 alone=alone,
                 helpers=helpers,

@@ -39,7 +39,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -227,7 +227,7 @@ class GarbageCollector:
         self,
         driver: StorageDriver,
         options: GcOptions,
-        emit: Callable[[str], None] | None = None,
+        emit: Callable[[Sequence[str]], None] | None = None,
         cache: ScanCache | None = None,
         descriptors: DescriptorCache | None = None,
         alone: bool = False,
@@ -238,7 +238,9 @@ class GarbageCollector:
         self.options = options
         # No other process uses the store (``store_use``): candidates need no grace period.
         self.alone = alone
-        self.emit = emit or (lambda line: None)
+        # Lines for the operator, handed over a burst at a time: tens of thousands of
+        # them, which a line each would write one by one to an unbuffered stdout.
+        self.emit = emit or (lambda lines: None)
         self.cache = cache or ScanCache()
         # What the registry's descriptor cache says of removed content is forgotten.
         self.descriptors = descriptors or NoDescriptorCache()
@@ -539,10 +541,10 @@ class GarbageCollector:
             manifests_marked=sum(len(kept) for kept in plan.kept.values()),
             blobs_marked=len(plan.marked),
         )
-        for name, digest, _ in plan.manifests:
-            self.emit(f"{name}: manifest eligible for deletion: {digest}")
-        for digest in plan.blobs:
-            self.emit(f"blob eligible for deletion: {digest}")
+        self.emit(
+            [f"{name}: manifest eligible for deletion: {d}" for name, d, _ in plan.manifests]
+            + [f"blob eligible for deletion: {digest}" for digest in plan.blobs]
+        )
         if self.options.dry_run:
             report.manifests_deleted = [(name, digest) for name, digest, _ in plan.manifests]
             report.blobs_deleted = list(plan.blobs)
@@ -569,7 +571,7 @@ class GarbageCollector:
             await delete_if_exists(self.driver, layout.tagged_root(name))
             if await self.driver.remove_empty(layout.manifests(name)):
                 report.repositories_removed.append(name)
-                self.emit(f"{name}: repository has no manifests left; removing it")
+                self.emit([f"{name}: repository has no manifests left; removing it"])
 
     async def _remove_in_place(self, plan: GcPlan, report: GcReport) -> None:
         """The sweep of a collection that has the store alone: nothing can hold a
@@ -598,11 +600,11 @@ class GarbageCollector:
         found = await removal.remove([layout.blob_dir(digest) for digest in blobs] + links)
         # The store is this run's alone only without a shared cache (no Redis): each
         # forget is this process's own memory, not a request.
-        for digest, removed in zip(blobs, found, strict=False):
-            if removed:
-                await self.descriptors.forget_blob(digest)
-                self.emit(f"Deleting blob: {layout.blob_dir(digest)}")
-                report.blobs_deleted.append(digest)
+        deleted = [d for d, removed in zip(blobs, found[: len(blobs)], strict=True) if removed]
+        for digest in deleted:
+            await self.descriptors.forget_blob(digest)
+        report.blobs_deleted += deleted
+        self.emit([f"Deleting blob: {layout.blob_dir(digest)}" for digest in deleted])
         for (name, digest), removed in zip(plan.layer_links, found[len(blobs) :], strict=True):
             if removed:
                 await self.descriptors.forget_link(name, digest)
@@ -639,7 +641,7 @@ class GarbageCollector:
         async def blob(digest: Digest) -> None:
             if await set_aside(layout.blob_dir(digest)):
                 await self.descriptors.forget_blob(digest)
-                self.emit(f"Deleting blob: {layout.blob_dir(digest)}")
+                self.emit([f"Deleting blob: {layout.blob_dir(digest)}"])
                 report.blobs_deleted.append(digest)
 
         async def layer_link(name: str, digest: Digest) -> None:

@@ -348,3 +348,24 @@ async def test_a_collection_alone_removes_manifests_before_what_names_them_and_t
     assert await repo.tags.resolve("v1") == kept.digest
     for digest in (kept.digest, c1, l1):
         assert await registry.blobs.exists(digest)
+
+
+async def test_a_collection_alone_hands_its_lines_over_a_burst_at_a_time(tmp_path: Path) -> None:
+    _, repo, blobs = await linked_blobs(FilesystemDriver(str(tmp_path)), "lines/app", 12)
+    gone = await repo.manifests.put(image_manifest(blobs[0], blobs[1:]), OCI_MANIFEST, None, None)
+    await repo.manifests.delete(gone.digest)
+    await asyncio.sleep(0.05)
+    bursts: list[list[str]] = []
+
+    report = await GarbageCollector(
+        FilesystemDriver(str(tmp_path)), GcOptions(delay=0), emit=bursts.append, alone=True
+    ).run()
+
+    removed = {gone.digest, *blobs}
+    assert set(report.blobs_deleted) == removed
+    # One burst of what is eligible, one of what was deleted, then the repository left
+    # empty: thousands of lines are a few writes, not one (or two, unbuffered) per line.
+    eligible, deleting, emptied = bursts
+    assert sorted(eligible) == sorted(f"blob eligible for deletion: {d}" for d in removed)
+    assert sorted(deleting) == sorted(f"Deleting blob: {layout.blob_dir(d)}" for d in removed)
+    assert emptied == ["lines/app: repository has no manifests left; removing it"]
