@@ -563,6 +563,7 @@ class GarbageCollector:
             await self._remove_through_trash(plan, report)
         # The catalog lists a directory as a repository only while it has ``_manifests``;
         # removed last, once the repository's manifests are gone for good.
+        removed: list[str] = []
         for name in plan.repositories:
             # The reverse tag index goes first, its completeness marker before its
             # entries: a tag pushed meanwhile finds the index incomplete, and the next
@@ -570,8 +571,9 @@ class GarbageCollector:
             await delete_if_exists(self.driver, layout.tagged_complete(name))
             await delete_if_exists(self.driver, layout.tagged_root(name))
             if await self.driver.remove_empty(layout.manifests(name)):
-                report.repositories_removed.append(name)
-                self.emit([f"{name}: repository has no manifests left; removing it"])
+                removed.append(name)
+        report.repositories_removed += removed
+        self.emit([f"{name}: repository has no manifests left; removing it" for name in removed])
 
     async def _remove_in_place(self, plan: GcPlan, report: GcReport) -> None:
         """The sweep of a collection that has the store alone: nothing can hold a
