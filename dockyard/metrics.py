@@ -430,9 +430,10 @@ class InstrumentedDriver(DelegatingDriver):
         files: Mapping[str, bytes],
         replayable: bool = False,
         removals: Sequence[str] = (),
+        copies: Mapping[str, str] | None = None,
     ) -> PreparedWrites:
         with self._timer("prepare_writes"):
-            inner = await self.inner.prepare_writes(files, replayable, removals)
+            inner = await self.inner.prepare_writes(files, replayable, removals, copies)
         return InstrumentedPreparedWrites(inner, self.metrics, self.name)
 
     async def stat(self, path: str) -> FileInfo:

@@ -136,8 +136,9 @@ class FencedDriver(DelegatingDriver):
         files: Mapping[str, bytes],
         replayable: bool = False,
         removals: Sequence[str] = (),
+        copies: Mapping[str, str] | None = None,
     ) -> PreparedWrites:
-        # Each published file goes through ``write`` above, fenced.
+        # Each published file goes through ``write`` above, fenced (copies as files).
         return DeferredWrites(self, files, removals)
 
     async def move_unless_touched(self, source: str, dest: str, since: float) -> bool:

@@ -565,11 +565,12 @@ class GarbageCollector:
         # removed last, once the repository's manifests are gone for good.
         removed: list[str] = []
         for name in plan.repositories:
-            # The reverse tag index goes first, its completeness marker before its
-            # entries: a tag pushed meanwhile finds the index incomplete, and the next
-            # manifest DELETE rebuilds it rather than trusting it.
-            await delete_if_exists(self.driver, layout.tagged_complete(name))
-            await delete_if_exists(self.driver, layout.tagged_root(name))
+            # The reverse tag index's completeness marker goes first (its entries went
+            # with the manifests): a tag pushed meanwhile finds the index incomplete, and
+            # the next manifest DELETE rebuilds it rather than trusting it. The index of
+            # earlier versions goes with it.
+            await delete_if_exists(self.driver, layout.tags_indexed(name))
+            await delete_if_exists(self.driver, layout.former_tag_index(name))
             if await self.driver.remove_empty(layout.manifests(name)):
                 removed.append(name)
         report.repositories_removed += removed

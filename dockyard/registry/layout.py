@@ -79,26 +79,30 @@ def tag_index_link(name: str, tag: str, digest: Digest) -> str:
     return f"{tag_dir(name, tag)}/index/{digest.algorithm}/{digest.hex}/link"
 
 
-def tagged_root(name: str) -> str:
-    """Dockyard's reverse index of tags: which tags point at a manifest.
+TAG_ENTRY_PREFIX = "tagged."
 
-    ``tagged/<alg>/<hex>/<tag>`` is an empty file per tag, written before the tag moves
-    to the manifest; ``tagged/complete`` says every tag has its entry. Beside
-    ``revisions`` and ``tags``, where Distribution's readers do not look.
+
+def tag_entry(name: str, digest: Digest, tag: str) -> str:
+    """Dockyard's reverse index of tags: a file per tag that points at a manifest, in the
+    manifest's revision directory, written before the tag moves to it.
+
+    Distribution's readers of that directory take only its ``link`` (its garbage
+    collection walks it for files named so), and a manifest's deletion takes the whole
+    directory with its entries. An entry is a hard link to the tag's index link where
+    the file system allows it, so indexing a push costs no inode of its own.
     """
+    return f"{revision_dir(name, digest)}/{TAG_ENTRY_PREFIX}{tag}"
+
+
+def tags_indexed(name: str) -> str:
+    """Says every tag of the repository has its entry (:func:`tag_entry`)."""
+    return f"{manifests(name)}/tags.indexed"
+
+
+def former_tag_index(name: str) -> str:
+    """Where earlier versions kept the reverse index (``tagged/<alg>/<hex>/<tag>``, and
+    ``tagged/complete``): removed once the index is rebuilt in revision directories."""
     return f"{manifests(name)}/tagged"
-
-
-def tagged(name: str, digest: Digest) -> str:
-    return f"{tagged_root(name)}/{digest.algorithm}/{digest.hex}"
-
-
-def tagged_entry(name: str, digest: Digest, tag: str) -> str:
-    return f"{tagged(name, digest)}/{tag}"
-
-
-def tagged_complete(name: str) -> str:
-    return f"{tagged_root(name)}/complete"
 
 
 def referrers(name: str, subject: Digest) -> str:

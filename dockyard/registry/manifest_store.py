@@ -126,7 +126,10 @@ class ManifestStore:
             # files change again only through pushes like this one, or through deletes.
             prepared = await stack.enter_async_context(
                 await self.driver.prepare_writes(
-                    files, replayable=True, removals=move.stale if move else ()
+                    files,
+                    replayable=True,
+                    removals=move.stale if move else (),
+                    copies=move.copies if move else None,
                 )
             )
             stages = [[*content, *(move.entry if move else [])]]

@@ -27,7 +27,8 @@ class TagMove:
     ``current`` link last. A crash between history and current leaves history naming a
     digest the tag never pointed at, which is harmless, rather than a current tag
     missing from its own history. ``stale`` (the reverse index's entry for where the
-    tag pointed before) goes in the same batch, after them all.
+    tag pointed before) goes in the same batch, after them all. ``copies``: the entry
+    holds the history link's bytes, and may be stored as that same file.
     """
 
     files: dict[str, bytes]
@@ -35,6 +36,7 @@ class TagMove:
     history: list[str]
     current: str
     stale: list[str]
+    copies: dict[str, str]
 
 
 class TagStore:
@@ -59,7 +61,7 @@ class TagStore:
         async with (
             self.moving(tag, digest) as move,
             await self.driver.prepare_writes(
-                move.files, replayable=True, removals=move.stale
+                move.files, replayable=True, removals=move.stale, copies=move.copies
             ) as files,
         ):
             await files.publish_in_order([[*move.entry, *move.history], [move.current]])
@@ -73,12 +75,12 @@ class TagStore:
             link = str(digest).encode("ascii")
             index = layout.tag_index_link(self.name, tag, digest)
             current = layout.tag_current_link(self.name, tag)
-            entry = [layout.tagged_entry(self.name, digest, tag)] if previous != digest else []
-            files = {**dict.fromkeys(entry, b""), index: link, current: link}
+            entry = [layout.tag_entry(self.name, digest, tag)] if previous != digest else []
+            files = {**dict.fromkeys(entry, link), index: link, current: link}
             stale = []
             if previous is not None and previous != digest:
-                stale.append(layout.tagged_entry(self.name, previous, tag))
-            yield TagMove(files, entry, [index], current, stale)
+                stale.append(layout.tag_entry(self.name, previous, tag))
+            yield TagMove(files, entry, [index], current, stale, dict.fromkeys(entry, index))
 
     async def untag(self, tag: str) -> None:
         async with self._lock(tag):
@@ -86,7 +88,7 @@ class TagStore:
             if not await delete_if_exists(self.driver, layout.tag_dir(self.name, tag)):
                 raise ManifestUnknown(detail={"tag": tag})
             if previous is not None:
-                await delete_if_exists(self.driver, layout.tagged_entry(self.name, previous, tag))
+                await delete_if_exists(self.driver, layout.tag_entry(self.name, previous, tag))
 
     async def untag_if_at(self, tag: str, digest: Digest) -> bool:
         """Remove the tag if it still points at ``digest``; whether it did."""
@@ -94,7 +96,7 @@ class TagStore:
             if await read_link(self.driver, layout.tag_current_link(self.name, tag)) != digest:
                 return False
             removed = await delete_if_exists(self.driver, layout.tag_dir(self.name, tag))
-            await delete_if_exists(self.driver, layout.tagged_entry(self.name, digest, tag))
+            await delete_if_exists(self.driver, layout.tag_entry(self.name, digest, tag))
             return removed
 
     async def list(self) -> builtins.list[str]:
@@ -136,16 +138,19 @@ class TagStore:
 
         Its entries are candidates, each checked against the tag itself, so the cost
         follows the tags of this manifest, not the repository's. A store another
-        registry wrote has no index yet: the first call reads every tag and builds it.
+        registry (or an earlier version) wrote has no index yet: the first call reads
+        every tag and builds it.
         """
         try:
-            await self.driver.stat(layout.tagged_complete(self.name))
+            await self.driver.stat(layout.tags_indexed(self.name))
         except PathNotFoundError:
             return await self._scan_and_index(digest)
         try:
-            candidates = await self.driver.list(layout.tagged(self.name, digest))
+            names = await self.driver.list(layout.revision_dir(self.name, digest))
         except PathNotFoundError:
             return []
+        prefix = layout.TAG_ENTRY_PREFIX
+        candidates = [name[len(prefix) :] for name in names if name.startswith(prefix)]
         return [
             tag
             for tag in sorted(candidates)
@@ -163,8 +168,11 @@ class TagStore:
             current = await read_link(self.driver, layout.tag_current_link(self.name, tag))
             if current is None:
                 continue
-            await self.driver.write(layout.tagged_entry(self.name, current, tag), b"")
+            await self.driver.write(
+                layout.tag_entry(self.name, current, tag), str(current).encode("ascii")
+            )
             if current == digest:
                 found.append(tag)
-        await self.driver.write(layout.tagged_complete(self.name), b"")
+        await self.driver.write(layout.tags_indexed(self.name), b"")
+        await delete_if_exists(self.driver, layout.former_tag_index(self.name))
         return found

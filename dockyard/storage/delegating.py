@@ -26,8 +26,9 @@ class DelegatingDriver(StorageDriver):
         files: Mapping[str, bytes],
         replayable: bool = False,
         removals: Sequence[str] = (),
+        copies: Mapping[str, str] | None = None,
     ) -> PreparedWrites:
-        return await self.inner.prepare_writes(files, replayable, removals)
+        return await self.inner.prepare_writes(files, replayable, removals, copies)
 
     def stream(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         return self.inner.stream(path, offset, length)

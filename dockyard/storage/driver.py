@@ -225,6 +225,7 @@ class StorageDriver(ABC):
         files: Mapping[str, bytes],
         replayable: bool = False,
         removals: Sequence[str] = (),
+        copies: Mapping[str, str] | None = None,
     ) -> PreparedWrites:
         """Get several writes ready, so that publishing them in ordered stages costs about
         one durable write per stage: a manifest push shows its content, then its
@@ -242,6 +243,10 @@ class StorageDriver(ABC):
         ``removals``: files of the same batch that go once every stage is published
         (by :meth:`PreparedWrites.publish_in_order`), where they are; like any delete,
         a crash may undo their removal.
+
+        ``copies``: files of the batch whose bytes are those of another file of it (path
+        to the path it copies), which a driver may store as that same file (a hard link)
+        rather than a new one. Only for files that neither is ever rewritten in place.
 
         This default writes each file when it is published (as :meth:`write` does).
         """

@@ -325,6 +325,30 @@ def _write_temp(real: str, data: bytes, created: list[str]) -> tuple[int, _Prepa
     return fd, _PreparedFile(real, data, temp)
 
 
+def _link_temp(
+    source: _PreparedFile, real: str, data: bytes, created: list[str]
+) -> _PreparedFile:
+    """A new name for ``source``'s temporary file beside ``real``: a hard link, so that a
+    copy costs the file system no inode. Written as a file of its own where linking
+    fails (a file system without hard links, or a link count at its limit)."""
+    parent = os.path.dirname(real)
+    for _ in range(_VANISHED_RETRIES):
+        created.extend(_make_dirs(parent, durable=False))
+        temp = os.path.join(parent, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
+        try:
+            os.link(source.temp, temp)
+            return _PreparedFile(real, data, temp)
+        except FileNotFoundError:
+            continue  # the directory was moved away meanwhile (garbage collection)
+        except OSError as error:
+            if error.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP):
+                raise
+            break
+    fd, file = _write_temp(real, data, created)
+    os.close(fd)
+    return file
+
+
 def _prepare_files(
     targets: list[tuple[str, bytes]],
     created: list[str],
@@ -470,8 +494,17 @@ class _PreparedFiles(PreparedWrites):
         syncs: _Syncs,
         journal: PublishJournal,
         replayable: bool,
+        copies: Mapping[str, str],
     ) -> None:
         self._targets = targets
+        self._copies = {
+            path: source
+            for path, source in copies.items()
+            if path in targets
+            and source in targets
+            and source not in copies
+            and targets[path][1] == targets[source][1]
+        }
         self._removals = removals
         self._syncs = syncs
         self._journal = journal
@@ -531,8 +564,21 @@ class _PreparedFiles(PreparedWrites):
         order = [path for stage in stages for path in stage]
         self._files = {}
         for path in order:
-            fd, self._files[path] = _write_temp(*self._targets[path], self._created)
-            os.close(fd)
+            if path not in self._copies:
+                fd, self._files[path] = _write_temp(*self._targets[path], self._created)
+                os.close(fd)
+        # A copy after its source, whichever stage each is in (a file of its own if its
+        # source is not published with it). Replayed, it is written as a file of its
+        # own: the record holds its bytes.
+        for path in order:
+            if path in self._copies:
+                source = self._files.get(self._copies[path])
+                if source is not None:
+                    file = _link_temp(source, *self._targets[path], self._created)
+                else:
+                    fd, file = _write_temp(*self._targets[path], self._created)
+                    os.close(fd)
+                self._files[path] = file
         files = self._files
 
         def publish() -> None:
@@ -1276,6 +1322,7 @@ class FilesystemDriver(StorageDriver):
         files: Mapping[str, bytes],
         replayable: bool = False,
         removals: Sequence[str] = (),
+        copies: Mapping[str, str] | None = None,
     ) -> PreparedWrites:
         return _PreparedFiles(
             {path: (self._resolve(path, follow=False), data) for path, data in files.items()},
@@ -1283,6 +1330,7 @@ class FilesystemDriver(StorageDriver):
             self._syncs,
             self._journal,
             replayable,
+            copies or {},
         )
 
     def stream(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:

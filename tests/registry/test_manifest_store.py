@@ -81,11 +81,43 @@ async def test_moving_a_tag_removes_its_stale_reverse_entry_in_the_same_batch(
     await repo.manifests.put(INDEX, OCI_INDEX, "latest", None)
     await repo.manifests.put(other, OCI_INDEX, "latest", None)
     with pytest.raises(PathNotFoundError):
-        await driver.stat(layout.tagged_entry("lib/app", Digest.of(INDEX), "latest"))
-    await driver.stat(layout.tagged_entry("lib/app", Digest.of(other), "latest"))
+        await driver.stat(layout.tag_entry("lib/app", Digest.of(INDEX), "latest"))
+    await driver.stat(layout.tag_entry("lib/app", Digest.of(other), "latest"))
     # Both pushes made durable by their records alone: nothing settled the journal.
     records = journal.decode((tmp_path / journal.JOURNAL_PATH).read_bytes())
     assert len(records) == 2
-    stale = layout.tagged_entry("lib/app", Digest.of(INDEX), "latest").lstrip("/")
+    stale = layout.tag_entry("lib/app", Digest.of(INDEX), "latest").lstrip("/")
     assert (stale, None) in records[1]
     assert await repo.tags.pointing_at(Digest.of(INDEX)) == []
+
+
+def _inodes(root: Path) -> dict[str, int]:
+    """Every file and directory under ``root`` (but the journal) by path: its inode."""
+    found = {}
+    for base, directories, files in os.walk(root):
+        for name in [*directories, *files]:
+            path = os.path.join(base, name)
+            if name != "publish~journal":
+                found[path] = os.lstat(path).st_ino
+    return found
+
+
+async def test_a_push_by_tag_indexes_the_tag_without_an_inode_of_its_own(
+    tmp_path: Path,
+) -> None:
+    driver = FilesystemDriver(str(tmp_path))
+    repo = Registry(driver).repository("lib/app")
+    await repo.manifests.put(INDEX, OCI_INDEX, "base", None)
+    before = _inodes(tmp_path)
+    other = json.dumps({**json.loads(INDEX), "annotations": {"v": "2"}}).encode()
+    await repo.manifests.put(other, OCI_INDEX, "latest", None)
+    digest = Digest.of(other)
+    entry = tmp_path / layout.tag_entry("lib/app", digest, "latest").lstrip("/")
+    index = tmp_path / layout.tag_index_link("lib/app", "latest", digest).lstrip("/")
+    assert entry.stat().st_ino == index.stat().st_ino
+    assert entry.read_bytes() == index.read_bytes() == str(digest).encode()
+    after = _inodes(tmp_path)
+    new = {path: inode for path, inode in after.items() if path not in before}
+    # Distribution's files and directories for the push, and the entry beside them.
+    assert len(new) == len(set(new.values())) + 1
+    assert await repo.tags.pointing_at(digest) == ["latest"]

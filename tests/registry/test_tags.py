@@ -73,6 +73,24 @@ async def test_a_store_written_without_the_index_is_scanned_once_and_indexed(
     assert driver.reads <= 3
 
 
+async def test_an_index_an_earlier_version_kept_is_rebuilt_once_and_removed(
+    tags: TagStore, driver: CountingDriver
+) -> None:
+    # As earlier versions left a store: the index beside the revisions, complete.
+    await write_link(driver, layout.tag_current_link("lib/app", "one"), A)
+    await write_link(driver, layout.tag_current_link("lib/app", "two"), B)
+    former = layout.former_tag_index("lib/app")
+    await driver.write(f"{former}/{A.algorithm}/{A.hex}/one", b"")
+    await driver.write(f"{former}/complete", b"")
+    assert await tags.pointing_at(A) == ["one"]
+    with pytest.raises(PathNotFoundError):
+        await driver.list(former)
+    driver.reads = 0
+    assert await tags.pointing_at(B) == ["two"]
+    assert driver.reads <= 3
+    assert await driver.list(layout.revision_dir("lib/app", B)) == ["tagged.two"]
+
+
 async def test_a_moved_tag_is_found_only_where_it_points(tags: TagStore) -> None:
     await tags.tag("base", C)
     assert await tags.pointing_at(C) == ["base"]  # the index is complete from here
@@ -93,10 +111,10 @@ async def test_untagging_removes_the_entry(tags: TagStore, driver: CountingDrive
     assert await tags.untag_if_at("old", A)
     assert await tags.pointing_at(A) == []
     try:
-        left = await driver.list(layout.tagged(tags.name, A))
+        left = await driver.list(layout.revision_dir(tags.name, A))
     except PathNotFoundError:
         left = []
-    assert left == []
+    assert [name for name in left if name.startswith(layout.TAG_ENTRY_PREFIX)] == []
 
 
 async def test_an_entry_left_by_a_crash_is_only_a_candidate(
@@ -106,7 +124,7 @@ async def test_an_entry_left_by_a_crash_is_only_a_candidate(
     await tags.pointing_at(C)
     await tags.tag("latest", B)
     # A crash between writing the entry and moving the tag leaves this:
-    await driver.write(layout.tagged_entry(tags.name, A, "latest"), b"")
+    await driver.write(layout.tag_entry(tags.name, A, "latest"), b"")
     assert await tags.pointing_at(A) == []
     assert not await tags.untag_if_at("latest", A)
     assert await tags.resolve("latest") == B

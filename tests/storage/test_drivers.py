@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import errno
 import os
 import shutil
 import threading
@@ -267,6 +268,27 @@ async def test_a_refusal_between_stages_stops_the_later_ones(
         assert await driver.list("/repo/_manifests") == ["revisions"]
     else:
         assert await driver.list("/repo/_manifests/tags/t") == ["index"]
+
+
+@pytest.mark.parametrize("replayable", [False, True])
+async def test_a_copy_holds_its_source_bytes_and_outlives_its_changes(
+    driver: StorageDriver, replayable: bool
+) -> None:
+    revision, index, current = PREPARED
+    entry = "/repo/_manifests/revisions/sha256/ab/tagged.t"
+    files = {**PREPARED, entry: PREPARED[index], "/odd": b"not the source's bytes"}
+    async with await driver.prepare_writes(
+        files, replayable=replayable, copies={entry: index, "/odd": index}
+    ) as prepared:
+        await prepared.publish_in_order([[entry, "/odd"], [revision, index], [current]])
+    assert await driver.read(entry) == b"sha256:ab"
+    assert await driver.read("/odd") == b"not the source's bytes"
+    # The source replaced, then removed: the copy stays as it was.
+    await driver.write(index, b"sha256:cd")
+    assert await driver.read(entry) == b"sha256:ab"
+    await driver.delete("/repo/_manifests/tags")
+    assert await driver.read(entry) == b"sha256:ab"
+    assert await driver.list("/repo/_manifests/revisions/sha256/ab") == ["link", "tagged.t"]
 
 
 async def test_prepared_writes_replace_existing_files(driver: StorageDriver) -> None:
@@ -1161,6 +1183,28 @@ async def test_fs_layout_is_the_driver_paths_below_the_root(
 ) -> None:
     await fs.write("/docker/registry/v2/blobs/data", b"blob")
     assert (fs_root / "docker/registry/v2/blobs/data").read_bytes() == b"blob"
+
+
+@pytest.mark.parametrize("refusal", [None, errno.EPERM, errno.EMLINK])
+async def test_fs_a_recorded_copy_is_its_source_file_where_links_are_allowed(
+    fs: FilesystemDriver, fs_root: Path, monkeypatch: pytest.MonkeyPatch, refusal: int | None
+) -> None:
+    if refusal is not None:
+        # A file system without hard links, or one whose link count is at its limit.
+        def refuse(source: str, dest: str) -> None:
+            raise OSError(refusal, os.strerror(refusal))
+
+        monkeypatch.setattr(os, "link", refuse)
+    files = {"/a/link": b"sha256:ab", "/b/tagged.t": b"sha256:ab"}
+    async with await fs.prepare_writes(
+        files, replayable=True, copies={"/b/tagged.t": "/a/link"}
+    ) as prepared:
+        await prepared.publish_in_order([["/b/tagged.t"], ["/a/link"]])
+    source, copy = os.stat(fs_root / "a/link"), os.stat(fs_root / "b/tagged.t")
+    assert (copy.st_ino == source.st_ino) is (refusal is None)
+    assert (fs_root / "b/tagged.t").read_bytes() == b"sha256:ab"
+    assert os.listdir(fs_root / "a") == ["link"]
+    assert os.listdir(fs_root / "b") == ["tagged.t"]
 
 
 async def test_fs_write_leaves_no_temporary_file(fs: FilesystemDriver, fs_root: Path) -> None:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from stat import S_ISREG
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +50,14 @@ def wait_until_settled(root: Path, timeout: float = 30.0) -> None:
 
 
 def store_size(root: Path) -> int:
-    """What ``du --apparent-size -b`` says: the bytes of every regular file under ``root``."""
-    return sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
+    """What ``du --apparent-size -b`` says: the bytes of every regular file under ``root``,
+    each counted once however many names (hard links) it has."""
+    sizes: dict[tuple[int, int], int] = {}
+    for path in root.rglob("*"):
+        status = path.lstat()
+        if S_ISREG(status.st_mode):
+            sizes[status.st_dev, status.st_ino] = status.st_size
+    return sum(sizes.values())
 
 
 def stored_blobs(root: Path) -> dict[str, int]:
