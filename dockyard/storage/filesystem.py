@@ -293,22 +293,32 @@ class _PreparedFile:
     temp: str
 
 
-def _create_temp_beside(real: str, created: list[str]) -> tuple[int, str]:
-    """A new temporary file in ``real``'s directory, made (not durably) if missing; the
-    directories made are appended to ``created``. Returns its descriptor and path."""
+def _make_temp_beside(real: str, created: list[str], make: Callable[[str], T]) -> tuple[T, str]:
+    """``make(temp)`` for a new temporary name in ``real``'s directory, made (not durably)
+    if missing; the directories made are appended to ``created``. Returns what ``make``
+    returned, and the name."""
     parent = os.path.dirname(real)
     attempts = 0
     while True:
         try:
             created.extend(_make_dirs(parent, durable=False))
             temp = os.path.join(parent, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            return fd, temp
+            return make(temp), temp
         except FileNotFoundError:
             # The directory was moved away meanwhile (garbage collection).
             attempts += 1
             if attempts == _VANISHED_RETRIES:
                 raise
+
+
+def _open_new(path: str) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+
+
+def _create_temp_beside(real: str, created: list[str]) -> tuple[int, str]:
+    """A new temporary file in ``real``'s directory (see :func:`_make_temp_beside`);
+    its descriptor and path."""
+    return _make_temp_beside(real, created, _open_new)
 
 
 def _write_temp(real: str, data: bytes, created: list[str]) -> tuple[int, _PreparedFile]:
@@ -325,25 +335,22 @@ def _write_temp(real: str, data: bytes, created: list[str]) -> tuple[int, _Prepa
     return fd, _PreparedFile(real, data, temp)
 
 
+# What ``link`` answers where a copy must be a file of its own: no hard links on this
+# file system, a link count at its limit, or the source moved away meanwhile.
+_LINK_REFUSALS = (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.ENOENT)
+
+
 def _link_temp(
     source: _PreparedFile, real: str, data: bytes, created: list[str]
 ) -> _PreparedFile:
     """A new name for ``source``'s temporary file beside ``real``: a hard link, so that a
-    copy costs the file system no inode. Written as a file of its own where linking
-    fails (a file system without hard links, or a link count at its limit)."""
-    parent = os.path.dirname(real)
-    for _ in range(_VANISHED_RETRIES):
-        created.extend(_make_dirs(parent, durable=False))
-        temp = os.path.join(parent, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
-        try:
-            os.link(source.temp, temp)
-            return _PreparedFile(real, data, temp)
-        except FileNotFoundError:
-            continue  # the directory was moved away meanwhile (garbage collection)
-        except OSError as error:
-            if error.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP):
-                raise
-            break
+    copy costs the file system no inode; a file of its own where linking fails."""
+    try:
+        _, temp = _make_temp_beside(real, created, partial(os.link, source.temp))
+        return _PreparedFile(real, data, temp)
+    except OSError as error:
+        if error.errno not in _LINK_REFUSALS:
+            raise
     fd, file = _write_temp(real, data, created)
     os.close(fd)
     return file

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import errno
+import hashlib
 import os
 import shutil
 import threading

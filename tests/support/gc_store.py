@@ -17,8 +17,8 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from stat import S_ISREG
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 import yaml
