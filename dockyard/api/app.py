@@ -99,6 +99,10 @@ def create_app(
     if checker is not None:
         app[health.STORAGE_HEALTH] = checker
     app.on_response_prepare.append(_header_adder(config))
+    # First in, so last out: what is installed below (a mirror storing the blobs its
+    # clients already took, notifications still to send) ends while the store is open
+    # and held against an offline collection.
+    app.cleanup_ctx.append(_lifecycle(config, registry, checker, background))
 
     prefix = _prefix(config)
     # aiohttp tries the routes under one prefix in the order they were added: nearly
@@ -118,8 +122,6 @@ def create_app(
         from dockyard.web import mount_in_server
 
         mount_in_server(app, config)
-
-    app.cleanup_ctx.append(_lifecycle(config, registry, checker, background))
     return app
 
 

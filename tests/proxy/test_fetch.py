@@ -13,12 +13,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from aiohttp import web
+from aiohttp import ClientSession, web
 
 from dockyard import sockets
+from dockyard.api.app import create_app
 from dockyard.config import load_config
 from dockyard.errors import Unavailable
 from dockyard.proxy import fetch as fetch_module
+from dockyard.proxy import mirror as mirror_module
 from dockyard.proxy.claims import PIECE
 from dockyard.proxy.fetch import BlobFetch
 from dockyard.proxy.mirror import Mirror
@@ -27,6 +29,7 @@ from dockyard.proxy.upstream import UpstreamClient
 from dockyard.registry import Registry
 from dockyard.registry.assembly import build_registry
 from dockyard.registry.digest import Digest
+from dockyard.registry.store_use import store_alone
 from tests.support.servers import free_port
 
 MiB = 1 << 20
@@ -367,6 +370,56 @@ async def test_closing_the_mirror_lets_a_verified_fetch_store_its_blob(
     assert fetch.error is None and fetch.complete
     assert await registry.blobs.read(digest) == data
     assert await registry.repository("lib/x").blobs.is_linked(digest)
+
+
+class StoredAtShutdown(HeldSpool):
+    """A fetch that stores its blob half a second after verifying it (a slow fsync), and
+    notes whether a collection could have taken the store to itself right then."""
+
+    store_was_free: list[bool] = []
+
+    async def _commit(self) -> None:
+        await asyncio.sleep(0.5)
+        async with store_alone(self.registry.driver) as alone:
+            self.store_was_free.append(alone)
+        await super()._commit()
+
+
+async def test_stopping_the_server_lets_a_verified_fetch_store_its_blob_first(
+    upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The whole application's shutdown, not the mirror's alone: the store stays open,
+    # held against an offline collection, until the fetch has stored and linked the blob.
+    monkeypatch.setattr(StoredAtShutdown, "store_was_free", [])
+    monkeypatch.setattr(mirror_module, "BlobFetch", StoredAtShutdown)
+    StoredAtShutdown.disk = asyncio.Event()
+    StoredAtShutdown.disk.set()
+    root = tmp_path / "data"
+    config_file = tmp_path / "config.yml"
+    config_file.write_text(
+        f"version: 0.1\nstorage: {{filesystem: {{rootdirectory: {root}}}}}\n"
+        f"http: {{addr: 127.0.0.1:0}}\nproxy: {{remoteurl: {upstream.url}}}\n"
+    )
+    config = load_config(str(config_file)).config
+    runner = web.AppRunner(create_app(config, background=False))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with ClientSession() as session:
+            url = f"http://127.0.0.1:{port}/v2/lib/x/blobs/{upstream.digest}"
+            async with session.get(url) as response:
+                assert response.status == 200
+                assert await response.read() == upstream.data
+    finally:
+        await asyncio.wait_for(runner.cleanup(), 30)
+    assert StoredAtShutdown.store_was_free == [False]
+    stored = build_registry(config)
+    try:
+        assert await stored.blobs.read(upstream.digest) == upstream.data
+        assert await stored.repository("lib/x").blobs.is_linked(upstream.digest)
+    finally:
+        await stored.close()
 
 
 async def test_closing_the_mirror_stops_a_fetch_still_receiving(
