@@ -164,10 +164,9 @@ async def pull_blob(
         try:
             fd = await fetch.started()
             break
-        except Finished:
-            return await mirror.registry.blobs.stat(digest)
-        except Retry:
-            # Another worker's fetch ended as this one looked: stored, or to try again.
+        except (Finished, Retry):
+            # The fetch ended as this request came: stored (perhaps for another
+            # repository, so linked here too), or failed and to be tried again.
             local = await mirror.adopt_local(repo, digest)
             if local is not None:
                 return local

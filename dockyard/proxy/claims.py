@@ -126,8 +126,13 @@ class Retry(Exception):
 class FollowedFetch:
     """A fetch another process is running, read from its spool by one request."""
 
-    def __init__(self, registry: Registry, digest: Digest, paths: SpoolPaths) -> None:
+    def __init__(
+        self, registry: Registry, repository: str, digest: Digest, paths: SpoolPaths
+    ) -> None:
         self.registry = registry
+        # The other process links the blob into the repository it fetched it for; the
+        # one this request is for may be another.
+        self.repository = repository
         self.digest = digest
         self.paths = paths
         self.size: int | None = None
@@ -151,7 +156,8 @@ class FollowedFetch:
         return self._fd
 
     async def pieces(self, fd: int) -> AsyncIterator[bytes]:
-        """The spool's bytes as they arrive; the last one only once the blob is stored."""
+        """The spool's bytes as they arrive; the last one only once the blob is stored
+        and linked into this request's repository."""
         offset = 0
         # Up to the last byte, bytes come as the other process writes them.
         limit = self.size - 1 if self.size is not None else None
@@ -175,6 +181,7 @@ class FollowedFetch:
         stored = await self._outcome()
         if stored is None or (self.size is not None and stored != self.size):
             raise Unavailable("the upstream fetch failed", detail={"digest": str(self.digest)})
+        await self.registry.repository(self.repository).blobs.link(self.digest)
         while offset < stored:
             piece = await asyncio.to_thread(os.pread, fd, min(stored - offset, PIECE), offset)
             if not piece:

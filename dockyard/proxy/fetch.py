@@ -90,6 +90,9 @@ class BlobFetch:
         self.registry = registry
         self.target = target
         self.digest = digest
+        # Every repository a reader asked for the blob through: a pull of the same layer
+        # in another repository joins this fetch, and the blob is linked into each.
+        self.repositories = {target.name}
         self.size: int | None = None
         # Bytes received so far, how many of them are hashed, and how many are in the
         # spool file; the pieces past ``written`` are in ``_unwritten``, ``held`` bytes
@@ -166,7 +169,7 @@ class BlobFetch:
     async def _fetch(self) -> None:
         if self._claim is not None and await self.registry.blobs.exists(self.digest):
             # Claimed just after another process finished storing it.
-            await self.registry.repository(self.target.name).blobs.link(self.digest)
+            await self._link()
             raise Finished()
         response = await self.target.client.request(
             "GET", self.target.remote, f"blobs/{self.digest}"
@@ -435,7 +438,16 @@ class BlobFetch:
         else:
             path = self._storage_path
         await self.registry.blobs.adopt(path, self.digest)
-        await self.registry.repository(self.target.name).blobs.link(self.digest)
+        await self._link()
+
+    async def _link(self) -> None:
+        """Link the blob into every reader's repository, those that join meanwhile too;
+        none can join once this returns, since the fetch then ends without awaiting."""
+        linked: set[str] = set()
+        while unlinked := self.repositories - linked:
+            for name in sorted(unlinked):
+                await self.registry.repository(name).blobs.link(self.digest)
+                linked.add(name)
 
     def _discard_spool(self) -> None:
         if self._spool_path:

@@ -282,13 +282,14 @@ class Mirror:
         """The fetch of ``digest`` in flight here, or in another process, or a new one."""
         fetch = self.fetches.get(digest)
         if fetch is not None:
+            fetch.repositories.add(target.name)
             return fetch
         paths = spool_paths(self.registry, digest)
         taken = None
         if paths is not None:
             taken = claim(paths)
             if taken is None:
-                return FollowedFetch(self.registry, digest, paths)
+                return FollowedFetch(self.registry, target.name, digest, paths)
         fetch = self.fetches[digest] = BlobFetch(
             self.registry, target, digest, self._fetch_done, taken
         )

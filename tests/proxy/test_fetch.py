@@ -21,7 +21,7 @@ from dockyard.config import load_config
 from dockyard.errors import Unavailable
 from dockyard.proxy import fetch as fetch_module
 from dockyard.proxy import mirror as mirror_module
-from dockyard.proxy.claims import PIECE
+from dockyard.proxy.claims import PIECE, FollowedFetch
 from dockyard.proxy.fetch import BlobFetch
 from dockyard.proxy.mirror import Mirror
 from dockyard.proxy.routing import Route, Target
@@ -370,6 +370,59 @@ async def test_closing_the_mirror_lets_a_verified_fetch_store_its_blob(
     assert fetch.error is None and fetch.complete
     assert await registry.blobs.read(digest) == data
     assert await registry.repository("lib/x").blobs.is_linked(digest)
+
+
+async def test_a_fetch_followed_from_another_process_links_the_followers_repository(
+    upstream: Upstream, registry: Registry
+) -> None:
+    # Two mirrors on one store stand for two worker processes: the second follows the
+    # first's spool, for a repository of its own that shares the layer.
+    upstream.stall_after = SIZE // 2
+    client = UpstreamClient(upstream.url)
+    route = Route("", client, ttl=0, library=False)
+    fetching, following = Mirror(registry, [route]), Mirror(registry, [route])
+    try:
+        fetch = fetching.fetch(Target(route, "one/app", "lib/x"), upstream.digest)
+        assert isinstance(fetch, BlobFetch)
+        followed = following.fetch(Target(route, "two/app", "lib/x"), upstream.digest)
+        assert isinstance(followed, FollowedFetch)
+        fd = await asyncio.wait_for(followed.started(), 30)
+        upstream.stalled.set()
+        received = bytearray()
+        try:
+            async for piece in followed.pieces(fd):
+                received += piece
+        finally:
+            followed.release()
+        assert bytes(received) == upstream.data
+        assert fetch.task.done() and fetch.error is None
+    finally:
+        upstream.stalled.set()
+        await fetching.close()
+        await following.close()
+    for name in ("one/app", "two/app"):
+        assert await registry.repository(name).blobs.is_linked(upstream.digest), name
+
+
+async def test_readers_joining_a_fetch_through_another_repository_get_it_linked_there(
+    upstream: Upstream, registry: Registry
+) -> None:
+    upstream.stall_after = SIZE // 2
+    client = UpstreamClient(upstream.url)
+    route = Route("", client, ttl=0, library=False)
+    mirror = Mirror(registry, [route])
+    try:
+        fetch = mirror.fetch(Target(route, "one/app", "lib/x"), upstream.digest)
+        joined = mirror.fetch(Target(route, "two/app", "lib/x"), upstream.digest)
+        assert joined is fetch
+        upstream.stalled.set()
+        await asyncio.wait_for(fetch.task, 30)
+    finally:
+        upstream.stalled.set()
+        await mirror.close()
+    assert fetch.error is None and fetch.complete
+    for name in ("one/app", "two/app"):
+        assert await registry.repository(name).blobs.is_linked(upstream.digest), name
 
 
 class StoredAtShutdown(HeldSpool):

@@ -290,6 +290,67 @@ def test_concurrent_pulls_of_a_cold_blob_fetch_it_once_and_stream(
     assert counter.count("GET", f"/blobs/{digest}") == fetched
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_cold_blob_pulled_through_two_repositories_at_once_is_linked_into_both(
+    server_factory: ServerFactory,
+    proxies: Callable[[ServerProcess], CountingProxy],
+    workers: int,
+) -> None:
+    # Two images sharing a base layer, pulled at the same time: the pulls through the
+    # second repository join the fetch the first started (or follow it from another
+    # worker), and the store must say the layer is in both, as Distribution reads it.
+    upstream = server_factory("dockyard", name="upstream")
+    counter = proxies(upstream)
+    mirror = mirror_of(server_factory, counter.url, dockyard={"workers": workers})
+    data = os.urandom(4 << 20)
+    with httpx.Client(timeout=60) as client:
+        digest = push_blob(client, upstream.url, "one/app", data)
+        assert push_blob(client, upstream.url, "two/app", data) == digest
+    counter.gate_path = f"/blobs/{digest}"
+    receiving = threading.Semaphore(0)
+    results: list[tuple[str, bytes]] = []
+    errors: list[BaseException] = []
+
+    def pull(name: str) -> None:
+        try:
+            body = bytearray()
+            url = f"{mirror.url}/v2/{name}/blobs/{digest}"
+            with httpx.stream("GET", url, timeout=120) as response:
+                assert response.status_code == 200
+                for chunk in response.iter_bytes():
+                    if chunk and not body:
+                        receiving.release()
+                    body += chunk
+            results.append((name, bytes(body)))
+        except Exception as error:  # noqa: BLE001 - reported below, with the others
+            errors.append(error)
+            receiving.release()
+
+    first = threading.Thread(target=pull, args=("one/app",))
+    first.start()
+    assert receiving.acquire(timeout=60), "the first pull received nothing"
+    # The first pull has bytes and the fetch is held short of its end: these join it.
+    others = [threading.Thread(target=pull, args=("two/app",)) for _ in range(4)]
+    for thread in others:
+        thread.start()
+    for _ in others:
+        assert receiving.acquire(timeout=60), "a pull through two/app received nothing"
+    assert not counter.gate.is_set() and not errors, errors
+    counter.gate.set()
+    for thread in [first, *others]:
+        thread.join(120)
+    assert not errors, errors
+    assert sorted(results) == [("one/app", data)] + [("two/app", data)] * 4
+    assert counter.count("GET", f"/blobs/{digest}", whole=True) == 1
+    mirror.stop()
+
+    distribution = server_factory("distribution", root=mirror.root, name="distribution")
+    for name in ("one/app", "two/app"):
+        response = httpx.get(f"{distribution.url}/v2/{name}/blobs/{digest}", timeout=60)
+        assert response.status_code == 200, name
+        assert response.content == data
+
+
 def test_content_that_does_not_match_its_digest_is_not_stored(
     server_factory: ServerFactory,
     proxies: Callable[[ServerProcess], CountingProxy],
