@@ -201,8 +201,11 @@ class DirectRemoval:
     BATCH = 64
     # Batches in flight per helper process: one deleted while the next one travels.
     PER_HELPER = 2
-    # And here: this process also runs the event loop that feeds every lane.
-    HERE = 1
+    # Lanes in threads of this process. A delete on a local disk mostly waits: every
+    # file and directory removed frees a block, and a disk mounted with ``discard``
+    # trims it before the unlink returns. With four deletes in flight instead of one, a
+    # collection's deletes on 2 cores took about half as long; eight did no better.
+    HERE = 4
 
     def __init__(self, driver: StorageDriver, helpers: Remover | None = None) -> None:
         self.driver = driver

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -160,6 +161,35 @@ async def test_removal_in_place_sends_candidates_in_batches(tmp_path: Path) -> N
     assert all(len(batch) <= DirectRemoval.BATCH for batch in driver.batches)
     assert sorted(path for batch in driver.batches for path in batch) == paths
     assert await removal.remove([]) == []
+
+
+class InFlightCounter(DelegatingDriver):
+    """Counts the ``delete_each`` calls running at once; each waits a moment, as a
+    disk that trims every freed block does."""
+
+    def __init__(self, inner: FilesystemDriver) -> None:
+        super().__init__(inner)
+        self.running = 0
+        self.most = 0
+
+    async def delete_each(self, paths: Sequence[str]) -> list[bool]:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            await asyncio.sleep(0.01)
+            return await self.inner.delete_each(paths)
+        finally:
+            self.running -= 1
+
+
+async def test_removal_in_place_keeps_several_batches_in_flight(tmp_path: Path) -> None:
+    # The deletes mostly wait on the disk: one at a time would leave it idle.
+    driver = InFlightCounter(FilesystemDriver(str(tmp_path)))
+    paths = [f"/blobs/{number:03d}" for number in range(10 * DirectRemoval.BATCH)]
+    for path in paths:
+        await driver.write(f"{path}/data", b"x")
+    assert await DirectRemoval(driver).remove(paths) == [True] * len(paths)
+    assert driver.most == DirectRemoval.HERE > 1
 
 
 async def test_removal_in_place_raises_what_a_failed_batch_raised(tmp_path: Path) -> None:
