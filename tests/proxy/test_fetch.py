@@ -372,14 +372,18 @@ async def test_closing_the_mirror_lets_a_verified_fetch_store_its_blob(
     assert await registry.repository("lib/x").blobs.is_linked(digest)
 
 
+def route_to(url: str) -> Route:
+    """Every repository to the upstream at ``url``; closing a mirror closes its client."""
+    return Route("", UpstreamClient(url), ttl=0, library=False)
+
+
 async def test_a_fetch_followed_from_another_process_links_the_followers_repository(
     upstream: Upstream, registry: Registry
 ) -> None:
     # Two mirrors on one store stand for two worker processes: the second follows the
     # first's spool, for a repository of its own that shares the layer.
     upstream.stall_after = SIZE // 2
-    client = UpstreamClient(upstream.url)
-    route = Route("", client, ttl=0, library=False)
+    route = route_to(upstream.url)
     fetching, following = Mirror(registry, [route]), Mirror(registry, [route])
     try:
         fetch = fetching.fetch(Target(route, "one/app", "lib/x"), upstream.digest)
@@ -408,8 +412,7 @@ async def test_readers_joining_a_fetch_through_another_repository_get_it_linked_
     upstream: Upstream, registry: Registry
 ) -> None:
     upstream.stall_after = SIZE // 2
-    client = UpstreamClient(upstream.url)
-    route = Route("", client, ttl=0, library=False)
+    route = route_to(upstream.url)
     mirror = Mirror(registry, [route])
     try:
         fetch = mirror.fetch(Target(route, "one/app", "lib/x"), upstream.digest)
