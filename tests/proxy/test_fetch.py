@@ -162,7 +162,7 @@ async def held_fetch(registry: Registry, upstream: Upstream) -> AsyncIterator[He
         await client.close()
 
 
-async def read_all(fetch: BlobFetch, fd: int) -> bytes:
+async def read_all(fetch: BlobFetch | FollowedFetch, fd: int) -> bytes:
     received = bytearray()
     async for piece in fetch.pieces(fd):
         received += piece
@@ -392,13 +392,10 @@ async def test_a_fetch_followed_from_another_process_links_the_followers_reposit
         assert isinstance(followed, FollowedFetch)
         fd = await asyncio.wait_for(followed.started(), 30)
         upstream.stalled.set()
-        received = bytearray()
         try:
-            async for piece in followed.pieces(fd):
-                received += piece
+            assert await read_all(followed, fd) == upstream.data
         finally:
             followed.release()
-        assert bytes(received) == upstream.data
         assert fetch.task.done() and fetch.error is None
     finally:
         upstream.stalled.set()
