@@ -12,7 +12,8 @@ TABLE_INTRO = (
     "Medians over the repetitions; min–max is the spread across them. The ratio is "
     "Dockyard / Distribution of the medians; for rates (MB/s, req/s) higher is better, "
     "for times, latencies and memory lower is better, and the last column says which "
-    "way that falls (×F behind = Dockyard needs F times better to draw level)."
+    "way that falls (×F behind = Dockyard needs F times better to draw level; level = "
+    "the same median)."
 )
 CPU_INTRO = (
     "Server CPU is the sum over the server's process tree (/proc/PID/stat), client CPU "
@@ -51,6 +52,8 @@ def verdict(figure: Figure) -> str:
     ahead = figure.dockyard_ahead()
     # How far behind, as the factor by which Dockyard would have to improve.
     factor = ratio if not figure.higher_is_better else 1 / ratio if ratio else float("inf")
+    if figure.level():
+        return "level"
     if ahead:
         return "ahead"
     return f"**behind ×{factor:.2f}**"

@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 
 from bench.servers import DISTRIBUTION, DOCKYARD
 
+# Medians this close are the same figure: CPU times come from clock ticks subtracted as
+# floats, so two equal tick counts can differ in their last bits.
+LEVEL_TOLERANCE = 1e-9
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -51,10 +55,17 @@ class Figure:
             return None
         return ours / theirs
 
+    def level(self) -> bool:
+        ratio = self.ratio()
+        return ratio is not None and abs(ratio - 1.0) <= LEVEL_TOLERANCE
+
     def dockyard_ahead(self) -> bool | None:
+        """Whether Dockyard is ahead or level; None when either server has no median."""
         ratio = self.ratio()
         if ratio is None:
             return None
+        if self.level():
+            return True
         return ratio >= 1.0 if self.higher_is_better else ratio <= 1.0
 
     def cpu_per_work(self, kind: str, which: str) -> float | None:

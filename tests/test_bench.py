@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.servers import DISTRIBUTION, DOCKYARD, RegistryServer
+from bench.report import losses, verdict
+from bench.servers import CLOCK_TICKS, DISTRIBUTION, DOCKYARD, RegistryServer
 from bench.source import snapshot, working_tree
+from bench.stats import Figure, Results, Sample
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,3 +100,24 @@ def test_both_servers_write_access_lines_only_when_asked(tmp_path: Path, access_
             server.stop()
     for server in servers:
         assert (agent in server.log_path.read_text(errors="replace")) is access_log, server.kind
+
+
+def test_equal_tick_counts_are_level_not_behind() -> None:
+    # Two servers whose CPU differences are the same number of clock ticks, read at
+    # different totals: the floats differ in their last bits.
+    results = Results()
+    figure = results.declare("cpu", "11. S3", "moto CPU", "ms/MB", False)
+    for kind, before in ((DOCKYARD, 1234), (DISTRIBUTION, 0)):
+        cpu = (before + 22) / CLOCK_TICKS - before / CLOCK_TICKS
+        figure.add(kind, Sample(cpu * 1e3 / 268.4))
+    assert figure.median(DOCKYARD) != figure.median(DISTRIBUTION)  # the float noise
+    assert figure.level()
+    assert verdict(figure) == "level"
+    assert losses(results) == ["Dockyard is ahead or level on every figure measured by both."]
+
+    behind = results.declare("rate", "1. push", "push", "MB/s", True)
+    behind.add(DOCKYARD, Sample(99.0))
+    behind.add(DISTRIBUTION, Sample(100.0))
+    assert not behind.level()
+    assert verdict(behind) == "**behind ×1.01**"
+    assert len(losses(results)) == 1
