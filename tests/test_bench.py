@@ -18,7 +18,7 @@ import pytest
 from bench.report import losses, verdict
 from bench.servers import CLOCK_TICKS, DISTRIBUTION, DOCKYARD, RegistryServer
 from bench.source import snapshot, working_tree
-from bench.stats import Figure, Results, Sample
+from bench.stats import Results, Sample
 
 ROOT = Path(__file__).resolve().parent.parent
 
