@@ -13,7 +13,10 @@ TABLE_INTRO = (
     "Dockyard / Distribution of the medians; for rates (MB/s, req/s) higher is better, "
     "for times, latencies and memory lower is better, and the last column says which "
     "way that falls (×F behind = Dockyard needs F times better to draw level; level = "
-    "the same median)."
+    "the same median). \"Within noise\" marks a gap this run cannot tell from chance: "
+    "each server's median lies inside the other's min–max, so the medians are closer "
+    "than either server's own figures were from one repetition to the next; which side "
+    "of level the medians fell on is still shown."
 )
 CPU_INTRO = (
     "Server CPU is the sum over the server's process tree (/proc/PID/stat), client CPU "
@@ -46,17 +49,14 @@ def spread(figure: Figure, kind: str) -> str:
 
 
 def verdict(figure: Figure) -> str:
-    ratio = figure.ratio()
-    if ratio is None:
+    if figure.ratio() is None:
         return "n/a"
-    ahead = figure.dockyard_ahead()
-    # How far behind, as the factor by which Dockyard would have to improve.
-    factor = ratio if not figure.higher_is_better else 1 / ratio if ratio else float("inf")
     if figure.level():
         return "level"
-    if ahead:
-        return "ahead"
-    return f"**behind ×{factor:.2f}**"
+    side = "ahead" if figure.dockyard_ahead() else f"behind ×{figure.factor_behind():.2f}"
+    if figure.within_noise():
+        return f"within noise ({side})"
+    return side if figure.dockyard_ahead() else f"**{side}**"
 
 
 def _direction(figure: Figure) -> str:
@@ -127,26 +127,41 @@ def machine_table(results: Results) -> list[str]:
     return lines
 
 
+def _loss_line(f: Figure) -> str:
+    return (
+        f"- {f.group.split('.')[0]}. {f.label}: Dockyard {number(f.median(DOCKYARD))} "
+        f"({spread(f, DOCKYARD)}) vs Distribution {number(f.median(DISTRIBUTION))} "
+        f"({spread(f, DISTRIBUTION)}) {f.unit} ({_direction(f)} is better), "
+        f"behind ×{f.factor_behind():.2f}"
+    )
+
+
 def losses(results: Results) -> list[str]:
+    """Every figure whose median is behind: first those beyond the noise, then those
+    within it, each list worst first."""
     behind = [
         f
         for f in results.figures.values()
         if MACHINE not in f.samples and f.dockyard_ahead() is False
     ]
-
-    def factor(figure: Figure) -> float:
-        ratio = figure.ratio() or 1.0
-        return 1 / ratio if figure.higher_is_better else ratio
-
-    behind.sort(key=factor, reverse=True)
-    if not behind:
-        return ["Dockyard is ahead or level on every figure measured by both."]
-    return [
-        f"- {f.group.split('.')[0]}. {f.label}: Dockyard {number(f.median(DOCKYARD))} vs "
-        f"Distribution {number(f.median(DISTRIBUTION))} {f.unit} ({_direction(f)} is better), "
-        f"behind ×{factor(f):.2f}"
-        for f in behind
-    ]
+    behind.sort(key=Figure.factor_behind, reverse=True)
+    clear = [f for f in behind if not f.within_noise()]
+    noisy = [f for f in behind if f.within_noise()]
+    lines = [_loss_line(f) for f in clear]
+    if not clear:
+        lines.append(
+            "Dockyard is ahead or level on every figure measured by both"
+            + (", but for the gaps within noise below." if noisy else ".")
+        )
+    if noisy:
+        lines += [
+            "",
+            "Behind by the medians, within noise (each median inside the other server's "
+            "min–max):",
+            "",
+        ]
+        lines += [_loss_line(f) for f in noisy]
+    return lines
 
 
 def render(results: Results, context: Mapping[str, str], notes: list[str]) -> str:

@@ -59,6 +59,25 @@ class Figure:
         ratio = self.ratio()
         return ratio is not None and abs(ratio - 1.0) <= LEVEL_TOLERANCE
 
+    def within_noise(self) -> bool:
+        """Whether this run cannot tell the servers apart: each median lies inside the
+        other server's min–max, so the gap between them is smaller than what either
+        moved by from one repetition to the next. Needs two samples of each; a single
+        sample says nothing about noise."""
+        ours, theirs = self.values(DOCKYARD), self.values(DISTRIBUTION)
+        if len(ours) < 2 or len(theirs) < 2:
+            return False
+        ours_median, theirs_median = statistics.median(ours), statistics.median(theirs)
+        return (
+            min(theirs) <= ours_median <= max(theirs)
+            and min(ours) <= theirs_median <= max(ours)
+        )
+
+    def factor_behind(self) -> float:
+        """How many times better Dockyard's median would have to be to draw level."""
+        ratio = self.ratio() or 1.0
+        return 1 / ratio if self.higher_is_better else ratio
+
     def dockyard_ahead(self) -> bool | None:
         """Whether Dockyard is ahead or level; None when either server has no median."""
         ratio = self.ratio()

@@ -10,13 +10,22 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from bench.report import losses, verdict
-from bench.servers import CLOCK_TICKS, DISTRIBUTION, DOCKYARD, RegistryServer
+from bench.servers import (
+    CLOCK_TICKS,
+    DISTRIBUTION,
+    DOCKYARD,
+    PSS_EVERY,
+    ManagedProcess,
+    PeakRss,
+    RegistryServer,
+)
 from bench.source import snapshot, working_tree
 from bench.stats import Results, Sample
 
@@ -121,3 +130,96 @@ def test_equal_tick_counts_are_level_not_behind() -> None:
     assert not behind.level()
     assert verdict(behind) == "**behind ×1.01**"
     assert len(losses(results)) == 1
+
+
+def test_a_gap_inside_both_spreads_is_within_noise_and_still_listed() -> None:
+    results = Results()
+    # The mirror's cold GET of one full run: each median inside the other's min–max.
+    noisy = results.declare("mirror", "10. mirror", "cold GET", "MB/s", True)
+    for value in (450.0, 520.0, 570.0, 640.0, 708.0):
+        noisy.add(DOCKYARD, Sample(value))
+    for value in (426.0, 510.0, 585.0, 600.0, 677.0):
+        noisy.add(DISTRIBUTION, Sample(value))
+    # Overlapping spreads, but Dockyard's median is past all of Distribution's figures.
+    clear = results.declare("gc", "8. GC", "collection", "s", False)
+    for value in (2.9, 3.0, 3.1):
+        clear.add(DOCKYARD, Sample(value))
+    for value in (2.0, 2.1, 3.05):
+        clear.add(DISTRIBUTION, Sample(value))
+    ahead = results.declare("put", "5. PUTs", "8 clients", "PUT/s", True)
+    for value in (371.0, 487.0, 750.0):
+        ahead.add(DOCKYARD, Sample(value))
+    for value in (382.0, 440.0, 503.0):
+        ahead.add(DISTRIBUTION, Sample(value))
+
+    assert noisy.within_noise() and ahead.within_noise()
+    assert not clear.within_noise()
+    assert verdict(noisy) == "within noise (behind ×1.03)"
+    assert verdict(ahead) == "within noise (ahead)"
+    assert verdict(clear) == "**behind ×1.43**"
+    lines = losses(results)
+    # The loss beyond the noise first, then the one within it; the gain in neither.
+    assert lines[0].startswith("- 8. collection: Dockyard 3.00 (2.90–3.10) vs Distribution 2.10")
+    assert lines[1] == ""
+    assert "within noise" in lines[2]
+    assert lines[4].startswith("- 10. cold GET: Dockyard 570 (450–708) vs Distribution 585")
+    assert len(lines) == 5
+
+    # One sample each says nothing about noise: a gap is a gap.
+    single = Results()
+    once = single.declare("push", "1. push", "push", "MB/s", True)
+    once.add(DOCKYARD, Sample(99.0))
+    once.add(DISTRIBUTION, Sample(100.0))
+    assert not once.within_noise()
+    assert verdict(once) == "**behind ×1.01**"
+
+
+ALLOCATE = """
+import time
+print("ready", flush=True)
+time.sleep(0.4)
+block = bytearray(64 << 20)
+for offset in range(0, len(block), 4096):
+    block[offset] = 1
+time.sleep(0.4)
+del block
+time.sleep(30)
+"""
+
+
+class Allocator(ManagedProcess):
+    """A process that takes 64 MiB for a moment, then gives it back."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.process = None
+        self.log_path = log_path
+
+    @property
+    def label(self) -> str:
+        return "allocator"
+
+    @property
+    def url(self) -> str:
+        return ""
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", ALLOCATE]
+
+    def _answers(self) -> bool:
+        return "ready" in self.log_path.read_text()
+
+
+def test_peak_pss_is_caught_while_most_samples_skip_it(tmp_path: Path) -> None:
+    process = Allocator(tmp_path / "allocator.log")
+    process.start()
+    try:
+        peak = PeakRss(process, interval=0.01)
+        with peak.watch():
+            time.sleep(1.5)
+    finally:
+        process.stop()
+    assert peak.peak >= 64 << 20
+    assert peak.peak_pss >= 60 << 20
+    assert peak.samples >= 3 * PSS_EVERY
+    # The RSS rises only while the block is touched; the rest are every PSS_EVERY-th.
+    assert peak.pss_samples < peak.samples / 2
