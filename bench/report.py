@@ -53,10 +53,11 @@ def verdict(figure: Figure) -> str:
         return "n/a"
     if figure.level():
         return "level"
-    side = "ahead" if figure.dockyard_ahead() else f"behind ×{figure.factor_behind():.2f}"
+    ahead = figure.dockyard_ahead()
+    side = "ahead" if ahead else f"behind ×{figure.factor_behind():.2f}"
     if figure.within_noise():
         return f"within noise ({side})"
-    return side if figure.dockyard_ahead() else f"**{side}**"
+    return side if ahead else f"**{side}**"
 
 
 def _direction(figure: Figure) -> str:

@@ -363,8 +363,8 @@ class PeakRss:
     samples taken every ``interval`` seconds during the ``watch()`` blocks, which may be
     many (the figures alternate between the servers point by point). The PSS is read
     where the RSS is at its highest yet and every ``PSS_EVERY``-th sample besides (pages
-    that stop being shared move the PSS, not the RSS), so the sampler does not take a
-    core's worth of time from the servers it watches.
+    that stop being shared move the PSS, not the RSS): reading it every time took 1 ms
+    of CPU every 20 ms from the cores the servers were measured on.
     """
 
     def __init__(self, server: ManagedProcess, interval: float = 0.02) -> None:
