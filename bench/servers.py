@@ -136,7 +136,15 @@ def _pss_kib(pid: int) -> int:
     return 0
 
 
-def _cpu_seconds(pid: int) -> float:
+def process_cpu_clock(pid: int) -> int:
+    """Linux's CPU-time clock of a whole process (``clock_getcpuclockid`` for another
+    process): its threads' time to the nanosecond, those that have exited included."""
+    # CPUCLOCK_SCHED of the process: the bitwise complement of the pid, shifted, with
+    # the scheduler's clock in the low bits.
+    return ((~pid) << 3) | 2
+
+
+def _ticks_cpu_seconds(pid: int) -> float:
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -144,6 +152,16 @@ def _cpu_seconds(pid: int) -> float:
     # Fields after the command name, which may itself contain spaces and parentheses.
     fields = text[text.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time of the process so far. /proc counts it in clock ticks (10 ms here), as
+    large as 5 % of moto's CPU during one 256 MiB GET; the process's CPU clock counts
+    nanoseconds. /proc serves where that clock cannot be read."""
+    try:
+        return time.clock_gettime_ns(process_cpu_clock(pid)) / 1e9
+    except OSError:
+        return _ticks_cpu_seconds(pid)
 
 
 def sample_tree(pid: int) -> ProcessSample:

@@ -25,6 +25,7 @@ from bench.servers import (
     ManagedProcess,
     PeakRss,
     RegistryServer,
+    sample_tree,
 )
 from bench.source import snapshot, working_tree
 from bench.stats import Results, Sample
@@ -223,3 +224,41 @@ def test_peak_pss_is_caught_while_most_samples_skip_it(tmp_path: Path) -> None:
     assert peak.samples >= 3 * PSS_EVERY
     # The RSS rises only while the block is touched; the rest are every PSS_EVERY-th.
     assert peak.pss_samples < peak.samples / 2
+
+
+BURN = """
+import threading, time
+def burn():
+    end = time.thread_time() + 0.15
+    while time.thread_time() < end:
+        pass
+workers = [threading.Thread(target=burn) for _ in range(2)]
+for worker in workers:
+    worker.start()
+for worker in workers:
+    worker.join()
+print("burnt", flush=True)
+time.sleep(30)
+"""
+
+
+def test_process_cpu_is_read_below_clock_ticks_with_exited_threads(tmp_path: Path) -> None:
+    log = tmp_path / "burn.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-c", BURN], stdout=out)
+    try:
+        deadline = time.monotonic() + 30
+        while "burnt" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "burnt" in log.read_text()
+        cpu = sample_tree(process.pid).cpu_seconds
+        fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    finally:
+        process.kill()
+        process.wait()
+    # Both burning threads have exited: their 0.3 s still count, as in /proc, which
+    # rounds to whole ticks where this has nanoseconds.
+    assert cpu >= 0.3
+    assert abs(cpu - ticks) <= 2 / CLOCK_TICKS
+    assert round(cpu * CLOCK_TICKS, 6) != round(cpu * CLOCK_TICKS)
