@@ -19,8 +19,9 @@ TABLE_INTRO = (
     "of level the medians fell on is still shown."
 )
 CPU_INTRO = (
-    "Server CPU is the sum over the server's process tree (/proc/PID/stat), client CPU "
-    "is the load generator's (getrusage of the bench process or of wrk/ab/skopeo). "
+    "Server CPU is the sum over the server's process tree (each process's CPU-time "
+    "clock, in nanoseconds), client CPU is the load generator's (getrusage of the "
+    "bench process or of wrk/ab/skopeo). "
     "ms/MB for blob transfers, µs/req for request rates, seconds for one-off jobs."
 )
 

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 
 from bench.servers import DISTRIBUTION, DOCKYARD
 
-# Medians this close are the same figure: CPU times come from clock ticks subtracted as
-# floats, so two equal tick counts can differ in their last bits.
+# Medians this close are the same figure: CPU times are subtracted as floats (clock
+# ticks, where a process's CPU clock cannot be read), so two equal counts can differ in
+# their last bits.
 LEVEL_TOLERANCE = 1e-9
 
 
