@@ -147,8 +147,10 @@ def losses(results: Results) -> list[str]:
         if MACHINE not in f.samples and f.dockyard_ahead() is False
     ]
     behind.sort(key=Figure.factor_behind, reverse=True)
-    clear = [f for f in behind if not f.within_noise()]
-    noisy = [f for f in behind if f.within_noise()]
+    clear: list[Figure] = []
+    noisy: list[Figure] = []
+    for f in behind:
+        (noisy if f.within_noise() else clear).append(f)
     lines = [_loss_line(f) for f in clear]
     if not clear:
         lines.append(

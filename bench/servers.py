@@ -144,7 +144,8 @@ def process_cpu_clock(pid: int) -> int:
     return ((~pid) << 3) | 2
 
 
-def _ticks_cpu_seconds(pid: int) -> float:
+def proc_cpu_seconds(pid: int) -> float:
+    """CPU time of the process so far as /proc counts it: whole clock ticks."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -161,14 +162,22 @@ def _cpu_seconds(pid: int) -> float:
     try:
         return time.clock_gettime_ns(process_cpu_clock(pid)) / 1e9
     except OSError:
-        return _ticks_cpu_seconds(pid)
+        return proc_cpu_seconds(pid)
+
+
+def _rss_bytes(pids: list[int]) -> int:
+    return sum(_status_kib(p, "VmRSS") for p in pids) * 1024
+
+
+def _pss_bytes(pids: list[int]) -> int:
+    return sum(_pss_kib(p) for p in pids) * 1024
 
 
 def sample_tree(pid: int) -> ProcessSample:
     pids = process_tree(pid)
     return ProcessSample(
-        rss_bytes=sum(_status_kib(p, "VmRSS") for p in pids) * 1024,
-        pss_bytes=sum(_pss_kib(p) for p in pids) * 1024,
+        rss_bytes=_rss_bytes(pids),
+        pss_bytes=_pss_bytes(pids),
         hwm_bytes=sum(_status_kib(p, "VmHWM") for p in pids) * 1024,
         cpu_seconds=sum(_cpu_seconds(p) for p in pids),
         processes=len(pids),
@@ -398,9 +407,9 @@ class PeakRss:
         if process is None:
             return
         pids = process_tree(process.pid)
-        rss = sum(_status_kib(pid, "VmRSS") for pid in pids) * 1024
+        rss = _rss_bytes(pids)
         if last or rss > self.peak or self.samples % PSS_EVERY == 0:
-            self.peak_pss = max(self.peak_pss, sum(_pss_kib(pid) for pid in pids) * 1024)
+            self.peak_pss = max(self.peak_pss, _pss_bytes(pids))
             self.pss_samples += 1
         self.peak = max(self.peak, rss)
         self.samples += 1

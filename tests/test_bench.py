@@ -25,6 +25,7 @@ from bench.servers import (
     ManagedProcess,
     PeakRss,
     RegistryServer,
+    proc_cpu_seconds,
     sample_tree,
 )
 from bench.source import snapshot, working_tree
@@ -252,8 +253,7 @@ def test_process_cpu_is_read_below_clock_ticks_with_exited_threads(tmp_path: Pat
             time.sleep(0.05)
         assert "burnt" in log.read_text()
         cpu = sample_tree(process.pid).cpu_seconds
-        fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        ticks = proc_cpu_seconds(process.pid)
     finally:
         process.kill()
         process.wait()
