@@ -425,6 +425,11 @@ class InstrumentedDriver(DelegatingDriver):
             inner = await self.inner.writer(path, resume_at)
         return InstrumentedWriter(inner, self.metrics, self.name)
 
+    async def writer_at_end(self, path: str) -> FileWriter:
+        with self._timer("writer"):
+            inner = await self.inner.writer_at_end(path)
+        return InstrumentedWriter(inner, self.metrics, self.name)
+
     async def prepare_writes(
         self,
         files: Mapping[str, bytes],

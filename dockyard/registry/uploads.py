@@ -202,6 +202,14 @@ class UploadStore:
         None without resumable SHA-256: then only the finish hashes, once."""
         if self.states is None:
             return None
+        hasher = await self._saved_hasher(session)
+        if hasher.length < session.size:
+            await self._hash_stored(session, hasher, hasher.length)
+        return hasher
+
+    async def _saved_hasher(self, session: UploadSession) -> Any:
+        """The newest saved state at or below the session's size, or a new hasher."""
+        assert self.states is not None
         hasher = None
         try:
             names = await self.driver.list(
@@ -220,8 +228,6 @@ class UploadStore:
                 break
         if hasher is None:
             hasher = self.states.new()
-        if hasher.length < session.size:
-            await self._hash_stored(session, hasher, hasher.length)
         return hasher
 
     async def _hash_stored(self, session: UploadSession, hasher: Any, start: int) -> None:
@@ -258,6 +264,19 @@ class UploadStore:
             raise BlobUploadUnknown(detail={"uuid": upload_id}) from None
         return UploadSession(name, upload_id, info.size, started_at.decode("ascii", "replace"))
 
+    async def _open(self, name: str, upload_id: str) -> tuple[UploadSession, FileWriter]:
+        """The session, as :meth:`get` gives it, and a writer continuing its data: the
+        writer learns the size as it opens, so the data is looked at once, not twice (on
+        an object store, one request per chunk instead of three)."""
+        check_upload_id(upload_id)
+        try:
+            started_at = await self.driver.read(layout.upload_started_at(name, upload_id))
+            writer = await self.driver.writer_at_end(layout.upload_data(name, upload_id))
+        except PathNotFoundError:
+            raise BlobUploadUnknown(detail={"uuid": upload_id}) from None
+        session = UploadSession(name, upload_id, writer.size, started_at.decode("ascii", "replace"))
+        return session, writer
+
     async def append(
         self,
         name: str,
@@ -273,27 +292,35 @@ class UploadStore:
         changes nothing, so a retried or reordered chunk cannot corrupt the blob.
         """
         async with self._lock(upload_id):
-            session = await self.get(name, upload_id)
-            return await self._append_to(session, body, start, end, continues=True)
+            session, writer = await self._open(name, upload_id)
+            return await self._append_to(session, writer, body, start, end, continues=True)
 
     async def _append_to(
         self,
         session: UploadSession,
+        writer: FileWriter,
         body: AsyncIterator[bytes],
         start: int | None,
         end: int | None,
         continues: bool,
     ) -> UploadSession:
-        """:meth:`append` to a session read under its lock. ``continues``: the session
-        goes on after this chunk, so its running hash is saved for any process; the chunk
-        that finishes it saves none, and its file is sealed."""
-        if start is not None and start != session.size:
-            raise RangeInvalid(
-                "chunk does not start at the end of the upload",
-                detail={"expected": session.size, "start": start},
-                headers=range_headers(session.size),
-            )
-        size = await self._write(session, body, continues)
+        """:meth:`append` to a session opened under its lock, through ``writer`` (which
+        this closes). ``continues``: the session goes on after this chunk, so its running
+        hash is saved for any process; the chunk that finishes it saves none, and its
+        file is sealed."""
+        try:
+            if start is not None and start != session.size:
+                raise RangeInvalid(
+                    "chunk does not start at the end of the upload",
+                    detail={"expected": session.size, "start": start},
+                    headers=range_headers(session.size),
+                )
+            hasher = self.hashes.take(session.id, session.size)
+            if hasher is None:
+                hasher, writer = await self._restored_hasher_for(session, writer)
+            size = await self._write(session, writer, hasher, body, continues)
+        finally:
+            await writer.close()
         if end is not None and start is not None and size - session.size != end - start + 1:
             # The bytes are stored (they are the client's, in order), so the session
             # stays consistent; the client learns the real offset from Range.
@@ -304,16 +331,33 @@ class UploadStore:
             )
         return UploadSession(session.repository, session.id, size, session.started_at)
 
+    async def _restored_hasher_for(
+        self, session: UploadSession, writer: FileWriter
+    ) -> tuple[Any | None, FileWriter]:
+        """:meth:`_restored_hasher`, and the writer to go on with. Where the saved states
+        fall short, the stored data is read, and reading may put a file that an object
+        store keeps in pieces together, ending the upload ``writer`` continues: it is
+        closed first and a new one opened at the same size."""
+        if self.states is None:
+            return None, writer
+        hasher = await self._saved_hasher(session)
+        if hasher.length < session.size:
+            await writer.close()
+            await self._hash_stored(session, hasher, hasher.length)
+            writer = await self.driver.writer(
+                layout.upload_data(session.repository, session.id), resume_at=session.size
+            )
+        return hasher, writer
+
     async def _write(
-        self, session: UploadSession, body: AsyncIterator[bytes], continues: bool
+        self,
+        session: UploadSession,
+        writer: FileWriter,
+        hasher: Any | None,
+        body: AsyncIterator[bytes],
+        continues: bool,
     ) -> int:
         """Append the body: pieces are hashed and written while the next ones arrive."""
-        hasher = self.hashes.take(session.id, session.size)
-        if hasher is None:
-            hasher = await self._restored_hasher(session)
-        writer = await self.driver.writer(
-            layout.upload_data(session.repository, session.id), resume_at=session.size
-        )
         # A body of one piece or less is hashed as before: a thread of its own would cost
         # more than its hash.
         lane: _PieceLane | None = None
@@ -365,7 +409,6 @@ class UploadStore:
                 await asyncio.gather(in_flight, return_exceptions=True)
             if lane is not None:
                 await lane.close()
-            await writer.close()
         if hasher is not None:
             self.hashes.put(session.id, size, hasher)
             if continues:
@@ -387,10 +430,12 @@ class UploadStore:
         On a mismatch the session is discarded and nothing is stored.
         """
         async with self._lock(upload_id):
-            session = await self.get(name, upload_id)
-            if last is not None:
+            if last is None:
+                session = await self.get(name, upload_id)
+            else:
+                session, writer = await self._open(name, upload_id)
                 session = await self._append_to(
-                    session, last.body, last.start, last.end, continues=False
+                    session, writer, last.body, last.start, last.end, continues=False
                 )
             size = session.size
             data_path = layout.upload_data(name, upload_id)

@@ -36,6 +36,9 @@ class DelegatingDriver(StorageDriver):
     async def writer(self, path: str, resume_at: int | None = None) -> FileWriter:
         return await self.inner.writer(path, resume_at)
 
+    async def writer_at_end(self, path: str) -> FileWriter:
+        return await self.inner.writer_at_end(path)
+
     async def stat(self, path: str) -> FileInfo:
         return await self.inner.stat(path)
 

@@ -265,6 +265,16 @@ class StorageDriver(ABC):
     async def writer(self, path: str, resume_at: int | None = None) -> FileWriter:
         """An appending writer: a new empty file, or an existing one cut to ``resume_at``."""
 
+    async def writer_at_end(self, path: str) -> FileWriter:
+        """An appending writer that continues the existing file from its end; its ``size``
+        says where that is. For a caller that holds the file against other writers and
+        would otherwise look at its size first: a driver that learns the size while
+        opening it (an object store's one request) spares that separate look.
+
+        Raises :class:`PathNotFoundError` when there is no file at ``path``.
+        """
+        return await self.writer(path, (await self.stat(path)).size)
+
     @abstractmethod
     async def stat(self, path: str) -> FileInfo: ...
 

@@ -1384,13 +1384,24 @@ class FilesystemDriver(StorageDriver):
                 flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
                 fd = os.open(real, flags, 0o644)
             return _FilesystemWriter(path, real, _Descriptor(fd), 0, new=True)
+        return await self._reopen(path, real, resume_at)
+
+    async def writer_at_end(self, path: str) -> FileWriter:
+        real = self._resolve(path)
+        await self._settle()
+        return await self._reopen(path, real, None)
+
+    async def _reopen(self, path: str, real: str, resume_at: int | None) -> FileWriter:
+        """A writer of the existing file, cut to ``resume_at`` or (None) at its end."""
         with _translated(path, _READ_MISSING):
             fd = os.open(real, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         descriptor = _Descriptor(fd)
         try:
             with _translated(path):
                 size = os.fstat(fd).st_size
-                if not 0 <= resume_at <= size:
+                if resume_at is None:
+                    resume_at = size
+                elif not 0 <= resume_at <= size:
                     raise InvalidOffsetError(path, resume_at)
                 if resume_at < size:
                     await descriptor.run(os.ftruncate, resume_at)

@@ -574,7 +574,9 @@ class S3Driver(StorageDriver):
         upload_id, count, _ = composite
         client = await self.client()
         try:
-            parts, tail = await self._parts_and_tail(key, upload_id, count, head["ContentLength"])
+            parts, tail = await asyncio.gather(
+                self._listed_parts(key, upload_id, count), self._tail(key, head["ContentLength"])
+            )
             if tail or not parts:
                 uploaded = await client.upload_part(
                     Bucket=self.bucket,
@@ -588,7 +590,7 @@ class S3Driver(StorageDriver):
                 Bucket=self.bucket,
                 Key=key,
                 UploadId=upload_id,
-                MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+                MultipartUpload={"Parts": parts},
             )
         except Exception as error:
             # Completed by another replica meanwhile: the object is plain now.
@@ -597,18 +599,15 @@ class S3Driver(StorageDriver):
                 return
             raise _failure(path, error) from error
 
-    async def _parts_and_tail(
-        self, key: str, upload_id: str, count: int, tail_size: int
-    ) -> tuple[list[dict[str, Any]], bytes]:
-        """The upload's parts and the tail's bytes (``tail_size`` from the HEAD before)."""
-        parts = await self._listed_parts(key, upload_id, count)
+    async def _tail(self, key: str, tail_size: int) -> bytes:
+        """The tail's bytes (``tail_size`` from the HEAD before)."""
         if not tail_size:
             # A chunk that ended as a whole part left an empty tail: nothing to read.
-            return parts, b""
+            return b""
         client = await self.client()
         response = await client.get_object(Bucket=self.bucket, Key=key)
         async with response["Body"] as body:
-            return parts, await body.read()
+            return await body.read()
 
     async def _listed_parts(self, key: str, upload_id: str, count: int) -> list[dict[str, Any]]:
         """The first ``count`` parts of an open upload, as completing it names them."""
@@ -762,15 +761,24 @@ class S3Driver(StorageDriver):
                 raise _failure(path, error) from error
             self._remember_directories(path)
             return S3Writer(self, path, 0)
+        return await self._reopen(path, resume_at)
+
+    async def writer_at_end(self, path: str) -> FileWriter:
+        return await self._reopen(path, None)
+
+    async def _reopen(self, path: str, resume_at: int | None) -> FileWriter:
+        """A writer of the existing file, cut to ``resume_at`` or (None) at its end."""
         # One HEAD gives the size and the open upload: a writer needs no time, so the
         # time object is not asked for (a chunk of an upload is one of these).
-        head = await self._head_key(path, key)
+        head = await self._head_key(path, self.key(path))
         if head is None:
             raise PathNotFoundError(path)
         self._remember_directories(path)
         composite = _composite(head.get("Metadata"))
         size = (composite[2] if composite is not None else 0) + head["ContentLength"]
-        if not 0 <= resume_at <= size:
+        if resume_at is None:
+            resume_at = size
+        elif not 0 <= resume_at <= size:
             raise InvalidOffsetError(path, resume_at)
         resumed = await self._resume_parts(path, resume_at, composite, head["ContentLength"])
         writer = S3Writer(self, path, resume_at, resumed)
@@ -784,7 +792,9 @@ class S3Driver(StorageDriver):
         """The open upload a composite file continues, to write on from ``resume_at``.
 
         None for a plain object, and for a composite one cut back into its parts, which
-        is completed first and then continued as a plain one.
+        is completed first and then continued as a plain one. The parts are not listed:
+        only completing the upload needs their ETags, and a chunk that does not finish
+        it is spared the request.
         """
         if composite is None:
             return None
@@ -792,11 +802,13 @@ class S3Driver(StorageDriver):
         if resume_at < before:
             await self.complete_parts(path)
             return None
-        try:
-            parts, tail = await self._parts_and_tail(self.key(path), upload_id, count, tail_size)
-        except Exception as error:
-            raise _failure(path, error) from error
-        return OpenParts(upload_id, parts, before, tail[: resume_at - before])
+        tail = b""
+        if resume_at > before:
+            try:
+                tail = await self._tail(self.key(path), tail_size)
+            except Exception as error:
+                raise _failure(path, error) from error
+        return OpenParts(upload_id, count, before, tail[: resume_at - before])
 
     async def stat(self, path: str) -> FileInfo:
         check_path(path)
@@ -1072,10 +1084,11 @@ class S3Driver(StorageDriver):
 
 @dataclass(frozen=True, slots=True)
 class OpenParts:
-    """What a writer continues when it resumes a composite file."""
+    """What a writer continues when it resumes a composite file: ``count`` parts of
+    ``size`` bytes in all (not listed yet), then ``tail``."""
 
     upload_id: str
-    parts: list[dict[str, Any]]
+    count: int
     size: int
     tail: bytes
 
@@ -1095,7 +1108,10 @@ class S3Writer(FileWriter):
         self._base = 0 if resumed is not None else size
         self._pending = bytearray(resumed.tail if resumed is not None else b"")
         self._upload_id: str | None = resumed.upload_id if resumed is not None else None
-        self._parts: list[dict[str, Any]] = list(resumed.parts) if resumed is not None else []
+        # The upload's first parts, from earlier writers, are listed only to complete it;
+        # ``_parts`` holds those this writer uploaded (or listed), numbered after them.
+        self._unlisted = resumed.count if resumed is not None else 0
+        self._parts: list[dict[str, Any]] = []
         self._parts_size = resumed.size if resumed is not None else 0
         # The upload a committed tail names: other writers continue it, so it stays open.
         self._kept: str | None = self._upload_id
@@ -1106,6 +1122,10 @@ class S3Writer(FileWriter):
     @property
     def size(self) -> int:
         return self._size
+
+    @property
+    def _part_count(self) -> int:
+        return self._unlisted + len(self._parts)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -1153,7 +1173,7 @@ class S3Writer(FileWriter):
             upload_id = await self._start_upload()
             source = {"Bucket": self._driver.bucket, "Key": self._key}
             for start, end in _copy_ranges(base, self._driver.params.multipartcopychunksize):
-                number = len(self._parts) + 1
+                number = self._part_count + 1
                 copied = await client.upload_part_copy(
                     Bucket=self._driver.bucket,
                     Key=self._key,
@@ -1167,11 +1187,11 @@ class S3Writer(FileWriter):
         self._base = 0
 
     async def _upload_part(self, data: bytes) -> None:
-        if len(self._parts) >= MAX_PARTS:
+        if self._part_count >= MAX_PARTS:
             raise StorageError(f"{self._path}: more than {MAX_PARTS} parts; raise chunksize")
         upload_id = await self._start_upload()
         client = await self._driver.client()
-        number = len(self._parts) + 1
+        number = self._part_count + 1
         uploaded = await client.upload_part(
             Bucket=self._driver.bucket,
             Key=self._key,
@@ -1218,14 +1238,14 @@ class S3Writer(FileWriter):
         parts are full ``chunksize`` ones however small the chunks. Bytes kept in the
         tail stay pending for what is written next; the upload stays open.
         """
-        if len(self._pending) >= MIN_PART_SIZE and len(self._parts) < MAX_PARTS // 2:
+        if len(self._pending) >= MIN_PART_SIZE and self._part_count < MAX_PARTS // 2:
             await self._upload_part(bytes(self._pending))
             self._pending.clear()
         client = await self._driver.client()
         args = self._driver.object_args(time.time())
         if self._upload_id is not None:
             args["Metadata"][PARTS_KEY] = (
-                f"{self._upload_id} {len(self._parts)} {self._parts_size}"
+                f"{self._upload_id} {self._part_count} {self._parts_size}"
             )
         await client.put_object(
             Bucket=self._driver.bucket, Key=self._key, Body=bytes(self._pending), **args
@@ -1244,13 +1264,19 @@ class S3Writer(FileWriter):
         """The pending bytes as the upload's last part (which may be small), and the
         upload completed: the object at the key is then plain, as ``complete_parts``
         would make it after reading the tail back from a commit."""
-        if self._pending or not self._parts:
+        if self._pending or not self._part_count:
             await self._upload_part(bytes(self._pending))
+        upload_id = self._upload_id
+        assert upload_id is not None
+        if self._unlisted:
+            listed = await self._driver._listed_parts(self._key, upload_id, self._unlisted)
+            self._parts[:0] = listed
+            self._unlisted = 0
         client = await self._driver.client()
         await client.complete_multipart_upload(
             Bucket=self._driver.bucket,
             Key=self._key,
-            UploadId=self._upload_id,  # type: ignore[arg-type]
+            UploadId=upload_id,
             MultipartUpload={"Parts": self._parts},  # type: ignore[typeddict-item]
         )
         # A plain object of the whole size, as a new writer on it would start.

@@ -155,6 +155,9 @@ class FailingAppends(DelegatingDriver):
     async def writer(self, path: str, resume_at: int | None = None) -> FileWriter:
         return ThirdAppendFails(await self.inner.writer(path, resume_at))
 
+    async def writer_at_end(self, path: str) -> FileWriter:
+        return ThirdAppendFails(await self.inner.writer_at_end(path))
+
 
 async def test_no_piece_lands_after_one_that_failed(tmp_path: Path) -> None:
     driver = FailingAppends(FilesystemDriver(str(tmp_path)))

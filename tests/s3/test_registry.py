@@ -8,6 +8,7 @@ through multipart uploads and pulls through pre-signed redirects to the S3 serve
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,10 +22,13 @@ from tests.s3.moto_server import MotoServer, S3Endpoint
 from tests.support.images import (
     Image,
     make_image,
+    patch_chunk,
     push_blob_chunked,
     read_oci_layout,
     sha256_digest,
     skopeo,
+    start_upload,
+    with_digest,
     write_oci_layout,
 )
 from tests.support.servers import ServerProcess
@@ -220,5 +224,53 @@ def test_chunked_upload_across_workers_on_s3(
         assert digest == sha256_digest(data)
         pulled = client.get(f"{registry.url}/v2/s3/chunked/blobs/{digest}", follow_redirects=True)
     assert pulled.status_code == 200
+    assert pulled.content == data
+    assert moto_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def bucket_requests(moto_server: MotoServer, bucket: str, since: int) -> list[tuple[str, str]]:
+    """(method, key and query) of each request to ``bucket`` that the moto server logged
+    after byte ``since`` of its log."""
+    with open(moto_server.log_path, "rb") as log:
+        log.seek(since)
+        text = log.read().decode(errors="replace")
+    pattern = re.compile(rf'"([A-Z]+) /{re.escape(bucket)}/(\S*) HTTP/[0-9.]+"')
+    return pattern.findall(text)
+
+
+def test_a_chunk_costs_the_bucket_one_look_at_the_session(
+    start_on_s3: Start, bucket: str, moto_server: MotoServer
+) -> None:
+    """Each chunk after the first: the session's start time read, its data looked at
+    once, the part, the data's new (empty) tail naming the parts, and the hash state.
+    Not a second look at the data, nor at its time object, nor a listing of the parts:
+    only completing the upload needs their ETags."""
+    registry = start_on_s3("dockyard", bucket, workers=1)
+    chunk = 5 * MiB  # the fixture's part size: every chunk one part, the tail empty
+    data = os.urandom(4 * chunk)
+    with httpx.Client(timeout=60) as client:
+        url = start_upload(client, registry.url, "s3/counted")
+        for offset in range(0, len(data), chunk):
+            logged = moto_server.log_path.stat().st_size
+            url = patch_chunk(client, registry.url, url, data[offset : offset + chunk], offset)
+            if not offset:
+                continue
+            requests = bucket_requests(moto_server, bucket, logged)
+            kinds = sorted(
+                (method, re.sub(r".*/_uploads/[^/]+/", "", key).split("?")[0].split("/")[0])
+                for method, key in requests
+            )
+            assert kinds == [
+                ("GET", "startedat"),
+                ("HEAD", "data"),
+                ("PUT", "data"),  # the part
+                ("PUT", "data"),  # the tail
+                ("PUT", "hashstates"),
+            ], requests
+            assert sum("partNumber=" in key for _, key in requests) == 1
+        digest = sha256_digest(data)
+        finished = client.put(with_digest(url, digest))
+        assert finished.status_code == 201, finished.text
+        pulled = client.get(f"{registry.url}/v2/s3/counted/blobs/{digest}", follow_redirects=True)
     assert pulled.content == data
     assert moto_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []

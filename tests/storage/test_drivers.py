@@ -699,6 +699,23 @@ async def test_resume_discards_an_uncommitted_tail(driver: StorageDriver) -> Non
     assert await driver.read("/f") == b"committed|again"
 
 
+async def test_a_writer_at_the_end_continues_after_everything_committed(
+    driver: StorageDriver,
+) -> None:
+    await driver.write("/f", b"first,")
+    resumed = await driver.writer_at_end("/f")
+    assert resumed.size == 6
+    await resumed.write(b"second")
+    await resumed.commit()
+    await resumed.close()
+    assert await driver.read("/f") == b"first,second"
+    with pytest.raises(PathNotFoundError):
+        await driver.writer_at_end("/missing")
+    await driver.write("/dir/child", b"x")
+    with pytest.raises(PathNotFoundError):
+        await driver.writer_at_end("/dir")
+
+
 async def test_resume_at_zero_empties_the_file(driver: StorageDriver) -> None:
     await driver.write("/f", b"content")
     writer = await driver.writer("/f", resume_at=0)
