@@ -48,7 +48,6 @@ from dockyard.proxy.upstream import UPSTREAM_UNKNOWN, UpstreamUnavailable
 from dockyard.registry import Registry
 from dockyard.registry.digest import Digest, new_hasher
 from dockyard.sockets import widen_reads
-from dockyard.storage.writeback import start_writeback
 
 log = logging.getLogger("dockyard.proxy")
 
@@ -330,8 +329,10 @@ class BlobFetch:
         """Append the pieces to the spool in order, each leaving memory once written:
         all the pieces in memory at the front in one thread call, the event loop
         meanwhile receiving the next ones and serving readers; dropped ones fetched
-        again from the upstream. Their disk write starts at once, so the fsync that
-        stores the blob has little left to wait for."""
+        again from the upstream. Their write-out to disk is left to the fsync that
+        stores the blob: that comes after the client's last byte, while starting it
+        during the stream (as an upload does, whose fsync comes before its answer) took
+        CPU from the receive, the hash and the client on the same cores."""
         assert self._fd is not None
         fd = self._fd
 
@@ -549,11 +550,10 @@ def _update(hasher: hashlib._Hash, pieces: list[_Piece]) -> None:
 
 
 def _spool(fd: int, data: bytes, offset: int) -> None:
-    """Write ``data`` at ``offset`` and start writing it out to disk."""
+    """Write ``data`` at ``offset``."""
     view, done = memoryview(data), 0
     while done < len(data):
         done += os.pwrite(fd, view[done:], offset + done)
-    start_writeback(fd, offset, len(data))
 
 
 def _check_and_write(fd: int, data: bytes, piece: _Piece) -> bool:
