@@ -574,9 +574,8 @@ class S3Driver(StorageDriver):
         upload_id, count, _ = composite
         client = await self.client()
         try:
-            parts, tail = await asyncio.gather(
-                self._listed_parts(key, upload_id, count), self._tail(key, head["ContentLength"])
-            )
+            parts = await self._listed_parts(key, upload_id, count)
+            tail = await self._tail(key, head["ContentLength"])
             if tail or not parts:
                 uploaded = await client.upload_part(
                     Bucket=self.bucket,
@@ -590,7 +589,7 @@ class S3Driver(StorageDriver):
                 Bucket=self.bucket,
                 Key=key,
                 UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
+                MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
             )
         except Exception as error:
             # Completed by another replica meanwhile: the object is plain now.
