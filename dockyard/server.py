@@ -161,17 +161,18 @@ def run_worker(
         prefix, not config.log.accesslog.disabled, process_metrics, activity
     )
     try:
-        asyncio.run(
-            _serve(
-                app,
-                sock,
-                # http.tls: each worker loads the certificate itself (None: plain HTTP).
-                server_ssl_context(config.http.tls),
-                logger_class,
-                activity,
-                drain_timeout(config),
+        with asyncio.Runner(loop_factory=event_loop_factory(config)) as runner:
+            runner.run(
+                _serve(
+                    app,
+                    sock,
+                    # http.tls: each worker loads the certificate itself (None: plain HTTP).
+                    server_ssl_context(config.http.tls),
+                    logger_class,
+                    activity,
+                    drain_timeout(config),
+                )
             )
-        )
     finally:
         # Lines logged in the loop's last turn are still waiting (TurnBatchingHandler),
         # and a worker ends with os._exit, which skips logging's own flush at exit.
@@ -245,6 +246,15 @@ def run_metrics_process(config: Config, sock: socket.socket, directory: str) -> 
         print=None,
         shutdown_timeout=1.0,
     )
+
+
+def event_loop_factory(config: Config) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The loop each worker runs (``dockyard.eventloop``)."""
+    if config.dockyard.eventloop == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
 
 
 def worker_count(config: Config) -> int:

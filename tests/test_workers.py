@@ -46,6 +46,36 @@ def test_a_chunked_upload_continues_on_any_worker(server_factory: ServerFactory)
     assert len(pids_in_log(server.log(), "PATCH")) == 2
 
 
+@pytest.mark.parametrize("event_loop", [None, "uvloop", "asyncio"])
+def test_the_workers_run_the_event_loop_configured(
+    server_factory: ServerFactory, event_loop: str | None
+) -> None:
+    section: dict[str, object] = {"workers": 2}
+    if event_loop is not None:
+        section["eventloop"] = event_loop
+    server = server_factory(config={"dockyard": section, "log": {"level": "info"}})
+    # Large enough to be sent with sendfile, not read whole.
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    pushed = httpx.post(
+        f"{server.url}/v2/loops/blobs/uploads/", params={"digest": digest}, content=data
+    )
+    assert pushed.status_code == 201, pushed.text
+    for _ in range(4):
+        with httpx.Client() as client:
+            pulled = client.get(f"{server.url}/v2/loops/blobs/{digest}")
+            ranged = client.get(
+                f"{server.url}/v2/loops/blobs/{digest}", headers={"Range": "bytes=70000-"}
+            )
+        assert hashlib.sha256(pulled.content).hexdigest() == digest.split(":")[1]
+        assert ranged.status_code == 206 and ranged.content == data[70000:]
+    pids = pids_in_log(server.log(), "GET")
+    assert pids
+    for pid in pids:
+        libraries = Path(f"/proc/{pid}/maps").read_text()
+        assert ("uvloop" in libraries) == (event_loop != "asyncio"), pid
+
+
 def test_a_tag_moved_on_one_worker_is_seen_by_the_others(server_factory: ServerFactory) -> None:
     server = server_factory(config={"dockyard": {"workers": 2}, "log": {"level": "info"}})
     config = b"{}"

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import re
+from typing import IO, Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.helpers import ETAG_ANY, ETag
+from aiohttp.web_request import BaseRequest
 
 from dockyard import proxy
+from dockyard.api import sendfile
 from dockyard.api.context import empty, registry_of
 from dockyard.errors import BlobUnknown, RangeInvalid
 from dockyard.registry.blobs import OCTET_STREAM
@@ -29,6 +33,21 @@ class BlobFileResponse(web.FileResponse):
     @etag.setter
     def etag(self, value: ETag | str | None) -> None:
         pass  # the digest ETag among the headers stays
+
+    async def _sendfile(
+        self, request: BaseRequest, fobj: IO[Any], offset: int, count: int
+    ) -> AbstractStreamWriter:
+        # aiohttp's own calls loop.sendfile, which uvloop lacks (dockyard.api.sendfile).
+        transport = request.transport
+        if transport is None:
+            raise ConnectionResetError("Connection lost")
+        writer = await web.StreamResponse.prepare(self, request)
+        assert writer is not None
+        if self.compression or not sendfile.can_send_directly(transport):
+            return await self._sendfile_fallback(writer, fobj, offset, count)
+        await sendfile.send(transport, fobj, offset, count)
+        await web.StreamResponse.write_eof(self)
+        return writer
 
 
 def _not_modified(request: web.Request, digest: Digest) -> bool:

@@ -689,12 +689,24 @@ def _workers(value: int | None) -> int | None:
     return value
 
 
+EVENT_LOOPS = ("uvloop", "asyncio")
+
+
+def _event_loop(value: str) -> str:
+    if value not in EVENT_LOOPS:
+        raise ValueError(f"unknown event loop {value!r} (uvloop or asyncio)")
+    return value
+
+
 @dataclass(kw_only=True)
 class Dockyard(Section):
     """Settings Distribution does not have; Distribution ignores this section."""
 
     ui: UI = field(default_factory=UI)
     workers: Annotated[int | None, After(_workers)] = None
+    # What runs each worker's requests: uvloop (libuv) costs less CPU per request than
+    # asyncio's own loop; asyncio is there for a platform uvloop does not build on.
+    eventloop: Annotated[str, After(_event_loop)] = "uvloop"
     auth: DockyardAuth = field(default_factory=DockyardAuth)
     gc: GarbageCollection = field(default_factory=GarbageCollection)
     proxy: list[ProxyUpstream] = field(default_factory=list)
