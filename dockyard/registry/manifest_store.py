@@ -118,9 +118,13 @@ class ManifestStore:
         files.update(dict.fromkeys(revision, link))
         async with AsyncExitStack() as stack:
             move = None
+            copies: dict[str, str] = {}
             if tag is not None:
                 move = await stack.enter_async_context(self.tags.moving(tag, actual))
                 files.update(move.files)
+                # The tag's index link and its reverse-index entry hold the revision
+                # link's bytes (the digest, fixed by each path): one file for all three.
+                copies = dict.fromkeys([*move.entry, *move.history], revision[0])
             # Every file is written (invisibly) at once; then each stage appears only once
             # the one before it is durable: content, revision, tag. Replayable: these
             # files change again only through pushes like this one, or through deletes.
@@ -129,7 +133,7 @@ class ManifestStore:
                     files,
                     replayable=True,
                     removals=move.stale if move else (),
-                    copies=move.copies if move else None,
+                    copies=copies,
                 )
             )
             stages = [[*content, *(move.entry if move else [])]]

@@ -102,7 +102,7 @@ def _inodes(root: Path) -> dict[str, int]:
     return found
 
 
-async def test_a_push_by_tag_indexes_the_tag_without_an_inode_of_its_own(
+async def test_a_push_by_tag_indexes_the_tag_in_the_revision_links_inode(
     tmp_path: Path,
 ) -> None:
     driver = FilesystemDriver(str(tmp_path))
@@ -114,10 +114,15 @@ async def test_a_push_by_tag_indexes_the_tag_without_an_inode_of_its_own(
     digest = Digest.of(other)
     entry = tmp_path / layout.tag_entry("lib/app", digest, "latest").lstrip("/")
     index = tmp_path / layout.tag_index_link("lib/app", "latest", digest).lstrip("/")
-    assert entry.stat().st_ino == index.stat().st_ino
+    revision = tmp_path / layout.revision_link("lib/app", digest).lstrip("/")
+    assert entry.stat().st_ino == index.stat().st_ino == revision.stat().st_ino
     assert entry.read_bytes() == index.read_bytes() == str(digest).encode()
+    current = tmp_path / layout.tag_current_link("lib/app", "latest").lstrip("/")
+    # The current link changes when the tag moves: never shared.
+    assert current.stat().st_nlink == 1
     after = _inodes(tmp_path)
     new = {path: inode for path, inode in after.items() if path not in before}
-    # Distribution's files and directories for the push, and the entry beside them.
-    assert len(new) == len(set(new.values())) + 1
+    # Distribution's files and directories for the push, and the entry beside them; the
+    # index link and the entry are the revision link's inode.
+    assert len(new) == len(set(new.values())) + 2
     assert await repo.tags.pointing_at(digest) == ["latest"]
