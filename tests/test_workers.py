@@ -73,7 +73,7 @@ def test_the_workers_run_the_event_loop_configured(
     assert pids
     for pid in pids:
         libraries = Path(f"/proc/{pid}/maps").read_text()
-        assert ("uvloop" in libraries) == (event_loop != "asyncio"), pid
+        assert ("uvloop" in libraries) == (event_loop == "uvloop"), pid
 
 
 def test_a_tag_moved_on_one_worker_is_seen_by_the_others(server_factory: ServerFactory) -> None:

@@ -1,9 +1,9 @@
 """Sending a file's bytes with ``sendfile(2)`` on whichever event loop serves.
 
-asyncio's ``loop.sendfile`` is what aiohttp's ``FileResponse`` uses, and uvloop (the
-workers' loop, see ``dockyard.server``) does not implement it: aiohttp would fall back
-to reading the file into memory and writing it, piece by piece. This sends from the page
-cache to the socket directly on either loop.
+asyncio's ``loop.sendfile`` is what aiohttp's ``FileResponse`` uses, and uvloop (a
+worker's loop with ``dockyard.eventloop: uvloop``, see ``dockyard.server``) does not
+implement it: aiohttp would fall back to reading the file into memory and writing it,
+piece by piece. This sends from the page cache to the socket directly on either loop.
 
 The transport owns the socket's descriptor, and neither loop lets another reader or
 writer register it. So the bytes go through a duplicate of it: the same socket, a
@@ -69,4 +69,3 @@ async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
 def _settle(ready: asyncio.Future[None]) -> None:
     if not ready.done():
         ready.set_result(None)
-

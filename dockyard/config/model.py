@@ -704,9 +704,10 @@ class Dockyard(Section):
 
     ui: UI = field(default_factory=UI)
     workers: Annotated[int | None, After(_workers)] = None
-    # What runs each worker's requests: uvloop (libuv) costs less CPU per request than
-    # asyncio's own loop; asyncio is there for a platform uvloop does not build on.
-    eventloop: Annotated[str, After(_event_loop)] = "uvloop"
+    # What runs each worker's requests. uvloop (libuv) costs less CPU per small request;
+    # asyncio's own loop reads a blob streamed from an upstream or S3 in larger pieces
+    # (``dockyard.sockets``) and took chunked pushes with less CPU (README, Workers).
+    eventloop: Annotated[str, After(_event_loop)] = "asyncio"
     auth: DockyardAuth = field(default_factory=DockyardAuth)
     gc: GarbageCollection = field(default_factory=GarbageCollection)
     proxy: list[ProxyUpstream] = field(default_factory=list)

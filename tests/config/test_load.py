@@ -149,7 +149,7 @@ def test_embedded_defaults_are_the_registry2_images_config() -> None:
     assert config.auth is None
     assert config.dockyard.ui.enabled is True
     assert config.dockyard.workers is None
-    assert config.dockyard.eventloop == "uvloop"
+    assert config.dockyard.eventloop == "asyncio"
 
 
 def test_distributions_defaults_for_what_a_file_leaves_out(tmp_path: Path) -> None:
@@ -536,8 +536,8 @@ def test_an_unsupported_key_in_the_file_and_the_environment_warns_once(tmp_path:
 
 
 def test_the_event_loop_is_uvloop_or_asyncio(tmp_path: Path) -> None:
-    config, _ = load(tmp_path, MINIMAL + "dockyard:\n  eventloop: asyncio\n")
-    assert config.dockyard.eventloop == "asyncio"
+    config, _ = load(tmp_path, MINIMAL + "dockyard:\n  eventloop: uvloop\n")
+    assert config.dockyard.eventloop == "uvloop"
     error = load_error(tmp_path, MINIMAL + "dockyard:\n  eventloop: trio\n")
     assert "unknown event loop 'trio' (uvloop or asyncio)" in error
     assert "dockyard.eventloop" in error
