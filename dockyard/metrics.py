@@ -430,6 +430,11 @@ class InstrumentedDriver(DelegatingDriver):
             inner = await self.inner.writer_at_end(path)
         return InstrumentedWriter(inner, self.metrics, self.name)
 
+    async def staged_writer(self, path: str) -> FileWriter | None:
+        with self._timer("writer"):
+            inner = await self.inner.staged_writer(path)
+        return None if inner is None else InstrumentedWriter(inner, self.metrics, self.name)
+
     async def prepare_writes(
         self,
         files: Mapping[str, bytes],

@@ -163,6 +163,56 @@ def _hash_and_append(
     return both
 
 
+async def _receive(writer: FileWriter, hasher: Any | None, body: AsyncIterator[bytes]) -> None:
+    """Write the body through ``writer`` (nothing committed): pieces are hashed and
+    written while the next ones arrive."""
+    # A body of one piece or less is hashed as before: a thread of its own would cost
+    # more than its hash.
+    lane: _PieceLane | None = None
+    plain = False  # nothing to hash and no appending from a thread: plain writes
+    in_flight: asyncio.Task[None] | None = None
+    try:
+        pieces: list[bytes] = []
+        buffered = 0
+        async for chunk in body:
+            pieces.append(chunk)
+            buffered += len(chunk)
+            if buffered >= WRITE_PIECE:
+                piece = b"".join(pieces)
+                pieces.clear()
+                buffered = 0
+                if lane is None and not plain:
+                    append = writer.blocking_append()
+                    if hasher is None and append is None:
+                        plain = True
+                    else:
+                        lane = _PieceLane(hasher, append)
+                if lane is not None:
+                    await lane.feed(piece)
+                if lane is None or not lane.writes:
+                    if in_flight is not None:
+                        await in_flight
+                    in_flight = asyncio.create_task(writer.write(piece))
+        if in_flight is not None:
+            task, in_flight = in_flight, None
+            await task
+        if lane is not None:
+            if pieces:
+                piece = b"".join(pieces)
+                await lane.feed(piece)
+                if not lane.writes:
+                    await writer.write(piece)
+            await lane.drain()
+        elif pieces:
+            await _store_piece(writer, hasher, b"".join(pieces))
+    finally:
+        if in_flight is not None:
+            # The client went away mid-piece: let the piece land before closing.
+            await asyncio.gather(in_flight, return_exceptions=True)
+        if lane is not None:
+            await lane.close()
+
+
 class UploadStore:
     def __init__(
         self,
@@ -357,64 +407,20 @@ class UploadStore:
         body: AsyncIterator[bytes],
         continues: bool,
     ) -> int:
-        """Append the body: pieces are hashed and written while the next ones arrive."""
-        # A body of one piece or less is hashed as before: a thread of its own would cost
-        # more than its hash.
-        lane: _PieceLane | None = None
-        plain = False  # nothing to hash and no appending from a thread: plain writes
-        in_flight: asyncio.Task[None] | None = None
-        try:
-            pieces: list[bytes] = []
-            buffered = 0
-            async for chunk in body:
-                pieces.append(chunk)
-                buffered += len(chunk)
-                if buffered >= WRITE_PIECE:
-                    piece = b"".join(pieces)
-                    pieces.clear()
-                    buffered = 0
-                    if lane is None and not plain:
-                        append = writer.blocking_append()
-                        if hasher is None and append is None:
-                            plain = True
-                        else:
-                            lane = _PieceLane(hasher, append)
-                    if lane is not None:
-                        await lane.feed(piece)
-                    if lane is None or not lane.writes:
-                        if in_flight is not None:
-                            await in_flight
-                        in_flight = asyncio.create_task(writer.write(piece))
-            if in_flight is not None:
-                task, in_flight = in_flight, None
-                await task
-            if lane is not None:
-                if pieces:
-                    piece = b"".join(pieces)
-                    await lane.feed(piece)
-                    if not lane.writes:
-                        await writer.write(piece)
-                await lane.drain()
-            elif pieces:
-                await _store_piece(writer, hasher, b"".join(pieces))
-            if continues:
-                await writer.commit()
-            else:
-                # The session's last bytes: finishing it reads or moves the file whole next.
-                await writer.seal()
-            size = writer.size
-        finally:
-            if in_flight is not None:
-                # The client went away mid-piece: let the piece land before closing.
-                await asyncio.gather(in_flight, return_exceptions=True)
-            if lane is not None:
-                await lane.close()
+        """Append the body and store it: committed when the session goes on, sealed when
+        this is its last chunk."""
+        await _receive(writer, hasher, body)
+        if continues:
+            await writer.commit()
+        else:
+            # The session's last bytes: finishing it reads or moves the file whole next.
+            await writer.seal()
+        size = writer.size
         if hasher is not None:
             self.hashes.put(session.id, size, hasher)
             if continues:
                 await self._save_state(hasher, session)
         return size
-
     async def finish(
         self,
         name: str,
@@ -434,6 +440,10 @@ class UploadStore:
                 session = await self.get(name, upload_id)
             else:
                 session, writer = await self._open(name, upload_id)
+                staged = await self._staged_blob(session, digest, last)
+                if staged is not None:
+                    await writer.close()
+                    return await self._finish_staged(session, staged, digest, expected_size, last)
                 session = await self._append_to(
                     session, writer, last.body, last.start, last.end, continues=False
                 )
@@ -448,6 +458,55 @@ class UploadStore:
             await self.blobs.adopt(data_path, digest)
             await self._discard(name, upload_id)
             return BlobDescriptor(digest, size)
+
+    async def _staged_blob(
+        self, session: UploadSession, digest: Digest, last: LastChunk
+    ) -> FileWriter | None:
+        """Where the storage offers it (an object store, whose move is a copy), a writer
+        of the blob itself, for an upload whose one request carries all of it (a
+        monolithic push): its bytes then go once to their place instead of to the
+        session's data and from there to the blob. None for a blob already stored,
+        which the bytes must not touch: they are verified in the session as usual."""
+        if session.size or last.start not in (None, 0):
+            return None
+        staged = await self.driver.staged_writer(layout.blob_data(digest))
+        if staged is not None and await self.blobs.hold(digest):
+            await staged.close()
+            return None
+        return staged
+
+    async def _finish_staged(
+        self,
+        session: UploadSession,
+        staged: FileWriter,
+        digest: Digest,
+        expected_size: int | None,
+        last: LastChunk,
+    ) -> BlobDescriptor:
+        """Receive the whole blob through ``staged`` and store it only if it is what the
+        client said: otherwise nothing appears and the session is discarded."""
+        try:
+            hasher = new_hasher(digest.algorithm)
+            await _receive(staged, hasher, last.body)
+            size = staged.size
+            if last.end is not None and size != last.end + 1:
+                # Nothing stored: the session still holds no byte, and says so.
+                raise RangeInvalid(
+                    "chunk length does not match Content-Range",
+                    detail={"expected": last.end + 1, "received": size},
+                    headers=range_headers(0),
+                )
+            actual = Digest(digest.algorithm, hasher.hexdigest())
+            if actual != digest or (expected_size is not None and expected_size != size):
+                await self._discard(session.repository, session.id)
+                raise DigestInvalid(
+                    detail={"expected": str(digest), "actual": str(actual), "size": size}
+                )
+            await staged.seal()
+        finally:
+            await staged.close()
+        await self._discard(session.repository, session.id)
+        return BlobDescriptor(digest, size)
 
     async def _digest_of(self, session: UploadSession, algorithm: str) -> Digest:
         hasher = None

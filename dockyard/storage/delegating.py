@@ -39,6 +39,9 @@ class DelegatingDriver(StorageDriver):
     async def writer_at_end(self, path: str) -> FileWriter:
         return await self.inner.writer_at_end(path)
 
+    async def staged_writer(self, path: str) -> FileWriter | None:
+        return await self.inner.staged_writer(path)
+
     async def stat(self, path: str) -> FileInfo:
         return await self.inner.stat(path)
 

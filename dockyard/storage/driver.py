@@ -265,6 +265,14 @@ class StorageDriver(ABC):
     async def writer(self, path: str, resume_at: int | None = None) -> FileWriter:
         """An appending writer: a new empty file, or an existing one cut to ``resume_at``."""
 
+    async def staged_writer(self, path: str) -> FileWriter | None:
+        """A writer of a new file that appears at ``path`` whole when sealed (or
+        committed), and not at all if the writer is closed or cancelled before: whatever
+        is at ``path`` meanwhile stays as it is. None where writing the file elsewhere
+        and moving it there costs no more (a local rename): object stores offer one,
+        since their move copies every byte."""
+        return None
+
     async def writer_at_end(self, path: str) -> FileWriter:
         """An appending writer that continues the existing file from its end; its ``size``
         says where that is. For a caller that holds the file against other writers and

@@ -762,6 +762,14 @@ class S3Driver(StorageDriver):
             return S3Writer(self, path, 0)
         return await self._reopen(path, resume_at)
 
+    async def staged_writer(self, path: str) -> FileWriter:
+        """A new file that appears whole when sealed, written where it will stay: an
+        upload finished this way is not copied to its place afterwards, which on an
+        object store is a second pass over every byte."""
+        await self.check_writable(path)
+        self._remember_directories(path)
+        return S3Writer(self, path, 0, staged=True)
+
     async def writer_at_end(self, path: str) -> FileWriter:
         return await self._reopen(path, None)
 
@@ -1096,9 +1104,17 @@ class S3Writer(FileWriter):
     """Appends through multipart uploads; see the module's description."""
 
     def __init__(
-        self, driver: S3Driver, path: str, size: int, resumed: OpenParts | None = None
+        self,
+        driver: S3Driver,
+        path: str,
+        size: int,
+        resumed: OpenParts | None = None,
+        staged: bool = False,
     ) -> None:
         self._driver = driver
+        # Staged (``S3Driver.staged_writer``): nothing is at the key until the seal, and
+        # whatever is there meanwhile is someone else's.
+        self._staged = staged
         self._path = path
         self._key = driver.key(path)
         self._size = size
@@ -1222,6 +1238,10 @@ class S3Writer(FileWriter):
 
     async def commit(self) -> None:
         self._check_open()
+        if self._staged:
+            # A staged file is only ever stored whole.
+            await self.seal()
+            return
         if not self._dirty:
             return
         await self._guarded(self._save_tail())
@@ -1253,11 +1273,34 @@ class S3Writer(FileWriter):
 
     async def seal(self) -> None:
         self._check_open()
+        if self._staged:
+            await self._guarded(self._publish_staged())
+            return
         if self._upload_id is None:
             # All of it is pending, or a plain object already: a commit stores it whole.
             await self.commit()
             return
         await self._guarded(self._complete())
+
+    async def _publish_staged(self) -> None:
+        """The staged file at its key: one plain object, never a composite one. A
+        completed upload's own time is when it began, so the time object first says now:
+        from the moment the object is there, a collection finds it new."""
+        if self._upload_id is not None:
+            await self._driver._put_time(self._path, time.time())
+            await self._complete()
+        else:
+            client = await self._driver.client()
+            await client.put_object(
+                Bucket=self._driver.bucket,
+                Key=self._key,
+                Body=bytes(self._pending),
+                **self._driver.object_args(time.time()),
+            )
+            self._base = self._size
+            self._pending.clear()
+            self._dirty = False
+        self._staged = False
 
     async def _complete(self) -> None:
         """The pending bytes as the upload's last part (which may be small), and the
@@ -1287,7 +1330,10 @@ class S3Writer(FileWriter):
         self._dirty = False
 
     async def cancel(self) -> None:
+        staged = self._staged
         await self.close()
+        if staged:
+            return  # nothing of this writer's is at the key
         await self._driver._delete_keys(self._path, [self._key, self._driver.time_key(self._path)])
         if self._kept is not None:
             await self._driver._abort(self._key, self._kept)

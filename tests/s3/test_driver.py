@@ -342,6 +342,55 @@ async def test_uncommitted_parts_are_aborted_on_close_and_on_delete(
     assert uploads_in_progress(moto_server, bucket) == []
 
 
+@pytest.mark.parametrize("size", [3 * MiB + 5, 23 * MiB + 7], ids=["one-object", "multipart"])
+async def test_a_staged_file_appears_whole_and_plain_only_when_sealed(
+    moto_server: MotoServer, bucket: str, size: int
+) -> None:
+    """Until its seal the key keeps what it had; then one plain object with every byte
+    and the time of the seal, though a multipart upload began well before."""
+    driver = make(moto_server, bucket, chunksize=10 * MiB)
+    await driver.write("/b/data", b"what was here")
+    content = os.urandom(size)
+    staged = await driver.staged_writer("/b/data")
+    assert staged is not None
+    await staged.write(content[: size // 2])
+    await asyncio.sleep(1.2)
+    await staged.write(content[size // 2 :])
+    assert await driver.read("/b/data") == b"what was here"
+    sealed_at = time.time()
+    await staged.seal()
+    await staged.close()
+    assert uploads_in_progress(moto_server, bucket) == []
+    assert not is_composite(moto_server, bucket, "b/data")
+    assert keys(moto_server, bucket)["b/data"] == size
+    assert await driver.read("/b/data") == content
+    assert (await driver.stat("/b/data")).mtime >= sealed_at - 0.01
+    await driver.close()
+
+
+@pytest.mark.parametrize("end", ["close", "cancel"])
+async def test_a_staged_file_ended_before_its_seal_leaves_the_key_as_it_was(
+    moto_server: MotoServer, bucket: str, end: str
+) -> None:
+    driver = make(moto_server, bucket, chunksize=10 * MiB)
+    await driver.write("/b/data", b"someone else's")
+    staged = await driver.staged_writer("/b/data")
+    assert staged is not None
+    await staged.write(os.urandom(12 * MiB))  # a part is up
+    assert len(uploads_in_progress(moto_server, bucket)) == 1
+    await (staged.close() if end == "close" else staged.cancel())
+    assert uploads_in_progress(moto_server, bucket) == []
+    assert await driver.read("/b/data") == b"someone else's"
+    # And where nothing was, nothing is.
+    staged = await driver.staged_writer("/c/data")
+    assert staged is not None
+    await staged.write(b"never stored")
+    await staged.close()
+    with pytest.raises(PathNotFoundError):
+        await driver.stat("/c/data")
+    await driver.close()
+
+
 async def test_touch_and_move_of_large_objects_copy_in_parts(
     s3: S3Driver, moto_server: MotoServer, bucket: str
 ) -> None:

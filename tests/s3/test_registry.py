@@ -274,3 +274,29 @@ def test_a_chunk_costs_the_bucket_one_look_at_the_session(
         pulled = client.get(f"{registry.url}/v2/s3/counted/blobs/{digest}", follow_redirects=True)
     assert pulled.content == data
     assert moto_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_a_monolithic_push_sends_its_bytes_to_the_blob_once(
+    start_on_s3: Start, bucket: str, moto_server: MotoServer
+) -> None:
+    """POST, then one PUT with the whole blob: its parts go to the blob's key, not to the
+    session's data to be copied from there afterwards."""
+    registry = start_on_s3("dockyard", bucket, workers=1)
+    data = os.urandom(12 * MiB + 3)  # three parts of the fixture's 5 MiB
+    digest = sha256_digest(data)
+    with httpx.Client(timeout=60) as client:
+        url = start_upload(client, registry.url, "s3/whole")
+        logged = moto_server.log_path.stat().st_size
+        finished = client.put(with_digest(url, digest), content=data)
+        assert finished.status_code == 201, finished.text
+        requests = bucket_requests(moto_server, bucket, logged)
+        pulled = client.get(f"{registry.url}/v2/s3/whole/blobs/{digest}", follow_redirects=True)
+    assert pulled.content == data
+    blob_key = f"blobs/sha256/{digest[7:9]}/{digest[7:]}/data"
+    parts = [key for method, key in requests if method == "PUT" and "partNumber=" in key]
+    assert len(parts) == 3 and all(blob_key in key for key in parts), requests
+    # No whole-object PUT to the blob's key (its time object aside): that would be a
+    # copy, or a second upload.
+    whole = [key for method, key in requests if method == "PUT" and key.endswith(blob_key)]
+    assert [key for key in whole if not key.startswith("~times/")] == [], requests
+    assert moto_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []

@@ -716,6 +716,30 @@ async def test_a_writer_at_the_end_continues_after_everything_committed(
         await driver.writer_at_end("/dir")
 
 
+async def test_a_staged_file_is_seen_only_once_sealed_where_a_driver_stages(
+    driver: StorageDriver,
+) -> None:
+    """Drivers whose move is a rename offer none (callers write elsewhere and move);
+    the others show the file whole at its seal, and nothing of one closed before."""
+    await driver.write("/staged/data", b"before")
+    staged = await driver.staged_writer("/staged/data")
+    if staged is None:
+        assert driver.name in ("filesystem", "inmemory")
+        return
+    await staged.write(b"after, ")
+    await staged.write(b"whole")
+    assert await driver.read("/staged/data") == b"before"
+    await staged.seal()
+    await staged.close()
+    assert await driver.read("/staged/data") == b"after, whole"
+    dropped = await driver.staged_writer("/dropped/data")
+    assert dropped is not None
+    await dropped.write(b"never seen")
+    await dropped.close()
+    with pytest.raises(PathNotFoundError):
+        await driver.stat("/dropped/data")
+
+
 async def test_resume_at_zero_empties_the_file(driver: StorageDriver) -> None:
     await driver.write("/f", b"content")
     writer = await driver.writer("/f", resume_at=0)
