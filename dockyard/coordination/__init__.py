@@ -21,6 +21,7 @@ from dockyard.coordination.descriptors import (
     InMemoryDescriptors,
     NoDescriptorCache,
     RedisDescriptors,
+    RemovalCount,
 )
 from dockyard.coordination.fences import FencedDriver, Fences
 from dockyard.coordination.locks import LocalLocks, Locks, ProcessLocks, RedisLocks
@@ -88,10 +89,14 @@ def build_coordination(config: Config) -> Coordination:
     cache = config.storage.cache
     size = cache.blobdescriptorsize or DEFAULT_DESCRIPTORS
     if config.redis is None:
-        descriptors: DescriptorCache = (
-            InMemoryDescriptors(size) if cache.blobdescriptor == "inmemory" else NoDescriptorCache()
-        )
         directory = Path(tempfile.gettempdir()) / f"dockyard-locks-{identity}"
+        # Every process that can remove a link is on this host: they count removals in
+        # the locks' directory, and links can be cached in memory (see descriptors).
+        descriptors: DescriptorCache = (
+            InMemoryDescriptors(size, RemovalCount(directory / "link-removals"))
+            if cache.blobdescriptor == "inmemory"
+            else NoDescriptorCache()
+        )
         return Coordination(LocalLocks(directory), descriptors)
     client = connect(config.redis)
     namespace = f"dockyard:{identity}:"

@@ -3,9 +3,13 @@
 What a blob HEAD or GET asks first: is the blob linked into the repository, and how
 big is it. On object storage each answer is a round trip; the cache keeps them.
 
-- ``inmemory``: sizes only, per process. A blob's size never changes under its digest,
-  and whether it is linked is still read from storage on every request, so a worker
-  never answers for a link another worker (or a collection) has removed.
+- ``inmemory``: per process. A blob's size never changes under its digest. Whether it
+  is linked is kept only where every process that can remove a link shares this host
+  (no ``redis`` section: one host's workers and its collections), through
+  :class:`RemovalCount`: a worker drops what it knows of links as soon as any process
+  has removed one, so it never answers for a link another worker or a collection has
+  removed. Replicas on other hosts could not tell it, so with a ``redis`` section the
+  per-process cache keeps sizes only.
 - ``redis``: sizes and repository membership, shared by every replica. Each removal
   forgets the entry *and* leaves a short-lived tombstone, so a reader that looked at
   storage just before the removal cannot put the stale answer back after it.
@@ -13,7 +17,9 @@ big is it. On object storage each answer is a round trip; the cache keeps them.
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -50,7 +56,15 @@ class DescriptorCache(Protocol):
         """True only when the cache knows the link exists; False means: ask storage."""
         ...
 
-    async def remember_link(self, repository: str, digest: Digest, fresh: bool = False) -> None:
+    def link_mark(self) -> int:
+        """Taken before a link is read or written in storage, and given to
+        :meth:`remember_link`: a cache that cannot otherwise tell a stale answer keeps it
+        only if no link was removed in between."""
+        ...
+
+    async def remember_link(
+        self, repository: str, digest: Digest, fresh: bool = False, mark: int = 0
+    ) -> None:
         """``fresh``: the link was just written by this caller, past any tombstone."""
         ...
 
@@ -74,7 +88,12 @@ class NoDescriptorCache:
     async def linked(self, repository: str, digest: Digest) -> bool:
         return False
 
-    async def remember_link(self, repository: str, digest: Digest, fresh: bool = False) -> None:
+    def link_mark(self) -> int:
+        return 0
+
+    async def remember_link(
+        self, repository: str, digest: Digest, fresh: bool = False, mark: int = 0
+    ) -> None:
         pass
 
     async def forget_link(self, repository: str, digest: Digest) -> None:
@@ -87,14 +106,89 @@ class NoDescriptorCache:
         pass
 
 
-class InMemoryDescriptors(NoDescriptorCache):
-    """Blob sizes, least recently used first out (``blobdescriptorsize`` entries)."""
+class RemovalCount:
+    """How many links the processes of this host have removed from one store: the size
+    of a file that each removal makes one byte longer. An ``O_APPEND`` write is one
+    step however many processes append at once, so no removal goes uncounted, and the
+    count is read with one ``fstat``, where asking the store would be a round trip."""
 
-    def __init__(self, capacity: int = 10_000) -> None:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def _file(self) -> int:
+        if self._fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+            self._fd = os.open(self.path, flags, 0o600)
+        return self._fd
+
+    def current(self) -> int:
+        return os.fstat(self._file()).st_size
+
+    def add(self) -> None:
+        os.write(self._file(), b"\0")
+
+
+class InMemoryDescriptors(NoDescriptorCache):
+    """Blob sizes, least recently used first out (``blobdescriptorsize`` entries), and
+    with ``removals`` the links seen since the last removal anywhere on this host."""
+
+    def __init__(self, capacity: int = 10_000, removals: RemovalCount | None = None) -> None:
         self.capacity = capacity
+        self.removals = removals
         self._sizes: OrderedDict[Digest, int] = OrderedDict()
+        self._links: OrderedDict[tuple[str, Digest], None] = OrderedDict()
+        # The removal count the links kept were all seen at.
+        self._links_seen_at = 0
         self.hits = 0
         self.misses = 0
+
+    def _current_links(self) -> OrderedDict[tuple[str, Digest], None]:
+        assert self.removals is not None
+        count = self.removals.current()
+        if count != self._links_seen_at:
+            self._links.clear()
+            self._links_seen_at = count
+        return self._links
+
+    async def linked(self, repository: str, digest: Digest) -> bool:
+        if self.removals is None:
+            return False
+        links = self._current_links()
+        key = (repository, digest)
+        if key not in links:
+            self.misses += 1
+            return False
+        self.hits += 1
+        links.move_to_end(key)
+        return True
+
+    def link_mark(self) -> int:
+        return self.removals.current() if self.removals is not None else 0
+
+    async def remember_link(
+        self, repository: str, digest: Digest, fresh: bool = False, mark: int = 0
+    ) -> None:
+        if self.removals is None:
+            return
+        links = self._current_links()
+        # A link removed since the mark may be this one: what was seen before is no answer.
+        if mark != self._links_seen_at:
+            return
+        links[(repository, digest)] = None
+        links.move_to_end((repository, digest))
+        while len(links) > self.capacity:
+            links.popitem(last=False)
+
+    async def forget_link(self, repository: str, digest: Digest) -> None:
+        if self.removals is not None:
+            self.removals.add()
+            self._links.pop((repository, digest), None)
+
+    async def forget_repository(self, repository: str) -> None:
+        if self.removals is not None:
+            self.removals.add()
 
     async def size(self, digest: Digest) -> int | None:
         size = self._sizes.get(digest)
@@ -113,6 +207,9 @@ class InMemoryDescriptors(NoDescriptorCache):
 
     async def forget_blob(self, digest: Digest) -> None:
         self._sizes.pop(digest, None)
+        if self.removals is not None:
+            # A collected blob's links go with it, in whichever process collected it.
+            self.removals.add()
 
 
 class RedisDescriptors:
@@ -155,7 +252,12 @@ class RedisDescriptors:
         self._count(known)
         return known
 
-    async def remember_link(self, repository: str, digest: Digest, fresh: bool = False) -> None:
+    def link_mark(self) -> int:
+        return 0  # tombstones keep stale answers out
+
+    async def remember_link(
+        self, repository: str, digest: Digest, fresh: bool = False, mark: int = 0
+    ) -> None:
         link_tomb = self._tomb(f"link:{repository}:{digest}")
         repo_tomb = self._tomb(f"repo:{repository}")
         if fresh:

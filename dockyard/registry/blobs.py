@@ -119,9 +119,10 @@ class RepositoryBlobs:
 
     async def stat(self, digest: Digest) -> BlobDescriptor:
         if not await self.descriptors.linked(self.name, digest):
+            mark = self.descriptors.link_mark()
             if not await self.is_linked(digest):
                 raise BlobUnknown(detail={"digest": str(digest)})
-            await self.descriptors.remember_link(self.name, digest)
+            await self.descriptors.remember_link(self.name, digest, mark=mark)
         return await self.store.stat(digest)
 
     async def forget(self, digest: Digest) -> None:
@@ -141,8 +142,9 @@ class RepositoryBlobs:
         return await self.is_linked(digest) and await self.store.hold(digest)
 
     async def link(self, digest: Digest) -> None:
+        mark = self.descriptors.link_mark()
         await write_link(self.driver, layout.layer_link(self.name, digest), digest)
-        await self.descriptors.remember_link(self.name, digest, fresh=True)
+        await self.descriptors.remember_link(self.name, digest, fresh=True, mark=mark)
 
     async def unlink(self, digest: Digest) -> None:
         removed = await delete_if_exists(self.driver, layout.layer_dir(self.name, digest))

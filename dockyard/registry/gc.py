@@ -602,7 +602,8 @@ class GarbageCollector:
         links = [_directory(layout.layer_link(*item)) for item in plan.layer_links]
         found = await removal.remove([layout.blob_dir(digest) for digest in blobs] + links)
         # The store is this run's alone only without a shared cache (no Redis): each
-        # forget is this process's own memory, not a request.
+        # forget is this process's own memory and a byte appended to the host's count
+        # of removals, not a request.
         deleted = [d for d, removed in zip(blobs, found[: len(blobs)], strict=True) if removed]
         for digest in deleted:
             await self.descriptors.forget_blob(digest)

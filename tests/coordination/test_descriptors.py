@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import redis.asyncio as aioredis
 
-from dockyard.coordination.descriptors import InMemoryDescriptors, RedisDescriptors
+from dockyard.coordination.descriptors import InMemoryDescriptors, RedisDescriptors, RemovalCount
 from dockyard.registry.digest import Digest
 
 A = Digest.of(b"a")
@@ -21,9 +23,36 @@ async def test_in_memory_keeps_sizes_up_to_its_capacity() -> None:
     assert (cache.hits, cache.misses) == (2, 1)
     await cache.forget_blob(B)
     assert await cache.size(B) is None
-    # Membership is never answered from a per-process cache.
-    await cache.remember_link("r", A, fresh=True)
+    # Without a count of removals shared by every process, membership is never
+    # answered from a per-process cache.
+    await cache.remember_link("r", A, fresh=True, mark=cache.link_mark())
     assert not await cache.linked("r", A)
+
+
+async def test_in_memory_links_last_until_a_process_of_the_host_removes_one(
+    tmp_path: Path,
+) -> None:
+    one, two = (InMemoryDescriptors(2, RemovalCount(tmp_path / "removals")) for _ in range(2))
+    mark = two.link_mark()
+    await two.remember_link("r", A, mark=mark)
+    await two.remember_link("r", B, mark=mark)
+    assert await two.linked("r", A) and await two.linked("r", B)
+    await two.remember_link("s", A, mark=mark)  # over capacity: the least recent goes
+    assert not await two.linked("r", A)
+    assert (two.hits, two.misses) == (2, 1)
+    # Another worker removes some link: this one's answers about links all go.
+    await one.forget_link("elsewhere", B)
+    assert not await two.linked("s", A)
+    # A reader that looked at storage before that removal, filling in late:
+    await two.remember_link("s", A, mark=mark)
+    assert not await two.linked("s", A)
+    # Each kind of removal counts: a repository deleted, a blob collected.
+    for forget in (lambda: one.forget_repository("r"), lambda: one.forget_blob(B)):
+        mark = two.link_mark()
+        await two.remember_link("r", B, mark=mark)
+        assert await two.linked("r", B)
+        await forget()
+        assert not await two.linked("r", B)
 
 
 async def test_redis_answers_are_shared_between_clients(redis_client: aioredis.Redis) -> None:

@@ -63,7 +63,12 @@ def registries_on(endpoint: S3Endpoint, workdir: Path) -> Iterator[Start]:
     started: list[ServerProcess] = []
 
     def start(
-        kind: str, bucket: str, redirect: bool = True, workers: int = 2, **s3: Any
+        kind: str,
+        bucket: str,
+        redirect: bool = True,
+        workers: int = 2,
+        blobdescriptor: str | None = None,
+        **s3: Any,
     ) -> ServerProcess:
         # Distribution's AWS SDK refuses to start when AWS_CA_BUNDLE names a bundle it
         # cannot attach to its HTTP transport; empty means none.
@@ -76,6 +81,8 @@ def registries_on(endpoint: S3Endpoint, workdir: Path) -> Iterator[Start]:
             # Distribution 2.8 takes these as given; secure decides the endpoint's scheme.
             storage["s3"].update({"secure": False, "v4auth": True, "forcepathstyle": True})
         storage["redirect"] = {"disable": not redirect}
+        if blobdescriptor is not None:
+            storage["cache"] = {"blobdescriptor": blobdescriptor}
         if kind == "dockyard":
             server.config["dockyard"] = {"workers": workers}
         server.config_path.write_text(yaml.safe_dump(server.config))

@@ -23,6 +23,7 @@ from tests.support.images import (
     Image,
     make_image,
     patch_chunk,
+    push_blob,
     push_blob_chunked,
     read_oci_layout,
     sha256_digest,
@@ -300,3 +301,28 @@ def test_a_monolithic_push_sends_its_bytes_to_the_blob_once(
     whole = [key for method, key in requests if method == "PUT" and key.endswith(blob_key)]
     assert [key for key in whole if not key.startswith("~times/")] == [], requests
     assert moto_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_each_worker_reads_a_link_once_and_none_serves_it_once_deleted(
+    start_on_s3: Start, bucket: str, moto_server: MotoServer
+) -> None:
+    """With the in-memory descriptor cache and no Redis, a worker keeps the links it has
+    read until a process of the host removes one: redirected GETs cost the bucket one
+    link read per worker, and after a DELETE through either worker neither serves it."""
+    registry = start_on_s3("dockyard", bucket, blobdescriptor="inmemory")
+    with httpx.Client(timeout=60) as client:
+        digest = push_blob(client, registry.url, "s3/cached", os.urandom(MiB))
+    url = f"{registry.url}/v2/s3/cached/blobs/{digest}"
+    link = f"s3/cached/_layers/sha256/{digest[7:]}/link"
+    logged = moto_server.log_path.stat().st_size
+    # A connection each: the kernel spreads them over both workers.
+    for _ in range(20):
+        with httpx.Client(timeout=60) as client:
+            assert client.get(url).status_code == 307
+    reads = [key for method, key in bucket_requests(moto_server, bucket, logged) if link in key]
+    assert 1 <= len(reads) <= 2, reads
+    with httpx.Client(timeout=60) as client:
+        assert client.delete(url).status_code == 202
+    for _ in range(10):
+        with httpx.Client(timeout=60) as client:
+            assert client.get(url).status_code == 404
