@@ -11,6 +11,10 @@ encoding; see :mod:`dockyard.registry.hashstate`), so that another worker or rep
 this one after a restart, continues the hash instead of reading all the data again.
 Without a saved state (another algorithm, or no resumable SHA-256 in this process) the
 digest is computed from the stored data when the upload finishes.
+
+A session whose one request carries the whole blob (a monolithic push) skips its data
+where the storage offers a staged writer (an object store, whose move would copy every
+byte again): the bytes go to the blob's own key, seen there only once verified.
 """
 
 from __future__ import annotations
@@ -421,6 +425,7 @@ class UploadStore:
             if continues:
                 await self._save_state(hasher, session)
         return size
+
     async def finish(
         self,
         name: str,
