@@ -38,7 +38,9 @@ DOCKYARD_CONFIG: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="session")
+# Package-scoped: Playwright's synchronous API keeps an event loop marked running in
+# this thread while it is open, and tests after these ones call asyncio.run.
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: scripts/test.sh installs Debian's chromium as root")
