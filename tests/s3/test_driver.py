@@ -381,13 +381,6 @@ async def test_a_staged_file_ended_before_its_seal_leaves_the_key_as_it_was(
     await (staged.close() if end == "close" else staged.cancel())
     assert uploads_in_progress(moto_server, bucket) == []
     assert await driver.read("/b/data") == b"someone else's"
-    # And where nothing was, nothing is.
-    staged = await driver.staged_writer("/c/data")
-    assert staged is not None
-    await staged.write(b"never stored")
-    await staged.close()
-    with pytest.raises(PathNotFoundError):
-        await driver.stat("/c/data")
     await driver.close()
 
 
