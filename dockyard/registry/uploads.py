@@ -375,14 +375,10 @@ class UploadStore:
             size = await self._write(session, writer, hasher, body, continues)
         finally:
             await writer.close()
-        if end is not None and start is not None and size - session.size != end - start + 1:
+        if end is not None and start is not None:
             # The bytes are stored (they are the client's, in order), so the session
             # stays consistent; the client learns the real offset from Range.
-            raise RangeInvalid(
-                "chunk length does not match Content-Range",
-                detail={"expected": end - start + 1, "received": size - session.size},
-                headers=range_headers(size),
-            )
+            _check_chunk_length(end - start + 1, size - session.size, size)
         return UploadSession(session.repository, session.id, size, session.started_at)
 
     async def _restored_hasher_for(
@@ -455,11 +451,7 @@ class UploadStore:
             size = session.size
             data_path = layout.upload_data(name, upload_id)
             actual = await self._digest_of(session, digest.algorithm)
-            if actual != digest or (expected_size is not None and expected_size != size):
-                await self._discard(name, upload_id)
-                raise DigestInvalid(
-                    detail={"expected": str(digest), "actual": str(actual), "size": size}
-                )
+            await self._check_content(session, digest, actual, expected_size, size)
             await self.blobs.adopt(data_path, digest)
             await self._discard(name, upload_id)
             return BlobDescriptor(digest, size)
@@ -494,24 +486,31 @@ class UploadStore:
             hasher = new_hasher(digest.algorithm)
             await _receive(staged, hasher, last.body)
             size = staged.size
-            if last.end is not None and size != last.end + 1:
+            if last.end is not None:
                 # Nothing stored: the session still holds no byte, and says so.
-                raise RangeInvalid(
-                    "chunk length does not match Content-Range",
-                    detail={"expected": last.end + 1, "received": size},
-                    headers=range_headers(0),
-                )
+                _check_chunk_length(last.end + 1, size, 0)
             actual = Digest(digest.algorithm, hasher.hexdigest())
-            if actual != digest or (expected_size is not None and expected_size != size):
-                await self._discard(session.repository, session.id)
-                raise DigestInvalid(
-                    detail={"expected": str(digest), "actual": str(actual), "size": size}
-                )
+            await self._check_content(session, digest, actual, expected_size, size)
             await staged.seal()
         finally:
             await staged.close()
         await self._discard(session.repository, session.id)
         return BlobDescriptor(digest, size)
+
+    async def _check_content(
+        self,
+        session: UploadSession,
+        digest: Digest,
+        actual: Digest,
+        expected_size: int | None,
+        size: int,
+    ) -> None:
+        """Refuse content that is not what the client named, discarding the session."""
+        if actual != digest or (expected_size is not None and expected_size != size):
+            await self._discard(session.repository, session.id)
+            raise DigestInvalid(
+                detail={"expected": str(digest), "actual": str(actual), "size": size}
+            )
 
     async def _digest_of(self, session: UploadSession, algorithm: str) -> Digest:
         hasher = None
@@ -544,6 +543,17 @@ class LastChunk:
     body: AsyncIterator[bytes]
     start: int | None = None
     end: int | None = None
+
+
+def _check_chunk_length(expected: int, received: int, held: int) -> None:
+    """Refuse a chunk whose length is not its ``Content-Range``'s; the session holds
+    ``held`` bytes after it."""
+    if received != expected:
+        raise RangeInvalid(
+            "chunk length does not match Content-Range",
+            detail={"expected": expected, "received": received},
+            headers=range_headers(held),
+        )
 
 
 def range_headers(size: int) -> dict[str, str]:

@@ -767,7 +767,6 @@ class S3Driver(StorageDriver):
         upload finished this way is not copied to its place afterwards, which on an
         object store is a second pass over every byte."""
         await self.check_writable(path)
-        self._remember_directories(path)
         return S3Writer(self, path, 0, staged=True)
 
     async def writer_at_end(self, path: str) -> FileWriter:
@@ -1301,6 +1300,8 @@ class S3Writer(FileWriter):
             self._pending.clear()
             self._dirty = False
         self._staged = False
+        # A file here now means directories above it (what writes check for).
+        self._driver._remember_directories(self._path)
 
     async def _complete(self) -> None:
         """The pending bytes as the upload's last part (which may be small), and the
