@@ -7,7 +7,19 @@ from dataclasses import dataclass, replace
 MiB = 1 << 20
 KiB = 1 << 10
 
-GROUPS = ("limits", "push", "pull", "load", "puts", "listing", "gc", "skopeo", "mirror", "s3")
+GROUPS = (
+    "limits",
+    "push",
+    "pull",
+    "load",
+    "puts",
+    "listing",
+    "deletes",
+    "gc",
+    "skopeo",
+    "mirror",
+    "s3",
+)
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,9 @@ class Plan:
     catalog_repositories: int
     tags: int
     page: int
+    # Repositories of these many tags, each losing ``deletes`` manifests per repetition.
+    delete_tags: tuple[int, ...]
+    deletes: int
     gc_repositories: int
     gc_per_repository: int
     skopeo_layers: int
@@ -91,6 +106,8 @@ QUICK = Plan(
     catalog_repositories=300,
     tags=300,
     page=100,
+    delete_tags=(10, 300),
+    deletes=5,
     gc_repositories=20,
     gc_per_repository=5,
     skopeo_layers=5,
@@ -125,6 +142,8 @@ FULL = Plan(
     catalog_repositories=10_000,
     tags=10_000,
     page=100,
+    delete_tags=(100, 1_000, 10_000),
+    deletes=20,
     gc_repositories=1000,
     gc_per_repository=5,
     skopeo_layers=5,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench import blobs, gc, listing, load, machine, mirrors, s3, skopeo
+from bench import blobs, deletes, gc, listing, load, machine, mirrors, s3, skopeo
 from bench.fixtures import MANIFEST_ACCEPT, Fixture, check_get, make_fixture, push_fixture
 from bench.layout import OCI_MANIFEST, image_manifest
 from bench.payload import Blob, Payload
@@ -44,6 +44,7 @@ G_GC = "8. Garbage collection"
 G_SKOPEO = "9. skopeo round trip"
 G_MIRROR = "10. Registry mirror (pull-through cache)"
 G_S3 = "11. Storage on S3 (moto on loopback)"
+G_DELETES = "12. Manifest DELETE by digest"
 
 # (key, label, method, which URL)
 LOAD_TARGETS = (
@@ -122,6 +123,8 @@ class Suite:
         self.s3_blob: Blob | None = None
         self.local = Stores(servers, self._discard)
         self.gc_store: gc.GcStore | None = None
+        # Per repository size: the manifests to delete, the same in every server's store.
+        self.victims: dict[int, list[str]] = {}
         self._declare()
 
     # -- figures ---------------------------------------------------------------------
@@ -237,6 +240,24 @@ class Suite:
                 )
         if "s3" in self.groups:
             self._declare_s3()
+        if "deletes" in self.groups:
+            for tags in plan.delete_tags:
+                declare(
+                    f"deletes.first.{tags}",
+                    G_DELETES,
+                    f"first DELETE in a repository of {tags:,} tags written in Distribution's "
+                    "layout (Dockyard indexes its tags)",
+                    "s",
+                    False,
+                )
+                declare(
+                    f"deletes.{tags}",
+                    G_DELETES,
+                    f"{plan.deletes} DELETEs in a row, repository of {tags:,} tags",
+                    "DELETE/s",
+                    True,
+                    "req",
+                )
 
     def _declare_rate(
         self, key: str, group: str, label: str, note: str = "", backend: str = ""
@@ -355,10 +376,15 @@ class Suite:
     def prepare_stores(self) -> None:
         """Before the servers start: the listing layout in every store, the GC master."""
         plan = self.plan
+        first = self.servers[0].root
         if "listing" in self.groups:
             self.log(f"writing {plan.catalog_repositories:,} repositories and {plan.tags:,} tags")
-            first = self.servers[0].root
             listing.populate(first, plan.catalog_repositories, plan.tags)
+        if "deletes" in self.groups:
+            victims = 1 + plan.reps * plan.deletes
+            self.log(f"writing repositories of {plan.delete_tags} tags, {victims} to delete each")
+            self.victims = deletes.populate(first, plan.delete_tags, victims)
+        if self.groups & {"listing", "deletes"}:
             for server in self.servers[1:]:
                 subprocess.run(["cp", "-a", f"{first}/.", str(server.root)], check=True)
         if "gc" in self.groups:
@@ -421,6 +447,7 @@ class Suite:
             ("load", self.load),
             ("puts", self.puts),
             ("listing", self.listing),
+            ("deletes", self.delete),
             ("gc", self.collect),
             ("skopeo", self.skopeo),
             ("mirror", self.mirror),
@@ -556,6 +583,27 @@ class Suite:
                 if entries < expected:
                     raise BenchError(f"{server.label}: {url} listed {entries}, expected {expected}")
                 self.add(key, server.kind, Sample(seconds, meter.server_cpu, meter.client_cpu))
+
+    async def delete(self, rep: int, http: aiohttp.ClientSession) -> None:
+        """Manifests deleted by digest, one after another; in the first repetition the
+        first DELETE of each repository alone (victim 0), then ``deletes`` victims per
+        repetition, each taken by one server only once."""
+        count = self.plan.deletes
+        for tags, victims in self.victims.items():
+            repo = deletes.repository(tags)
+            start = 1 + rep * count
+            batches = [("deletes.first", victims[:1], 0)] if rep == 0 else []
+            batches.append(("deletes", victims[start : start + count], start))
+            for key, batch, first in batches:
+                for server in self.order(rep):
+                    name = f"{key}-{tags}-r{rep}".replace(".", "-")
+                    with self.meter(server, name) as meter:
+                        seconds = await deletes.delete_each(http, server.url, repo, batch)
+                    last = deletes.victim_tag(first + len(batch) - 1)
+                    await deletes.check_untagged(http, server.url, repo, last)
+                    value = seconds if key == "deletes.first" else len(batch) / seconds
+                    sample = Sample(value, meter.server_cpu, meter.client_cpu, len(batch))
+                    self.add(f"{key}.{tags}", server.kind, sample)
 
     async def collect(self, rep: int, http: aiohttp.ClientSession) -> None:
         assert self.gc_store is not None
@@ -733,6 +781,16 @@ class Suite:
                 "each sample. The moto CPU rows are moto's CPU per MB during each sample (moto is "
                 "Python, and shares the 2 cores with server and client); the moto-alone rows in "
                 "the machine's limits are PUT and GET of pre-signed URLs with no registry between."
+            )
+        if "deletes" in self.groups:
+            notes.append(
+                "Manifest DELETEs: each repository holds its tags on one kept manifest and, beside "
+                f"them, 1 + {self.plan.deletes} × repetitions manifests to delete, each under a "
+                "tag of its own; every DELETE is by digest (which also removes the manifest's "
+                "tags), sequential on one connection, and checked to have untagged it. The "
+                "repositories are written in Distribution's layout before the servers start, so "
+                "the first DELETE in each (timed alone, first repetition) is where Dockyard "
+                "builds its reverse tag index; Distribution reads every tag at each DELETE."
             )
         if dockyard is not None:
             notes.append(f"Dockyard ran {dockyard.worker_count()} worker process(es).")

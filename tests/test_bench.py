@@ -61,6 +61,7 @@ def test_quick_benchmark_reports_both_servers(tmp_path: Path) -> None:
         "9. skopeo round trip",
         "10. Registry mirror",
         "11. Storage on S3",
+        "12. Manifest DELETE by digest",
     ):
         assert any(group in row for row in rows), (group, text[:2000])
     measured = [row for row in rows if row.count("|") >= 8 and not row.startswith("| **")]
