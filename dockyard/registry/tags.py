@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import builtins
 import itertools
@@ -16,6 +17,13 @@ from dockyard.registry.digest import Digest
 from dockyard.registry.links import delete_if_exists, read_link
 from dockyard.registry.names import TAG_PATTERN, is_valid_tag
 from dockyard.storage.driver import PathNotFoundError, StorageDriver
+
+
+# Reverse-index entries written in one batch when a repository is first indexed: a
+# journal record of about 1 MiB each.
+INDEX_BATCH = 4096
+# Tags read between two turns of the event loop while a repository is first indexed.
+SCAN_TURN = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,15 +172,39 @@ class TagStore:
         # Tags moved meanwhile write their own entries; an entry this scan writes for a
         # tag that has moved on since is only a candidate that fails its check.
         found = []
-        for tag in await self.list():
+        entries: dict[str, bytes] = {}
+        # Each entry holds what the tag's history link for that digest holds: stored as
+        # that file where the driver can (a hard link costs no inode of its own).
+        copies: dict[str, str] = {}
+        for number, tag in enumerate(await self.list(), 1):
+            if number % SCAN_TURN == 0:
+                # Small links are read without awaiting anything: let other requests run.
+                await asyncio.sleep(0)
             current = await read_link(self.driver, layout.tag_current_link(self.name, tag))
             if current is None:
                 continue
-            await self.driver.write(
-                layout.tag_entry(self.name, current, tag), str(current).encode("ascii")
-            )
+            entry = layout.tag_entry(self.name, current, tag)
+            entries[entry] = str(current).encode("ascii")
+            copies[entry] = layout.tag_index_link(self.name, tag, current)
             if current == digest:
                 found.append(tag)
-        await self.driver.write(layout.tags_indexed(self.name), b"")
+            if len(entries) == INDEX_BATCH:
+                await self._write_entries(entries, copies, last=False)
+                entries, copies = {}, {}
+        await self._write_entries(entries, copies, last=True)
         await delete_if_exists(self.driver, layout.former_tag_index(self.name))
         return found
+
+    async def _write_entries(
+        self, entries: dict[str, bytes], copies: dict[str, str], last: bool
+    ) -> None:
+        """Reverse-index entries as batches a driver may make durable whole (the
+        filesystem's publish journal: one record, where a write of each would be a
+        durable write of its own); with the last, the mark that the index is complete,
+        published after them."""
+        marks = {layout.tags_indexed(self.name): b""} if last else {}
+        stages = [list(entries), list(marks)]
+        async with await self.driver.prepare_writes(
+            {**entries, **marks}, replayable=True, copies=copies
+        ) as files:
+            await files.publish_in_order([stage for stage in stages if stage])

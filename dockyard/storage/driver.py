@@ -244,9 +244,11 @@ class StorageDriver(ABC):
         (by :meth:`PreparedWrites.publish_in_order`), where they are; like any delete,
         a crash may undo their removal.
 
-        ``copies``: files of the batch whose bytes are those of another file of it (path
-        to the path it copies), which a driver may store as that same file (a hard link)
-        rather than a new one. Only for files that neither is ever rewritten in place.
+        ``copies``: files of the batch whose bytes are those of another file (path to the
+        path it copies), of the batch or already stored, which a driver may store as that
+        same file (a hard link) rather than a new one. A copy always holds the bytes the
+        batch gives it: where a stored file holds others, or none, it is a file of its
+        own. Only for files that neither is ever rewritten in place.
 
         This default writes each file when it is published (as :meth:`write` does).
         """

@@ -356,6 +356,31 @@ def _link_temp(
     return file
 
 
+def _link_stored(source: str, real: str, data: bytes, created: list[str]) -> _PreparedFile:
+    """A new name beside ``real`` for the stored file ``source``, if it holds ``data``: a
+    hard link, as :func:`_link_temp`; a file of its own where it does not, is gone, or
+    linking fails."""
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            # One byte more than ``data``: a longer file is not a copy of it.
+            held: bytes | None = os.read(fd, len(data) + 1)
+        finally:
+            os.close(fd)
+    except OSError:
+        held = None
+    if held == data:
+        try:
+            _, temp = _make_temp_beside(real, created, partial(os.link, source))
+            return _PreparedFile(real, data, temp)
+        except OSError as error:
+            if error.errno not in _LINK_REFUSALS:
+                raise
+    fd, file = _write_temp(real, data, created)
+    os.close(fd)
+    return file
+
+
 def _prepare_files(
     targets: list[tuple[str, bytes]],
     created: list[str],
@@ -502,6 +527,7 @@ class _PreparedFiles(PreparedWrites):
         journal: PublishJournal,
         replayable: bool,
         copies: Mapping[str, str],
+        stored_copies: Mapping[str, str],
     ) -> None:
         self._targets = targets
         self._copies = {
@@ -512,6 +538,8 @@ class _PreparedFiles(PreparedWrites):
             and source not in copies
             and targets[path][1] == targets[source][1]
         }
+        # Copies of files already stored (their real paths), not of the batch's own.
+        self._stored_copies = dict(stored_copies)
         self._removals = removals
         self._syncs = syncs
         self._journal = journal
@@ -571,7 +599,11 @@ class _PreparedFiles(PreparedWrites):
         order = [path for stage in stages for path in stage]
         self._files = {}
         for path in order:
-            if path not in self._copies:
+            if path in self._stored_copies:
+                self._files[path] = _link_stored(
+                    self._stored_copies[path], *self._targets[path], self._created
+                )
+            elif path not in self._copies:
                 fd, self._files[path] = _write_temp(*self._targets[path], self._created)
                 os.close(fd)
         # A copy after its source, whichever stage each is in (a file of its own if its
@@ -1331,13 +1363,19 @@ class FilesystemDriver(StorageDriver):
         removals: Sequence[str] = (),
         copies: Mapping[str, str] | None = None,
     ) -> PreparedWrites:
+        copies = copies or {}
         return _PreparedFiles(
             {path: (self._resolve(path, follow=False), data) for path, data in files.items()},
             [self._resolve(path, follow=False) for path in removals],
             self._syncs,
             self._journal,
             replayable,
-            copies or {},
+            copies,
+            {
+                path: self._resolve(source, follow=False)
+                for path, source in copies.items()
+                if path in files and source not in files
+            },
         )
 
     def stream(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:

@@ -3,6 +3,10 @@ that manifest's tags, not the repository's."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,19 +16,38 @@ from dockyard.errors import NameUnknown
 from dockyard.registry import layout
 from dockyard.registry.digest import Digest
 from dockyard.registry.links import write_link
+from dockyard.registry import tags as tags_module
 from dockyard.registry.tags import TagStore
-from dockyard.storage import MemoryDriver, PathNotFoundError
+from dockyard.storage import FilesystemDriver, MemoryDriver, PathNotFoundError
 from dockyard.storage.delegating import DelegatingDriver
+from dockyard.storage.driver import PreparedWrites, StorageDriver
 
 A, B, C = Digest.of(b"a"), Digest.of(b"b"), Digest.of(b"c")
 
 
 class CountingDriver(DelegatingDriver):
-    """Counts reads and listings, the work a lookup does per tag."""
+    """Counts reads and listings, the work a lookup does per tag; and writes, each
+    durable on its own, and batches of writes, which a driver may make durable whole."""
 
-    def __init__(self) -> None:
-        super().__init__(MemoryDriver())
+    def __init__(self, inner: StorageDriver | None = None) -> None:
+        super().__init__(inner or MemoryDriver())
         self.reads = 0
+        self.writes = 0
+        self.batches: list[list[str]] = []
+
+    async def write(self, path: str, data: bytes, durable: bool = True) -> None:
+        self.writes += 1
+        await self.inner.write(path, data, durable)
+
+    async def prepare_writes(
+        self,
+        files: Mapping[str, bytes],
+        replayable: bool = False,
+        removals: Sequence[str] = (),
+        copies: Mapping[str, str] | None = None,
+    ) -> PreparedWrites:
+        self.batches.append(sorted(files))
+        return await self.inner.prepare_writes(files, replayable, removals, copies)
 
     async def read(self, path: str) -> bytes:
         self.reads += 1
@@ -71,6 +94,53 @@ async def test_a_store_written_without_the_index_is_scanned_once_and_indexed(
     driver.reads = 0
     assert await tags.pointing_at(B) == ["two"]
     assert driver.reads <= 3
+
+
+@pytest.mark.parametrize("storage", ["memory", "filesystem"])
+async def test_a_store_of_many_tags_is_indexed_in_batches_the_mark_last(
+    storage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A write per tag was a durable write per tag: seconds for a repository of
+    # thousands, all in its first manifest DELETE.
+    monkeypatch.setattr(tags_module, "INDEX_BATCH", 4)
+    inner = FilesystemDriver(str(tmp_path)) if storage == "filesystem" else MemoryDriver()
+    driver = CountingDriver(inner)
+    tags = TagStore("lib/app", driver, ProcessLocks())
+    names = [f"t{number}" for number in range(10)]
+    for number, tag in enumerate(names):
+        # As another registry writes a tag: its current link and its history.
+        digest = (A, B)[number % 2]
+        await write_link(driver, layout.tag_current_link("lib/app", tag), digest)
+        await write_link(driver, layout.tag_index_link("lib/app", tag, digest), digest)
+    try:
+        driver.writes, driver.batches = 0, []
+        assert await tags.pointing_at(A) == sorted(names[0::2])
+        assert driver.writes == 0
+        assert [len(batch) for batch in driver.batches] == [4, 4, 3]
+        assert layout.tags_indexed("lib/app") in driver.batches[-1]
+        for batch in driver.batches[:-1]:
+            assert layout.tags_indexed("lib/app") not in batch
+        # The index answers from here on, for every manifest.
+        driver.reads = 0
+        assert await tags.pointing_at(B) == sorted(names[1::2])
+        assert driver.reads <= 1 + 5
+        assert sorted(await driver.list(layout.revision_dir("lib/app", A))) == sorted(
+            f"{layout.TAG_ENTRY_PREFIX}{tag}" for tag in names[0::2]
+        )
+        if storage == "filesystem":
+            # Each entry is the tag's history link for that digest: no inode of its own.
+            for number, tag in enumerate(names):
+                digest = (A, B)[number % 2]
+                entry, index = (
+                    os.stat(tmp_path / path.lstrip("/"))
+                    for path in (
+                        layout.tag_entry("lib/app", digest, tag),
+                        layout.tag_index_link("lib/app", tag, digest),
+                    )
+                )
+                assert entry.st_ino == index.st_ino
+    finally:
+        await driver.close()
 
 
 async def test_an_index_an_earlier_version_kept_is_rebuilt_once_and_removed(

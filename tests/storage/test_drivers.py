@@ -291,6 +291,29 @@ async def test_a_copy_holds_its_source_bytes_and_outlives_its_changes(
     assert await driver.list("/repo/_manifests/revisions/sha256/ab") == ["link", "tagged.t"]
 
 
+@pytest.mark.parametrize("replayable", [False, True])
+async def test_a_copy_of_a_stored_file_holds_the_batch_bytes_whatever_is_stored(
+    driver: StorageDriver, replayable: bool
+) -> None:
+    await driver.write("/a/link", b"sha256:ab")
+    await driver.write("/a/longer", b"sha256:ab and more")
+    files = dict.fromkeys(["/b/same", "/b/longer", "/b/gone"], b"sha256:ab")
+    copies = {"/b/same": "/a/link", "/b/longer": "/a/longer", "/b/gone": "/a/missing"}
+    async with await driver.prepare_writes(
+        files, replayable=replayable, copies=copies
+    ) as prepared:
+        await prepared.publish(list(files))
+    for path in files:
+        assert await driver.read(path) == b"sha256:ab"
+    assert await driver.read("/a/longer") == b"sha256:ab and more"
+    # The source replaced, then removed: the copy stays as it was.
+    await driver.write("/a/link", b"sha256:cd")
+    assert await driver.read("/b/same") == b"sha256:ab"
+    await driver.delete("/a")
+    assert await driver.list("/b") == ["gone", "longer", "same"]
+    assert await driver.read("/b/same") == b"sha256:ab"
+
+
 async def test_prepared_writes_replace_existing_files(driver: StorageDriver) -> None:
     await driver.write("/f", b"a much longer first version")
     async with await driver.prepare_writes({"/f": b"short"}) as prepared:
@@ -1246,6 +1269,25 @@ async def test_fs_a_recorded_copy_is_its_source_file_where_links_are_allowed(
     assert (fs_root / "b/tagged.t").read_bytes() == b"sha256:ab"
     assert os.listdir(fs_root / "a") == ["link"]
     assert os.listdir(fs_root / "b") == ["tagged.t"]
+
+
+async def test_fs_a_recorded_copy_of_a_stored_file_is_that_file_where_its_bytes_match(
+    fs: FilesystemDriver, fs_root: Path
+) -> None:
+    await fs.write("/a/link", b"sha256:ab")
+    await fs.write("/a/longer", b"sha256:ab and more")
+    files = dict.fromkeys(["/b/same", "/b/longer"], b"sha256:ab")
+    async with await fs.prepare_writes(
+        files, replayable=True, copies={"/b/same": "/a/link", "/b/longer": "/a/longer"}
+    ) as prepared:
+        await prepared.publish(list(files))
+
+    def inode(path: str) -> int:
+        return os.stat(fs_root / path).st_ino
+
+    assert inode("b/same") == inode("a/link")
+    assert inode("b/longer") != inode("a/longer")
+    assert sorted(os.listdir(fs_root / "b")) == ["longer", "same"]
 
 
 async def test_fs_write_leaves_no_temporary_file(fs: FilesystemDriver, fs_root: Path) -> None:
