@@ -159,6 +159,8 @@ class ManifestStore:
         A marker beside the link says so until the link is held again (its mtime then
         passes the marker's); the link's own mtime, which records holds, is left alone.
         Another manifest still using the content keeps it by reference, whatever its age.
+        A marker is only a hint, and not made durable: one lost in a crash leaves its
+        link to wait out the grace period, as a link of a recent push does.
         """
         links = [layout.layer_link(self.name, blob) for blob in manifest.referenced_blobs()]
         links += [layout.revision_link(self.name, child.digest) for child in manifest.children]
@@ -167,7 +169,7 @@ class ManifestStore:
                 await self.driver.stat(link)
             except PathNotFoundError:
                 continue
-            await self.driver.write(layout.released_marker(link), b"")
+            await self.driver.write(layout.released_marker(link), b"", durable=False)
 
     async def _hold_references(self, manifest: Manifest) -> None:
         """Check every referenced blob and child manifest is there, marking each in use."""

@@ -215,9 +215,10 @@ class StorageDriver(ABC):
     async def write(self, path: str, data: bytes, durable: bool = True) -> None:
         """Replace the file's content atomically, creating parent directories.
 
-        ``durable=False`` is for files that are only a cache of others (an upload's saved
-        hash state): they may be lost in a crash, and the write need not wait for the
-        disk. Drivers whose writes cost the same either way ignore it.
+        ``durable=False`` is for files whose loss in a crash costs only work: a cache of
+        others (an upload's saved hash state), a hint (a manifest's released links, for
+        garbage collection). The write need not wait for the disk. Drivers whose writes
+        cost the same either way ignore it.
         """
 
     async def prepare_writes(

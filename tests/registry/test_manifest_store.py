@@ -15,6 +15,7 @@ from dockyard.registry.digest import Digest
 from dockyard.registry.manifests import OCI_INDEX
 from dockyard.registry.registry import RegistryOptions
 from dockyard.storage import FilesystemDriver, MemoryDriver, PathNotFoundError
+from dockyard.storage.delegating import DelegatingDriver
 from dockyard.storage.driver import StorageDriver
 
 # An index of no manifests references nothing, so the push needs no blobs first.
@@ -67,6 +68,44 @@ async def test_a_push_survives_a_crash_that_loses_what_was_not_settled(
     repo = Registry(FilesystemDriver(str(tmp_path))).repository("lib/app")
     assert await repo.tags.resolve("latest") == digest
     assert (await repo.manifests.get(digest)).data == INDEX
+
+
+class DurableWrites(DelegatingDriver):
+    """Records the files written durably one by one, each a wait for the disk."""
+
+    def __init__(self, inner: StorageDriver) -> None:
+        super().__init__(inner)
+        self.durable: list[str] = []
+
+    async def write(self, path: str, data: bytes, durable: bool = True) -> None:
+        if durable:
+            self.durable.append(path)
+        await self.inner.write(path, data, durable)
+
+
+async def test_a_manifest_delete_marks_released_links_without_a_durable_write(
+    driver: StorageDriver,
+) -> None:
+    # The markers are hints for garbage collection; each written durably was two
+    # fsyncs, most of what a DELETE waited for.
+    recorder = DurableWrites(driver)
+    repo = Registry(recorder).repository("lib/app")
+    child = Digest.of(INDEX)
+    await repo.manifests.put(INDEX, OCI_INDEX, None, None)
+    parent = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [{"mediaType": OCI_INDEX, "digest": str(child), "size": len(INDEX)}],
+        }
+    ).encode()
+    await repo.manifests.put(parent, OCI_INDEX, "latest", None)
+    recorder.durable = []
+    await repo.manifests.delete(Digest.of(parent))
+    assert recorder.durable == []
+    await driver.stat(layout.released_marker(layout.revision_link("lib/app", child)))
+    with pytest.raises(ManifestUnknown):
+        await repo.tags.resolve("latest")
 
 
 async def test_moving_a_tag_removes_its_stale_reverse_entry_in_the_same_batch(
