@@ -361,7 +361,9 @@ def _link_stored(source: str, real: str, data: bytes, created: list[str]) -> _Pr
     hard link, as :func:`_link_temp`; a file of its own where it does not, is gone, or
     linking fails."""
     try:
-        fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+        # Not through a symbolic link (whatever it leads to is not the store's file), and
+        # never waiting on something that is not a plain file.
+        fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         try:
             # One byte more than ``data``: a longer file is not a copy of it.
             held: bytes | None = os.read(fd, len(data) + 1)
@@ -371,7 +373,8 @@ def _link_stored(source: str, real: str, data: bytes, created: list[str]) -> _Pr
         held = None
     if held == data:
         try:
-            _, temp = _make_temp_beside(real, created, partial(os.link, source))
+            link = partial(os.link, source, follow_symlinks=False)
+            _, temp = _make_temp_beside(real, created, link)
             return _PreparedFile(real, data, temp)
         except OSError as error:
             if error.errno not in _LINK_REFUSALS:

@@ -1276,18 +1276,21 @@ async def test_fs_a_recorded_copy_of_a_stored_file_is_that_file_where_its_bytes_
 ) -> None:
     await fs.write("/a/link", b"sha256:ab")
     await fs.write("/a/longer", b"sha256:ab and more")
-    files = dict.fromkeys(["/b/same", "/b/longer"], b"sha256:ab")
-    async with await fs.prepare_writes(
-        files, replayable=True, copies={"/b/same": "/a/link", "/b/longer": "/a/longer"}
-    ) as prepared:
+    os.symlink("link", fs_root / "a/symlink")
+    files = dict.fromkeys(["/b/same", "/b/longer", "/b/symlink"], b"sha256:ab")
+    copies = {"/b/same": "/a/link", "/b/longer": "/a/longer", "/b/symlink": "/a/symlink"}
+    async with await fs.prepare_writes(files, replayable=True, copies=copies) as prepared:
         await prepared.publish(list(files))
 
     def inode(path: str) -> int:
-        return os.stat(fs_root / path).st_ino
+        return os.lstat(fs_root / path).st_ino
 
     assert inode("b/same") == inode("a/link")
     assert inode("b/longer") != inode("a/longer")
-    assert sorted(os.listdir(fs_root / "b")) == ["longer", "same"]
+    # Not what a symbolic link leads to, nor the link itself: a file of its own.
+    assert inode("b/symlink") not in (inode("a/link"), inode("a/symlink"))
+    assert not os.path.islink(fs_root / "b/symlink")
+    assert sorted(os.listdir(fs_root / "b")) == ["longer", "same", "symlink"]
 
 
 async def test_fs_write_leaves_no_temporary_file(fs: FilesystemDriver, fs_root: Path) -> None:
