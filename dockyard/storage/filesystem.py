@@ -345,15 +345,7 @@ def _link_temp(
 ) -> _PreparedFile:
     """A new name for ``source``'s temporary file beside ``real``: a hard link, so that a
     copy costs the file system no inode; a file of its own where linking fails."""
-    try:
-        _, temp = _make_temp_beside(real, created, partial(os.link, source.temp))
-        return _PreparedFile(real, data, temp)
-    except OSError as error:
-        if error.errno not in _LINK_REFUSALS:
-            raise
-    fd, file = _write_temp(real, data, created)
-    os.close(fd)
-    return file
+    return _linked_or_written(partial(os.link, source.temp), real, data, created)
 
 
 def _link_stored(source: str, real: str, data: bytes, created: list[str]) -> _PreparedFile:
@@ -371,9 +363,17 @@ def _link_stored(source: str, real: str, data: bytes, created: list[str]) -> _Pr
             os.close(fd)
     except OSError:
         held = None
-    if held == data:
+    link = partial(os.link, source, follow_symlinks=False) if held == data else None
+    return _linked_or_written(link, real, data, created)
+
+
+def _linked_or_written(
+    link: Callable[[str], None] | None, real: str, data: bytes, created: list[str]
+) -> _PreparedFile:
+    """``link(temp)`` for a temporary name beside ``real``; ``data`` in a file of its own
+    where there is no ``link`` or linking fails."""
+    if link is not None:
         try:
-            link = partial(os.link, source, follow_symlinks=False)
             _, temp = _make_temp_beside(real, created, link)
             return _PreparedFile(real, data, temp)
         except OSError as error:
