@@ -374,7 +374,8 @@ class Suite:
     # -- preparation -------------------------------------------------------------------
 
     def prepare_stores(self) -> None:
-        """Before the servers start: the listing layout in every store, the GC master."""
+        """Before the servers start: the listing's and the deletes' layouts in every store,
+        the GC master."""
         plan = self.plan
         first = self.servers[0].root
         if "listing" in self.groups:
@@ -587,7 +588,7 @@ class Suite:
     async def delete(self, rep: int, http: aiohttp.ClientSession) -> None:
         """Manifests deleted by digest, one after another; in the first repetition the
         first DELETE of each repository alone (victim 0), then ``deletes`` victims per
-        repetition, each taken by one server only once."""
+        repetition; each victim is deleted once from each server's store."""
         count = self.plan.deletes
         for tags, victims in self.victims.items():
             repo = deletes.repository(tags)
