@@ -542,7 +542,7 @@ class _PreparedFiles(PreparedWrites):
             and targets[path][1] == targets[source][1]
         }
         # Copies of files already stored (their real paths), not of the batch's own.
-        self._stored_copies = dict(stored_copies)
+        self._stored_copies = stored_copies
         self._removals = removals
         self._syncs = syncs
         self._journal = journal
@@ -1374,11 +1374,14 @@ class FilesystemDriver(StorageDriver):
             self._journal,
             replayable,
             copies,
+            # Only a recorded batch links copies: resolved for no other.
             {
                 path: self._resolve(source, follow=False)
                 for path, source in copies.items()
                 if path in files and source not in files
-            },
+            }
+            if replayable
+            else {},
         )
 
     def stream(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
