@@ -348,23 +348,50 @@ def _link_temp(
     return _linked_or_written(partial(os.link, source.temp), real, data, created)
 
 
-def _link_stored(source: str, real: str, data: bytes, created: list[str]) -> _PreparedFile:
-    """A new name beside ``real`` for the stored file ``source``, if it holds ``data``: a
-    hard link, as :func:`_link_temp`; a file of its own where it does not, is gone, or
-    linking fails."""
+def _holds(source: str, data: bytes) -> bool:
+    """Whether the stored file ``source`` holds exactly ``data``."""
     try:
         # Not through a symbolic link (whatever it leads to is not the store's file), and
         # never waiting on something that is not a plain file.
         fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         try:
             # One byte more than ``data``: a longer file is not a copy of it.
-            held: bytes | None = os.read(fd, len(data) + 1)
+            return os.read(fd, len(data) + 1) == data
         finally:
             os.close(fd)
     except OSError:
-        held = None
-    link = partial(os.link, source, follow_symlinks=False) if held == data else None
+        return False
+
+
+def _link_stored(source: str, real: str, data: bytes, created: list[str]) -> _PreparedFile:
+    """A new name beside ``real`` for the stored file ``source``, if it holds ``data``: a
+    hard link, as :func:`_link_temp`; a file of its own where it does not, is gone, or
+    linking fails."""
+    link = partial(os.link, source, follow_symlinks=False) if _holds(source, data) else None
     return _linked_or_written(link, real, data, created)
+
+
+def _publish_stored_link(source: str, real: str, data: bytes) -> None:
+    """Publish at ``real`` a copy of the stored file ``source``, found to hold ``data``:
+    linked there directly while nothing is there (no temporary name, no rename, in what
+    may be a directory of thousands of entries); otherwise linked or written beside it
+    and renamed into place, as any published file."""
+    try:
+        os.link(source, real, follow_symlinks=False)
+        return
+    except FileExistsError:
+        pass
+    except OSError as error:
+        # ENOENT: the source gone, or ``real``'s directory (made below).
+        if error.errno not in _LINK_REFUSALS:
+            raise
+    file = _link_stored(source, real, data, [])
+    try:
+        os.replace(file.temp, real)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(file.temp)
+        raise
 
 
 def _linked_or_written(
@@ -601,12 +628,16 @@ class _PreparedFiles(PreparedWrites):
                 between(number)
         order = [path for stage in stages for path in stage]
         self._files = {}
+        # Copies of stored files that hold their bytes: linked when published, directly.
+        linked = {
+            path: source
+            for path, source in self._stored_copies.items()
+            if _holds(source, self._targets[path][1])
+        }
         for path in order:
-            if path in self._stored_copies:
-                self._files[path] = _link_stored(
-                    self._stored_copies[path], *self._targets[path], self._created
-                )
-            elif path not in self._copies:
+            if path in linked:
+                continue
+            if path not in self._copies:
                 fd, self._files[path] = _write_temp(*self._targets[path], self._created)
                 os.close(fd)
         # A copy after its source, whichever stage each is in (a file of its own if its
@@ -621,17 +652,20 @@ class _PreparedFiles(PreparedWrites):
                     fd, file = _write_temp(*self._targets[path], self._created)
                     os.close(fd)
                 self._files[path] = file
-        files = self._files
+        files, targets = self._files, self._targets
 
         def publish() -> None:
             for path in order:
-                file = files.pop(path)
                 try:
+                    if path in linked:
+                        _publish_stored_link(linked[path], *targets[path])
+                        continue
+                    file = files.pop(path)
                     os.replace(file.temp, file.real)
                 except FileNotFoundError:
                     # Its directory was moved away since (garbage collection removing an
                     # empty tree): written again in a new one, durable through the record.
-                    _replace(file.real, file.data)
+                    _replace(*targets[path])
 
         removals, self._removals = self._removals, []
 
@@ -642,7 +676,7 @@ class _PreparedFiles(PreparedWrites):
 
         self._journal.record(
             [
-                *((files[path].real, files[path].data) for path in order),
+                *(targets[path] for path in order),
                 *((r, None) for r in removals),
             ],
             publish_and_remove,

@@ -297,8 +297,16 @@ async def test_a_copy_of_a_stored_file_holds_the_batch_bytes_whatever_is_stored(
 ) -> None:
     await driver.write("/a/link", b"sha256:ab")
     await driver.write("/a/longer", b"sha256:ab and more")
-    files = dict.fromkeys(["/b/same", "/b/longer", "/b/gone"], b"sha256:ab")
-    copies = {"/b/same": "/a/link", "/b/longer": "/a/longer", "/b/gone": "/a/missing"}
+    await driver.write("/b/there", b"sha256:older")
+    files = dict.fromkeys(["/b/same", "/b/longer", "/b/gone", "/b/there", "/c/new"], b"sha256:ab")
+    copies = {
+        "/b/same": "/a/link",
+        "/b/longer": "/a/longer",
+        "/b/gone": "/a/missing",
+        # Where a file already is, and in a directory not made yet.
+        "/b/there": "/a/link",
+        "/c/new": "/a/link",
+    }
     async with await driver.prepare_writes(
         files, replayable=replayable, copies=copies
     ) as prepared:
@@ -306,12 +314,14 @@ async def test_a_copy_of_a_stored_file_holds_the_batch_bytes_whatever_is_stored(
     for path in files:
         assert await driver.read(path) == b"sha256:ab"
     assert await driver.read("/a/longer") == b"sha256:ab and more"
-    # The source replaced, then removed: the copy stays as it was.
+    # The source replaced, then removed: the copies stay as they were.
     await driver.write("/a/link", b"sha256:cd")
     assert await driver.read("/b/same") == b"sha256:ab"
     await driver.delete("/a")
-    assert await driver.list("/b") == ["gone", "longer", "same"]
+    assert await driver.list("/b") == ["gone", "longer", "same", "there"]
     assert await driver.read("/b/same") == b"sha256:ab"
+    assert await driver.read("/b/there") == b"sha256:ab"
+    assert await driver.read("/c/new") == b"sha256:ab"
 
 
 async def test_prepared_writes_replace_existing_files(driver: StorageDriver) -> None:
@@ -1276,9 +1286,17 @@ async def test_fs_a_recorded_copy_of_a_stored_file_is_that_file_where_its_bytes_
 ) -> None:
     await fs.write("/a/link", b"sha256:ab")
     await fs.write("/a/longer", b"sha256:ab and more")
+    await fs.write("/b/there", b"sha256:older")
     os.symlink("link", fs_root / "a/symlink")
-    files = dict.fromkeys(["/b/same", "/b/longer", "/b/symlink"], b"sha256:ab")
-    copies = {"/b/same": "/a/link", "/b/longer": "/a/longer", "/b/symlink": "/a/symlink"}
+    names = ["/b/same", "/b/longer", "/b/symlink", "/b/there", "/c/new"]
+    files = dict.fromkeys(names, b"sha256:ab")
+    copies = {
+        "/b/same": "/a/link",
+        "/b/longer": "/a/longer",
+        "/b/symlink": "/a/symlink",
+        "/b/there": "/a/link",
+        "/c/new": "/a/link",
+    }
     async with await fs.prepare_writes(files, replayable=True, copies=copies) as prepared:
         await prepared.publish(list(files))
 
@@ -1290,7 +1308,12 @@ async def test_fs_a_recorded_copy_of_a_stored_file_is_that_file_where_its_bytes_
     # Not what a symbolic link leads to, nor the link itself: a file of its own.
     assert inode("b/symlink") not in (inode("a/link"), inode("a/symlink"))
     assert not os.path.islink(fs_root / "b/symlink")
-    assert sorted(os.listdir(fs_root / "b")) == ["longer", "same", "symlink"]
+    # A file already there is replaced by the link; a missing directory is made for it.
+    assert inode("b/there") == inode("a/link")
+    assert inode("c/new") == inode("a/link")
+    # No temporary name left behind.
+    assert sorted(os.listdir(fs_root / "b")) == ["longer", "same", "symlink", "there"]
+    assert os.listdir(fs_root / "c") == ["new"]
 
 
 async def test_fs_write_leaves_no_temporary_file(fs: FilesystemDriver, fs_root: Path) -> None:
