@@ -64,6 +64,10 @@ PLAIN_PATHS_REMEMBERED = 1024
 # At most so many subdirectories of one listing are remembered from it (a blob prefix
 # holds some hundreds in a registry of 100,000 blobs).
 PLAIN_DIRS_SEEDED = 1024
+# Listings of more subdirectories than that (the tags of a large repository) whose
+# subdirectories are known plain as one set each, the latest so many: a walk over
+# every tag then costs no lstat of each tag's directory.
+PLAIN_LISTINGS_REMEMBERED = 4
 # Listings of large directories kept, at most so many names in all (about 60 bytes
 # each), and how long a directory must have been left unchanged before its listing is
 # kept: a change is then sure to move its modification time, even on file systems that
@@ -1252,6 +1256,7 @@ class FilesystemDriver(StorageDriver):
         # of a catalog walk's or a collection's scan). The registry never makes links;
         # one made inside the root while it runs is noticed once the entry is evicted.
         self._plain_dirs: OrderedDict[str, None] = OrderedDict()
+        self._plain_listed: OrderedDict[str, frozenset[str]] = OrderedDict()
         # Paths whose every directory is such a directory, with their OS path: the same
         # promise, for the files a pull reads and stats again and again.
         self._plain_paths: OrderedDict[str, str] = OrderedDict()
@@ -1317,6 +1322,9 @@ class FilesystemDriver(StorageDriver):
             return candidate, False
         if real_parent != parent:
             return os.path.realpath(candidate), True
+        listed = self._plain_listed.get(parent)
+        if listed is not None and name in listed:
+            return candidate, True
         try:
             mode = os.lstat(candidate).st_mode
         except OSError:
@@ -1554,6 +1562,11 @@ class FilesystemDriver(StorageDriver):
             if plain and len(dirs) <= PLAIN_DIRS_SEEDED:
                 for name in dirs:
                     self._remember_plain(f"{real}{os.sep}{name}")
+            elif plain:
+                self._plain_listed[real] = frozenset(dirs)
+                self._plain_listed.move_to_end(real)
+                if len(self._plain_listed) > PLAIN_LISTINGS_REMEMBERED:
+                    self._plain_listed.popitem(last=False)
             return names
         except OSError as error:
             raise _storage_error(path, error, _LISTING_MISSING) from error

@@ -40,6 +40,7 @@ from dockyard.storage import (
     StorageError,
     create_driver,
 )
+from dockyard.storage import filesystem as filesystem_module
 from dockyard.storage.delegating import DelegatingDriver
 from dockyard.storage.driver import DeferredWrites
 from dockyard.storage.filesystem import (
@@ -1774,11 +1775,19 @@ async def test_fs_remembered_directories_stay_bounded(fs: FilesystemDriver, fs_r
         await fs.read("/blobs/00000/data")
 
 
+@pytest.mark.parametrize("seeded", [1024, 2])
 async def test_fs_a_listing_answers_its_directories_lookups(
-    fs: FilesystemDriver, fs_root: Path, outside: Path, monkeypatch: pytest.MonkeyPatch
+    fs: FilesystemDriver,
+    fs_root: Path,
+    outside: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    seeded: int,
 ) -> None:
     # A collection lists a repository's links, then stats each: one lstat per link, the
-    # listing's entry types saying that the directory above it is a plain one.
+    # listing's entry types saying that the directory above it is a plain one. So too
+    # for a listing of more directories than are remembered one by one (a large
+    # repository's tags, each read when its first tag index is built).
+    monkeypatch.setattr(filesystem_module, "PLAIN_DIRS_SEEDED", seeded)
     layers = fs_root / "repo" / "_layers" / "sha256"
     encoded = [f"{number:064x}" for number in range(8)]
     for name in encoded:
