@@ -11,6 +11,7 @@ from dockyard.registry import layout
 from dockyard.registry.blobs import BlobStore, RepositoryBlobs
 from dockyard.registry.cache import DigestCache
 from dockyard.registry.catalog import Catalog
+from dockyard.registry.deferred import DeferredWork
 from dockyard.registry.hashstate import sha256_states
 from dockyard.registry.links import delete_if_exists
 from dockyard.registry.manifest_store import ManifestStore, StoredManifest
@@ -42,7 +43,7 @@ class Repository:
         self.name = check_name(name)
         driver = registry.driver
         self.blobs = RepositoryBlobs(self.name, registry.blobs)
-        self.tags = TagStore(self.name, driver, registry.coordination.locks)
+        self.tags = TagStore(self.name, driver, registry.coordination.locks, registry.deferred)
         self.manifests = ManifestStore(
             self.name,
             driver,
@@ -72,6 +73,7 @@ class Registry:
         self.catalog = Catalog(driver)
         self.manifest_cache: DigestCache[StoredManifest] = DigestCache(64 << 20)
         self._repositories: OrderedDict[str, Repository] = OrderedDict()
+        self.deferred = DeferredWork()
 
     def repository(self, name: str) -> Repository:
         repository = self._repositories.get(name)
@@ -109,5 +111,6 @@ class Registry:
             raise NameUnknown(detail={"name": repo.name})
 
     async def close(self) -> None:
+        await self.deferred.close()
         await self.driver.close()
         await self.coordination.close()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from dockyard.coordination.locks import Locks
 from dockyard.errors import ManifestUnknown, NameUnknown
 from dockyard.registry import layout
+from dockyard.registry.deferred import DeferredWork
 from dockyard.registry.digest import Digest
 from dockyard.registry.links import delete_if_exists, read_link
 from dockyard.registry.names import TAG_PATTERN, is_valid_tag
@@ -51,10 +52,18 @@ class TagStore:
     """Tags change under a lock per tag, so that an untag conditional on where the tag
     points (a manifest DELETE) cannot remove a tag a concurrent PUT has just moved."""
 
-    def __init__(self, name: str, driver: StorageDriver, locks: Locks) -> None:
+    def __init__(
+        self,
+        name: str,
+        driver: StorageDriver,
+        locks: Locks,
+        deferred: DeferredWork | None = None,
+    ) -> None:
         self.name = name
         self.driver = driver
         self.locks = locks
+        # Where a first index is finished after answering; without it, before.
+        self.deferred = deferred
 
     def _lock(self, tag: str) -> AbstractAsyncContextManager[None]:
         return self.locks.hold(f"tag:{self.name}:{tag}")
@@ -147,12 +156,22 @@ class TagStore:
         Its entries are candidates, each checked against the tag itself, so the cost
         follows the tags of this manifest, not the repository's. A store another
         registry (or an earlier version) wrote has no index yet: the first call reads
-        every tag and builds it.
+        every tag, as Distribution does on every call, and builds it; with ``deferred``
+        work, the entries of other manifests' tags after answering. Calls meanwhile
+        wait for the index.
         """
+        if not await self._indexed():
+            return await self._scan_and_index(digest)
+        return await self._indexed_at(digest)
+
+    async def _indexed(self) -> bool:
         try:
             await self.driver.stat(layout.tags_indexed(self.name))
         except PathNotFoundError:
-            return await self._scan_and_index(digest)
+            return False
+        return True
+
+    async def _indexed_at(self, digest: Digest) -> builtins.list[str]:
         try:
             names = await self.driver.list(layout.revision_dir(self.name, digest))
         except PathNotFoundError:
@@ -169,31 +188,75 @@ class TagStore:
         return await read_link(self.driver, layout.tag_current_link(self.name, tag)) == digest
 
     async def _scan_and_index(self, digest: Digest) -> builtins.list[str]:
-        # Tags moved meanwhile write their own entries; an entry this scan writes for a
-        # tag that has moved on since is only a candidate that fails its check.
-        found = []
-        entries: dict[str, bytes] = {}
-        # Each entry holds what the tag's history link for that digest holds: stored as
-        # that file where the driver can (a hard link costs no inode of its own).
-        copies: dict[str, str] = {}
+        """Every tag read and the index built; the tags at ``digest`` are answered once
+        read, and the rest of the index is written after answering where there is
+        ``deferred`` work to write it in, before answering where there is not."""
+        found: asyncio.Future[builtins.list[str]] = asyncio.get_running_loop().create_future()
+        build = self._build_index(digest, found)
+        if self.deferred is None:
+            await build
+        else:
+            self.deferred.start(build, f"tag index of {self.name}")
+        return await found
+
+    async def _build_index(self, digest: Digest, found: asyncio.Future[builtins.list[str]]) -> None:
+        try:
+            # One build at a time, in every worker: a call that waits here finds the index
+            # complete, so no DELETE reads every tag while a build is writing entries
+            # (for a manifest that DELETE might remove meanwhile).
+            async with self.locks.hold(f"tag-index:{self.name}"):
+                if await self._indexed():
+                    _answer(found, await self._indexed_at(digest))
+                    return
+                pointing = await self._current_links()
+                tags = sorted(tag for tag, at in pointing.items() if at == digest)
+                # Their entries before the answer: a DELETE of ``digest`` removes them
+                # with its revision next, and nothing written later may land there.
+                await self._index_entries({tag: digest for tag in tags}, last=False)
+                _answer(found, tags)
+                rest = {tag: at for tag, at in pointing.items() if at != digest}
+                await self._index_entries(rest, last=True)
+                await delete_if_exists(self.driver, layout.former_tag_index(self.name))
+        except asyncio.CancelledError:
+            found.cancel()
+            raise
+        except BaseException as error:
+            if not found.done():
+                found.set_exception(error)
+            raise
+
+    async def _current_links(self) -> dict[str, Digest]:
+        """Where every tag points, as its ``current`` link says."""
+        pointing: dict[str, Digest] = {}
         for number, tag in enumerate(await self.list(), 1):
             if number % SCAN_TURN == 0:
                 # Small links are read without awaiting anything: let other requests run.
                 await asyncio.sleep(0)
             current = await read_link(self.driver, layout.tag_current_link(self.name, tag))
-            if current is None:
-                continue
+            if current is not None:
+                pointing[tag] = current
+        return pointing
+
+    async def _index_entries(self, pointing: dict[str, Digest], last: bool) -> None:
+        """The entries of ``pointing``'s tags, in batches; with the ``last``, the mark
+        that the index is complete, after them all.
+
+        Tags moved meanwhile write their own entries; an entry written here for a tag
+        that has moved on since is only a candidate that fails its check.
+        """
+        entries: dict[str, bytes] = {}
+        # Each entry holds what the tag's history link for that digest holds: stored as
+        # that file where the driver can (a hard link costs no inode of its own).
+        copies: dict[str, str] = {}
+        for tag, current in pointing.items():
             entry = layout.tag_entry(self.name, current, tag)
             entries[entry] = str(current).encode("ascii")
             copies[entry] = layout.tag_index_link(self.name, tag, current)
-            if current == digest:
-                found.append(tag)
             if len(entries) == INDEX_BATCH:
                 await self._write_entries(entries, copies, last=False)
                 entries, copies = {}, {}
-        await self._write_entries(entries, copies, last=True)
-        await delete_if_exists(self.driver, layout.former_tag_index(self.name))
-        return found
+        if entries or last:
+            await self._write_entries(entries, copies, last=last)
 
     async def _write_entries(
         self, entries: dict[str, bytes], copies: dict[str, str], last: bool
@@ -208,3 +271,9 @@ class TagStore:
             {**entries, **marks}, replayable=True, copies=copies
         ) as files:
             await files.publish_in_order([stage for stage in stages if stage])
+
+
+def _answer(found: asyncio.Future[builtins.list[str]], tags: builtins.list[str]) -> None:
+    # The caller may have stopped waiting (its client gone): the build goes on.
+    if not found.done():
+        found.set_result(tags)

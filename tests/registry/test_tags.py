@@ -3,6 +3,7 @@ that manifest's tags, not the repository's."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from dockyard.registry import layout
 from dockyard.registry.digest import Digest
 from dockyard.registry.links import write_link
 from dockyard.registry import tags as tags_module
+from dockyard.registry.deferred import DeferredWork
 from dockyard.registry.tags import TagStore
 from dockyard.storage import FilesystemDriver, MemoryDriver, PathNotFoundError
 from dockyard.storage.delegating import DelegatingDriver
@@ -116,7 +118,9 @@ async def test_a_store_of_many_tags_is_indexed_in_batches_the_mark_last(
         driver.writes, driver.batches = 0, []
         assert await tags.pointing_at(A) == sorted(names[0::2])
         assert driver.writes == 0
-        assert [len(batch) for batch in driver.batches] == [4, 4, 3]
+        # The asked-for manifest's entries first (5), then the others' (5) and the mark.
+        assert [len(batch) for batch in driver.batches] == [4, 1, 4, 2]
+        assert all("/sha256/" + A.hex + "/" in path for path in driver.batches[0])
         assert layout.tags_indexed("lib/app") in driver.batches[-1]
         for batch in driver.batches[:-1]:
             assert layout.tags_indexed("lib/app") not in batch
@@ -141,6 +145,67 @@ async def test_a_store_of_many_tags_is_indexed_in_batches_the_mark_last(
                 assert entry.st_ino == index.st_ino
     finally:
         await driver.close()
+
+
+class GatedDriver(CountingDriver):
+    """Holds every batch of writes after the first until ``gate`` opens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def prepare_writes(
+        self,
+        files: Mapping[str, bytes],
+        replayable: bool = False,
+        removals: Sequence[str] = (),
+        copies: Mapping[str, str] | None = None,
+    ) -> PreparedWrites:
+        if self.batches:
+            await self.gate.wait()
+        return await super().prepare_writes(files, replayable, removals, copies)
+
+
+async def test_a_first_index_answers_once_read_and_writes_the_rest_after() -> None:
+    driver = GatedDriver()
+    deferred = DeferredWork()
+    tags = TagStore("lib/app", driver, ProcessLocks(), deferred)
+    for tag, digest in (("one", A), ("two", B), ("three", A), ("four", C)):
+        await write_link(driver, layout.tag_current_link("lib/app", tag), digest)
+    # Answered with only the asked-for manifest's entries written (the rest are held).
+    assert await asyncio.wait_for(tags.pointing_at(A), 5) == ["one", "three"]
+    assert driver.batches == [sorted(layout.tag_entry("lib/app", A, t) for t in ("one", "three"))]
+    with pytest.raises(PathNotFoundError):
+        await driver.stat(layout.tags_indexed("lib/app"))
+    # A lookup meanwhile waits for the index rather than reading every tag again.
+    waiting = asyncio.create_task(tags.pointing_at(B))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not waiting.done()
+    driver.gate.set()
+    assert await waiting == ["two"]
+    await deferred.finished()
+    await driver.stat(layout.tags_indexed("lib/app"))
+    assert await driver.list(layout.revision_dir("lib/app", C)) == ["tagged.four"]
+    driver.reads = 0
+    assert await tags.pointing_at(C) == ["four"]
+    assert driver.reads <= 3
+
+
+async def test_an_index_left_unfinished_when_closing_is_built_again() -> None:
+    driver = GatedDriver()
+    deferred = DeferredWork()
+    tags = TagStore("lib/app", driver, ProcessLocks(), deferred)
+    for tag, digest in (("one", A), ("two", B)):
+        await write_link(driver, layout.tag_current_link("lib/app", tag), digest)
+    assert await asyncio.wait_for(tags.pointing_at(A), 5) == ["one"]
+    await deferred.close(wait=0.05)  # the gate stays shut: cancelled
+    with pytest.raises(PathNotFoundError):
+        await driver.stat(layout.tags_indexed("lib/app"))
+    driver.gate.set()
+    again = TagStore("lib/app", driver, ProcessLocks())
+    assert await again.pointing_at(B) == ["two"]
+    await driver.stat(layout.tags_indexed("lib/app"))
 
 
 async def test_an_index_an_earlier_version_kept_is_rebuilt_once_and_removed(
