@@ -598,6 +598,9 @@ class Suite:
             for key, batch, first in batches:
                 for server in self.order(rep):
                     name = f"{key}-{tags}-r{rep}".replace(".", "-")
+                    # Untimed, as before PUTs: what others left dirty in the page cache
+                    # is not this sample's (a DELETE that settles the journal syncs).
+                    os.sync()
                     with self.meter(server, name) as meter:
                         seconds = await deletes.delete_each(http, server.url, repo, batch)
                     last = deletes.victim_tag(first + len(batch) - 1)
