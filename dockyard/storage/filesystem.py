@@ -375,11 +375,14 @@ def _link_stored(source: str, real: str, data: bytes, created: list[str]) -> _Pr
     return _linked_or_written(link, real, data, created)
 
 
-def _publish_stored_link(source: str, real: str, data: bytes) -> None:
-    """Publish at ``real`` a copy of the stored file ``source``, found to hold ``data``:
+def _publish_stored_copy(source: str, real: str, data: bytes) -> None:
+    """Publish at ``real`` a copy of the stored file ``source``: where it holds ``data``,
     linked there directly while nothing is there (no temporary name, no rename, in what
-    may be a directory of thousands of entries); otherwise linked or written beside it
-    and renamed into place, as any published file."""
+    may be a directory of thousands of entries), otherwise linked beside it and renamed
+    into place; where it does not, or linking fails, a file of its own."""
+    if not _holds(source, data):
+        _replace(real, data)
+        return
     try:
         os.link(source, real, follow_symlinks=False)
         return
@@ -632,16 +635,11 @@ class _PreparedFiles(PreparedWrites):
                 between(number)
         order = [path for stage in stages for path in stage]
         self._files = {}
-        # Copies of stored files that hold their bytes: linked when published, directly.
-        linked = {
-            path: source
-            for path, source in self._stored_copies.items()
-            if _holds(source, self._targets[path][1])
-        }
+        # Copies of stored files are made when published, after the record: each is
+        # checked and linked then, with nothing to write beforehand.
+        stored = self._stored_copies
         for path in order:
-            if path in linked:
-                continue
-            if path not in self._copies:
+            if path not in self._copies and path not in stored:
                 fd, self._files[path] = _write_temp(*self._targets[path], self._created)
                 os.close(fd)
         # A copy after its source, whichever stage each is in (a file of its own if its
@@ -661,8 +659,8 @@ class _PreparedFiles(PreparedWrites):
         def publish() -> None:
             for path in order:
                 try:
-                    if path in linked:
-                        _publish_stored_link(linked[path], *targets[path])
+                    if path in stored:
+                        _publish_stored_copy(stored[path], *targets[path])
                         continue
                     file = files.pop(path)
                     os.replace(file.temp, file.real)

@@ -325,6 +325,22 @@ async def test_a_copy_of_a_stored_file_holds_the_batch_bytes_whatever_is_stored(
     assert await driver.read("/c/new") == b"sha256:ab"
 
 
+@pytest.mark.parametrize("replayable", [False, True])
+async def test_a_copy_of_a_stored_file_replaced_before_publishing_holds_the_batch_bytes(
+    driver: StorageDriver, replayable: bool
+) -> None:
+    await driver.write("/a/link", b"sha256:ab")
+    files = {"/b/copy": b"sha256:ab"}
+    async with await driver.prepare_writes(
+        files, replayable=replayable, copies={"/b/copy": "/a/link"}
+    ) as prepared:
+        # Between getting ready and publishing, the source changes.
+        await driver.write("/a/link", b"sha256:cd")
+        await prepared.publish(list(files))
+    assert await driver.read("/b/copy") == b"sha256:ab"
+    assert await driver.read("/a/link") == b"sha256:cd"
+
+
 async def test_prepared_writes_replace_existing_files(driver: StorageDriver) -> None:
     await driver.write("/f", b"a much longer first version")
     async with await driver.prepare_writes({"/f": b"short"}) as prepared:
