@@ -48,8 +48,12 @@ class CountingDriver(DelegatingDriver):
         removals: Sequence[str] = (),
         copies: Mapping[str, str] | None = None,
     ) -> PreparedWrites:
+        await self.before_batch()
         self.batches.append(sorted(files))
         return await self.inner.prepare_writes(files, replayable, removals, copies)
+
+    async def before_batch(self) -> None:
+        """Where a test holds a batch back."""
 
     async def read(self, path: str) -> bytes:
         self.reads += 1
@@ -154,16 +158,9 @@ class GatedDriver(CountingDriver):
         super().__init__()
         self.gate = asyncio.Event()
 
-    async def prepare_writes(
-        self,
-        files: Mapping[str, bytes],
-        replayable: bool = False,
-        removals: Sequence[str] = (),
-        copies: Mapping[str, str] | None = None,
-    ) -> PreparedWrites:
+    async def before_batch(self) -> None:
         if self.batches:
             await self.gate.wait()
-        return await super().prepare_writes(files, replayable, removals, copies)
 
 
 async def test_a_first_index_answers_once_read_and_writes_the_rest_after() -> None:
