@@ -330,6 +330,7 @@ async def test_a_copy_of_a_stored_file_replaced_before_publishing_holds_the_batc
     driver: StorageDriver, replayable: bool
 ) -> None:
     await driver.write("/a/link", b"sha256:ab")
+    await driver.write("/b/other", b"")  # the copy's directory is there
     files = {"/b/copy": b"sha256:ab"}
     async with await driver.prepare_writes(
         files, replayable=replayable, copies={"/b/copy": "/a/link"}
