@@ -367,14 +367,6 @@ def _holds(source: str, data: bytes) -> bool:
         return False
 
 
-def _link_stored(source: str, real: str, data: bytes, created: list[str]) -> _PreparedFile:
-    """A new name beside ``real`` for the stored file ``source``, if it holds ``data``: a
-    hard link, as :func:`_link_temp`; a file of its own where it does not, is gone, or
-    linking fails."""
-    link = partial(os.link, source, follow_symlinks=False) if _holds(source, data) else None
-    return _linked_or_written(link, real, data, created)
-
-
 def _publish_stored_copy(source: str, real: str, data: bytes) -> None:
     """Publish at ``real`` a copy of the stored file ``source``: where it holds ``data``,
     linked there directly while nothing is there (no temporary name, no rename, in what
@@ -392,7 +384,8 @@ def _publish_stored_copy(source: str, real: str, data: bytes) -> None:
         # ENOENT: the source gone, or ``real``'s directory (made below).
         if error.errno not in _LINK_REFUSALS:
             raise
-    file = _link_stored(source, real, data, [])
+    # Checked just above: linked beside it, or written where that fails too.
+    file = _linked_or_written(partial(os.link, source, follow_symlinks=False), real, data, [])
     try:
         os.replace(file.temp, real)
     except BaseException:
