@@ -604,7 +604,9 @@ class _PreparedFiles(PreparedWrites):
         if self._replayable:
             self._record(stages, between)
             return
-        if self._files is None and self._journal.pending():
+        if self._files is None and self._journal.touches(
+            [*(real for real, _ in self._targets.values()), *self._removals]
+        ):
             self._journal.settle()
         for number, paths in enumerate(stages):
             if number and between is not None:
@@ -1281,11 +1283,12 @@ class FilesystemDriver(StorageDriver):
             for fd in descriptors:
                 os.close(fd)
 
-    async def _settle(self) -> None:
-        """Before any change but a replayable batch: recorded files must be durable in
-        place, so that no replay after a crash can undo this change."""
+    async def _settle(self, *reals: str) -> None:
+        """Before any change to ``reals`` but a replayable batch: files recorded there
+        (or below) must be durable in place, so that no replay after a crash can undo
+        this change. Records elsewhere wait for the next settle."""
         try:
-            if self._journal.pending():
+            if self._journal.touches(reals):
                 await asyncio.to_thread(self._journal.settle)
         except OSError as error:
             raise StorageError(f"settling the publish journal: {error}") from error
@@ -1386,7 +1389,7 @@ class FilesystemDriver(StorageDriver):
     async def write(self, path: str, data: bytes, durable: bool = True) -> None:
         real = self._resolve(path, follow=False)
         with _translated(path):
-            await self._settle()
+            await self._settle(real)
             if durable:
                 await asyncio.to_thread(_replace_atomically, real, data, self._syncs)
             else:
@@ -1452,7 +1455,7 @@ class FilesystemDriver(StorageDriver):
 
     async def writer(self, path: str, resume_at: int | None = None) -> FileWriter:
         real = self._resolve(path)
-        await self._settle()
+        await self._settle(real)
         if resume_at is None:
             parent = os.path.dirname(real)
             with _translated(path):
@@ -1465,7 +1468,7 @@ class FilesystemDriver(StorageDriver):
 
     async def writer_at_end(self, path: str) -> FileWriter:
         real = self._resolve(path)
-        await self._settle()
+        await self._settle(real)
         return await self._reopen(path, real, None)
 
     async def _reopen(self, path: str, real: str, resume_at: int | None) -> FileWriter:
@@ -1513,7 +1516,7 @@ class FilesystemDriver(StorageDriver):
         if dest == source or dest.startswith(source + "/"):
             raise StorageError(f"cannot move {source} onto or into itself ({dest})")
         with _translated(source):
-            await self._settle()
+            await self._settle(source_real, dest_real)
             files = _flat_files(source_real)
             if files is not None:
                 return _move_unless_touched(source_real, dest_real, since, files)
@@ -1571,7 +1574,7 @@ class FilesystemDriver(StorageDriver):
             return
         if dest.startswith(source + "/"):
             raise StorageError(f"cannot move {source} into itself ({dest})")
-        await self._settle()
+        await self._settle(source_real, dest_real)
         try:
             await asyncio.to_thread(_rename_durably, source_real, dest_real, self._syncs)
         except FileNotFoundError as error:
@@ -1585,7 +1588,7 @@ class FilesystemDriver(StorageDriver):
         # collection, while every write is durable.
         real = self._resolve(path, follow=False)
         with _translated(path, _LISTING_MISSING):
-            await self._settle()
+            await self._settle(real)
             files = _flat_files(real)
             if files is not None:
                 _remove_flat(real, files)
@@ -1599,7 +1602,7 @@ class FilesystemDriver(StorageDriver):
         # pay a hand-off of its own, and the event loop meanwhile prepares the next batch.
         reals = [self._resolve(path, follow=False) for path in paths]
         found: list[bool] = []
-        await self._settle()
+        await self._settle(*reals)
         try:
             await asyncio.to_thread(_delete_each, reals, found)
         except OSError as error:
@@ -1609,7 +1612,7 @@ class FilesystemDriver(StorageDriver):
     async def remove_empty(self, path: str) -> bool:
         real = self._resolve(path, follow=False)
         with _translated(path):
-            await self._settle()
+            await self._settle(real)
             # Most directories asked about are empty already (a link's, once the link has
             # gone): one rmdir, which the kernel refuses for any that holds an entry.
             if _removed_if_empty(real):

@@ -8,13 +8,14 @@ renamed into place, in stage order, without any fsync. What a crash of the machi
 lose is only what the page cache held: on the next start :meth:`PublishJournal.recover`
 writes every recorded file again, durably and in the order recorded.
 
-Every so often (and before anything else changes the tree) the journal is *settled*:
-every file it records is made durable in place and the journal is emptied.
+Every so often (and before anything else changes a recorded path) the journal is
+*settled*: every file it records is made durable in place and the journal is emptied.
 
 Why a replay never undoes a later change: a recorded path changes afterwards only
 through later records (the caller's promise when it asks for a replayable batch), and
-every other change the driver makes (writes, moves, deletes) settles the journal first.
-So the records left at a crash are newer than anything else that touched their paths.
+every other change the driver makes (writes, moves, deletes) to a recorded path, or to a
+directory above one, settles the journal first. So the records left at a crash are newer
+than anything else that touched their paths; a replay touches no other path.
 
 One journal file per store, shared by every process using it, under an exclusive
 ``flock`` (and a thread lock within a process): a record is appended and its files
@@ -34,7 +35,7 @@ import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Where the journal is, relative to the store's root: beside the registry's own state,
 # so that nothing appears in the root outside the layout Distribution reads. '~' can
@@ -47,6 +48,9 @@ _HEADER = struct.Struct(">4sII")
 _ENTRY = struct.Struct(">HI")
 _REMOVAL = 0xFFFFFFFF
 _NONCE = 8
+# A record's header and nonce: unlike any other record's (see encode), so the same bytes
+# found where they were read before mean the journal has only grown since.
+_RECORD_HEAD = _HEADER.size + _NONCE
 # How long records may wait before a background settle, in seconds: long enough to
 # settle many batches at once, short enough that other changes seldom wait for one.
 SETTLE_AFTER = 0.1
@@ -77,7 +81,13 @@ def encode(entries: Sequence[Entry]) -> bytes:
 
 def decode(journal: bytes) -> list[list[Entry]]:
     """The records in a journal's content, up to the first that is torn or damaged."""
+    return _decode(journal)[0]
+
+
+def _decode(journal: bytes) -> tuple[list[list[Entry]], list[int], int]:
+    """The records, where each starts, and where the last ends."""
     records: list[list[Entry]] = []
+    starts: list[int] = []
     offset = 0
     while offset + _HEADER.size <= len(journal):
         magic, length, checksum = _HEADER.unpack_from(journal, offset)
@@ -86,8 +96,9 @@ def decode(journal: bytes) -> list[list[Entry]]:
         if magic != _MAGIC or len(payload) != length or zlib.crc32(payload) != checksum:
             break
         records.append(list(_entries(payload)))
+        starts.append(offset)
         offset = start + length
-    return records
+    return records, starts, offset
 
 
 def _entries(payload: bytes) -> Iterator[Entry]:
@@ -179,6 +190,10 @@ class PublishJournal:
         self._stopping = threading.Event()
         self._closing = False
         self._settler: threading.Thread | None = None
+        # What this process has read of the journal, to tell whether a change may go on
+        # without a settle (see touches).
+        self._read = _RecordedPaths()
+        self._read_guard = threading.Lock()
 
     # --- the file and its lock -------------------------------------------------------
 
@@ -234,6 +249,60 @@ class PublishJournal:
             if fd is None:
                 return False
         return os.fstat(fd).st_size > 0
+
+    def touches(self, reals: Iterable[str]) -> bool:
+        """Whether a record not settled yet writes or removes one of ``reals`` (real
+        paths) or a path below one.
+
+        A change elsewhere needs no settle before it: a replay rewrites only recorded
+        paths and the directories above them. Read without the lock, from where this
+        process stopped last time: a record appended meanwhile is published after this
+        check, as one recorded right after a settle would be.
+        """
+        fd = self._fd
+        if fd is None:
+            with self._lock:
+                fd = self._descriptor(create=False)
+            if fd is None:
+                return False
+        root = self.root.rstrip(os.sep) + os.sep
+        with self._read_guard:
+            recorded = self._recorded_paths(fd)
+            return recorded is None or any(
+                not real.startswith(root) or real[len(root) :] in recorded for real in reals
+            )
+
+    def _recorded_paths(self, fd: int) -> set[str] | None:
+        """Every path the journal records, with the directories above them; None where
+        its content cannot be told apart from a record still being appended."""
+        size = os.fstat(fd).st_size
+        read = self._read
+        if read.end and not (
+            read.end <= size
+            and os.pread(fd, _RECORD_HEAD, 0) == read.first
+            and os.pread(fd, _RECORD_HEAD, read.last_at) == read.last
+        ):
+            # Emptied since (and maybe written again), or a failed append cut back.
+            read = self._read = _RecordedPaths()
+        if size == 0:
+            return set()
+        tail = _read_range(fd, read.end, size)
+        records, starts, end = _decode(tail)
+        first = read.first or tail[:_RECORD_HEAD]
+        if end < len(tail) or os.pread(fd, _RECORD_HEAD, 0) != first:
+            return None
+        if records:
+            read.first = first
+            read.last_at = read.end + starts[-1]
+            read.last = tail[starts[-1] : starts[-1] + _RECORD_HEAD]
+            read.end += end
+            for record in records:
+                for path, _ in record:
+                    # Up to the first directory already there: those above it are too.
+                    while path and path not in read.paths:
+                        read.paths.add(path)
+                        path = os.path.dirname(path)
+        return read.paths
 
     # --- recording -------------------------------------------------------------------
 
@@ -416,6 +485,19 @@ class PublishJournal:
 
 
 @dataclass(slots=True)
+class _RecordedPaths:
+    """The journal as one process has read it: the first and the last record's head
+    (each with where it is), where reading stopped, and the paths recorded up to there
+    with every directory above them."""
+
+    first: bytes = b""
+    last_at: int = 0
+    last: bytes = b""
+    end: int = 0
+    paths: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
 class _Pending:
     """A batch waiting to be recorded, and what became of it."""
 
@@ -450,9 +532,11 @@ def _commit(fd: int, batch: list[_Pending]) -> None:
 
 
 def _read_all(fd: int) -> bytes:
-    size = os.fstat(fd).st_size
+    return _read_range(fd, 0, os.fstat(fd).st_size)
+
+
+def _read_range(fd: int, offset: int, size: int) -> bytes:
     chunks = []
-    offset = 0
     while offset < size:
         chunk = os.pread(fd, size - offset, offset)
         if not chunk:

@@ -177,73 +177,162 @@ async def test_a_stage_refused_before_recording_publishes_nothing(
     await driver.close()
 
 
-Change = Callable[[FilesystemDriver], Awaitable[object]]
+Change = Callable[[FilesystemDriver, str], Awaitable[object]]
+
+RECORDED_TAG = "/repo/_manifests/tags/latest"
 
 
-async def _write(driver: FilesystemDriver) -> None:
-    await driver.write("/other/file", b"x")
+async def _write(driver: FilesystemDriver, tag: str) -> None:
+    await driver.write(f"{tag}/current/link", b"x")
 
 
-async def _write_not_durably(driver: FilesystemDriver) -> None:
-    await driver.write("/other/state", b"x", durable=False)
+async def _write_not_durably(driver: FilesystemDriver, tag: str) -> None:
+    await driver.write(f"{tag}/current/link", b"x", durable=False)
 
 
-async def _writer(driver: FilesystemDriver) -> None:
-    writer = await driver.writer("/other/upload")
+async def _writer(driver: FilesystemDriver, tag: str) -> None:
+    writer = await driver.writer(f"{tag}/current/link")
     await writer.write(b"data")
     await writer.close()
 
 
-async def _publish_plainly(driver: FilesystemDriver) -> None:
-    async with await driver.prepare_writes({"/other/a": b"a"}) as prepared:
-        await prepared.publish(["/other/a"])
+async def _publish_plainly(driver: FilesystemDriver, tag: str) -> None:
+    async with await driver.prepare_writes({f"{tag}/current/link": b"a"}) as prepared:
+        await prepared.publish([f"{tag}/current/link"])
 
 
-async def _move(driver: FilesystemDriver) -> None:
-    await driver.move("/repo/_manifests/tags/latest", "/moved")
+async def _move(driver: FilesystemDriver, tag: str) -> None:
+    await driver.move(tag, "/moved")
 
 
-async def _move_unless_touched(driver: FilesystemDriver) -> None:
-    await driver.move_unless_touched("/repo/_manifests/tags/latest", "/moved", time.time() + 60)
+async def _move_unless_touched(driver: FilesystemDriver, tag: str) -> None:
+    await driver.move_unless_touched(tag, "/moved", time.time() + 60)
 
 
-async def _delete(driver: FilesystemDriver) -> None:
-    await driver.delete("/repo/_manifests/tags/latest")
+async def _delete(driver: FilesystemDriver, tag: str) -> None:
+    await driver.delete(tag)
 
 
-async def _delete_each(driver: FilesystemDriver) -> None:
-    await driver.delete_each(["/repo/_manifests/tags/latest"])
+async def _delete_each(driver: FilesystemDriver, tag: str) -> None:
+    await driver.delete_each([tag])
 
 
-async def _remove_empty(driver: FilesystemDriver) -> None:
-    await driver.remove_empty("/repo")
+async def _remove_empty(driver: FilesystemDriver, tag: str) -> None:
+    await driver.remove_empty(tag.rsplit("/", 2)[0])
 
 
-@pytest.mark.parametrize(
-    "change",
-    [
-        _write,
-        _write_not_durably,
-        _writer,
-        _publish_plainly,
-        _move,
-        _move_unless_touched,
-        _delete,
-        _delete_each,
-        _remove_empty,
-    ],
-)
-async def test_every_other_change_settles_the_journal_first(
+CHANGES = [
+    _write,
+    _write_not_durably,
+    _writer,
+    _publish_plainly,
+    _move,
+    _move_unless_touched,
+    _delete,
+    _delete_each,
+    _remove_empty,
+]
+
+
+@pytest.mark.parametrize("change", CHANGES)
+async def test_a_change_to_a_recorded_path_settles_the_journal_first(
     tmp_path: Path, unsettled: None, change: Change
 ) -> None:
     driver = FilesystemDriver(str(tmp_path))
     await publish(driver, BATCH)
     assert driver._journal.pending()
-    await change(driver)
+    await change(driver, RECORDED_TAG)
     # Nothing recorded is left to replay over this change after a crash.
     assert not driver._journal.pending()
     assert journal_of(tmp_path) == b""
     await driver.close()
+
+
+@pytest.mark.parametrize("change", CHANGES)
+async def test_a_change_elsewhere_leaves_the_records_to_their_settle(
+    tmp_path: Path, unsettled: None, change: Change
+) -> None:
+    driver = FilesystemDriver(str(tmp_path))
+    other = "/other/_manifests/tags/latest"
+    await driver.write(f"{other}/current/link", b"sha256:abcd")
+    await publish(driver, BATCH)
+    recorded = journal_of(tmp_path)
+    await change(driver, other)
+    # A replay rewrites only the recorded paths, none of them at or below this change.
+    assert journal_of(tmp_path) == recorded
+    await driver.close()
+    assert journal_of(tmp_path) == b""
+
+
+async def test_a_change_beside_a_replay_survives_the_crash(tmp_path: Path, unsettled: None) -> None:
+    driver = FilesystemDriver(str(tmp_path))
+    for tag in ["old", "older"]:
+        await driver.write(f"/repo/_manifests/tags/{tag}/current/link", b"sha256:0000")
+    await publish(driver, BATCH)
+    await driver.delete("/repo/_manifests/tags/old")
+    await publish(driver, {"/repo/_manifests/tags/new/current/link": b"sha256:abcd"})
+    await driver.delete("/repo/_manifests/tags/older/current")
+    assert len(decode(journal_of(tmp_path))) == 2
+    # The machine crashes with both records unsettled, the last one's file lost with
+    # the page cache: the replay brings back what the records wrote, none of what was
+    # removed beside them.
+    shutil.rmtree(tmp_path / "repo/_manifests/tags/new")
+    again = FilesystemDriver(str(tmp_path))
+    assert await again.list("/repo/_manifests/tags") == ["latest", "new", "older"]
+    assert await again.list("/repo/_manifests/tags/older") == []
+    assert await again.read("/repo/_manifests/tags/new/current/link") == b"sha256:abcd"
+    await again.close()
+
+
+def test_touches_names_recorded_paths_and_the_directories_above_them(tmp_path: Path) -> None:
+    recorder = bare_journal(tmp_path)
+    root = str(tmp_path)
+    recorder.record([(f"{root}/a/b/link", b"x"), (f"{root}/c/stale", None)], lambda: None)
+    for path in ["a/b/link", "a/b", "a", "c/stale", "c"]:
+        assert recorder.touches([f"{root}/{path}"]), path
+    for path in ["a/b/lin", "a/bb", "b", "a/b/link/below", "c/other"]:
+        assert not recorder.touches([f"{root}/{path}"]), path
+    assert recorder.touches([f"{root}/b", f"{root}/a/b"])
+    assert recorder.touches([root])
+    # Read on from where it stopped: a later record counts too.
+    recorder.record([(f"{root}/d/link", b"y")], lambda: None)
+    assert recorder.touches([f"{root}/d"])
+    recorder.settle()
+    assert not recorder.touches([f"{root}/a/b/link"])
+
+
+def test_touches_sees_the_journal_emptied_and_written_again_by_another(tmp_path: Path) -> None:
+    root = str(tmp_path)
+    one, other = bare_journal(tmp_path), bare_journal(tmp_path)
+    one.record([(f"{root}/a/link", b"x"), (f"{root}/b/link", b"x")], lambda: None)
+    assert one.touches([f"{root}/a"])
+    # Another process settles, then records less than there was (a journal shorter
+    # than where this one stopped) and then more than there was.
+    other.settle()
+    other.record([(f"{root}/c/link", b"x")], lambda: None)
+    assert not one.touches([f"{root}/a"])
+    assert one.touches([f"{root}/c"])
+    other.settle()
+    other.record([(f"{root}/d/{n}", b"x" * 64) for n in range(8)], lambda: None)
+    assert not one.touches([f"{root}/c"])
+    assert one.touches([f"{root}/d/7"])
+    # A record cut back after a failed append, and another in its place.
+    end = os.path.getsize(one.path)
+    one.record([(f"{root}/e/link", b"x")], lambda: None)
+    assert one.touches([f"{root}/e"])
+    os.truncate(one.path, end)
+    one.record([(f"{root}/f/link", b"x")], lambda: None)
+    assert not one.touches([f"{root}/e"])
+    assert one.touches([f"{root}/f"])
+
+
+def test_touches_settles_rather_than_guess_at_a_record_half_appended(tmp_path: Path) -> None:
+    root = str(tmp_path)
+    recorder = bare_journal(tmp_path)
+    recorder.record([(f"{root}/a/link", b"x")], lambda: None)
+    with open(recorder.path, "ab") as appending:
+        appending.write(encode([("b/link", b"x")])[:10])
+    assert recorder.touches([f"{root}/c"])
 
 
 async def test_reads_and_touches_leave_the_journal_alone(tmp_path: Path, unsettled: None) -> None:
