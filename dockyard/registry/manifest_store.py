@@ -186,18 +186,17 @@ class ManifestStore:
     async def delete(self, digest: Digest) -> None:
         """Remove the manifest from the repository with every tag that points at it."""
         stored = await self.get(digest)
-        for tag in await self.tags.pointing_at(digest):
-            await self.tags.untag_if_at(tag, digest)
         try:
             manifest = parse_stored(stored.data, digest)
         except ManifestInvalid:
             # Content another registry accepted (schema1) has no subject or links to age.
             manifest = None
-        if manifest is not None:
-            await self._release(manifest)
-        if manifest is not None and manifest.subject is not None:
-            await delete_if_exists(
-                self.driver,
-                layout.referrer_dir(self.name, manifest.subject.digest, digest),
-            )
-        await delete_if_exists(self.driver, layout.revision_dir(self.name, digest))
+        async with self.tags.untagging_all_at(digest):
+            if manifest is not None:
+                await self._release(manifest)
+            if manifest is not None and manifest.subject is not None:
+                await delete_if_exists(
+                    self.driver,
+                    layout.referrer_dir(self.name, manifest.subject.digest, digest),
+                )
+            await delete_if_exists(self.driver, layout.revision_dir(self.name, digest))

@@ -151,6 +151,31 @@ class TagStore:
                 raise NameUnknown(detail={"name": self.name}) from None
             return []
 
+    @asynccontextmanager
+    async def untagging_all_at(self, digest: Digest) -> AsyncIterator[builtins.list[str]]:
+        """Remove every tag that points at ``digest``; the tags removed, for a manifest
+        DELETE to finish its own changes to ``digest``'s revision in the block.
+
+        Where the repository has no index yet, the tags found by reading them all get no
+        entries in the index being built (they would only be removed again: writing them
+        was most of a first DELETE's cost), unless removing them fails; the rest of the
+        index is written once the block is done, so the DELETE goes on alone.
+        """
+        if self.deferred is None or await self._indexed():
+            tags = await self.pointing_at(digest)
+            yield [tag for tag in tags if await self.untag_if_at(tag, digest)]
+            return
+        untagged: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        removed: builtins.list[str] | None = None
+        try:
+            tags = await self._scan_and_index(digest, untagged)
+            removed = [tag for tag in tags if await self.untag_if_at(tag, digest)]
+            yield removed
+        finally:
+            # The build may have stopped waiting (the registry closing).
+            if not untagged.done():
+                untagged.set_result(removed is not None)
+
     async def pointing_at(self, digest: Digest) -> builtins.list[str]:
         """The tags that point at ``digest``: from the reverse index, once it is complete.
 
@@ -188,19 +213,30 @@ class TagStore:
     async def _points_at(self, tag: str, digest: Digest) -> bool:
         return await read_link(self.driver, layout.tag_current_link(self.name, tag)) == digest
 
-    async def _scan_and_index(self, digest: Digest) -> builtins.list[str]:
+    async def _scan_and_index(
+        self, digest: Digest, untagged: asyncio.Future[bool] | None = None
+    ) -> builtins.list[str]:
         """Every tag read and the index built; the tags at ``digest`` are answered once
         read, and the rest of the index is written after answering where there is
-        ``deferred`` work to write it in, before answering where there is not."""
+        ``deferred`` work to write it in, before answering where there is not.
+
+        ``untagged``: whether the caller removed the tags answered (which then need no
+        entries), set once it is done with ``digest``.
+        """
         found: asyncio.Future[builtins.list[str]] = asyncio.get_running_loop().create_future()
-        build = self._build_index(digest, found)
+        build = self._build_index(digest, found, untagged)
         if self.deferred is None:
             await build
         else:
             self.deferred.start(build, f"tag index of {self.name}")
         return await found
 
-    async def _build_index(self, digest: Digest, found: asyncio.Future[builtins.list[str]]) -> None:
+    async def _build_index(
+        self,
+        digest: Digest,
+        found: asyncio.Future[builtins.list[str]],
+        untagged: asyncio.Future[bool] | None,
+    ) -> None:
         try:
             # One build at a time, in every worker: a call that waits here finds the index
             # complete, so no DELETE reads every tag while a build is writing entries
@@ -211,13 +247,20 @@ class TagStore:
                     return
                 pointing = await self._current_links()
                 tags = sorted(tag for tag, at in pointing.items() if at == digest)
-                # Their entries before the answer: a DELETE of ``digest`` removes them
-                # with its revision next, and nothing written later may land there.
-                await self._index_entries({tag: digest for tag in tags}, last=False)
+                if untagged is None:
+                    # Their entries before the answer: a DELETE of ``digest`` removes them
+                    # with its revision next, and nothing written later may land there.
+                    await self._index_entries(dict.fromkeys(tags, digest), last=False)
                 _answer(found, tags)
+                rest = {tag: at for tag, at in pointing.items() if at != digest}
+                # Nothing is written while the caller works (alone then, at the cost of a
+                # DELETE that found the index).
+                if untagged is not None and not await asyncio.shield(untagged):
+                    # It failed to remove them, and is done: only now may their entries
+                    # land in ``digest``'s revision.
+                    rest.update(dict.fromkeys(tags, digest))
                 # The caller goes on first (a DELETE has more to do before its answer).
                 await asyncio.sleep(0)
-                rest = {tag: at for tag, at in pointing.items() if at != digest}
                 await self._index_entries(rest, last=True)
                 await delete_if_exists(self.driver, layout.former_tag_index(self.name))
         except asyncio.CancelledError:

@@ -22,7 +22,7 @@ from dockyard.registry.deferred import DeferredWork
 from dockyard.registry.tags import TagStore
 from dockyard.storage import FilesystemDriver, MemoryDriver, PathNotFoundError
 from dockyard.storage.delegating import DelegatingDriver
-from dockyard.storage.driver import PreparedWrites, StorageDriver
+from dockyard.storage.driver import PreparedWrites, StorageDriver, StorageError
 
 A, B, C = Digest.of(b"a"), Digest.of(b"b"), Digest.of(b"c")
 
@@ -203,6 +203,105 @@ async def test_an_index_left_unfinished_when_closing_is_built_again() -> None:
     again = TagStore("lib/app", driver, ProcessLocks())
     assert await again.pointing_at(B) == ["two"]
     await driver.stat(layout.tags_indexed("lib/app"))
+
+
+class FailingDeleteDriver(GatedDriver):
+    """Refuses to delete ``refused``; holds every delete until ``deletes`` opens."""
+
+    def __init__(self, refused: str) -> None:
+        super().__init__()
+        self.gate.set()
+        self.refused = refused
+        self.deletes = asyncio.Event()
+        self.deletes.set()
+
+    async def delete(self, path: str) -> None:
+        await self.deletes.wait()
+        if path == self.refused:
+            raise StorageError(f"refused: {path}")
+        await self.inner.delete(path)
+
+
+async def old_store_tags(driver: StorageDriver) -> None:
+    """Tags as another registry writes them: one and three at A, two at B, four at C."""
+    for tag, digest in (("one", A), ("two", B), ("three", A), ("four", C)):
+        await write_link(driver, layout.tag_current_link("lib/app", tag), digest)
+
+
+async def test_a_first_delete_indexes_the_other_tags_once_it_removed_its_own() -> None:
+    driver = FailingDeleteDriver(refused="")
+    deferred = DeferredWork()
+    tags = TagStore("lib/app", driver, ProcessLocks(), deferred)
+    await old_store_tags(driver)
+    driver.deletes.clear()
+    done = asyncio.Event()
+
+    async def delete() -> list[str]:
+        async with tags.untagging_all_at(A) as removed:
+            await done.wait()
+        return removed
+
+    untagging = asyncio.create_task(delete())
+    for _ in range(50):
+        await asyncio.sleep(0)
+    # Nothing is written while the tags are being removed, nor until the caller is done.
+    assert driver.batches == []
+    driver.deletes.set()
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert driver.batches == []
+    assert await tags.list() == ["four", "two"]
+    done.set()
+    assert await untagging == ["one", "three"]
+    await deferred.finished()
+    # Then the other manifests' entries, with the mark that the index is complete; none
+    # for the removed tags, nothing in A's revision.
+    assert driver.batches == [
+        sorted(
+            [layout.tags_indexed("lib/app")]
+            + [layout.tag_entry("lib/app", d, t) for t, d in (("two", B), ("four", C))]
+        )
+    ]
+    assert await tags.list() == ["four", "two"]
+    driver.reads = 0
+    assert await tags.pointing_at(B) == ["two"]
+    assert await tags.pointing_at(A) == []
+    assert driver.reads <= 6
+
+
+async def test_a_first_delete_that_fails_leaves_its_tags_indexed() -> None:
+    driver = FailingDeleteDriver(refused=layout.tag_dir("lib/app", "three"))
+    deferred = DeferredWork()
+    tags = TagStore("lib/app", driver, ProcessLocks(), deferred)
+    await old_store_tags(driver)
+    with pytest.raises(StorageError):
+        async with tags.untagging_all_at(A):
+            pytest.fail("the tags were removed")
+    await deferred.finished()
+    await driver.stat(layout.tags_indexed("lib/app"))
+    # "one" was removed before the failure; "three" still points at A, and is found
+    # through the index from now on.
+    driver.reads = 0
+    assert await tags.pointing_at(A) == ["three"]
+    assert driver.reads <= 5
+    async with tags.untagging_all_at(C) as removed:
+        assert removed == ["four"]
+    assert await tags.list() == ["three", "two"]
+
+
+async def test_a_first_delete_that_fails_after_removing_its_tags_indexes_the_rest() -> None:
+    driver = FailingDeleteDriver(refused="")
+    deferred = DeferredWork()
+    tags = TagStore("lib/app", driver, ProcessLocks(), deferred)
+    await old_store_tags(driver)
+    with pytest.raises(RuntimeError):
+        async with tags.untagging_all_at(A) as removed:
+            assert removed == ["one", "three"]
+            raise RuntimeError("the revision could not be removed")
+    await deferred.finished()
+    await driver.stat(layout.tags_indexed("lib/app"))
+    assert not [path for batch in driver.batches for path in batch if A.hex in path]
+    assert await tags.pointing_at(B) == ["two"]
 
 
 async def test_an_index_an_earlier_version_kept_is_rebuilt_once_and_removed(
