@@ -14,11 +14,17 @@ async def read_link(driver: StorageDriver, path: str) -> Digest | None:
     registry serve the wrong content.
     """
     try:
-        text = (await driver.read(path)).decode("ascii", "replace").strip()
+        return parse_link(await driver.read(path))
     except PathNotFoundError:
         return None
+
+
+def parse_link(data: bytes | None) -> Digest | None:
+    """The digest a link's content holds; None for none (or no content: no link)."""
+    if data is None:
+        return None
     try:
-        return Digest.parse(text)
+        return Digest.parse(data.decode("ascii", "replace").strip())
     except DigestInvalid:
         return None
 

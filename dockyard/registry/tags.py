@@ -15,7 +15,7 @@ from dockyard.errors import ManifestUnknown, NameUnknown
 from dockyard.registry import layout
 from dockyard.registry.deferred import DeferredWork
 from dockyard.registry.digest import Digest
-from dockyard.registry.links import delete_if_exists, read_link
+from dockyard.registry.links import delete_if_exists, parse_link, read_link
 from dockyard.registry.names import TAG_PATTERN, is_valid_tag
 from dockyard.storage.driver import PathNotFoundError, StorageDriver
 
@@ -24,8 +24,6 @@ from dockyard.storage.driver import PathNotFoundError, StorageDriver
 # journal record of about 256 KiB each, whose paths the driver resolves without
 # letting other requests run (some 20 ms).
 INDEX_BATCH = 1024
-# Tags read between two turns of the event loop while a repository is first indexed.
-SCAN_TURN = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,12 +271,13 @@ class TagStore:
 
     async def _current_links(self) -> dict[str, Digest]:
         """Where every tag points, as its ``current`` link says."""
+        tags = await self.list()
+        links = await self.driver.read_each(
+            [layout.tag_current_link(self.name, tag) for tag in tags]
+        )
         pointing: dict[str, Digest] = {}
-        for number, tag in enumerate(await self.list(), 1):
-            if number % SCAN_TURN == 0:
-                # Small links are read without awaiting anything: let other requests run.
-                await asyncio.sleep(0)
-            current = await read_link(self.driver, layout.tag_current_link(self.name, tag))
+        for tag, link in zip(tags, links, strict=True):
+            current = parse_link(link)
             if current is not None:
                 pointing[tag] = current
         return pointing

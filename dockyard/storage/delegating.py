@@ -18,6 +18,9 @@ class DelegatingDriver(StorageDriver):
     async def read(self, path: str) -> bytes:
         return await self.inner.read(path)
 
+    async def read_each(self, paths: Sequence[str]) -> builtins.list[bytes | None]:
+        return await self.inner.read_each(paths)
+
     async def write(self, path: str, data: bytes, durable: bool = True) -> None:
         await self.inner.write(path, data, durable)
 

@@ -31,6 +31,9 @@ PATH_PATTERN = re.compile(r"^(/[A-Za-z0-9._-]+)+\Z")
 # backend.
 MAX_COMPONENT_LENGTH = 255
 MAX_PATH_LENGTH = 1024
+# Reads read_each has in flight at once by default: an object store answers them side by
+# side, and a repository of 10,000 tags costs 10,000 round trips otherwise.
+READ_EACH_WINDOW = 32
 
 
 class StorageError(Exception):
@@ -210,6 +213,30 @@ class StorageDriver(ABC):
     @abstractmethod
     async def read(self, path: str) -> bytes:
         """The whole content of a (small) file."""
+
+    async def read_each(self, paths: Sequence[str]) -> builtins.list[bytes | None]:
+        """Each (small) file's content, in order; None where there is no file. For many
+        links read at once (every tag of a repository): here a window of reads at a
+        time, each a round trip on an object store; a driver that reads them more
+        cheaply in one go overrides this."""
+        found: list[bytes | None] = []
+        for start in range(0, len(paths), READ_EACH_WINDOW):
+            window = paths[start : start + READ_EACH_WINDOW]
+            # Every read of the window ended before any failure is raised: none is left
+            # running behind the caller.
+            for outcome in await asyncio.gather(
+                *(self._read_or_none(path) for path in window), return_exceptions=True
+            ):
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                found.append(outcome)
+        return found
+
+    async def _read_or_none(self, path: str) -> bytes | None:
+        try:
+            return await self.read(path)
+        except PathNotFoundError:
+            return None
 
     @abstractmethod
     async def write(self, path: str, data: bytes, durable: bool = True) -> None:

@@ -27,7 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
-from stat import S_ISDIR, S_ISLNK
+from stat import S_ISDIR, S_ISLNK, S_ISREG
 from typing import Any, TypeVar
 
 from dockyard.storage.driver import (
@@ -53,6 +53,8 @@ INLINE_LIMIT = 64 * 1024
 # Directory sizes (st_size) up to this are listed without a thread hop: a few dozen
 # entries on ext4 and xfs, some hundreds on tmpfs.
 SMALL_DIRECTORY = 4096
+# Entries of a directory tree removed without a thread hop (a tag's has seven).
+SMALL_TREE_ENTRIES = 32
 # How many symlink-free directories a driver remembers (see FilesystemDriver._real_dir):
 # about 300 bytes each. The ancestors every path shares are looked up all the time and
 # come back at the cost of one lstat when evicted; most others (a blob's, a revision's)
@@ -90,6 +92,8 @@ SETTLED_AFTER_NS = 2_000_000_000
 SMALL_FILES_REMEMBERED = 4096
 SMALL_FILES_BYTES = 4 << 20
 SMALL_FILE_LIMIT = 16 * 1024
+# Files read_each reads between two turns of the event loop (some 1 ms).
+READ_EACH_TURN = 256
 # Threads that fsync side by side within one durability barrier (see _Syncs): a manifest
 # push's first barrier holds about a dozen files and directories.
 SYNC_THREADS = 8
@@ -145,6 +149,35 @@ def _append(fd: int, data: bytes, offset: int) -> None:
     start_writeback(fd, offset, len(data))
 
 
+class _NotSmall(Exception):
+    """Not a small regular file that :func:`_read_small` reads on its own."""
+
+
+def _read_small(real: str) -> bytes | None:
+    """A small file's content, or None where there is none (missing, a directory).
+
+    ``O_NOFOLLOW``: a symbolic link is for the caller to resolve inside the root, and
+    raises :class:`_NotSmall`, as does a file larger than ``SMALL_FILE_LIMIT``.
+    """
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except _READ_MISSING:
+        return None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise _NotSmall(real) from error
+        raise
+    try:
+        status = os.fstat(fd)
+        if S_ISDIR(status.st_mode):
+            return None
+        if not S_ISREG(status.st_mode) or status.st_size > SMALL_FILE_LIMIT:
+            raise _NotSmall(real)
+        return _read_to_end(fd, status.st_size)
+    finally:
+        os.close(fd)
+
+
 def _read_file(real: str, size: int) -> bytes:
     """The whole file, its ``size`` (from a stat just before) sizing the first read.
 
@@ -154,13 +187,17 @@ def _read_file(real: str, size: int) -> bytes:
     """
     fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        pieces = []
-        request = size + 1
-        while piece := os.read(fd, request):
-            pieces.append(piece)
-            request = CHUNK_SIZE
+        return _read_to_end(fd, size)
     finally:
         os.close(fd)
+
+
+def _read_to_end(fd: int, size: int) -> bytes:
+    pieces = []
+    request = size + 1
+    while piece := os.read(fd, request):
+        pieces.append(piece)
+        request = CHUNK_SIZE
     return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
@@ -861,6 +898,45 @@ def _flat_files(real: str) -> list[str] | None:
     return files
 
 
+def _removed_small_tree(real: str) -> bool:
+    """Remove a directory tree of at most ``SMALL_TREE_ENTRIES`` entries (a tag's: its
+    links and their directories) without a thread hop. False for a larger one (nothing
+    removed) or one that changed meanwhile (what could be, removed): the caller removes
+    the rest the thorough way."""
+    entries: list[tuple[str, bool]] = []  # each below every directory it is in
+    if not _list_small_tree(real, entries):
+        return False
+    for path, is_dir in entries:
+        try:
+            if is_dir:
+                os.rmdir(path)
+            else:
+                os.unlink(path)
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                return False  # an entry came meanwhile: the thorough way
+            raise
+    return True
+
+
+def _list_small_tree(directory: str, entries: list[tuple[str, bool]]) -> bool:
+    try:
+        with os.scandir(directory) as listing:
+            for entry in listing:
+                if len(entries) >= SMALL_TREE_ENTRIES:
+                    return False
+                if not entry.is_dir(follow_symlinks=False):
+                    entries.append((entry.path, False))
+                elif not _list_small_tree(entry.path, entries):
+                    return False
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    entries.append((directory, True))
+    return True
+
+
 def _cheap_to_change(real: str) -> bool:
     """Whether moving or removing ``real`` is a few system calls, cheaper than a thread
     hand-off: a file, a missing path, or a small directory without subdirectories (a
@@ -1302,9 +1378,10 @@ class FilesystemDriver(StorageDriver):
         directory."""
         return self._locate_dir(joined)[0]
 
-    def _locate_dir(self, joined: str) -> tuple[str, bool]:
+    def _locate_dir(self, joined: str, remember: bool = True) -> tuple[str, bool]:
         """:meth:`_real_dir`, and False when it is known to be missing: below a missing
-        directory (a new tag's, a new blob's) nothing is there to lstat."""
+        directory (a new tag's, a new blob's) nothing is there to lstat. Without
+        ``remember``, ``joined`` itself is not remembered (those above it are)."""
         if joined in self._plain_dirs or joined == self._root:
             return joined, True
         parent, name = os.path.split(joined)
@@ -1325,7 +1402,7 @@ class FilesystemDriver(StorageDriver):
             return candidate, False  # missing: nothing to resolve, nothing to remember
         if S_ISLNK(mode):
             return os.path.realpath(candidate), True
-        if S_ISDIR(mode):
+        if S_ISDIR(mode) and remember:
             self._remember_plain(joined)
         return candidate, True
 
@@ -1385,6 +1462,33 @@ class FilesystemDriver(StorageDriver):
             if status.st_size <= INLINE_LIMIT:
                 return _read_file(real, status.st_size)
             return await asyncio.to_thread(_read_file, real, status.st_size)
+
+    async def read_each(self, paths: Sequence[str]) -> builtins.list[bytes | None]:
+        # Opened and read in a row, without the small-file cache (thousands of links read
+        # once would only push out what is read again and again).
+        found: list[bytes | None] = []
+        path = ""
+        try:
+            for number, path in enumerate(paths, 1):
+                if number % READ_EACH_TURN == 0:
+                    await asyncio.sleep(0)  # let other requests run
+                # As _resolve(path, follow=False) would, but remembering neither the path
+                # nor its own directory: thousands read once would evict the paths and
+                # directories read again and again.
+                joined = self._prefix + check_path(path)[1:]
+                head, _, name = joined.rpartition("/")
+                real_head, present = self._locate_dir(head, remember=False)
+                real = f"{real_head}/{name}"
+                if not self._inside(real):
+                    raise InvalidPathError(path)
+                try:
+                    found.append(_read_small(real) if present else None)
+                except _NotSmall:
+                    # A symbolic link (resolved by read) or a larger file.
+                    found.append(await self._read_or_none(path))
+        except OSError as error:
+            raise _storage_error(path, error, ()) from error
+        return found
 
     async def write(self, path: str, data: bytes, durable: bool = True) -> None:
         real = self._resolve(path, follow=False)
@@ -1594,7 +1698,7 @@ class FilesystemDriver(StorageDriver):
                 _remove_flat(real, files)
             elif not os.path.lexists(real):
                 raise FileNotFoundError(errno.ENOENT, "no such file or directory", real)
-            else:
+            elif not _removed_small_tree(real):
                 await asyncio.to_thread(_remove, real)
 
     async def delete_each(self, paths: Sequence[str]) -> builtins.list[bool]:

@@ -199,6 +199,24 @@ async def test_large_read(driver: StorageDriver) -> None:
     assert await driver.read("/big") == content
 
 
+async def test_read_each_reads_every_file_in_order_none_where_there_is_none(
+    driver: StorageDriver,
+) -> None:
+    # More than a window of reads at a time, files small and large, and no files.
+    files = {
+        f"/tags/t{number:02d}/current/link": f"sha256:{number}".encode() for number in range(40)
+    }
+    files["/tags/empty"] = b""
+    files["/tags/large"] = os.urandom(3 * MiB + 17)
+    for path, data in files.items():
+        await driver.write(path, data)
+    absent = ["/tags/absent", "/tags/t00", "/tags/empty/below", "/absent/deeper"]
+    paths = sorted(files) + absent + sorted(files)[:3]
+    found = await driver.read_each(paths)
+    assert found == [files[path] if path in files else None for path in paths]
+    assert await driver.read_each([]) == []
+
+
 # --- prepared writes --------------------------------------------------------------------
 
 
@@ -474,6 +492,7 @@ READING_OPERATIONS: dict[str, Operation] = {
 ALL_OPERATIONS: dict[str, Operation] = {
     **READING_OPERATIONS,
     "write": lambda d, p: d.write(p, b"x"),
+    "read_each": lambda d, p: d.read_each(["/fine", p]),
     "prepare_writes": lambda d, p: d.prepare_writes({"/fine": b"x", p: b"y"}),
     "writer-new": _new_writer,
     "move-dest": _move_to,
@@ -1038,8 +1057,11 @@ async def test_delete_a_file_keeps_its_directory(driver: StorageDriver) -> None:
         await driver.delete("/dir/b")
 
 
-async def test_delete_a_whole_tree(driver: StorageDriver) -> None:
-    for path in ["/repo/a/1", "/repo/a/2/x", "/repo/b", "/keep"]:
+@pytest.mark.parametrize("more", [0, 40])
+async def test_delete_a_whole_tree(driver: StorageDriver, more: int) -> None:
+    # A tree as small as a tag's, and one of more entries than is removed at once.
+    extra = [f"/repo/a/2/many/{number}" for number in range(more)]
+    for path in ["/repo/a/1", "/repo/a/2/x", "/repo/b", "/keep", *extra]:
         await driver.write(path, b"x")
     await driver.delete("/repo")
     for path in ["/repo", "/repo/a", "/repo/a/2/x"]:
@@ -1431,6 +1453,8 @@ async def test_fs_symlink_out_of_the_root_is_not_followed(
     reads: list[Callable[[], Awaitable[object]]] = [
         lambda: fs.read("/escape/secret"),
         lambda: fs.read("/escape-file"),
+        lambda: fs.read_each(["/escape/secret"]),
+        lambda: fs.read_each(["/escape-file"]),
         lambda: collect(fs.stream("/escape-file")),
         lambda: fs.stat("/escape/secret"),
         lambda: fs.stat("/escape-file"),
@@ -1449,6 +1473,17 @@ async def test_fs_symlink_out_of_the_root_is_not_followed(
         fs.local_path("/escape-file")
     assert sorted(os.listdir(outside)) == ["secret"]
     assert (outside / "secret").read_bytes() == b"secret"
+
+
+async def test_fs_read_each_follows_a_symlink_inside_the_root_as_read_does(
+    fs: FilesystemDriver, fs_root: Path
+) -> None:
+    await fs.write("/a/link", b"sha256:ab")
+    (fs_root / "b").symlink_to(fs_root / "a")
+    (fs_root / "a" / "alias").symlink_to("link")
+    paths = ["/b/link", "/a/alias", "/b/alias"]
+    assert await fs.read_each(paths) == [b"sha256:ab"] * 3
+    assert [await fs.read(path) for path in paths] == [b"sha256:ab"] * 3
 
 
 async def test_fs_list_and_walk_skip_symlinks_out_of_the_root(
@@ -1895,6 +1930,17 @@ async def test_fs_removals_racing_a_directory_come_and_go_never_fail(
         await fs.delete("/a/d")
 
     assert await failures_beside(come_and_go, remove, 10_000) == []
+
+
+async def test_fs_deleting_a_tree_removes_its_symlinks_not_what_they_point_to(
+    fs: FilesystemDriver, fs_root: Path, outside: Path
+) -> None:
+    await fs.write("/tag/current/link", b"sha256:ab")
+    (fs_root / "tag" / "current" / "escape").symlink_to(outside)
+    (fs_root / "tag" / "escape-file").symlink_to(outside / "secret")
+    await fs.delete("/tag")
+    assert not (fs_root / "tag").exists()
+    assert (outside / "secret").read_bytes() == b"secret"
 
 
 async def test_fs_deleting_a_tree_while_a_writer_adds_to_it_removes_it(
