@@ -24,6 +24,7 @@ from tests.support.gc_store import (
     dockyard_gc,
     store_size,
     stored_blobs,
+    wait_until_indexed,
     wait_until_quiet,
     wait_until_settled,
 )
@@ -85,6 +86,7 @@ def test_delete_then_garbage_collect_frees_exactly_the_deleted_image(
 
     # "du unchanged": the blobs are all still there; only link files went: the tag's
     # current link, and the revision link, whose file the tag's history entry shares.
+    wait_until_indexed(root, NGINX)
     assert stored_blobs(root) == blobs_before
     assert store_size(root) == size_before - 2 * LINK_SIZE
     with httpx.Client() as client:

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from dockyard.registry import layout
 from dockyard.storage.journal import JOURNAL_PATH
 from tests.support.servers import DISTRIBUTION_BINARY
 
@@ -47,6 +48,17 @@ def wait_until_settled(root: Path, timeout: float = 30.0) -> None:
     while journal.exists() and journal.stat().st_size and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not journal.exists() or journal.stat().st_size == 0, "the push journal never settled"
+
+
+def wait_until_indexed(root: Path, repository: str, timeout: float = 30.0) -> None:
+    """Until the repository's tag index is complete and settled: the first DELETE in a
+    repository answers before the index of its other tags is written."""
+    mark = root / layout.tags_indexed(repository).lstrip("/")
+    deadline = time.monotonic() + timeout
+    while not mark.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert mark.exists(), "the tag index was never completed"
+    wait_until_settled(root, timeout)
 
 
 def store_size(root: Path) -> int:
