@@ -7,7 +7,8 @@ Each repository here holds ``tags`` tags on one kept manifest, and beside them t
 manifests to delete, each under a tag of its own. The stores are written in
 Distribution's layout before the servers start (bench/layout.py), so each server's first
 DELETE in a repository meets a store it did not write: Dockyard indexes the
-repository's tags then, and that first DELETE is timed on its own.
+repository's tags then, and that first DELETE is timed on its own, once per repetition
+in a repository of its own.
 """
 
 from __future__ import annotations
@@ -33,22 +34,38 @@ def victim_tag(index: int) -> str:
     return f"victim-{index:04d}"
 
 
-def populate(root: Path, sizes: tuple[int, ...], victims: int) -> dict[int, list[str]]:
+def first_repository(tags: int, rep: int) -> str:
+    """Where repetition ``rep`` times a first DELETE: the repository the DELETEs in a row
+    go on in (its victim 0) for the first, one of its own for each later one."""
+    return repository(tags) if rep == 0 else f"{repository(tags)}-first-{rep}"
+
+
+def populate(
+    root: Path, sizes: tuple[int, ...], victims: int, reps: int
+) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
     """For each size, a repository of that many tags on one manifest, plus ``victims``
-    manifests of their own, each tagged; returns the victims' digests per size."""
+    manifests of their own, each tagged; and ``reps - 1`` more such repositories of one
+    victim each, for the later repetitions' first DELETEs. Returns the victims' digests
+    per size, and each repetition's first victim per size."""
     store = Store(root)
     digests: dict[int, list[str]] = {}
+    firsts: dict[int, list[str]] = {}
     for tags in sizes:
-        repo = repository(tags)
-        kept = push_image(store, repo, _CONFIG, [_LAYER])
-        for index in range(tags):
-            store.tag(repo, f"t{index:05d}", kept)
-        digests[tags] = []
-        for index in range(victims):
-            digest = push_image(store, repo, _CONFIG, [_LAYER], annotation=f"{repo} {index}")
-            store.tag(repo, victim_tag(index), digest)
-            digests[tags].append(digest)
-    return digests
+        firsts[tags] = []
+        for rep in range(reps):
+            repo = first_repository(tags, rep)
+            kept = push_image(store, repo, _CONFIG, [_LAYER])
+            for index in range(tags):
+                store.tag(repo, f"t{index:05d}", kept)
+            made = []
+            for index in range(victims if rep == 0 else 1):
+                digest = push_image(store, repo, _CONFIG, [_LAYER], annotation=f"{repo} {index}")
+                store.tag(repo, victim_tag(index), digest)
+                made.append(digest)
+            firsts[tags].append(made[0])
+            if rep == 0:
+                digests[tags] = made
+    return digests, firsts
 
 
 async def delete_each(

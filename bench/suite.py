@@ -7,6 +7,7 @@ point by point, and the order flips every repetition, so drift on a noisy machin
 
 from __future__ import annotations
 
+import asyncio
 import os
 import resource
 import shutil
@@ -31,6 +32,10 @@ from bench.source import DockyardSource
 from bench.stats import Results, Sample
 
 Log = Callable[[str], None]
+
+# Seconds each server is left alone after a first DELETE (Dockyard finishes indexing a
+# repository of 10,000 tags in about 0.5 s after answering).
+FIRST_DELETE_SETTLE = 1.5
 
 G_LIMITS = "0. Machine limits"
 G_MONO = "1. Blob push, monolithic (POST + one PUT)"
@@ -125,6 +130,7 @@ class Suite:
         self.gc_store: gc.GcStore | None = None
         # Per repository size: the manifests to delete, the same in every server's store.
         self.victims: dict[int, list[str]] = {}
+        self.first_victims: dict[int, list[str]] = {}
         self._declare()
 
     # -- figures ---------------------------------------------------------------------
@@ -384,7 +390,9 @@ class Suite:
         if "deletes" in self.groups:
             victims = 1 + plan.reps * plan.deletes
             self.log(f"writing repositories of {plan.delete_tags} tags, {victims} to delete each")
-            self.victims = deletes.populate(first, plan.delete_tags, victims)
+            self.victims, self.first_victims = deletes.populate(
+                first, plan.delete_tags, victims, plan.reps
+            )
         if self.groups & {"listing", "deletes"}:
             for server in self.servers[1:]:
                 subprocess.run(["cp", "-a", f"{first}/.", str(server.root)], check=True)
@@ -586,16 +594,23 @@ class Suite:
                 self.add(key, server.kind, Sample(seconds, meter.server_cpu, meter.client_cpu))
 
     async def delete(self, rep: int, http: aiohttp.ClientSession) -> None:
-        """Manifests deleted by digest, one after another; in the first repetition the
-        first DELETE of each repository alone (victim 0), then ``deletes`` victims per
-        repetition; each victim is deleted once from each server's store."""
+        """Manifests deleted by digest, one after another: in each repetition, first the
+        first DELETE in a repository of its own (timed alone), then ``deletes`` victims
+        in a row in the repository of the first repetition's; each victim is deleted once
+        from each server's store."""
         count = self.plan.deletes
         for tags, victims in self.victims.items():
-            repo = deletes.repository(tags)
             start = 1 + rep * count
-            batches = [("deletes.first", victims[:1], 0)] if rep == 0 else []
-            batches.append(("deletes", victims[start : start + count], start))
-            for key, batch, first in batches:
+            batches = [
+                ("deletes.first", deletes.first_repository(tags, rep), 0, 1),
+                ("deletes", deletes.repository(tags), start, count),
+            ]
+            for key, repo, first, number in batches:
+                batch = (
+                    [self.first_victims[tags][rep]]
+                    if key == "deletes.first"
+                    else victims[first : first + number]
+                )
                 for server in self.order(rep):
                     name = f"{key}-{tags}-r{rep}".replace(".", "-")
                     # Untimed, as before PUTs: what others left dirty in the page cache
@@ -608,6 +623,10 @@ class Suite:
                     value = seconds if key == "deletes.first" else len(batch) / seconds
                     sample = Sample(value, meter.server_cpu, meter.client_cpu, len(batch))
                     self.add(f"{key}.{tags}", server.kind, sample)
+                    if key == "deletes.first":
+                        # What a server finishes after answering (Dockyard: the rest of
+                        # the repository's index) is not the next sample's.
+                        await asyncio.sleep(FIRST_DELETE_SETTLE)
 
     async def collect(self, rep: int, http: aiohttp.ClientSession) -> None:
         assert self.gc_store is not None
@@ -793,8 +812,11 @@ class Suite:
                 "tag of its own; every DELETE is by digest (which also removes the manifest's "
                 "tags), sequential on one connection, and checked to have untagged it. The "
                 "repositories are written in Distribution's layout before the servers start, so "
-                "the first DELETE in each (timed alone, first repetition) is where Dockyard "
-                "builds its reverse tag index; Distribution reads every tag at each DELETE."
+                "the first DELETE in a repository (timed alone, each repetition in a repository "
+                "of its own of as many tags, one victim) is where Dockyard builds its reverse "
+                "tag index; Distribution reads every tag at each DELETE. Each server is left "
+                f"alone {FIRST_DELETE_SETTLE:g} s after its first DELETE, which Dockyard spends "
+                "finishing the index."
             )
         if dockyard is not None:
             notes.append(f"Dockyard ran {dockyard.worker_count()} worker process(es).")
