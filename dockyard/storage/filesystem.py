@@ -1362,9 +1362,10 @@ class FilesystemDriver(StorageDriver):
     async def _settle(self, *reals: str) -> None:
         """Before any change to ``reals`` but a replayable batch: files recorded there
         (or below) must be durable in place, so that no replay after a crash can undo
-        this change. Records elsewhere wait for the next settle."""
+        this change. Records elsewhere wait for the next settle; with no ``reals``,
+        every record is settled now."""
         try:
-            if self._journal.touches(reals):
+            if self._journal.touches(reals) if reals else self._journal.pending():
                 await asyncio.to_thread(self._journal.settle)
         except OSError as error:
             raise StorageError(f"settling the publish journal: {error}") from error
@@ -1563,7 +1564,9 @@ class FilesystemDriver(StorageDriver):
 
     async def writer(self, path: str, resume_at: int | None = None) -> FileWriter:
         real = self._resolve(path)
-        await self._settle(real)
+        # Every record, not only this path's: settled later, in the background, its
+        # syncfs would flush and wait on the stream being written (a blob's) meanwhile.
+        await self._settle()
         if resume_at is None:
             parent = os.path.dirname(real)
             with _translated(path):
@@ -1576,7 +1579,7 @@ class FilesystemDriver(StorageDriver):
 
     async def writer_at_end(self, path: str) -> FileWriter:
         real = self._resolve(path)
-        await self._settle(real)
+        await self._settle()  # every record, as for writer
         return await self._reopen(path, real, None)
 
     async def _reopen(self, path: str, real: str, resume_at: int | None) -> FileWriter:
