@@ -240,15 +240,18 @@ class PublishJournal:
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
 
-    def pending(self) -> bool:
-        """Whether any process has recorded files that are not settled yet."""
+    def _existing(self) -> int | None:
+        """The journal's descriptor, None where there is no journal (nothing recorded)."""
         fd = self._fd
         if fd is None:
             with self._lock:
                 fd = self._descriptor(create=False)
-            if fd is None:
-                return False
-        return os.fstat(fd).st_size > 0
+        return fd
+
+    def pending(self) -> bool:
+        """Whether any process has recorded files that are not settled yet."""
+        fd = self._existing()
+        return fd is not None and os.fstat(fd).st_size > 0
 
     def touches(self, reals: Iterable[str]) -> bool:
         """Whether a record not settled yet writes or removes one of ``reals`` (real
@@ -259,12 +262,9 @@ class PublishJournal:
         process stopped last time: a record appended meanwhile is published after this
         check, as one recorded right after a settle would be.
         """
-        fd = self._fd
+        fd = self._existing()
         if fd is None:
-            with self._lock:
-                fd = self._descriptor(create=False)
-            if fd is None:
-                return False
+            return False
         root = self.root.rstrip(os.sep) + os.sep
         with self._read_guard:
             recorded = self._recorded_paths(fd)
