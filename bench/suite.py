@@ -599,18 +599,14 @@ class Suite:
         in a row in the repository of the first repetition's; each victim is deleted once
         from each server's store."""
         count = self.plan.deletes
+        firsts = self.first_victims
         for tags, victims in self.victims.items():
             start = 1 + rep * count
             batches = [
-                ("deletes.first", deletes.first_repository(tags, rep), 0, 1),
-                ("deletes", deletes.repository(tags), start, count),
+                ("deletes.first", deletes.first_repository(tags, rep), 0, [firsts[tags][rep]]),
+                ("deletes", deletes.repository(tags), start, victims[start : start + count]),
             ]
-            for key, repo, first, number in batches:
-                batch = (
-                    [self.first_victims[tags][rep]]
-                    if key == "deletes.first"
-                    else victims[first : first + number]
-                )
+            for key, repo, first, batch in batches:
                 for server in self.order(rep):
                     name = f"{key}-{tags}-r{rep}".replace(".", "-")
                     # Untimed, as before PUTs: what others left dirty in the page cache

@@ -159,8 +159,9 @@ class TagStore:
         was most of a first DELETE's cost), unless removing them fails; the rest of the
         index is written once the block is done, so the DELETE goes on alone.
         """
-        if self.deferred is None or await self._indexed():
-            tags = await self.pointing_at(digest)
+        indexed = self.deferred is not None and await self._indexed()
+        if self.deferred is None or indexed:
+            tags = await (self._indexed_at(digest) if indexed else self.pointing_at(digest))
             yield [tag for tag in tags if await self.untag_if_at(tag, digest)]
             return
         untagged: asyncio.Future[bool] = asyncio.get_running_loop().create_future()

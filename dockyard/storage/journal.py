@@ -173,6 +173,8 @@ class PublishJournal:
         settle_after: float | None = None,
     ) -> None:
         self.root = root.rstrip(os.sep) or os.sep
+        # What every recorded (real) path begins with.
+        self._prefix = self.root.rstrip(os.sep) + os.sep
         self.path = os.path.join(self.root, JOURNAL_PATH)
         self._make_dirs = make_dirs
         self._write_durably = write_durably
@@ -265,11 +267,11 @@ class PublishJournal:
         fd = self._existing()
         if fd is None:
             return False
-        root = self.root.rstrip(os.sep) + os.sep
+        prefix = self._prefix
         with self._read_guard:
             recorded = self._recorded_paths(fd)
             return recorded is None or any(
-                not real.startswith(root) or real[len(root) :] in recorded for real in reals
+                not real.startswith(prefix) or real[len(prefix) :] in recorded for real in reals
             )
 
     def _recorded_paths(self, fd: int) -> set[str] | None:
@@ -342,10 +344,9 @@ class PublishJournal:
         self._wake_settler()
 
     def _relative(self, real: str) -> str:
-        prefix = self.root.rstrip(os.sep) + os.sep
-        if not real.startswith(prefix):
+        if not real.startswith(self._prefix):
             raise ValueError(f"{real} is not below {self.root}")
-        return real[len(prefix) :]
+        return real[len(self._prefix) :]
 
     def _real(self, relative: str) -> str:
         return os.path.join(self.root, relative)
