@@ -48,6 +48,7 @@ from dockyard.proxy.upstream import UPSTREAM_UNKNOWN, UpstreamUnavailable
 from dockyard.registry import Registry
 from dockyard.registry.digest import Digest, new_hasher
 from dockyard.sockets import widen_reads
+from dockyard.storage.writes import pwrite_all
 
 log = logging.getLogger("dockyard.proxy")
 
@@ -339,7 +340,7 @@ class BlobFetch:
         def write(pieces: list[_Piece]) -> None:
             for piece in pieces:
                 assert piece.data is not None
-                _spool(fd, piece.data, piece.offset)
+                pwrite_all(fd, piece.data, piece.offset)
 
         try:
             while True:
@@ -549,13 +550,6 @@ def _update(hasher: hashlib._Hash, pieces: list[_Piece]) -> None:
         piece.after = hasher.copy().digest()
 
 
-def _spool(fd: int, data: bytes, offset: int) -> None:
-    """Write ``data`` at ``offset``."""
-    view, done = memoryview(data), 0
-    while done < len(data):
-        done += os.pwrite(fd, view[done:], offset + done)
-
-
 def _check_and_write(fd: int, data: bytes, piece: _Piece) -> bool:
     """Write a piece fetched again, if it is what was dropped; returns whether it was."""
     assert piece.before is not None  # hashed before it could be dropped
@@ -563,7 +557,7 @@ def _check_and_write(fd: int, data: bytes, piece: _Piece) -> bool:
     state.update(data)
     if state.digest() != piece.after:
         return False
-    _spool(fd, data, piece.offset)
+    pwrite_all(fd, data, piece.offset)
     return True
 
 

@@ -43,6 +43,7 @@ from dockyard.storage.driver import (
 )
 from dockyard.storage.journal import PublishJournal
 from dockyard.storage.writeback import start_writeback
+from dockyard.storage.writes import write_all
 
 T = TypeVar("T")
 
@@ -136,16 +137,10 @@ def _addressable(name: str) -> bool:
     return _ADDRESSABLE.match(name) is not None and name not in (".", "..")
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 def _append(fd: int, data: bytes, offset: int) -> None:
     """Append ``data`` (which lands at ``offset``) and start writing it to disk, so the
     closing fsync does not wait for the whole file."""
-    _write_all(fd, data)
+    write_all(fd, data)
     start_writeback(fd, offset, len(data))
 
 
@@ -367,7 +362,7 @@ def _write_temp(real: str, data: bytes, created: list[str]) -> tuple[int, _Prepa
     still open, and the prepared file."""
     fd, temp = _create_temp_beside(real, created)
     try:
-        _write_all(fd, data)
+        write_all(fd, data)
     except BaseException:
         os.close(fd)
         with suppress(OSError):
@@ -567,7 +562,7 @@ def _replace(real: str, data: bytes) -> None:
     fd, temp = _create_temp_beside(real, [])
     try:
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
         finally:
             os.close(fd)
         os.replace(temp, real)
@@ -1275,7 +1270,7 @@ class _FilesystemWriter(FileWriter):
         self._check_open()
         with _translated(self._path):
             if len(data) <= INLINE_LIMIT and self._descriptor.idle:
-                _write_all(self._descriptor.fd, data)
+                write_all(self._descriptor.fd, data)
             else:
                 await self._descriptor.run(_append, data, self._size)
         self._size += len(data)

@@ -30,7 +30,9 @@ from dockyard.registry import Registry
 from dockyard.registry.assembly import build_registry
 from dockyard.registry.digest import Digest
 from dockyard.registry.store_use import store_alone
+from dockyard.storage.writes import WRITE_CALL
 from tests.support.servers import free_port
+from tests.support.syscalls import write_calls
 
 MiB = 1 << 20
 WINDOW = 4 * MiB
@@ -214,6 +216,22 @@ async def test_a_reader_gets_what_arrived_without_waiting_for_a_whole_piece(
         await asyncio.wait_for(fetch.task, 30)
     assert bytes(received) == upstream.data
     assert fetch.complete
+    assert await registry.blobs.read(upstream.digest) == upstream.data
+
+
+async def test_the_spool_writes_in_calls_of_at_most_32_kib(
+    upstream: Upstream, registry: Registry
+) -> None:
+    # Calls of a mebibyte would take the page cache's large folios (storage/writes.py).
+    before = write_calls()
+    async with held_fetch(registry, upstream) as fetch:
+        fetch.disk.set()
+        fd = await fetch.started()
+        assert await asyncio.wait_for(read_all(fetch, fd), 30) == upstream.data
+        await asyncio.wait_for(fetch.task, 30)
+    assert fetch.complete and fetch.written == SIZE
+    # The upstream's sends are not write calls; whatever else wrote only adds to these.
+    assert write_calls() - before >= SIZE // WRITE_CALL
     assert await registry.blobs.read(upstream.digest) == upstream.data
 
 
