@@ -66,15 +66,18 @@ def sha256_rate(size: int) -> float:
     return size / (time.perf_counter() - started) / 1e6
 
 
-def disk_write_rate(directory: Path, size: int) -> float:
-    """MB/s writing ``size`` bytes in 1 MiB blocks then fsync, as ``dd conv=fsync``."""
-    block = os.urandom(MiB)
+def disk_write_rate(directory: Path, size: int, call: int = MiB) -> float:
+    """MB/s writing ``size`` bytes to a new file in ``call``-sized writes, then fsync, as
+    ``dd bs=call conv=fsync``. Calls above 32 KiB take large page-cache folios, which
+    some virtual machines back far more slowly (dockyard/storage/writes.py)."""
+    block = memoryview(os.urandom(MiB))
     path = directory / "disk-rate.bin"
     started = time.perf_counter()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         for _ in range(size // MiB):
-            os.write(fd, block)
+            for offset in range(0, MiB, call):
+                os.write(fd, block[offset : offset + call])
         os.fsync(fd)
     finally:
         os.close(fd)
