@@ -1360,7 +1360,8 @@ class FilesystemDriver(StorageDriver):
         this change. Records elsewhere wait for the next settle; with no ``reals``,
         every record is settled now."""
         try:
-            if self._journal.touches(reals) if reals else self._journal.pending():
+            needed = self._journal.touches(reals) if reals else self._journal.pending()
+            if needed:
                 await asyncio.to_thread(self._journal.settle)
         except OSError as error:
             raise StorageError(f"settling the publish journal: {error}") from error
