@@ -6,7 +6,9 @@ Every other process follows that file as it grows (``FollowedFetch``): it sends 
 is there, waits for more, and learns the outcome from the lock and the blob store. The
 blob stored under its digest means the bytes were verified; the lock gone without it
 means the fetch failed, and the response is cut short. A lock held by a process that
-died is released by the kernel, so nobody waits for a dead fetch.
+died is released by the kernel, so nobody waits for a dead fetch. A follower also holds
+a shared ``flock`` on ``.size``: it tells the fetching process that someone reads only
+what its spool has written, which keeps a spool that lags the network writing.
 
 Storage drivers without a local path (S3, in-memory) fetch once per process instead.
 """
@@ -54,10 +56,24 @@ class Claim:
     def __init__(self, paths: SpoolPaths, fd: int) -> None:
         self.paths = paths
         self._fd: int | None = fd
+        self._size_fd: int | None = None
 
     def announce_size(self, size: int | None) -> None:
         with open(self.paths.size, "w") as file:
             file.write("" if size is None else str(size))
+        self._size_fd = os.open(self.paths.size, os.O_RDONLY)
+
+    def followed(self) -> bool:
+        """Whether another process follows the spool now: it holds a shared lock on
+        the size file, so this one cannot take it exclusively."""
+        if self._size_fd is None:
+            return False
+        try:
+            fcntl.flock(self._size_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(self._size_fd, fcntl.LOCK_UN)
+        return False
 
     def release(self) -> None:
         if self._fd is None:
@@ -71,6 +87,9 @@ class Claim:
                 pass
         os.close(self._fd)  # closing releases the flock
         self._fd = None
+        if self._size_fd is not None:
+            os.close(self._size_fd)
+            self._size_fd = None
 
 
 def claim(paths: SpoolPaths) -> Claim | None:
@@ -137,6 +156,7 @@ class FollowedFetch:
         self.paths = paths
         self.size: int | None = None
         self._fd: int | None = None
+        self._following: int | None = None
 
     async def started(self) -> int:
         """Open the spool; ``Retry`` when the fetch is over (stored or failed)."""
@@ -148,6 +168,7 @@ class FollowedFetch:
                 if not fetch_in_progress(self.paths):
                     raise Retry() from None
                 await asyncio.sleep(POLL)
+        self._following = _follow(self.paths.size)
         self.size = _announced_size(self.paths.size)
         if self.size is None and not fetch_in_progress(self.paths):
             # The fetch ended between the two looks: the store knows how it ended.
@@ -202,3 +223,20 @@ class FollowedFetch:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._following is not None:
+            os.close(self._following)  # drops the shared lock
+            self._following = None
+
+
+def _follow(path: str) -> int | None:
+    """A shared lock on the spool's size file, held while following it: the fetching
+    process's spool then keeps writing, even when it has fallen behind the network
+    (``BlobFetch``). None when the fetch is already over."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    # The fetching process only ever tries its exclusive lock without waiting and lets
+    # it go at once, so this waits microseconds at most.
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd

@@ -11,7 +11,12 @@ A disk slower than the network holds nobody back, and memory stays bounded: past
 dropped, and the spool fetches them again from the upstream (one ranged GET per run of
 dropped pieces) when it gets to them, writing each only if the blob's hash, taken up
 from where it stood before the piece, comes to what it came to after it. Only a reader
-that lags behind the network waits for those.
+that lags behind the network waits for those. A spool that has fallen that far behind
+writes nothing more until the whole body is in, unless a reader waits for bytes only the
+spool can give: its writes would take CPU from the receive, the hash and the clients on
+the same cores, and what it would write is dropped and fetched again either way. The
+client's stream then ends as soon as the network allows, and the rest of the spool is
+fetched again after it.
 
 When the upstream's body is complete and its digest matches, readers may have the last
 byte; once the spool has every byte it becomes the blob in one move (filesystem
@@ -31,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
+import contextlib
 import functools
 import hashlib
 import logging
@@ -42,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dockyard.errors import BlobUnknown, Unavailable
-from dockyard.proxy.claims import INCOMING, PIECE, Claim
+from dockyard.proxy.claims import INCOMING, PIECE, POLL, Claim
 from dockyard.proxy.routing import Target
 from dockyard.proxy.upstream import UPSTREAM_UNKNOWN, UpstreamUnavailable
 from dockyard.registry import Registry
@@ -110,6 +116,10 @@ class BlobFetch:
         self._received_all = False
         # Bytes the spool fetched again, because the disk fell behind the network.
         self.refetched = 0
+        # The spool fell a whole window behind the network: it waits for the end of the
+        # body, unless readers wait for what only it can give (``_readers_behind``).
+        self._spool_behind = False
+        self._readers_behind = 0
         self.complete = False
         # The whole body is received and matches its digest: readers may have it all,
         # while the spool is still being written, made durable and stored.
@@ -289,6 +299,7 @@ class BlobFetch:
                     )
                 continue
             victim.data = None
+            self._spool_behind = True
             self._in_memory.remove(victim)
             self.held -= victim.size
 
@@ -333,7 +344,9 @@ class BlobFetch:
         again from the upstream. Their write-out to disk is left to the fsync that
         stores the blob: that comes after the client's last byte, while starting it
         during the stream (as an upload does, whose fsync comes before its answer) took
-        CPU from the receive, the hash and the client on the same cores."""
+        CPU from the receive, the hash and the client on the same cores. For the same
+        reason a spool a whole window behind waits for the end of the body
+        (``_spool_may_write``)."""
         assert self._fd is not None
         fd = self._fd
 
@@ -345,9 +358,14 @@ class BlobFetch:
         try:
             while True:
                 async with self._changed:
-                    await self._changed.wait_for(
-                        lambda: bool(self._unwritten) or self._received_all
-                    )
+                    while not self._spool_may_write():
+                        if self._spool_behind and self._claim is not None:
+                            # A follower in another process notifies nobody here: look
+                            # again as often as followers look at the spool.
+                            with contextlib.suppress(TimeoutError):
+                                await asyncio.wait_for(self._changed.wait(), POLL)
+                        else:
+                            await self._changed.wait()
                 if not self._unwritten:
                     return
                 batch: list[_Piece] = []
@@ -374,6 +392,16 @@ class BlobFetch:
             # Wakes the receiver if it waits on memory, whatever ended this.
             async with self._changed:
                 self._changed.notify_all()
+
+    def _spool_may_write(self) -> bool:
+        if self._received_all:
+            return True
+        if not self._unwritten:
+            return False
+        if not self._spool_behind or self._readers_behind > 0:
+            return True
+        # Readers in other processes get only what the spool has written.
+        return self._claim is not None and self._claim.followed()
 
     async def _refetch(self, pieces: list[_Piece]) -> None:
         """Fetch dropped pieces again (one ranged GET), check each against the digest
@@ -516,7 +544,17 @@ class BlobFetch:
         offset = 0
         while True:
             async with self._changed:
-                await self._changed.wait_for(functools.partial(self._beyond, offset))
+                beyond = functools.partial(self._beyond, offset)
+                if beyond() or not self.written <= offset < self.received:
+                    await self._changed.wait_for(beyond)
+                else:
+                    # Dropped: only the spool can give it, so the spool goes on now.
+                    self._readers_behind += 1
+                    self._changed.notify_all()
+                    try:
+                        await self._changed.wait_for(beyond)
+                    finally:
+                        self._readers_behind -= 1
             if self.error is not None:
                 raise self.error
             readable = self._readable()

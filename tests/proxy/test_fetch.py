@@ -21,7 +21,7 @@ from dockyard.config import load_config
 from dockyard.errors import Unavailable
 from dockyard.proxy import fetch as fetch_module
 from dockyard.proxy import mirror as mirror_module
-from dockyard.proxy.claims import PIECE, FollowedFetch
+from dockyard.proxy.claims import PIECE, Claim, FollowedFetch, claim, spool_paths
 from dockyard.proxy.fetch import BlobFetch
 from dockyard.proxy.mirror import Mirror
 from dockyard.proxy.routing import Route, Target
@@ -141,19 +141,23 @@ def registry(tmp_path: Path) -> Registry:
     return build_registry(load_config(str(config)).config)
 
 
-def start_fetch(registry: Registry, url: str, digest: Digest) -> tuple[HeldSpool, UpstreamClient]:
+def start_fetch(
+    registry: Registry, url: str, digest: Digest, claim: Claim | None = None
+) -> tuple[HeldSpool, UpstreamClient]:
     client = UpstreamClient(url)
     target = Target(Route("", client, ttl=0, library=False), "lib/x", "lib/x")
     HeldSpool.disk = asyncio.Event()
-    return HeldSpool(registry, target, digest, lambda _: None), client
+    return HeldSpool(registry, target, digest, lambda _: None, claim), client
 
 
 @asynccontextmanager
-async def held_fetch(registry: Registry, upstream: Upstream) -> AsyncIterator[HeldSpool]:
+async def held_fetch(
+    registry: Registry, upstream: Upstream, claim: Claim | None = None
+) -> AsyncIterator[HeldSpool]:
     """A fetch from ``upstream`` whose spool waits for ``disk``; on leaving, even after a
     failed assertion, the spool is let go, every reader's hold released, and the fetch
     has ended."""
-    fetch, client = start_fetch(registry, upstream.url, upstream.digest)
+    fetch, client = start_fetch(registry, upstream.url, upstream.digest, claim)
     try:
         yield fetch
     finally:
@@ -289,6 +293,101 @@ async def test_a_reader_behind_the_network_waits_for_what_the_spool_fetches_agai
         await asyncio.wait_for(fetch.task, 30)
     assert fetch.refetched > 0
     assert await registry.blobs.read(upstream.digest) == upstream.data
+
+
+async def received_past(fetch: BlobFetch, offset: int) -> None:
+    """Until the fetch has received ``offset`` bytes and dropped some for the spool."""
+    async with asyncio.timeout(30):
+        while fetch.received < offset or fetch.held > WINDOW or not fetch._spool_behind:
+            await asyncio.sleep(0.01)
+
+
+def claimed_spool(registry: Registry, upstream: Upstream) -> Claim:
+    paths = spool_paths(registry, upstream.digest)
+    assert paths is not None
+    held = claim(paths)
+    assert held is not None
+    return held
+
+
+async def test_a_spool_a_window_behind_writes_nothing_more_until_the_body_is_in(
+    upstream: Upstream, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its writes would take the cores from the receive and the client; what it would
+    # write is dropped and fetched again either way.
+    monkeypatch.setattr(fetch_module, "UNWRITTEN_WINDOW", WINDOW)
+    upstream.stall_after = 2 * WINDOW
+    async with held_fetch(registry, upstream, claimed_spool(registry, upstream)) as fetch:
+        fd = await fetch.started()
+        reader = asyncio.ensure_future(read_all(fetch, fd))
+        await received_past(fetch, 2 * WINDOW)
+        fetch.disk.set()
+        await asyncio.sleep(0.3)
+        # Nobody waits for the spool (the reader is at the network's edge), so it has
+        # neither written nor fetched anything again while the body is not all in.
+        assert fetch.written == 0 and upstream.ranges == []
+        upstream.stalled.set()
+        assert await asyncio.wait_for(reader, 30) == upstream.data
+        await asyncio.wait_for(fetch.task, 30)
+    assert fetch.error is None and fetch.complete
+    assert fetch.refetched >= SIZE - 2 * WINDOW
+    assert await registry.blobs.read(upstream.digest) == upstream.data
+
+
+async def test_a_reader_behind_a_lagging_spool_has_it_written_while_the_body_comes(
+    upstream: Upstream, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fetch_module, "UNWRITTEN_WINDOW", WINDOW)
+    upstream.stall_after = 2 * WINDOW
+    async with held_fetch(registry, upstream) as fetch:
+        first = await fetch.started()
+        late = await fetch.started()
+        await received_past(fetch, 2 * WINDOW)
+        fetch.disk.set()
+        # The late reader starts where the bytes were dropped: the spool fetches them
+        # again for it while the upstream's body is still stalled.
+        pieces = fetch.pieces(late)
+        received = bytearray(await asyncio.wait_for(pieces.__anext__(), 10))
+        assert upstream.ranges and not fetch._received_all
+        upstream.stalled.set()
+        async for piece in pieces:
+            received += piece
+        assert bytes(received) == upstream.data
+        assert await asyncio.wait_for(read_all(fetch, first), 30) == upstream.data
+        await asyncio.wait_for(fetch.task, 30)
+    assert fetch.complete
+    assert await registry.blobs.read(upstream.digest) == upstream.data
+
+
+async def test_a_follower_in_another_process_has_a_lagging_spool_written_meanwhile(
+    upstream: Upstream, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A follower reads only the spool, and says so with a shared lock on its size file.
+    monkeypatch.setattr(fetch_module, "UNWRITTEN_WINDOW", WINDOW)
+    upstream.stall_after = 2 * WINDOW
+    held = claimed_spool(registry, upstream)
+    async with held_fetch(registry, upstream, held) as fetch:
+        await received_past(fetch, 2 * WINDOW)
+        fetch.disk.set()
+        await asyncio.sleep(0.3)
+        assert fetch.written == 0 and not held.followed()
+        # The follower comes while the spool waits and the upstream sends nothing: the
+        # spool notices it by looking again, with nothing in this process to wake it.
+        follower = FollowedFetch(registry, "lib/x", upstream.digest, held.paths)
+        fd = await asyncio.wait_for(follower.started(), 10)
+        try:
+            assert held.followed()
+            pieces = follower.pieces(fd)
+            received = bytearray(await asyncio.wait_for(pieces.__anext__(), 10))
+            assert upstream.ranges and not fetch._received_all
+            upstream.stalled.set()
+            async for piece in pieces:
+                received += piece
+            assert bytes(received) == upstream.data
+        finally:
+            follower.release()
+        await asyncio.wait_for(fetch.task, 30)
+    assert fetch.complete
 
 
 async def read_then_release_the_spool(registry: Registry, upstream: Upstream) -> BlobFetch:
