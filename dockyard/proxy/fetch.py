@@ -14,9 +14,9 @@ from where it stood before the piece, comes to what it came to after it. Only a 
 that lags behind the network waits for those. A spool that has fallen that far behind
 writes nothing more until the whole body is in, unless a reader waits for bytes only the
 spool can give: its writes would take CPU from the receive, the hash and the clients on
-the same cores, and what it would write is dropped and fetched again either way. The
-client's stream then ends as soon as the network allows, and the rest of the spool is
-fetched again after it.
+the same cores, while most of what it could write meanwhile would be dropped and fetched
+again anyway. The client's stream then ends as soon as the network allows, and the rest
+of the spool is fetched again after it.
 
 When the upstream's body is complete and its digest matches, readers may have the last
 byte; once the spool has every byte it becomes the blob in one move (filesystem

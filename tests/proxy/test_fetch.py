@@ -295,11 +295,33 @@ async def test_a_reader_behind_the_network_waits_for_what_the_spool_fetches_agai
     assert await registry.blobs.read(upstream.digest) == upstream.data
 
 
+@pytest.fixture
+def stalls_past_the_window(upstream: Upstream, monkeypatch: pytest.MonkeyPatch) -> Upstream:
+    """The upstream, whose body stalls after two windows of 4 MiB, until let go."""
+    monkeypatch.setattr(fetch_module, "UNWRITTEN_WINDOW", WINDOW)
+    upstream.stall_after = 2 * WINDOW
+    return upstream
+
+
 async def received_past(fetch: BlobFetch, offset: int) -> None:
     """Until the fetch has received ``offset`` bytes and dropped some for the spool."""
     async with asyncio.timeout(30):
         while fetch.received < offset or fetch.held > WINDOW or not fetch._spool_behind:
             await asyncio.sleep(0.01)
+
+
+async def read_while_the_body_stalls(
+    upstream: Upstream, fetch: BlobFetch, reader: BlobFetch | FollowedFetch, fd: int
+) -> None:
+    """A reader only the spool can serve: its first bytes come, fetched again by range,
+    while the upstream's body is still stalled; then it gets the whole blob."""
+    pieces = reader.pieces(fd)
+    received = bytearray(await asyncio.wait_for(pieces.__anext__(), 10))
+    assert upstream.ranges and not fetch._received_all
+    upstream.stalled.set()
+    async for piece in pieces:
+        received += piece
+    assert bytes(received) == upstream.data
 
 
 def claimed_spool(registry: Registry, upstream: Upstream) -> Claim:
@@ -311,12 +333,11 @@ def claimed_spool(registry: Registry, upstream: Upstream) -> Claim:
 
 
 async def test_a_spool_a_window_behind_writes_nothing_more_until_the_body_is_in(
-    upstream: Upstream, registry: Registry, monkeypatch: pytest.MonkeyPatch
+    stalls_past_the_window: Upstream, registry: Registry
 ) -> None:
+    upstream = stalls_past_the_window
     # Its writes would take the cores from the receive and the client; what it would
     # write is dropped and fetched again either way.
-    monkeypatch.setattr(fetch_module, "UNWRITTEN_WINDOW", WINDOW)
-    upstream.stall_after = 2 * WINDOW
     async with held_fetch(registry, upstream, claimed_spool(registry, upstream)) as fetch:
         fd = await fetch.started()
         reader = asyncio.ensure_future(read_all(fetch, fd))
@@ -335,10 +356,9 @@ async def test_a_spool_a_window_behind_writes_nothing_more_until_the_body_is_in(
 
 
 async def test_a_reader_behind_a_lagging_spool_has_it_written_while_the_body_comes(
-    upstream: Upstream, registry: Registry, monkeypatch: pytest.MonkeyPatch
+    stalls_past_the_window: Upstream, registry: Registry
 ) -> None:
-    monkeypatch.setattr(fetch_module, "UNWRITTEN_WINDOW", WINDOW)
-    upstream.stall_after = 2 * WINDOW
+    upstream = stalls_past_the_window
     async with held_fetch(registry, upstream) as fetch:
         first = await fetch.started()
         late = await fetch.started()
@@ -346,13 +366,7 @@ async def test_a_reader_behind_a_lagging_spool_has_it_written_while_the_body_com
         fetch.disk.set()
         # The late reader starts where the bytes were dropped: the spool fetches them
         # again for it while the upstream's body is still stalled.
-        pieces = fetch.pieces(late)
-        received = bytearray(await asyncio.wait_for(pieces.__anext__(), 10))
-        assert upstream.ranges and not fetch._received_all
-        upstream.stalled.set()
-        async for piece in pieces:
-            received += piece
-        assert bytes(received) == upstream.data
+        await read_while_the_body_stalls(upstream, fetch, fetch, late)
         assert await asyncio.wait_for(read_all(fetch, first), 30) == upstream.data
         await asyncio.wait_for(fetch.task, 30)
     assert fetch.complete
@@ -360,11 +374,10 @@ async def test_a_reader_behind_a_lagging_spool_has_it_written_while_the_body_com
 
 
 async def test_a_follower_in_another_process_has_a_lagging_spool_written_meanwhile(
-    upstream: Upstream, registry: Registry, monkeypatch: pytest.MonkeyPatch
+    stalls_past_the_window: Upstream, registry: Registry
 ) -> None:
+    upstream = stalls_past_the_window
     # A follower reads only the spool, and says so with a shared lock on its size file.
-    monkeypatch.setattr(fetch_module, "UNWRITTEN_WINDOW", WINDOW)
-    upstream.stall_after = 2 * WINDOW
     held = claimed_spool(registry, upstream)
     async with held_fetch(registry, upstream, held) as fetch:
         await received_past(fetch, 2 * WINDOW)
@@ -377,13 +390,7 @@ async def test_a_follower_in_another_process_has_a_lagging_spool_written_meanwhi
         fd = await asyncio.wait_for(follower.started(), 10)
         try:
             assert held.followed()
-            pieces = follower.pieces(fd)
-            received = bytearray(await asyncio.wait_for(pieces.__anext__(), 10))
-            assert upstream.ranges and not fetch._received_all
-            upstream.stalled.set()
-            async for piece in pieces:
-                received += piece
-            assert bytes(received) == upstream.data
+            await read_while_the_body_stalls(upstream, fetch, follower, fd)
         finally:
             follower.release()
         await asyncio.wait_for(fetch.task, 30)
