@@ -59,9 +59,9 @@ class Claim:
         self._size_fd: int | None = None
 
     def announce_size(self, size: int | None) -> None:
-        with open(self.paths.size, "w") as file:
-            file.write("" if size is None else str(size))
-        self._size_fd = os.open(self.paths.size, os.O_RDONLY)
+        # Kept open: ``followed`` locks it.
+        self._size_fd = os.open(self.paths.size, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(self._size_fd, b"" if size is None else str(size).encode())
 
     def followed(self) -> bool:
         """Whether another process follows the spool now: it holds a shared lock on

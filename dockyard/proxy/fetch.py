@@ -359,13 +359,11 @@ class BlobFetch:
             while True:
                 async with self._changed:
                     while not self._spool_may_write():
-                        if self._spool_behind and self._claim is not None:
-                            # A follower in another process notifies nobody here: look
-                            # again as often as followers look at the spool.
-                            with contextlib.suppress(TimeoutError):
-                                await asyncio.wait_for(self._changed.wait(), POLL)
-                        else:
-                            await self._changed.wait()
+                        # A follower in another process notifies nobody here: a spool
+                        # that waits for one looks again as often as followers look.
+                        timeout = POLL if self._spool_behind and self._claim else None
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._changed.wait(), timeout)
                 if not self._unwritten:
                     return
                 batch: list[_Piece] = []
@@ -545,15 +543,16 @@ class BlobFetch:
         while True:
             async with self._changed:
                 beyond = functools.partial(self._beyond, offset)
-                if beyond() or not self.written <= offset < self.received:
-                    await self._changed.wait_for(beyond)
-                else:
-                    # Dropped: only the spool can give it, so the spool goes on now.
+                # Not readable yet, though received: dropped, and only the spool can give
+                # it, so the spool goes on while this reader waits.
+                behind = not beyond() and self.written <= offset < self.received
+                if behind:
                     self._readers_behind += 1
                     self._changed.notify_all()
-                    try:
-                        await self._changed.wait_for(beyond)
-                    finally:
+                try:
+                    await self._changed.wait_for(beyond)
+                finally:
+                    if behind:
                         self._readers_behind -= 1
             if self.error is not None:
                 raise self.error

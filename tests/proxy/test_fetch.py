@@ -336,8 +336,8 @@ async def test_a_spool_a_window_behind_writes_nothing_more_until_the_body_is_in(
     stalls_past_the_window: Upstream, registry: Registry
 ) -> None:
     upstream = stalls_past_the_window
-    # Its writes would take the cores from the receive and the client; what it would
-    # write is dropped and fetched again either way.
+    # Its writes would take the cores from the receive and the client, while most of
+    # what it could write meanwhile would be dropped and fetched again anyway.
     async with held_fetch(registry, upstream, claimed_spool(registry, upstream)) as fetch:
         fd = await fetch.started()
         reader = asyncio.ensure_future(read_all(fetch, fd))
