@@ -1,9 +1,11 @@
-"""Request-rate figures with C load generators, so the client is not the bottleneck.
+"""Request-rate and pull figures with C clients, so the client is not the bottleneck.
 
-GETs use wrk (one thread: on two cores every client thread takes CPU from the server).
-HEADs use ApacheBench: Debian's wrk 4.1.0 waits for a body after a HEAD response that
-carries Content-Length and never completes the request. ab's CSV gives the latency
-percentiles with sub-millisecond precision, unlike its text summary.
+Whole-blob pulls use curl, which reads into one buffer it keeps, as the Go clients
+(containerd, docker, skopeo) do. GETs use wrk (one thread: on two cores every client
+thread takes CPU from the server). HEADs use ApacheBench: Debian's wrk 4.1.0 waits for
+a body after a HEAD response that carries Content-Length and never completes the
+request. ab's CSV gives the latency percentiles with sub-millisecond precision, unlike
+its text summary.
 Each run's client CPU time comes from getrusage(RUSAGE_CHILDREN) around it: the
 servers are children too, but only reaped children count.
 """
@@ -23,6 +25,7 @@ from bench.servers import BenchError
 
 WRK = "wrk"
 AB = "ab"
+CURL = "curl"
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 
 
@@ -39,10 +42,11 @@ class LoadResult:
 
 
 def require_tools() -> None:
-    missing = [tool for tool in (WRK, AB) if shutil.which(tool) is None]
+    missing = [tool for tool in (WRK, AB, CURL) if shutil.which(tool) is None]
     if missing:
         raise BenchError(
-            f"missing load generators: {', '.join(missing)} (apt-get install -y wrk apache2-utils)"
+            f"missing load generators: {', '.join(missing)} "
+            "(apt-get install -y wrk apache2-utils curl)"
         )
 
 
@@ -169,6 +173,31 @@ def ab_head(
     if (failed and int(failed.group(1))) or non2xx:
         raise BenchError(f"ab saw failed or error responses:\n{output}")
     return LoadResult(int(done.group(1)), float(taken.group(1)), float(percentiles["99"]), cpu)
+
+
+@dataclass(frozen=True)
+class PullResult:
+    seconds: float
+    client_cpu: float
+
+
+def curl_pull(url: str, size: int, repeat: int) -> PullResult:
+    """``repeat`` GETs of ``url`` in a row on one kept-alive connection, each body of
+    ``size`` bytes read and thrown away; seconds summed over the transfers."""
+    command = [CURL, "--silent", "--show-error", "--no-progress-meter"]
+    command += ["--write-out", "%{http_code} %{size_download} %{time_total}\\n"]
+    for _ in range(repeat):
+        command += ["--output", "/dev/null", url]
+    output, cpu = _run(command, timeout=60 + repeat * size / 50e6)
+    transfers = [line.split() for line in output.splitlines() if line.strip()]
+    if len(transfers) != repeat:
+        raise BenchError(f"curl reported {len(transfers)} transfers of {repeat}:\n{output}")
+    seconds = 0.0
+    for status, received, taken in transfers:
+        if status != "200" or int(received) != size:
+            raise BenchError(f"GET {url}: status {status}, {received} bytes of {size}")
+        seconds += float(taken)
+    return PullResult(seconds, cpu)
 
 
 def ranges_script(path: str, size: int, span: int, seed: int) -> str:

@@ -21,7 +21,7 @@ TABLE_INTRO = (
 CPU_INTRO = (
     "Server CPU is the sum over the server's process tree (each process's CPU-time "
     "clock, in nanoseconds), client CPU is the load generator's (getrusage of the "
-    "bench process or of wrk/ab/skopeo). "
+    "bench process or of wrk/ab/curl/skopeo). "
     "ms/MB for blob transfers, µs/req for request rates, seconds for one-off jobs."
 )
 

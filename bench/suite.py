@@ -65,6 +65,9 @@ LOAD_TARGETS = (
 
 
 PULL_REPO = "bench/pull"
+# Whole-blob pulls, each by two clients: curl reads into one buffer it keeps, as the Go
+# clients do; the bench's own aiohttp client makes a new bytes object per piece it reads.
+PULL_CLIENTS = (("", "curl"), (".aiohttp", "aiohttp client"))
 
 
 async def _timed(work: Awaitable[None]) -> float:
@@ -157,13 +160,14 @@ class Suite:
                     "MB/s",
                     True,
                 )
-            declare(
-                "limits.sendfile",
-                G_LIMITS,
-                f"plain sendfile server → same client, {size_label(plan.pull_size)}",
-                "MB/s",
-                True,
-            )
+            for key, client in PULL_CLIENTS:
+                declare(
+                    f"limits.sendfile{key}",
+                    G_LIMITS,
+                    f"plain sendfile server → {client}, {size_label(plan.pull_size)}",
+                    "MB/s",
+                    True,
+                )
         if "push" in self.groups:
             for size in plan.push_sizes:
                 note = f"{plan.small_push_repeat} in a row" if size == min(plan.push_sizes) else ""
@@ -171,7 +175,9 @@ class Suite:
             self._declare_rate("push.chunked", G_CHUNKED, self._chunked_label(plan.chunked_size))
         if "pull" in self.groups:
             repeat = f", {plan.pull_repeat} in a row" if plan.pull_repeat > 1 else ""
-            self._declare_rate("pull.whole", G_PULL, f"GET {size_label(plan.pull_size)}{repeat}")
+            for key, client in PULL_CLIENTS:
+                label = f"GET {size_label(plan.pull_size)}{repeat}, {client}"
+                self._declare_rate(f"pull.whole{key}", G_PULL, label)
             ranges = (
                 f"random {size_label(plan.range_span)} ranges, {plan.range_connections} connections"
             )
@@ -482,10 +488,11 @@ class Suite:
         with machine.SendfileServer(self.payload.path) as server:
             # The file may be larger than the pull size; the rate is per byte received.
             size = self.payload.path.stat().st_size
-            seconds = 0.0
-            for _ in range(plan.pull_repeat):
-                seconds += await blobs.pull(http, server.url, size)
-            self.add("limits.sendfile", MACHINE, Sample(size * plan.pull_repeat / seconds / 1e6))
+            work = size * plan.pull_repeat
+            pulled = load.curl_pull(server.url, size, plan.pull_repeat)
+            self.add("limits.sendfile", MACHINE, Sample(work / pulled.seconds / 1e6))
+            seconds = await blobs.pull_repeated(http, server.url, size, plan.pull_repeat)
+            self.add("limits.sendfile.aiohttp", MACHINE, Sample(work / seconds / 1e6))
 
     async def push(self, rep: int, http: aiohttp.ClientSession) -> None:
         plan = self.plan
@@ -508,7 +515,17 @@ class Suite:
         plan, blob = self.plan, self.pull_blob
         assert blob is not None
         rss = {server.kind: PeakRss(server) for server in self.servers}
-        await self._pull_whole(rep, http, "pull.whole", blob, plan.pull_repeat, self.local, rss)
+        work = blob.size * plan.pull_repeat
+        for server in self.order(rep):
+            url = f"{server.url}/v2/{PULL_REPO}/blobs/{blob.digest}"
+            with self.meter(server, f"pull-whole-r{rep}", rss[server.kind]) as meter:
+                pulled = load.curl_pull(url, blob.size, plan.pull_repeat)
+            rate = work / pulled.seconds / 1e6
+            sample = Sample(rate, meter.server_cpu, pulled.client_cpu, work)
+            self.add("pull.whole", server.kind, sample)
+        await self._pull_whole(
+            rep, http, "pull.whole.aiohttp", blob, plan.pull_repeat, self.local, rss
+        )
         script = load.ranges_script(
             f"/v2/{PULL_REPO}/blobs/{blob.digest}", blob.size, plan.range_span, seed=rep + 1
         )
@@ -763,9 +780,11 @@ class Suite:
             (
                 "GETs are driven by wrk (1 thread), HEADs by ab -k (wrk 4.1.0 hangs on HEAD "
                 "responses with Content-Length), manifest PUTs by wrk with a Lua script that sends "
-                "a new manifest under a new tag per request, blob transfers and listings by "
-                "an aiohttp client in the bench process. On 2 cores the client competes with the "
-                "server: its CPU is in the CPU table."
+                "a new manifest under a new tag per request, whole-blob pulls by curl (one "
+                "connection, a buffer it keeps, as Go's clients read) and again by the bench's "
+                "aiohttp client, which makes a new bytes object per piece it reads; other blob "
+                "transfers and listings by that aiohttp client. On 2 cores the client competes "
+                "with the server: its CPU is in the CPU table."
             ),
             (
                 "Each manifest PUT sample starts after an untimed sync(2), so that neither server "

@@ -23,8 +23,8 @@ fi
 # not reachable everywhere the tests run) and runs it with podman on runc (Debian's crun
 # refuses hosts with cgroup v1 and v2 mounted side by side). systemd: systemd-analyze
 # checks packaging/dockyard.service.
-# wrk, apache2-utils (ab): the load generators of the benchmark, whose quick mode the
-# suite runs (tests/test_bench.py) so that it keeps working.
+# wrk, apache2-utils (ab), curl: the load generators and the pull client of the
+# benchmark, whose quick mode the suite runs (tests/test_bench.py) so that it keeps working.
 # redis-server, nginx-light, gettext-base (envsubst): tests/replicas runs several
 # replicas sharing a Redis behind nginx with deploy/nginx.conf, rendered by envsubst.
 # ceph-mon, ceph-osd, radosgw, ceph-common: Ceph's RADOS Gateway on a one-node cluster
@@ -32,8 +32,8 @@ fi
 # strace: tests/storage/test_filesystem_durability.py reads the order of fsyncs and
 # renames of a staged write from the system calls themselves.
 ensure_debian_packages skopeo docker-registry podman chromium buildah mmdebstrap runc systemd \
-    wrk apache2-utils redis-server nginx-light gettext-base ceph-mon ceph-osd radosgw ceph-common \
-    strace
+    wrk apache2-utils curl redis-server nginx-light gettext-base ceph-mon ceph-osd radosgw \
+    ceph-common strace
 quiet_debian_registry
 
 choose_python
