@@ -81,6 +81,17 @@ def self_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+async def _whole_gets(
+    client: str, http: aiohttp.ClientSession, url: str, size: int, repeat: int
+) -> tuple[float, float | None]:
+    """Seconds for ``repeat`` GETs of ``url`` in a row by one of ``PULL_CLIENTS``, and the
+    client's CPU when it ran in a process of its own (curl)."""
+    if client == ".aiohttp":
+        return await blobs.pull_repeated(http, url, size, repeat), None
+    pulled = load.curl_pull(url, size, repeat)
+    return pulled.seconds, pulled.client_cpu
+
+
 @dataclass
 class Meter:
     server_cpu: float = 0.0
@@ -237,13 +248,12 @@ class Suite:
             declare("skopeo.pull", G_SKOPEO, f"pull, {image}", "s", False)
         if "mirror" in self.groups:
             mirrored = size_label(plan.mirror_size)
-            declare(
-                "mirror.cold", G_MIRROR, f"cold GET {mirrored} (not cached)", "MB/s", True, "MB"
-            )
             repeat = f", {plan.mirror_warm_repeat} in a row" if plan.mirror_warm_repeat > 1 else ""
-            declare(
-                "mirror.warm", G_MIRROR, f"warm GET {mirrored} (cached){repeat}", "MB/s", True, "MB"
-            )
+            for client, name in PULL_CLIENTS:
+                label = f"cold GET {mirrored} (not cached), {name}"
+                self._declare_rate(f"mirror.cold{client}", G_MIRROR, label)
+                label = f"warm GET {mirrored} (cached){repeat}, {name}"
+                self._declare_rate(f"mirror.warm{client}", G_MIRROR, label)
             for c in plan.mirror_connections:
                 label = f"GET manifest by tag, warm, c={c}"
                 declare(f"mirror.tag.c{c}", G_MIRROR, label, "req/s", True, "req")
@@ -351,6 +361,20 @@ class Suite:
         self.add(key, server.kind, sample)
         if backend is not None:
             self.add(f"{key}.backend", server.kind, Sample(meter.backend_cpu * 1e3 / (work / 1e6)))
+
+    def _add_gets(
+        self,
+        key: str,
+        server: RegistryServer,
+        seconds: float,
+        work: int,
+        meter: Meter,
+        client_cpu: float | None,
+    ) -> None:
+        """A whole-blob GET's sample; ``client_cpu`` when the client ran in a process of its
+        own, else the bench process's CPU in the meter."""
+        cpu = meter.client_cpu if client_cpu is None else client_cpu
+        self.add(key, server.kind, Sample(work / seconds / 1e6, meter.server_cpu, cpu, work))
 
     async def _push_mono(
         self, rep: int, http: aiohttp.ClientSession, key: str, size: int, count: int, to: Stores
@@ -488,11 +512,10 @@ class Suite:
         with machine.SendfileServer(self.payload.path) as server:
             # The file may be larger than the pull size; the rate is per byte received.
             size = self.payload.path.stat().st_size
-            work = size * plan.pull_repeat
-            pulled = load.curl_pull(server.url, size, plan.pull_repeat)
-            self.add("limits.sendfile", MACHINE, Sample(work / pulled.seconds / 1e6))
-            seconds = await blobs.pull_repeated(http, server.url, size, plan.pull_repeat)
-            self.add("limits.sendfile.aiohttp", MACHINE, Sample(work / seconds / 1e6))
+            for client, _ in PULL_CLIENTS:
+                seconds, _cpu = await _whole_gets(client, http, server.url, size, plan.pull_repeat)
+                rate = size * plan.pull_repeat / seconds / 1e6
+                self.add(f"limits.sendfile{client}", MACHINE, Sample(rate))
 
     async def push(self, rep: int, http: aiohttp.ClientSession) -> None:
         plan = self.plan
@@ -516,16 +539,15 @@ class Suite:
         assert blob is not None
         rss = {server.kind: PeakRss(server) for server in self.servers}
         work = blob.size * plan.pull_repeat
-        for server in self.order(rep):
-            url = f"{server.url}/v2/{PULL_REPO}/blobs/{blob.digest}"
-            with self.meter(server, f"pull-whole-r{rep}", rss[server.kind]) as meter:
-                pulled = load.curl_pull(url, blob.size, plan.pull_repeat)
-            rate = work / pulled.seconds / 1e6
-            sample = Sample(rate, meter.server_cpu, pulled.client_cpu, work)
-            self.add("pull.whole", server.kind, sample)
-        await self._pull_whole(
-            rep, http, "pull.whole.aiohttp", blob, plan.pull_repeat, self.local, rss
-        )
+        for client, _ in PULL_CLIENTS:
+            for server in self.order(rep):
+                url = f"{server.url}/v2/{PULL_REPO}/blobs/{blob.digest}"
+                name = f"pull-whole{client.replace('.', '-')}-r{rep}"
+                with self.meter(server, name, rss[server.kind]) as meter:
+                    seconds, client_cpu = await _whole_gets(
+                        client, http, url, blob.size, plan.pull_repeat
+                    )
+                self._add_gets(f"pull.whole{client}", server, seconds, work, meter, client_cpu)
         script = load.ranges_script(
             f"/v2/{PULL_REPO}/blobs/{blob.digest}", blob.size, plan.range_span, seed=rep + 1
         )
@@ -677,36 +699,34 @@ class Suite:
     async def mirror(self, rep: int, http: aiohttp.ClientSession) -> None:
         plan, setup = self.plan, self.mirror_setup
         assert self.payload is not None and setup is not None
-        tag = f"r{rep}"
-        blob = self.payload.blob(plan.mirror_size)
-        manifest = await mirrors.push_image(
-            http, setup.upstream.url, tag, self.fixture.config, blob
-        )
         stored_within = max(60.0, plan.mirror_size / MiB)
-        for server in self.order(rep, setup.mirrors):
-            # As a client pulls: the manifest by tag first (cold too, not timed), then the layer.
-            await mirrors.get_manifest(http, server, tag, manifest)
-            with self.meter(server, f"mirror-cold-r{rep}") as meter:
-                seconds = await blobs.pull(http, mirrors.blob_url(server, blob.digest), blob.size)
-                # The server's CPU counts until the blob is stored; the time ends at the last byte.
-                await mirrors.wait_cached(server, blob, stored_within)
-            self.add(
-                "mirror.cold",
-                server.kind,
-                Sample(blob.size / seconds / 1e6, meter.server_cpu, meter.client_cpu, blob.size),
+        for client, _ in PULL_CLIENTS:
+            # A new image for each client, so that each has a cold GET of its own.
+            tag = f"r{rep}{client.replace('.', '-')}"
+            blob = self.payload.blob(plan.mirror_size)
+            manifest = await mirrors.push_image(
+                http, setup.upstream.url, tag, self.fixture.config, blob
             )
-        for server in self.order(rep, setup.mirrors):
-            url = mirrors.blob_url(server, blob.digest)
-            with self.meter(server, f"mirror-warm-r{rep}") as meter:
-                seconds = 0.0
-                for _ in range(plan.mirror_warm_repeat):
-                    seconds += await blobs.pull(http, url, blob.size)
-            work = blob.size * plan.mirror_warm_repeat
-            self.add(
-                "mirror.warm",
-                server.kind,
-                Sample(work / seconds / 1e6, meter.server_cpu, meter.client_cpu, work),
-            )
+            for server in self.order(rep, setup.mirrors):
+                # As a client pulls: the manifest by tag first (cold too, not timed), then the
+                # layer.
+                await mirrors.get_manifest(http, server, tag, manifest)
+                url = mirrors.blob_url(server, blob.digest)
+                with self.meter(server, f"mirror-cold{client.replace('.', '-')}-r{rep}") as meter:
+                    seconds, client_cpu = await _whole_gets(client, http, url, blob.size, 1)
+                    # The server's CPU counts until the blob is stored; the time ends at the
+                    # last byte.
+                    await mirrors.wait_cached(server, blob, stored_within)
+                size = blob.size
+                self._add_gets(f"mirror.cold{client}", server, seconds, size, meter, client_cpu)
+            repeat = plan.mirror_warm_repeat
+            for server in self.order(rep, setup.mirrors):
+                url = mirrors.blob_url(server, blob.digest)
+                with self.meter(server, f"mirror-warm{client.replace('.', '-')}-r{rep}") as meter:
+                    seconds, client_cpu = await _whole_gets(client, http, url, blob.size, repeat)
+                work = blob.size * repeat
+                self._add_gets(f"mirror.warm{client}", server, seconds, work, meter, client_cpu)
+            mirrors.discard(setup.servers, blob)
         headers = {"Accept": MANIFEST_ACCEPT}
         for c in plan.mirror_connections:
             for server in self.order(rep, setup.mirrors):
@@ -725,7 +745,6 @@ class Suite:
                     server.kind,
                     Sample(meter.backend_cpu * 1e6 / result.requests),
                 )
-        mirrors.discard(setup.servers, blob)
 
     async def on_s3(self, rep: int, http: aiohttp.ClientSession) -> None:
         plan, setup, blob = self.plan, self.s3_setup, self.s3_blob
@@ -805,9 +824,10 @@ class Suite:
                 "Registry mirror: one Dockyard upstream on loopback serves both mirrors, so only "
                 "the mirror differs; each mirror has Distribution's proxy.remoteurl section "
                 "pointing at it (default ttl). Every repetition pushes a new image (new layer "
-                "digest, new tag) upstream; each mirror gets the manifest by tag, then the cold "
-                "GET of the layer is timed to its last byte, and the mirror's CPU is counted "
-                "until the blob is stored in it (the warm GETs wait for that). The manifest GETs "
+                "digest, new tag) upstream for each of the two clients (curl and aiohttp); each "
+                "mirror gets the manifest by tag, then the cold GET of the layer is timed to its "
+                "last byte, and the mirror's CPU is counted until the blob is stored in it (the "
+                "warm GETs, by the same client, wait for that). The manifest GETs "
                 "by tag come after, with wrk; the upstream's CPU is not in the CPU table but in "
                 "rows of its own (how much each mirror asks the upstream per warm tag GET)."
             )
