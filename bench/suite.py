@@ -65,9 +65,24 @@ LOAD_TARGETS = (
 
 
 PULL_REPO = "bench/pull"
-# Whole-blob pulls, each by two clients: curl reads into one buffer it keeps, as the Go
-# clients do; the bench's own aiohttp client makes a new bytes object per piece it reads.
-PULL_CLIENTS = (("", "curl"), (".aiohttp", "aiohttp client"))
+
+
+@dataclass(frozen=True)
+class PullClient:
+    """A client of the whole-blob GETs: curl reads into one buffer it keeps, as the Go
+    clients do; the bench's own aiohttp client makes a new bytes object per piece it
+    reads. Each has figures of its own, keyed with ``suffix``."""
+
+    suffix: str
+    label: str
+
+    @property
+    def slug(self) -> str:
+        return self.suffix.replace(".", "-")
+
+
+CURL = PullClient("", "curl")
+PULL_CLIENTS = (CURL, PullClient(".aiohttp", "aiohttp client"))
 
 
 async def _timed(work: Awaitable[None]) -> float:
@@ -82,14 +97,14 @@ def self_cpu() -> float:
 
 
 async def _whole_gets(
-    client: str, http: aiohttp.ClientSession, url: str, size: int, repeat: int
+    client: PullClient, http: aiohttp.ClientSession, url: str, size: int, repeat: int
 ) -> tuple[float, float | None]:
-    """Seconds for ``repeat`` GETs of ``url`` in a row by one of ``PULL_CLIENTS``, and the
-    client's CPU when it ran in a process of its own (curl)."""
-    if client == ".aiohttp":
-        return await blobs.pull_repeated(http, url, size, repeat), None
-    pulled = load.curl_pull(url, size, repeat)
-    return pulled.seconds, pulled.client_cpu
+    """Seconds for ``repeat`` GETs of ``url`` in a row by ``client``, and the client's CPU
+    when it ran in a process of its own (curl)."""
+    if client == CURL:
+        pulled = load.curl_pull(url, size, repeat)
+        return pulled.seconds, pulled.client_cpu
+    return await blobs.pull_repeated(http, url, size, repeat), None
 
 
 @dataclass
@@ -171,11 +186,11 @@ class Suite:
                     "MB/s",
                     True,
                 )
-            for key, client in PULL_CLIENTS:
+            for client in PULL_CLIENTS:
                 declare(
-                    f"limits.sendfile{key}",
+                    f"limits.sendfile{client.suffix}",
                     G_LIMITS,
-                    f"plain sendfile server → {client}, {size_label(plan.pull_size)}",
+                    f"plain sendfile server → {client.label}, {size_label(plan.pull_size)}",
                     "MB/s",
                     True,
                 )
@@ -186,9 +201,9 @@ class Suite:
             self._declare_rate("push.chunked", G_CHUNKED, self._chunked_label(plan.chunked_size))
         if "pull" in self.groups:
             repeat = f", {plan.pull_repeat} in a row" if plan.pull_repeat > 1 else ""
-            for key, client in PULL_CLIENTS:
-                label = f"GET {size_label(plan.pull_size)}{repeat}, {client}"
-                self._declare_rate(f"pull.whole{key}", G_PULL, label)
+            for client in PULL_CLIENTS:
+                label = f"GET {size_label(plan.pull_size)}{repeat}, {client.label}"
+                self._declare_rate(f"pull.whole{client.suffix}", G_PULL, label)
             ranges = (
                 f"random {size_label(plan.range_span)} ranges, {plan.range_connections} connections"
             )
@@ -249,11 +264,11 @@ class Suite:
         if "mirror" in self.groups:
             mirrored = size_label(plan.mirror_size)
             repeat = f", {plan.mirror_warm_repeat} in a row" if plan.mirror_warm_repeat > 1 else ""
-            for client, name in PULL_CLIENTS:
-                label = f"cold GET {mirrored} (not cached), {name}"
-                self._declare_rate(f"mirror.cold{client}", G_MIRROR, label)
-                label = f"warm GET {mirrored} (cached){repeat}, {name}"
-                self._declare_rate(f"mirror.warm{client}", G_MIRROR, label)
+            for client in PULL_CLIENTS:
+                label = f"cold GET {mirrored} (not cached), {client.label}"
+                self._declare_rate(f"mirror.cold{client.suffix}", G_MIRROR, label)
+                label = f"warm GET {mirrored} (cached){repeat}, {client.label}"
+                self._declare_rate(f"mirror.warm{client.suffix}", G_MIRROR, label)
             for c in plan.mirror_connections:
                 label = f"GET manifest by tag, warm, c={c}"
                 declare(f"mirror.tag.c{c}", G_MIRROR, label, "req/s", True, "req")
@@ -512,10 +527,10 @@ class Suite:
         with machine.SendfileServer(self.payload.path) as server:
             # The file may be larger than the pull size; the rate is per byte received.
             size = self.payload.path.stat().st_size
-            for client, _ in PULL_CLIENTS:
+            for client in PULL_CLIENTS:
                 seconds, _cpu = await _whole_gets(client, http, server.url, size, plan.pull_repeat)
                 rate = size * plan.pull_repeat / seconds / 1e6
-                self.add(f"limits.sendfile{client}", MACHINE, Sample(rate))
+                self.add(f"limits.sendfile{client.suffix}", MACHINE, Sample(rate))
 
     async def push(self, rep: int, http: aiohttp.ClientSession) -> None:
         plan = self.plan
@@ -539,15 +554,16 @@ class Suite:
         assert blob is not None
         rss = {server.kind: PeakRss(server) for server in self.servers}
         work = blob.size * plan.pull_repeat
-        for client, _ in PULL_CLIENTS:
+        for client in PULL_CLIENTS:
             for server in self.order(rep):
                 url = f"{server.url}/v2/{PULL_REPO}/blobs/{blob.digest}"
-                name = f"pull-whole{client.replace('.', '-')}-r{rep}"
+                name = f"pull-whole{client.slug}-r{rep}"
                 with self.meter(server, name, rss[server.kind]) as meter:
                     seconds, client_cpu = await _whole_gets(
                         client, http, url, blob.size, plan.pull_repeat
                     )
-                self._add_gets(f"pull.whole{client}", server, seconds, work, meter, client_cpu)
+                key = f"pull.whole{client.suffix}"
+                self._add_gets(key, server, seconds, work, meter, client_cpu)
         script = load.ranges_script(
             f"/v2/{PULL_REPO}/blobs/{blob.digest}", blob.size, plan.range_span, seed=rep + 1
         )
@@ -700,9 +716,10 @@ class Suite:
         plan, setup = self.plan, self.mirror_setup
         assert self.payload is not None and setup is not None
         stored_within = max(60.0, plan.mirror_size / MiB)
-        for client, _ in PULL_CLIENTS:
-            # A new image for each client, so that each has a cold GET of its own.
-            tag = f"r{rep}{client.replace('.', '-')}"
+        for client in PULL_CLIENTS:
+            # A new image for each client, so that each has a cold GET of its own; the
+            # manifest GETs after this loop ask for the last one's tag.
+            tag = f"r{rep}{client.slug}"
             blob = self.payload.blob(plan.mirror_size)
             manifest = await mirrors.push_image(
                 http, setup.upstream.url, tag, self.fixture.config, blob
@@ -712,20 +729,21 @@ class Suite:
                 # layer.
                 await mirrors.get_manifest(http, server, tag, manifest)
                 url = mirrors.blob_url(server, blob.digest)
-                with self.meter(server, f"mirror-cold{client.replace('.', '-')}-r{rep}") as meter:
+                with self.meter(server, f"mirror-cold{client.slug}-r{rep}") as meter:
                     seconds, client_cpu = await _whole_gets(client, http, url, blob.size, 1)
                     # The server's CPU counts until the blob is stored; the time ends at the
                     # last byte.
                     await mirrors.wait_cached(server, blob, stored_within)
-                size = blob.size
-                self._add_gets(f"mirror.cold{client}", server, seconds, size, meter, client_cpu)
+                key = f"mirror.cold{client.suffix}"
+                self._add_gets(key, server, seconds, blob.size, meter, client_cpu)
             repeat = plan.mirror_warm_repeat
             for server in self.order(rep, setup.mirrors):
                 url = mirrors.blob_url(server, blob.digest)
-                with self.meter(server, f"mirror-warm{client.replace('.', '-')}-r{rep}") as meter:
+                with self.meter(server, f"mirror-warm{client.slug}-r{rep}") as meter:
                     seconds, client_cpu = await _whole_gets(client, http, url, blob.size, repeat)
                 work = blob.size * repeat
-                self._add_gets(f"mirror.warm{client}", server, seconds, work, meter, client_cpu)
+                key = f"mirror.warm{client.suffix}"
+                self._add_gets(key, server, seconds, work, meter, client_cpu)
             mirrors.discard(setup.servers, blob)
         headers = {"Accept": MANIFEST_ACCEPT}
         for c in plan.mirror_connections:
