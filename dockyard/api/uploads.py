@@ -66,8 +66,8 @@ async def start_upload(request: web.Request, name: str) -> web.StreamResponse:
             digest,
             _declared_size(request),
             LastChunk(request.content.iter_any()),
+            linked_into=repo.blobs,
         )
-        await repo.blobs.link(blob.digest)
         return _blob_created(request, name, blob)
     return empty(202, _session_headers(request, session))
 
@@ -128,8 +128,9 @@ async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.
         if _has_body(request)
         else None
     )
-    blob = await registry.uploads.finish(repo.name, upload_id, digest, last=last)
-    await repo.blobs.link(blob.digest)
+    blob = await registry.uploads.finish(
+        repo.name, upload_id, digest, last=last, linked_into=repo.blobs
+    )
     return _blob_created(request, name, blob)
 
 

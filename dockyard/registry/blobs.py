@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 
 from dockyard.coordination.descriptors import DescriptorCache, NoDescriptorCache
@@ -141,9 +142,18 @@ class RepositoryBlobs:
                 raise
         return await self.is_linked(digest) and await self.store.hold(digest)
 
-    async def link(self, digest: Digest) -> None:
+    async def link(self, digest: Digest, beside: Awaitable[None] | None = None) -> None:
+        """Link the blob into the repository. With ``beside`` (the blob's own commit),
+        the link is written while that runs, each waiting on its own fsyncs: a link
+        whose blob is not there reads as no blob (``stat`` looks at both), so a crash
+        between the two shows nothing that is not stored. The cache learns of the link
+        only once both are done."""
         mark = self.descriptors.link_mark()
-        await write_link(self.driver, layout.layer_link(self.name, digest), digest)
+        writing = write_link(self.driver, layout.layer_link(self.name, digest), digest)
+        if beside is None:
+            await writing
+        else:
+            await _both(beside, writing)
         await self.descriptors.remember_link(self.name, digest, fresh=True, mark=mark)
 
     async def unlink(self, digest: Digest) -> None:
@@ -152,3 +162,10 @@ class RepositoryBlobs:
         await self.descriptors.forget_link(self.name, digest)
         if not removed:
             raise BlobUnknown(detail={"digest": str(digest)})
+
+
+async def _both(first: Awaitable[None], second: Awaitable[None]) -> None:
+    """Run both to their end; then raise the first one's error, if any, else the second's."""
+    for outcome in await asyncio.gather(first, second, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome

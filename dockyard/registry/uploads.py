@@ -25,7 +25,7 @@ import logging
 import re
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,7 +34,7 @@ from typing import Any
 from dockyard.coordination.locks import Locks
 from dockyard.errors import BlobUploadInvalid, BlobUploadUnknown, DigestInvalid, RangeInvalid
 from dockyard.registry import layout
-from dockyard.registry.blobs import BlobDescriptor, BlobStore
+from dockyard.registry.blobs import BlobDescriptor, BlobStore, RepositoryBlobs
 from dockyard.registry.digest import Digest, new_hasher
 from dockyard.registry.hashstate import Sha256States
 from dockyard.storage.driver import FileWriter, PathNotFoundError, StorageDriver, StorageError
@@ -429,10 +429,12 @@ class UploadStore:
         digest: Digest,
         expected_size: int | None = None,
         last: LastChunk | None = None,
+        linked_into: RepositoryBlobs | None = None,
     ) -> BlobDescriptor:
         """Verify the content against ``digest`` and make it a blob of the repository;
         with ``last``, after appending that chunk, under the same hold of the session's
-        lock (one look at the session, not one before each step).
+        lock (one look at the session, not one before each step). With ``linked_into``,
+        the blob's link there is written while the blob is committed.
 
         On a mismatch the session is discarded and nothing is stored.
         """
@@ -444,7 +446,9 @@ class UploadStore:
                 staged = await self._staged_blob(session, digest, last)
                 if staged is not None:
                     await writer.close()
-                    return await self._finish_staged(session, staged, digest, expected_size, last)
+                    return await self._finish_staged(
+                        session, staged, digest, expected_size, last, linked_into
+                    )
                 session = await self._append_to(
                     session, writer, last.body, last.start, last.end, continues=False
                 )
@@ -452,7 +456,7 @@ class UploadStore:
             data_path = layout.upload_data(name, upload_id)
             actual = await self._digest_of(session, digest.algorithm)
             await self._check_content(session, digest, actual, expected_size, size)
-            await self.blobs.adopt(data_path, digest)
+            await _commit(self.blobs.adopt(data_path, digest), digest, linked_into)
             await self._discard(name, upload_id)
             return BlobDescriptor(digest, size)
 
@@ -479,6 +483,7 @@ class UploadStore:
         digest: Digest,
         expected_size: int | None,
         last: LastChunk,
+        linked_into: RepositoryBlobs | None,
     ) -> BlobDescriptor:
         """Receive the whole blob through ``staged`` and store it only if it is what the
         client said: otherwise nothing appears and the session is discarded."""
@@ -491,7 +496,7 @@ class UploadStore:
                 _check_chunk_length(last.end + 1, size, 0)
             actual = Digest(digest.algorithm, hasher.hexdigest())
             await self._check_content(session, digest, actual, expected_size, size)
-            await staged.seal()
+            await _commit(staged.seal(), digest, linked_into)
         finally:
             await staged.close()
         await self._discard(session.repository, session.id)
@@ -534,6 +539,16 @@ class UploadStore:
             await self.driver.delete(layout.upload_dir(name, upload_id))
         except PathNotFoundError:
             pass
+
+
+async def _commit(
+    commit: Awaitable[None], digest: Digest, linked_into: RepositoryBlobs | None
+) -> None:
+    """The blob's commit, with its link into ``linked_into`` written beside it."""
+    if linked_into is None:
+        await commit
+    else:
+        await linked_into.link(digest, beside=commit)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dockyard.errors import BlobUploadInvalid
+from dockyard.errors import BlobUnknown, BlobUploadInvalid
 from dockyard.registry import Registry, layout
 from dockyard.registry.digest import Digest
 from dockyard.registry.uploads import WRITE_PIECE, LastChunk
@@ -352,3 +352,75 @@ def test_a_started_session_is_durable_when_start_returns(tmp_path: Path) -> None
     made = next(at for at, directory in trace.mkdirs if directory == session)
     parent = os.path.dirname(session)
     assert any(f.path == parent and made < f.start and f.end < end for f in trace.fsyncs)
+
+
+class MovesHeld(DelegatingDriver):
+    """Holds every move until ``release`` is set (or fails it, with ``fail``); records the
+    path of every whole-file write."""
+
+    def __init__(self, inner: StorageDriver, fail: bool = False) -> None:
+        super().__init__(inner)
+        self.release = asyncio.Event()
+        self.fail = fail
+        self.written: list[str] = []
+
+    async def move(self, source: str, dest: str) -> None:
+        await self.release.wait()
+        if self.fail:
+            raise StorageError("no space left on device")
+        await self.inner.move(source, dest)
+
+    async def write(self, path: str, data: bytes, durable: bool = True) -> None:
+        self.written.append(path)
+        await self.inner.write(path, data, durable)
+
+
+async def test_the_link_is_written_while_the_blob_is_committed(driver: StorageDriver) -> None:
+    held = MovesHeld(driver)
+    registry = Registry(held)
+    repo = registry.repository("lib/app")
+    data = random.Random(21).randbytes(WRITE_PIECE + 3)
+    digest = Digest.of(data)
+    session = await registry.uploads.start("lib/app")
+    await registry.uploads.append("lib/app", session.id, body_of(data, 21))
+    finishing = asyncio.create_task(
+        registry.uploads.finish("lib/app", session.id, digest, len(data), linked_into=repo.blobs)
+    )
+    link = layout.layer_link("lib/app", digest)
+    async with asyncio.timeout(10):
+        while link not in held.written:
+            await asyncio.sleep(0.01)
+    # The link is in, the blob's move not yet: the repository still has no such blob.
+    assert not finishing.done()
+    with pytest.raises(BlobUnknown):
+        await repo.blobs.stat(digest)
+    held.release.set()
+    blob = await finishing
+    assert (blob.digest, blob.size) == (digest, len(data))
+    assert await repo.blobs.stat(digest) == blob
+    assert await driver.read(layout.blob_data(digest)) == data
+
+
+async def test_a_commit_that_fails_leaves_no_blob_beside_its_link(driver: StorageDriver) -> None:
+    held = MovesHeld(driver, fail=True)
+    held.release.set()
+    registry = Registry(held)
+    repo = registry.repository("lib/app")
+    data = random.Random(22).randbytes(1000)
+    digest = Digest.of(data)
+    session = await registry.uploads.start("lib/app")
+    with pytest.raises(StorageError, match="no space"):
+        await registry.uploads.finish(
+            "lib/app",
+            session.id,
+            digest,
+            len(data),
+            LastChunk(body_of(data, 22)),
+            linked_into=repo.blobs,
+        )
+    # The link went in beside the commit that failed; the blob is not there, and neither
+    # the cache (asked twice) nor the store says it is.
+    assert await repo.blobs.is_linked(digest)
+    for _ in range(2):
+        with pytest.raises(BlobUnknown):
+            await repo.blobs.stat(digest)
