@@ -354,7 +354,7 @@ def test_a_started_session_is_durable_when_start_returns(tmp_path: Path) -> None
     assert any(f.path == parent and made < f.start and f.end < end for f in trace.fsyncs)
 
 
-class MovesHeld(DelegatingDriver):
+class MovesHeld(WritesSeen):
     """Holds every move until ``release`` is set (or fails it, with ``fail``); records the
     path of every whole-file write."""
 
@@ -362,17 +362,12 @@ class MovesHeld(DelegatingDriver):
         super().__init__(inner)
         self.release = asyncio.Event()
         self.fail = fail
-        self.written: list[str] = []
 
     async def move(self, source: str, dest: str) -> None:
         await self.release.wait()
         if self.fail:
             raise StorageError("no space left on device")
         await self.inner.move(source, dest)
-
-    async def write(self, path: str, data: bytes, durable: bool = True) -> None:
-        self.written.append(path)
-        await self.inner.write(path, data, durable)
 
 
 async def test_the_link_is_written_while_the_blob_is_committed(driver: StorageDriver) -> None:
