@@ -54,7 +54,9 @@ def describe() -> dict[str, str]:
         "python": sys.version.split()[0],
         "distribution": _version([DISTRIBUTION_BINARY, "--version"]),
         "load generators": f"{_version(['wrk', '--version'])}; "
-        f"{_version(['ab', '-V'])}; {_version(['skopeo', '--version'])}",
+        f"{_version(['ab', '-V'])}; {_version(['skopeo', '--version'])}; "
+        # curl's first line goes on to list every library it was built with.
+        + " ".join(_version(["curl", "--version"]).split()[:2]),
     }
 
 
