@@ -16,12 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from bench import load
+from bench.machine import SendfileServer
 from bench.report import losses, verdict
 from bench.servers import (
     CLOCK_TICKS,
     DISTRIBUTION,
     DOCKYARD,
     PSS_EVERY,
+    BenchError,
     ManagedProcess,
     PeakRss,
     RegistryServer,
@@ -263,3 +266,15 @@ def test_process_cpu_is_read_below_clock_ticks_with_exited_threads(tmp_path: Pat
     assert cpu >= 0.3
     assert abs(cpu - ticks) <= 2 / CLOCK_TICKS
     assert round(cpu * CLOCK_TICKS, 6) != round(cpu * CLOCK_TICKS)
+
+
+def test_curl_pulls_count_every_transfer_and_refuse_a_short_body(tmp_path: Path) -> None:
+    blob = tmp_path / "blob"
+    blob.write_bytes(os.urandom(3 * 1024 * 1024 + 5))
+    size = blob.stat().st_size
+    with SendfileServer(blob) as server:
+        pulled = load.curl_pull(server.url, size, 3)
+        assert pulled.seconds > 0 and pulled.client_cpu >= 0
+        # A body of another length than the blob's is an error, not a rate.
+        with pytest.raises(BenchError, match="bytes of"):
+            load.curl_pull(server.url, size + 1, 1)
