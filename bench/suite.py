@@ -372,12 +372,11 @@ class Suite:
         backend = via.backend
         with self.meter(server, name, rss, backend) as meter:
             seconds = await transfer
-        sample = Sample(work / seconds / 1e6, meter.server_cpu, meter.client_cpu, work)
-        self.add(key, server.kind, sample)
+        self._add_transfer(key, server, seconds, work, meter, None)
         if backend is not None:
             self.add(f"{key}.backend", server.kind, Sample(meter.backend_cpu * 1e3 / (work / 1e6)))
 
-    def _add_gets(
+    def _add_transfer(
         self,
         key: str,
         server: RegistryServer,
@@ -386,7 +385,7 @@ class Suite:
         meter: Meter,
         client_cpu: float | None,
     ) -> None:
-        """A whole-blob GET's sample; ``client_cpu`` when the client ran in a process of its
+        """A blob transfer's sample; ``client_cpu`` when the client ran in a process of its
         own, else the bench process's CPU in the meter."""
         cpu = meter.client_cpu if client_cpu is None else client_cpu
         self.add(key, server.kind, Sample(work / seconds / 1e6, meter.server_cpu, cpu, work))
@@ -563,7 +562,7 @@ class Suite:
                         client, http, url, blob.size, plan.pull_repeat
                     )
                 key = f"pull.whole{client.suffix}"
-                self._add_gets(key, server, seconds, work, meter, client_cpu)
+                self._add_transfer(key, server, seconds, work, meter, client_cpu)
         script = load.ranges_script(
             f"/v2/{PULL_REPO}/blobs/{blob.digest}", blob.size, plan.range_span, seed=rep + 1
         )
@@ -735,7 +734,7 @@ class Suite:
                     # last byte.
                     await mirrors.wait_cached(server, blob, stored_within)
                 key = f"mirror.cold{client.suffix}"
-                self._add_gets(key, server, seconds, blob.size, meter, client_cpu)
+                self._add_transfer(key, server, seconds, blob.size, meter, client_cpu)
             repeat = plan.mirror_warm_repeat
             for server in self.order(rep, setup.mirrors):
                 url = mirrors.blob_url(server, blob.digest)
@@ -743,7 +742,7 @@ class Suite:
                     seconds, client_cpu = await _whole_gets(client, http, url, blob.size, repeat)
                 work = blob.size * repeat
                 key = f"mirror.warm{client.suffix}"
-                self._add_gets(key, server, seconds, work, meter, client_cpu)
+                self._add_transfer(key, server, seconds, work, meter, client_cpu)
             mirrors.discard(setup.servers, blob)
         headers = {"Accept": MANIFEST_ACCEPT}
         for c in plan.mirror_connections:
