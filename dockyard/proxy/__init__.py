@@ -183,8 +183,13 @@ async def pull_blob(
                 response.headers["Content-Range"] = f"bytes {start}-{end}/{fetch.size}"
                 response.content_length = end - start + 1
         await response.prepare(request)
+        # A piece lives until the next is asked for. A plain socket sends it or copies
+        # it before ``write`` returns; a TLS one may keep it queued, so it gets a copy.
+        copied = request.transport is not None and bool(
+            request.transport.get_extra_info("sslcontext")
+        )
         async for piece in _within(fetch.pieces(fd), start, end):
-            await response.write(piece)
+            await response.write(bytes(piece) if copied else piece)
     except Exception as error:
         if not response.prepared:
             raise

@@ -2,8 +2,8 @@
 
 The fetch runs in its own task, independent of the requests that started or joined it
 (a client that goes away does not stop it). It hashes the upstream's bytes as they
-arrive and appends them to a spool file; readers get what the disk has from the spool
-and what it has not yet from memory, so each client receives bytes as soon as they
+arrive (into buffers used again, ``receive``) and appends them to a spool file; readers
+get what the disk has from the spool and what it has not yet from memory, so each client receives bytes as soon as they
 arrive, whether it came first or joined late.
 
 A disk slower than the network holds nobody back, and memory stays bounded: past
@@ -49,6 +49,7 @@ from typing import Any
 
 from dockyard.errors import BlobUnknown, Unavailable
 from dockyard.proxy.claims import INCOMING, PIECE, POLL, Claim
+from dockyard.proxy.receive import BufferPool, PooledBody, ReceiveBuffer, take_body
 from dockyard.proxy.routing import Target
 from dockyard.proxy.upstream import UPSTREAM_UNKNOWN, UpstreamUnavailable
 from dockyard.registry import Registry
@@ -72,7 +73,11 @@ class _Piece:
 
     offset: int
     size: int
-    data: bytes | None
+    data: bytes | memoryview | None
+    # The receive buffer ``data`` is a view of, if it is one: held twice, by the hash
+    # lane until it has hashed the piece and by the spool until it has written or
+    # dropped it, so that the buffer is received into again only once both are done.
+    lease: ReceiveBuffer | None = None
     # Set by the hash lane: dropping a piece costs no hash of its own.
     before: hashlib._Hash | None = None
     after: bytes = b""
@@ -92,6 +97,7 @@ class BlobFetch:
         digest: Digest,
         done: Callable[[BlobFetch], None],
         claim: Claim | None = None,
+        buffers: BufferPool | None = None,
     ) -> None:
         self.registry = registry
         self.target = target
@@ -133,6 +139,8 @@ class BlobFetch:
         self._storage_path: str | None = None
         self._spool_path = ""
         self._claim = claim
+        # Where the upstream's body is received, when aiohttp can hand it over.
+        self._buffers = buffers
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     # --- the fetch ---------------------------------------------------------------------
@@ -194,14 +202,18 @@ class BlobFetch:
                 )
             if response.content_length is not None:
                 self.size = response.content_length
-            widen_reads(response)
+            # Taken before anything is awaited: aiohttp reads on meanwhile, and a full
+            # buffer of its own would keep the body with it.
+            taken = take_body(response, self._buffers) if self._buffers is not None else None
+            if taken is None:
+                widen_reads(response)
             await asyncio.to_thread(self._open_spool)
             self._started.set()
             hasher = new_hasher(self.digest.algorithm)
             hashing = asyncio.ensure_future(self._hash_received(hasher))
             writing = asyncio.ensure_future(self._write_spool())
             try:
-                await self._receive(response, hashing, writing)
+                await self._receive(response, taken, hashing, writing)
                 await self._to_hash.put(None)
                 await hashing
                 actual = Digest(self.digest.algorithm, hasher.hexdigest())
@@ -237,15 +249,22 @@ class BlobFetch:
             )
 
     async def _receive(
-        self, response: Any, hashing: asyncio.Future[None], writing: asyncio.Future[None]
+        self,
+        response: Any,
+        taken: tuple[bytes, PooledBody] | None,
+        hashing: asyncio.Future[None],
+        writing: asyncio.Future[None],
     ) -> None:
         """Read the upstream's body in pieces: each is readable at once, then hashed and
         spooled. Memory stays bounded without holding the client to the disk: past
         ``UNWRITTEN_WINDOW`` held, the oldest hashed pieces are dropped, and the spool
-        fetches them again when it gets to them."""
+        fetches them again when it gets to them. A body taken off aiohttp (``taken``)
+        arrives in views of the pool's buffers, else in bytes aiohttp made."""
 
-        async def take(data: bytes) -> None:
-            piece = _Piece(self.received, len(data), data)
+        async def take(data: bytes | memoryview, lease: ReceiveBuffer | None = None) -> None:
+            piece = _Piece(self.received, len(data), data, lease)
+            if lease is not None:
+                lease.hold()  # the hash lane's; the one handed on is the spool's
             self._unwritten.append(piece)
             self._in_memory.append(piece)
             self.received += piece.size
@@ -255,17 +274,27 @@ class BlobFetch:
                 self._changed.notify_all()
             await self._bound_memory(hashing, writing)
 
-        # A piece is what arrived since the last read, taken as the HTTP client hands it
-        # on: joining reads into pieces of a fixed size cost a copy of every byte, and
-        # kept the bytes of a slow upstream from readers until a whole piece was in.
-        async for chunk in response.content.iter_any():
-            if len(chunk) <= PIECE:
-                await take(chunk)
-                continue
+        async def take_cut(chunk: bytes) -> None:
             # Reads that piled up while the loop was busy come joined: cut so that no
             # piece passes PIECE bytes, which is what bounds the memory past the window.
             for start in range(0, len(chunk), PIECE):
                 await take(chunk[start : start + PIECE])
+
+        # A piece is what arrived since the last read, taken as it is handed on: joining
+        # reads into pieces of a fixed size cost a copy of every byte, and kept the
+        # bytes of a slow upstream from readers until a whole piece was in.
+        if taken is None:
+            async for chunk in response.content.iter_any():
+                await take_cut(chunk)
+        else:
+            early, body = taken
+            try:
+                await take_cut(early)
+                async for view, buffer in body.regions():
+                    await take(view, buffer)
+            finally:
+                body.close()
+                response.close()
         async with self._changed:
             self._received_all = True
             self._changed.notify_all()
@@ -299,6 +328,8 @@ class BlobFetch:
                     )
                 continue
             victim.data = None
+            if victim.lease is not None:
+                victim.lease.release()
             self._spool_behind = True
             self._in_memory.remove(victim)
             self.held -= victim.size
@@ -330,6 +361,9 @@ class BlobFetch:
                     break
                 # A piece is dropped only once hashed: every one still has its bytes.
                 await asyncio.to_thread(_update, hasher, pieces)
+                for hashed in pieces:
+                    if hashed.lease is not None:
+                        hashed.lease.release()
                 self.hashed = pieces[-1].end
                 async with self._changed:
                     self._changed.notify_all()
@@ -385,6 +419,8 @@ class BlobFetch:
                             # The oldest in memory: the spool takes them in order.
                             self._in_memory.popleft()
                             self.held -= piece.size
+                            if piece.lease is not None:
+                                piece.lease.release()
                     self._changed.notify_all()
         finally:
             # Wakes the receiver if it waits on memory, whatever ended this.
@@ -538,7 +574,9 @@ class BlobFetch:
         return piece is not None and piece.data is not None
 
     async def pieces(self, fd: int) -> AsyncIterator[bytes | memoryview]:
-        """The blob's bytes from the start, as they arrive; raises if the fetch fails."""
+        """The blob's bytes from the start, as they arrive; raises if the fetch fails.
+        A piece may be a view of a receive buffer: it holds its bytes only until the
+        next piece is asked for, so the caller sends or copies it before that."""
         offset = 0
         while True:
             async with self._changed:
@@ -560,6 +598,7 @@ class BlobFetch:
             if offset >= readable:
                 return
             piece: bytes | memoryview
+            lease: ReceiveBuffer | None = None
             if offset < self.written:
                 length = min(readable, self.written) - offset
                 piece = await asyncio.to_thread(os.pread, fd, min(length, PIECE), offset)
@@ -569,8 +608,17 @@ class BlobFetch:
                     continue  # written or dropped since: the spool has it, or will
                 end = min(held.end, readable)
                 piece = memoryview(held.data)[offset - held.offset : end - held.offset]
+                lease = held.lease
             offset += len(piece)
-            yield piece
+            if lease is None:
+                yield piece
+                continue
+            # The buffer is not received into again until the caller asks for more.
+            lease.hold()
+            try:
+                yield piece
+            finally:
+                lease.release()
 
 
 def _offset(piece: _Piece) -> int:

@@ -44,6 +44,7 @@ from dockyard.errors import (
 )
 from dockyard.proxy.claims import INCOMING, FollowedFetch, claim, claimed, spool_paths
 from dockyard.proxy.fetch import BlobFetch
+from dockyard.proxy.receive import BufferPool
 from dockyard.proxy.routing import Route, Target, find_target
 from dockyard.proxy.upstream import UPSTREAM_UNKNOWN, UpstreamUnavailable
 from dockyard.registry import Registry, Repository, layout
@@ -97,6 +98,8 @@ class Mirror:
         self.registry = registry
         self.routes = routes
         self.fetches: dict[Digest, BlobFetch] = {}
+        # The buffers every fetch of this process receives its upstream's body into.
+        self.buffers = BufferPool()
         # Told the size of each blob fetched from an upstream (the server's heap trimmer:
         # a fetch holds up to its window of pieces in memory).
         self._fetched = fetched
@@ -112,6 +115,7 @@ class Mirror:
             if not fetch.verified:
                 fetch.task.cancel()
         await asyncio.gather(*(fetch.task for fetch in fetches), return_exceptions=True)
+        self.buffers.close()
         for route in self.routes:
             if route.client is not None:
                 await route.client.close()
@@ -291,7 +295,7 @@ class Mirror:
             if taken is None:
                 return FollowedFetch(self.registry, target.name, digest, paths)
         fetch = self.fetches[digest] = BlobFetch(
-            self.registry, target, digest, self._fetch_done, taken
+            self.registry, target, digest, self._fetch_done, taken, self.buffers
         )
         return fetch
 

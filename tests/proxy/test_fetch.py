@@ -24,6 +24,7 @@ from dockyard.proxy import mirror as mirror_module
 from dockyard.proxy.claims import PIECE, Claim, FollowedFetch, claim, spool_paths
 from dockyard.proxy.fetch import BlobFetch
 from dockyard.proxy.mirror import Mirror
+from dockyard.proxy.receive import QUEUE_LIMIT, BufferPool
 from dockyard.proxy.routing import Route, Target
 from dockyard.proxy.upstream import UpstreamClient
 from dockyard.registry import Registry
@@ -94,6 +95,10 @@ class Upstream:
         self.alter_ranges = False
         self.stall_after: int | None = None
         self.stalled = asyncio.Event()
+        # Sent in chunks of the chunked transfer coding, with no length.
+        self.chunked = False
+        # The connection closed after this many bytes of the body.
+        self.cut_after: int | None = None
 
     async def blob(self, request: web.Request) -> web.StreamResponse:
         body, status, headers = self.data, 200, {}
@@ -106,12 +111,19 @@ class Upstream:
             headers["Content-Range"] = f"bytes {first}-{last}/{len(self.data)}"
             if self.alter_ranges:
                 body = bytes([body[0] ^ 0xFF]) + body[1:]
-        headers["Content-Length"] = str(len(body))
         response = web.StreamResponse(status=status, headers=headers)
+        if self.chunked:
+            response.enable_chunked_encoding()
+        else:
+            response.content_length = len(body)
         await response.prepare(request)
         for offset in range(0, len(body), SEND):
             if header is None and self.stall_after is not None and offset >= self.stall_after:
                 await self.stalled.wait()
+            if self.cut_after is not None and offset >= self.cut_after:
+                assert request.transport is not None
+                request.transport.close()
+                return response
             await response.write(body[offset : offset + SEND])
         return response
 
@@ -131,33 +143,47 @@ async def upstream() -> AsyncIterator[Upstream]:
     await runner.cleanup()
 
 
-@pytest.fixture
-def registry(tmp_path: Path) -> Registry:
-    config = tmp_path / "config.yml"
+def registry_in(path: Path) -> Registry:
+    config = path / "config.yml"
     config.write_text(
-        f"version: 0.1\nstorage: {{filesystem: {{rootdirectory: {tmp_path / 'data'}}}}}\n"
+        f"version: 0.1\nstorage: {{filesystem: {{rootdirectory: {path / 'data'}}}}}\n"
         "http: {addr: 127.0.0.1:0}\n"
     )
     return build_registry(load_config(str(config)).config)
 
 
+@pytest.fixture
+def registry(tmp_path: Path) -> Registry:
+    return registry_in(tmp_path)
+
+
 def start_fetch(
-    registry: Registry, url: str, digest: Digest, claim: Claim | None = None
+    registry: Registry,
+    url: str,
+    digest: Digest,
+    claim: Claim | None = None,
+    buffers: BufferPool | None = None,
 ) -> tuple[HeldSpool, UpstreamClient]:
+    """A fetch receiving into ``buffers`` (a pool of its own if not given), as a mirror's
+    fetches do."""
     client = UpstreamClient(url)
     target = Target(Route("", client, ttl=0, library=False), "lib/x", "lib/x")
     HeldSpool.disk = asyncio.Event()
-    return HeldSpool(registry, target, digest, lambda _: None, claim), client
+    pool = buffers if buffers is not None else BufferPool()
+    return HeldSpool(registry, target, digest, lambda _: None, claim, pool), client
 
 
 @asynccontextmanager
 async def held_fetch(
-    registry: Registry, upstream: Upstream, claim: Claim | None = None
+    registry: Registry,
+    upstream: Upstream,
+    claim: Claim | None = None,
+    buffers: BufferPool | None = None,
 ) -> AsyncIterator[HeldSpool]:
     """A fetch from ``upstream`` whose spool waits for ``disk``; on leaving, even after a
     failed assertion, the spool is let go, every reader's hold released, and the fetch
     has ended."""
-    fetch, client = start_fetch(registry, upstream.url, upstream.digest, claim)
+    fetch, client = start_fetch(registry, upstream.url, upstream.digest, claim, buffers)
     try:
         yield fetch
     finally:
@@ -175,11 +201,15 @@ async def read_all(fetch: BlobFetch | FollowedFetch, fd: int) -> bytes:
     return bytes(received)
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["into-the-pool", "through-aiohttp"])
 async def test_a_client_is_not_held_to_a_spool_that_lags_and_memory_stays_bounded(
-    upstream: Upstream, registry: Registry, monkeypatch: pytest.MonkeyPatch
+    upstream: Upstream, registry: Registry, monkeypatch: pytest.MonkeyPatch, chunked: bool
 ) -> None:
     monkeypatch.setattr(fetch_module, "UNWRITTEN_WINDOW", WINDOW)
-    async with held_fetch(registry, upstream) as fetch:
+    # A body in chunks is read through aiohttp, one of known length into the pool.
+    upstream.chunked = chunked
+    pool = BufferPool()
+    async with held_fetch(registry, upstream, buffers=pool) as fetch:
         fd = await fetch.started()
         # Nothing is on disk, yet the reader gets the whole verified blob.
         received = await asyncio.wait_for(read_all(fetch, fd), 30)
@@ -199,6 +229,84 @@ async def test_a_client_is_not_held_to_a_spool_that_lags_and_memory_stays_bounde
     assert fetch.written == SIZE
     assert await registry.blobs.read(upstream.digest) == upstream.data
     assert await registry.repository("lib/x").blobs.is_linked(upstream.digest)
+    if chunked:
+        assert pool.made == 0
+    else:
+        # The window's worth of buffers and a few more, each back in the pool.
+        assert 0 < pool.made <= (WINDOW + QUEUE_LIMIT) // PIECE + 4
+        assert pool.free == pool.made
+
+
+async def test_a_second_fetch_receives_into_the_buffers_of_the_first(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    pool = BufferPool()
+    made: list[int] = []
+    taken: list[int] = []
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        registry = registry_in(tmp_path / name)
+        async with held_fetch(registry, upstream, buffers=pool) as fetch:
+            fetch.disk.set()
+            fd = await fetch.started()
+            assert await asyncio.wait_for(read_all(fetch, fd), 30) == upstream.data
+            await asyncio.wait_for(fetch.task, 30)
+        assert fetch.complete
+        assert await registry.blobs.read(upstream.digest) == upstream.data
+        made.append(pool.made)
+        taken.append(pool.taken)
+        assert pool.free == pool.made
+    # Every buffer the first fetch left is received into again before any new one is
+    # made (how many are in use at once depends on how quickly the spool writes).
+    assert made[0] > 0
+    assert made[1] - made[0] <= (taken[1] - taken[0]) - made[0]
+
+
+async def test_a_reader_keeps_its_piece_while_the_fetch_goes_on(
+    upstream: Upstream, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pieces are dropped past a small window while this reader sits on its first one:
+    # the buffers they free are received into again, but not the reader's.
+    monkeypatch.setattr(fetch_module, "UNWRITTEN_WINDOW", WINDOW)
+    pool = BufferPool()
+    async with held_fetch(registry, upstream, buffers=pool) as fetch:
+        fd = await fetch.started()
+        pieces = fetch.pieces(fd)
+        # What came with the upstream's head is in bytes of its own; the rest is in
+        # views of the pool's buffers.
+        rest = bytearray()
+        kept = await asyncio.wait_for(pieces.__anext__(), 10)
+        while not (isinstance(kept, memoryview) and isinstance(kept.obj, bytearray)):
+            rest += kept
+            kept = await asyncio.wait_for(pieces.__anext__(), 10)
+        at = len(rest)
+        async with asyncio.timeout(30):
+            while not fetch.verified:
+                await asyncio.sleep(0.01)
+        assert fetch.held <= WINDOW and pool.free > 0 and pool.taken > pool.made
+        assert bytes(kept) == upstream.data[at : at + len(kept)]
+        # What was dropped behind it comes from the spool once the disk lets it.
+        fetch.disk.set()
+        rest += kept
+        async with asyncio.timeout(30):
+            async for piece in pieces:
+                rest += piece
+        assert bytes(rest) == upstream.data
+
+
+async def test_a_body_cut_short_is_not_stored_and_its_reader_is_told(
+    upstream: Upstream, registry: Registry
+) -> None:
+    upstream.cut_after = SIZE // 2
+    async with held_fetch(registry, upstream) as fetch:
+        fetch.disk.set()
+        fd = await fetch.started()
+        with pytest.raises(Unavailable):
+            await asyncio.wait_for(read_all(fetch, fd), 30)
+    assert isinstance(fetch.error, Unavailable)
+    assert "short" in str(fetch.error.detail)
+    assert not await registry.blobs.exists(upstream.digest)
+    assert not await registry.repository("lib/x").blobs.is_linked(upstream.digest)
 
 
 async def test_a_reader_gets_what_arrived_without_waiting_for_a_whole_piece(
@@ -269,8 +377,8 @@ async def test_the_upstreams_connection_reads_a_mebibyte_per_receive(
     monkeypatch.setattr(fetch_module, "UNWRITTEN_WINDOW", WINDOW)
     fetch = await read_then_release_the_spool(registry, upstream)
     assert fetch.complete and fetch.refetched > 0
-    # The blob's GET and the ranged GET of what was dropped.
-    assert len(reads) >= 2 and set(reads) == {sockets.SOCKET_READ}
+    # The ranged GETs of what was dropped; the blob's GET is received into the pool.
+    assert len(reads) >= 1 and set(reads) == {sockets.SOCKET_READ}
 
 
 async def test_a_reader_behind_the_network_waits_for_what_the_spool_fetches_again(
