@@ -213,7 +213,7 @@ class BlobFetch:
             hashing = asyncio.ensure_future(self._hash_received(hasher))
             writing = asyncio.ensure_future(self._write_spool())
             try:
-                await self._receive(response, taken, hashing, writing)
+                await self._receive_watched(response, taken, hashing, writing)
                 await self._to_hash.put(None)
                 await hashing
                 actual = Digest(self.digest.algorithm, hasher.hexdigest())
@@ -247,6 +247,38 @@ class BlobFetch:
                 self.digest,
                 self.refetched,
             )
+
+    async def _receive_watched(
+        self,
+        response: Any,
+        taken: tuple[bytes, PooledBody] | None,
+        hashing: asyncio.Future[None],
+        writing: asyncio.Future[None],
+    ) -> None:
+        """``_receive``, ended by the hash or the spool failing: their error is the
+        fetch's at once, not when the upstream next sends bytes (which a stalled one
+        would not do before the read timeout)."""
+        receiving = asyncio.ensure_future(self._receive(response, taken, hashing, writing))
+
+        def stop_receiving(lane: asyncio.Future[None]) -> None:
+            if not lane.cancelled() and lane.exception() is not None:
+                receiving.cancel()
+
+        for lane in (hashing, writing):
+            lane.add_done_callback(stop_receiving)
+        try:
+            await receiving
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            for lane in (hashing, writing):
+                if lane.done() and not lane.cancelled() and lane.exception() is not None:
+                    lane.result()
+            raise
+        finally:
+            for lane in (hashing, writing):
+                lane.remove_done_callback(stop_receiving)
 
     async def _receive(
         self,
@@ -294,7 +326,8 @@ class BlobFetch:
                     await take(view, buffer)
             finally:
                 body.close()
-                response.close()
+                if body.attached:
+                    response.close()
         async with self._changed:
             self._received_all = True
             self._changed.notify_all()

@@ -132,6 +132,11 @@ class PooledBody(asyncio.BufferedProtocol):
 
     # --- the transport's side ----------------------------------------------------------
 
+    @property
+    def attached(self) -> bool:
+        """Whether it took the connection from aiohttp, which cannot have it back."""
+        return self._transport is not None
+
     def attach(self, transport: asyncio.Transport) -> None:
         self._transport = transport
         transport.set_protocol(self)
@@ -236,7 +241,8 @@ def take_body(response: Any, pool: BufferPool) -> tuple[bytes, PooledBody] | Non
     """Take the rest of an aiohttp client ``response``'s body off aiohttp: the bytes it
     has already parsed, and the protocol that receives the rest into ``pool``. None when
     the body must be read through aiohttp: of unknown length, in chunks, or with a
-    connection that cannot change hands. The caller closes the response at the end."""
+    connection that cannot change hands. A body that came whole with the head leaves the
+    connection with aiohttp; else the caller closes the response at the end."""
     length = response.content_length
     connection = response.connection
     if length is None or connection is None or "Transfer-Encoding" in response.headers:

@@ -87,8 +87,7 @@ class Upstream:
     through until ``stalled`` is set."""
 
     def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.digest = Digest("sha256", hashlib.sha256(data).hexdigest())
+        self.serve(data)
         self.url = ""
         self.ranges: list[str] = []
         self.ignore_ranges = False
@@ -100,7 +99,13 @@ class Upstream:
         # The connection closed after this many bytes of the body.
         self.cut_after: int | None = None
 
+    def serve(self, data: bytes) -> None:
+        self.data = data
+        self.digest = Digest("sha256", hashlib.sha256(data).hexdigest())
+
     async def blob(self, request: web.Request) -> web.StreamResponse:
+        if request.match_info["digest"] != str(self.digest):
+            raise web.HTTPNotFound()
         body, status, headers = self.data, 200, {}
         header = request.headers.get("Range")
         if header is not None:
@@ -132,7 +137,7 @@ class Upstream:
 async def upstream() -> AsyncIterator[Upstream]:
     served = Upstream(os.urandom(SIZE))
     app = web.Application()
-    app.router.add_get(f"/v2/lib/x/blobs/{served.digest}", served.blob)
+    app.router.add_get("/v2/lib/x/blobs/{digest}", served.blob)
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
@@ -292,6 +297,22 @@ async def test_a_reader_keeps_its_piece_while_the_fetch_goes_on(
             async for piece in pieces:
                 rest += piece
         assert bytes(rest) == upstream.data
+
+
+async def test_a_blob_that_comes_with_the_head_is_stored(
+    upstream: Upstream, registry: Registry
+) -> None:
+    # Likely whole in aiohttp's first receive, so that nothing is left to take over.
+    upstream.serve(os.urandom(1000))
+    pool = BufferPool()
+    async with held_fetch(registry, upstream, buffers=pool) as fetch:
+        fetch.disk.set()
+        fd = await fetch.started()
+        assert await asyncio.wait_for(read_all(fetch, fd), 30) == upstream.data
+        await asyncio.wait_for(fetch.task, 30)
+    assert fetch.complete
+    assert await registry.blobs.read(upstream.digest) == upstream.data
+    assert pool.free == pool.made
 
 
 async def test_a_body_cut_short_is_not_stored_and_its_reader_is_told(
@@ -544,16 +565,20 @@ async def test_a_spool_that_fails_ends_the_fetch_and_stores_nothing(
     monkeypatch.setattr(fetch_module, "UNWRITTEN_WINDOW", WINDOW)
     monkeypatch.setattr(HeldSpool, "fail", True)
     # The body stops coming half way: the spool's failure, not the end of the body, is
-    # what the reader meets.
+    # what the reader meets, as soon as the spool fails (not at the read timeout).
     upstream.stall_after = SIZE // 2
     async with held_fetch(registry, upstream) as fetch:
         fd = await fetch.started()
         pieces = fetch.pieces(fd)
         await asyncio.wait_for(pieces.__anext__(), 10)
+        async with asyncio.timeout(10):
+            while fetch.received < SIZE // 2:
+                await asyncio.sleep(0.01)
         fetch.disk.set()
         with pytest.raises(OSError, match="No space left"):
-            async for _ in pieces:
-                pass
+            async with asyncio.timeout(10):
+                async for _ in pieces:
+                    pass
     assert fetch.error is not None
     assert not await registry.blobs.exists(upstream.digest)
 
