@@ -3,8 +3,8 @@
 The fetch runs in its own task, independent of the requests that started or joined it
 (a client that goes away does not stop it). It hashes the upstream's bytes as they
 arrive (into buffers used again, ``receive``) and appends them to a spool file; readers
-get what the disk has from the spool and what it has not yet from memory, so each client receives bytes as soon as they
-arrive, whether it came first or joined late.
+get what the disk has from the spool and what it has not yet from memory, so each
+client receives bytes as soon as they arrive, whether it came first or joined late.
 
 A disk slower than the network holds nobody back, and memory stays bounded: past
 ``UNWRITTEN_WINDOW`` bytes held for the spool, the oldest pieces already hashed are

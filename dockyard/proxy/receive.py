@@ -90,12 +90,14 @@ class BufferPool:
         return buffer
 
     def give(self, buffer: ReceiveBuffer) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # a reader let go outside the loop, at exit: nothing more will come
         if len(self._free) < self.kept:
             self._free.append(buffer)
         if self._let_go is None:
-            self._let_go = asyncio.get_running_loop().call_later(
-                self.keep_seconds, self._let_go_if_quiet
-            )
+            self._let_go = loop.call_later(self.keep_seconds, self._let_go_if_quiet)
 
     def _let_go_if_quiet(self) -> None:
         self._let_go = None
