@@ -43,7 +43,7 @@ import logging
 import os
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -213,7 +213,9 @@ class BlobFetch:
             hashing = asyncio.ensure_future(self._hash_received(hasher))
             writing = asyncio.ensure_future(self._write_spool())
             try:
-                await self._receive_watched(response, taken, hashing, writing)
+                await self._unless_a_lane_fails(
+                    self._receive(response, taken, hashing, writing), hashing, writing
+                )
                 await self._to_hash.put(None)
                 await hashing
                 actual = Digest(self.digest.algorithm, hasher.hexdigest())
@@ -248,17 +250,16 @@ class BlobFetch:
                 self.refetched,
             )
 
-    async def _receive_watched(
-        self,
-        response: Any,
-        taken: tuple[bytes, PooledBody] | None,
+    @staticmethod
+    async def _unless_a_lane_fails(
+        receive: Coroutine[Any, Any, None],
         hashing: asyncio.Future[None],
         writing: asyncio.Future[None],
     ) -> None:
-        """``_receive``, ended by the hash or the spool failing: their error is the
+        """Run ``receive``, ended by the hash or the spool failing: their error is the
         fetch's at once, not when the upstream next sends bytes (which a stalled one
         would not do before the read timeout)."""
-        receiving = asyncio.ensure_future(self._receive(response, taken, hashing, writing))
+        receiving = asyncio.ensure_future(receive)
 
         def stop_receiving(lane: asyncio.Future[None]) -> None:
             if not lane.cancelled() and lane.exception() is not None:

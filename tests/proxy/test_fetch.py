@@ -199,6 +199,18 @@ async def held_fetch(
         await client.close()
 
 
+async def fetch_whole(registry: Registry, upstream: Upstream, pool: BufferPool) -> BlobFetch:
+    """A fetch through ``pool`` whose reader gets the whole blob, stored in ``registry``."""
+    async with held_fetch(registry, upstream, buffers=pool) as fetch:
+        fetch.disk.set()
+        fd = await fetch.started()
+        assert await asyncio.wait_for(read_all(fetch, fd), 30) == upstream.data
+        await asyncio.wait_for(fetch.task, 30)
+    assert fetch.complete
+    assert await registry.blobs.read(upstream.digest) == upstream.data
+    return fetch
+
+
 async def read_all(fetch: BlobFetch | FollowedFetch, fd: int) -> bytes:
     received = bytearray()
     async for piece in fetch.pieces(fd):
@@ -250,14 +262,7 @@ async def test_a_second_fetch_receives_into_the_buffers_of_the_first(
     taken: list[int] = []
     for name in ("first", "second"):
         (tmp_path / name).mkdir()
-        registry = registry_in(tmp_path / name)
-        async with held_fetch(registry, upstream, buffers=pool) as fetch:
-            fetch.disk.set()
-            fd = await fetch.started()
-            assert await asyncio.wait_for(read_all(fetch, fd), 30) == upstream.data
-            await asyncio.wait_for(fetch.task, 30)
-        assert fetch.complete
-        assert await registry.blobs.read(upstream.digest) == upstream.data
+        await fetch_whole(registry_in(tmp_path / name), upstream, pool)
         made.append(pool.made)
         taken.append(pool.taken)
         assert pool.free == pool.made
@@ -305,13 +310,7 @@ async def test_a_blob_that_comes_with_the_head_is_stored(
     # Likely whole in aiohttp's first receive, so that nothing is left to take over.
     upstream.serve(os.urandom(1000))
     pool = BufferPool()
-    async with held_fetch(registry, upstream, buffers=pool) as fetch:
-        fetch.disk.set()
-        fd = await fetch.started()
-        assert await asyncio.wait_for(read_all(fetch, fd), 30) == upstream.data
-        await asyncio.wait_for(fetch.task, 30)
-    assert fetch.complete
-    assert await registry.blobs.read(upstream.digest) == upstream.data
+    await fetch_whole(registry, upstream, pool)
     assert pool.free == pool.made
 
 
