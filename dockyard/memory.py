@@ -80,14 +80,16 @@ TRIM_AFTER_BYTES = 32 << 20
 TRIM_WHEN_QUIET = 0.5
 # A catalog or tag list of so many names or more is worth a trim by itself: answering
 # 10,000 names builds their strings, the JSON and the walk behind it, and leaves about
-# 2 MiB of freed heap behind in a worker (the directory listings it keeps stay).
+# 2 MiB of freed heap behind in a worker (the directory listings it keeps stay). So is
+# a registry's deferred work (a repository's first tag index: some 5 MiB freed for
+# 10,000 tags).
 LARGE_LISTING = 1000
 
 
 class HeapTrimmer:
     """Trims the C heap once ``after_bytes`` of request bodies have been received since
-    the last trim, or a large listing has been answered, and neither has happened for
-    ``quiet`` seconds; ``run`` is its task."""
+    the last trim, or a large listing has been answered or deferred work has ended, and
+    none of these has happened for ``quiet`` seconds; ``run`` is its task."""
 
     def __init__(
         self,
@@ -114,7 +116,12 @@ class HeapTrimmer:
 
     def listed(self, names: int) -> None:
         """A catalog or tag list of ``names`` names has been answered."""
-        if self._trim is None or names < LARGE_LISTING:
+        if names >= LARGE_LISTING:
+            self.work_done()
+
+    def work_done(self) -> None:
+        """Work that freed much of what it allocated has ended."""
+        if self._trim is None:
             return
         self._last_large = asyncio.get_running_loop().time()
         self._due.set()

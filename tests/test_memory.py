@@ -15,11 +15,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
+import httpx
 import pytest
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from dockyard.api.app import HEAP_TRIMMER, create_app
+from dockyard.api.context import REGISTRY
 from dockyard.config.model import Config
 from dockyard.memory import (
     ARENA_ENV,
@@ -32,6 +34,7 @@ from dockyard.memory import (
 )
 from dockyard.registry import layout
 from dockyard.schema import validate
+from tests.support.api_helpers import push_image
 
 # Eight threads that each allocate from the C heap while all eight are alive, then the
 # arena count as glibc's malloc_info reports it (one <heap nr=...> per arena).
@@ -205,6 +208,48 @@ async def test_a_large_listing_is_worth_a_trim_by_itself() -> None:
         trimmer.listed(LARGE_LISTING)
         await asyncio.sleep(0.3)
         assert trims.count == 1
+
+
+async def test_deferred_work_is_worth_a_trim_by_itself() -> None:
+    trims = RecordedTrims()
+    trimmer = HeapTrimmer(trims, quiet=0.1)
+    async with running(trimmer):
+        await asyncio.sleep(0.3)
+        assert trims.count == 0
+        trimmer.work_done()
+        await asyncio.sleep(0.05)
+        trimmer.work_done()
+        await asyncio.sleep(0.3)
+        assert trims.count == 1
+
+
+async def test_a_worker_trims_after_a_repositorys_first_tag_index(tmp_path: Path) -> None:
+    # A repository's first DELETE of a manifest builds its tag index as deferred work:
+    # thousands of links read and entries written, then freed.
+    storage = {"filesystem": {"rootdirectory": str(tmp_path)}, "delete": {"enabled": True}}
+    config = validate(Config, {"version": "0.1", "storage": storage})
+    app = create_app(config, background=False)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    heap = app[HEAP_TRIMMER]
+    try:
+        with httpx.Client(base_url=str(server.make_url("")), timeout=30) as client:
+            image = await asyncio.to_thread(push_image, client, "lib/app", "v1")
+        await asyncio.sleep(TRIM_WHEN_QUIET + 0.3)
+        assert heap.trims == 0
+        async with aiohttp.ClientSession() as http:
+            url = server.make_url(f"/v2/lib/app/manifests/{image.manifest.digest}")
+            async with http.delete(url) as deleted:
+                assert deleted.status == 202
+        await app[REGISTRY].deferred.finished()
+        assert (tmp_path / layout.tags_indexed("lib/app").lstrip("/")).exists()
+        for _ in range(100):
+            if heap.trims:
+                break
+            await asyncio.sleep(0.05)
+        assert heap.trims == 1
+    finally:
+        await server.close()
 
 
 async def test_a_worker_trims_after_a_large_tag_list(tmp_path: Path) -> None:

@@ -75,6 +75,7 @@ def create_app(
     activity = observe.Activity()
     # The C heap's free pages go back to the system once a burst of uploads is over.
     heap = HeapTrimmer(heap_trim_function())
+    registry.deferred.when_each_ends(heap.work_done)
     middlewares.insert(
         0, observe.middleware(_prefix(config), metrics_module.active(), activity, heap)
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 log = logging.getLogger("dockyard.deferred")
@@ -21,6 +21,11 @@ class DeferredWork:
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[None]] = set()
+        self._listeners: list[Callable[[], None]] = []
+
+    def when_each_ends(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever a task ends, however it ends."""
+        self._listeners.append(listener)
 
     def start(self, work: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(work, name=name)
@@ -31,6 +36,8 @@ class DeferredWork:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("%s failed", task.get_name(), exc_info=task.exception())
+        for listener in self._listeners:
+            listener()
 
     async def finished(self) -> None:
         """Once every task started so far (and any they start) has ended."""

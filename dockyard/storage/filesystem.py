@@ -95,6 +95,9 @@ SMALL_FILES_BYTES = 4 << 20
 SMALL_FILE_LIMIT = 16 * 1024
 # Files read_each reads between two turns of the event loop (some 1 ms).
 READ_EACH_TURN = 256
+# Batches of more files than this (with their removals and copies) have their paths
+# resolved without being remembered.
+BULK_WRITES = 64
 # Threads that fsync side by side within one durability barrier (see _Syncs): a manifest
 # push's first barrier holds about a dozen files and directories.
 SYNC_THREADS = 8
@@ -1408,11 +1411,12 @@ class FilesystemDriver(StorageDriver):
         if len(self._plain_dirs) > PLAIN_DIRS_REMEMBERED:
             self._plain_dirs.popitem(last=False)
 
-    def _resolve(self, path: str, follow: bool = True) -> str:
+    def _resolve(self, path: str, follow: bool = True, remember: bool = True) -> str:
         """The OS path for ``path``, refusing any that a symbolic link leads out of the root.
 
         With ``follow`` false the last component is not resolved, for operations that act
         on the directory entry itself (replace, rename, remove) rather than on its target.
+        Without ``remember``, neither ``path`` nor its own directory is remembered.
         """
         real = self._plain_paths.get(path)
         present = True
@@ -1421,9 +1425,9 @@ class FilesystemDriver(StorageDriver):
             # rpartition splits it at a fraction of os.path.split's cost.
             joined = self._prefix + check_path(path)[1:]
             head, _, name = joined.rpartition("/")
-            real_head, present = self._locate_dir(head or "/")
+            real_head, present = self._locate_dir(head or "/", remember)
             real = os.path.join(real_head, name)
-            if present and real_head == head and self._inside(real):
+            if remember and present and real_head == head and self._inside(real):
                 self._plain_paths[path] = real
                 if len(self._plain_paths) > PLAIN_PATHS_REMEMBERED:
                     self._plain_paths.popitem(last=False)
@@ -1508,16 +1512,24 @@ class FilesystemDriver(StorageDriver):
         copies: Mapping[str, str] | None = None,
     ) -> PreparedWrites:
         copies = copies or {}
+        # Paths written by the thousand (a tag index's entries) are written once: kept,
+        # they would push out the paths and directories requests come back to, and hold
+        # memory among what the batch's own work frees.
+        remember = len(files) + len(removals) + len(copies) <= BULK_WRITES
+
+        def resolve(path: str) -> str:
+            return self._resolve(path, follow=False, remember=remember)
+
         return _PreparedFiles(
-            {path: (self._resolve(path, follow=False), data) for path, data in files.items()},
-            [self._resolve(path, follow=False) for path in removals],
+            {path: (resolve(path), data) for path, data in files.items()},
+            [resolve(path) for path in removals],
             self._syncs,
             self._journal,
             replayable,
             copies,
             # Only a recorded batch links copies: resolved for no other.
             {
-                path: self._resolve(source, follow=False)
+                path: resolve(source)
                 for path, source in copies.items()
                 if path in files and source not in files
             }

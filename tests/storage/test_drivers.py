@@ -44,6 +44,7 @@ from dockyard.storage import filesystem as filesystem_module
 from dockyard.storage.delegating import DelegatingDriver
 from dockyard.storage.driver import DeferredWrites
 from dockyard.storage.filesystem import (
+    BULK_WRITES,
     PLAIN_DIRS_REMEMBERED,
     PLAIN_PATHS_REMEMBERED,
     SETTLED_AFTER_NS,
@@ -1825,6 +1826,36 @@ async def test_fs_remembered_directories_stay_bounded(fs: FilesystemDriver, fs_r
     first.symlink_to(outside)
     with pytest.raises(InvalidPathError):
         await fs.read("/blobs/00000/data")
+
+
+async def test_fs_a_bulk_batch_of_writes_leaves_what_is_remembered(
+    fs: FilesystemDriver, fs_root: Path
+) -> None:
+    # A repository's first tag index writes its entries by the thousand, each once: they
+    # must not push out the paths requests come back to, nor stay remembered.
+    (fs_root / "hot").mkdir()
+    (fs_root / "hot" / "link").write_bytes(b"x")
+    assert await fs.read("/hot/link") == b"x"
+    paths, dirs = dict(fs._plain_paths), dict(fs._plain_dirs)
+    assert "/hot/link" in paths
+    count = PLAIN_PATHS_REMEMBERED + 1
+    bulk = {f"/index/t{number:05d}/entry": b"e" for number in range(count)}
+    for number in range(count):
+        (fs_root / "index" / f"t{number:05d}").mkdir(parents=True)
+    copies = {path: "/hot/link" for path in list(bulk)[:8]}
+    async with await fs.prepare_writes(bulk, replayable=True, copies=copies) as prepared:
+        await prepared.publish(bulk)
+    assert len(list((fs_root / "index").iterdir())) == count
+    assert (fs_root / "index" / "t00000" / "entry").read_bytes() == b"e"
+    assert dict(fs._plain_paths) == paths
+    # Their directories neither, only the one above them all.
+    assert set(fs._plain_dirs) - set(dirs) == {os.path.realpath(fs_root / "index")}
+    # A batch the size of a manifest push's is remembered as before.
+    small = {f"/hot/f{number}": b"s" for number in range(BULK_WRITES)}
+    async with await fs.prepare_writes(small) as prepared:
+        await prepared.publish(small)
+    assert set(small) <= set(fs._plain_paths)
+    assert "/hot/link" in fs._plain_paths
 
 
 @pytest.mark.parametrize("seeded", [1024, 2])
