@@ -81,7 +81,7 @@ TRIM_WHEN_QUIET = 0.5
 # A catalog or tag list of so many names or more is worth a trim by itself: answering
 # 10,000 names builds their strings, the JSON and the walk behind it, and leaves about
 # 2 MiB of freed heap behind in a worker (the directory listings it keeps stay). So is
-# a registry's deferred work (a repository's first tag index: some 5 MiB freed for
+# a registry's deferred work (a repository's first tag index: 5–10 MiB freed for
 # 10,000 tags).
 LARGE_LISTING = 1000
 

@@ -13,15 +13,17 @@ import textwrap
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from dockyard.api.app import HEAP_TRIMMER, create_app
-from dockyard.api.context import REGISTRY
+from dockyard.api.app import create_app
+from dockyard.api.context import HEAP_TRIMMER, REGISTRY
 from dockyard.config.model import Config
 from dockyard.memory import (
     ARENA_ENV,
@@ -172,6 +174,28 @@ async def running(trimmer: HeapTrimmer) -> AsyncIterator[None]:
         await asyncio.gather(task, return_exceptions=True)
 
 
+@asynccontextmanager
+async def serving(root: Path, **storage: Any) -> AsyncIterator[tuple[web.Application, TestServer]]:
+    """The app on a filesystem store at ``root`` (with ``storage``'s other sections),
+    served on a free loopback port."""
+    sections = {"filesystem": {"rootdirectory": str(root)}, **storage}
+    app = create_app(validate(Config, {"version": "0.1", "storage": sections}), background=False)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield app, server
+    finally:
+        await server.close()
+
+
+async def one_trim(heap: HeapTrimmer) -> None:
+    for _ in range(100):
+        if heap.trims:
+            break
+        await asyncio.sleep(0.05)
+    assert heap.trims == 1
+
+
 async def test_the_heap_is_trimmed_once_a_burst_of_large_bodies_is_over() -> None:
     trims = RecordedTrims()
     trimmer = HeapTrimmer(trims, after_bytes=4 * LARGE_BODY, quiet=0.1)
@@ -226,13 +250,8 @@ async def test_deferred_work_is_worth_a_trim_by_itself() -> None:
 async def test_a_worker_trims_after_a_repositorys_first_tag_index(tmp_path: Path) -> None:
     # A repository's first DELETE of a manifest builds its tag index as deferred work:
     # thousands of links read and entries written, then freed.
-    storage = {"filesystem": {"rootdirectory": str(tmp_path)}, "delete": {"enabled": True}}
-    config = validate(Config, {"version": "0.1", "storage": storage})
-    app = create_app(config, background=False)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    heap = app[HEAP_TRIMMER]
-    try:
+    async with serving(tmp_path, delete={"enabled": True}) as (app, server):
+        heap = app[HEAP_TRIMMER]
         with httpx.Client(base_url=str(server.make_url("")), timeout=30) as client:
             image = await asyncio.to_thread(push_image, client, "lib/app", "v1")
         await asyncio.sleep(TRIM_WHEN_QUIET + 0.3)
@@ -243,13 +262,7 @@ async def test_a_worker_trims_after_a_repositorys_first_tag_index(tmp_path: Path
                 assert deleted.status == 202
         await app[REGISTRY].deferred.finished()
         assert (tmp_path / layout.tags_indexed("lib/app").lstrip("/")).exists()
-        for _ in range(100):
-            if heap.trims:
-                break
-            await asyncio.sleep(0.05)
-        assert heap.trims == 1
-    finally:
-        await server.close()
+        await one_trim(heap)
 
 
 async def test_a_worker_trims_after_a_large_tag_list(tmp_path: Path) -> None:
@@ -258,52 +271,25 @@ async def test_a_worker_trims_after_a_large_tag_list(tmp_path: Path) -> None:
         link = tmp_path / layout.tag_current_link("lib/app", f"t{index:04d}").lstrip("/")
         link.parent.mkdir(parents=True)
         link.write_text(digest)
-    config = validate(
-        Config, {"version": "0.1", "storage": {"filesystem": {"rootdirectory": str(tmp_path)}}}
-    )
-    app = create_app(config, background=False)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    heap = app[HEAP_TRIMMER]
-    try:
-        async with aiohttp.ClientSession() as http:
-            url = server.make_url("/v2/lib/app/tags/list")
-            async with http.get(url.with_query(n="100")) as page:
-                assert len((await page.json())["tags"]) == 100
-            await asyncio.sleep(TRIM_WHEN_QUIET + 0.3)
-            assert heap.trims == 0
-            async with http.get(url) as whole:
-                assert len((await whole.json())["tags"]) == LARGE_LISTING
-        for _ in range(100):
-            if heap.trims:
-                break
-            await asyncio.sleep(0.05)
-        assert heap.trims == 1
-    finally:
-        await server.close()
+    async with serving(tmp_path) as (app, server), aiohttp.ClientSession() as http:
+        heap = app[HEAP_TRIMMER]
+        url = server.make_url("/v2/lib/app/tags/list")
+        async with http.get(url.with_query(n="100")) as page:
+            assert len((await page.json())["tags"]) == 100
+        await asyncio.sleep(TRIM_WHEN_QUIET + 0.3)
+        assert heap.trims == 0
+        async with http.get(url) as whole:
+            assert len((await whole.json())["tags"]) == LARGE_LISTING
+        await one_trim(heap)
 
 
 async def test_a_worker_trims_after_a_large_push(tmp_path: Path) -> None:
-    config = validate(
-        Config, {"version": "0.1", "storage": {"filesystem": {"rootdirectory": str(tmp_path)}}}
-    )
-    app = create_app(config, background=False)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        blob = os.urandom(TRIM_AFTER_BYTES + 1)
-        digest = "sha256:" + hashlib.sha256(blob).hexdigest()
-        async with aiohttp.ClientSession() as http:
-            started = await http.post(server.make_url("/v2/lib/app/blobs/uploads/"))
-            assert started.status == 202
-            location = started.headers["Location"]
-            finished = await http.put(URL(location).with_query(digest=digest), data=blob)
-            assert finished.status == 201
-        heap = app[HEAP_TRIMMER]
-        for _ in range(100):
-            if heap.trims:
-                break
-            await asyncio.sleep(0.05)
-        assert heap.trims == 1
-    finally:
-        await server.close()
+    blob = os.urandom(TRIM_AFTER_BYTES + 1)
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    async with serving(tmp_path) as (app, server), aiohttp.ClientSession() as http:
+        started = await http.post(server.make_url("/v2/lib/app/blobs/uploads/"))
+        assert started.status == 202
+        location = started.headers["Location"]
+        finished = await http.put(URL(location).with_query(digest=digest), data=blob)
+        assert finished.status == 201
+        await one_trim(app[HEAP_TRIMMER])
