@@ -88,6 +88,11 @@ class _Piece:
     def end(self) -> int:
         return self.offset + self.size
 
+    def release(self) -> None:
+        """One holder (the hash lane, the spool) is done with its bytes."""
+        if self.lease is not None:
+            self.lease.release()
+
 
 class BlobFetch:
     def __init__(
@@ -362,8 +367,7 @@ class BlobFetch:
                     )
                 continue
             victim.data = None
-            if victim.lease is not None:
-                victim.lease.release()
+            victim.release()
             self._spool_behind = True
             self._in_memory.remove(victim)
             self.held -= victim.size
@@ -396,8 +400,7 @@ class BlobFetch:
                 # A piece is dropped only once hashed: every one still has its bytes.
                 await asyncio.to_thread(_update, hasher, pieces)
                 for hashed in pieces:
-                    if hashed.lease is not None:
-                        hashed.lease.release()
+                    hashed.release()
                 self.hashed = pieces[-1].end
                 async with self._changed:
                     self._changed.notify_all()
@@ -453,8 +456,7 @@ class BlobFetch:
                             # The oldest in memory: the spool takes them in order.
                             self._in_memory.popleft()
                             self.held -= piece.size
-                            if piece.lease is not None:
-                                piece.lease.release()
+                            piece.release()
                     self._changed.notify_all()
         finally:
             # Wakes the receiver if it waits on memory, whatever ended this.
