@@ -249,26 +249,31 @@ class _Syncs:
             with self._guard:
                 self._running -= 1
 
-    @staticmethod
-    def _run(jobs: list[Callable[[], None]], pool: ThreadPoolExecutor | None) -> None:
+    def _run(self, jobs: list[Callable[[], None]], pool: ThreadPoolExecutor | None) -> None:
+        # Each thread takes the next job until none is left: a barrier of thousands (the
+        # files of a large batch settled one by one) costs as many hand-offs as threads,
+        # not a future per fsync. A list's iterator hands each item out once, whichever
+        # thread asks.
+        pending = iter(jobs)
+        errors: list[OSError] = []
+
+        def take_each() -> None:
+            for job in pending:
+                try:
+                    job()
+                except OSError as failure:
+                    errors.append(failure)
+
         futures: list[Future[None]] = []
         if pool is not None:
             with suppress(RuntimeError):  # shut down meanwhile: the rest run here
-                while len(jobs) > 1:
-                    futures.append(pool.submit(jobs.pop()))
-        error: OSError | None = None
-        for job in jobs:
-            try:
-                job()
-            except OSError as failure:
-                error = error or failure
+                for _ in range(min(self._threads, len(jobs)) - 1):
+                    futures.append(pool.submit(take_each))
+        take_each()
         for future in futures:
-            try:
-                future.result()
-            except OSError as failure:
-                error = error or failure
-        if error is not None:
-            raise error
+            future.result()
+        if errors:
+            raise errors[0]
 
     def close(self) -> None:
         with self._guard:
@@ -1381,13 +1386,13 @@ class FilesystemDriver(StorageDriver):
     def _locate_dir(self, joined: str, remember: bool = True) -> tuple[str, bool]:
         """:meth:`_real_dir`, and False when it is known to be missing: below a missing
         directory (a new tag's, a new blob's) nothing is there to lstat. Without
-        ``remember``, ``joined`` itself is not remembered (those above it are)."""
+        ``remember``, neither ``joined`` nor the directories above it are remembered."""
         if joined in self._plain_dirs or joined == self._root:
             return joined, True
         parent, name = os.path.split(joined)
         if not name or not joined.startswith(self._prefix):
             return os.path.realpath(joined), True
-        real_parent, present = self._locate_dir(parent)
+        real_parent, present = self._locate_dir(parent, remember)
         candidate = os.path.join(real_parent, name)
         if not present:
             return candidate, False
@@ -1405,6 +1410,11 @@ class FilesystemDriver(StorageDriver):
         if S_ISDIR(mode) and remember:
             self._remember_plain(joined)
         return candidate, True
+
+    def _listed_plain(self, real: str) -> bool:
+        parent, _, name = real.rpartition(os.sep)
+        listed = self._plain_listed.get(parent)
+        return listed is not None and name in listed
 
     def _remember_plain(self, joined: str) -> None:
         self._plain_dirs[joined] = None
@@ -1658,7 +1668,12 @@ class FilesystemDriver(StorageDriver):
             # names (blobs, a registry's repositories), so the event loop never waits.
             small = status.st_size <= SMALL_DIRECTORY
             listings = self._small_listings if small else self._listings
-            if plain:
+            # A directory its parent's listing already says is plain is one of thousands
+            # listed in a row (a catalog's walk over every repository): neither it nor
+            # what it holds is remembered, which would push out what requests come back
+            # to.
+            walked = plain and self._listed_plain(real)
+            if plain and not walked:
                 self._remember_plain(real)
             kept = listings.get(real, status)
             if kept is not None:
@@ -1672,7 +1687,9 @@ class FilesystemDriver(StorageDriver):
             # every link below a repository's `_layers`, every blob below a prefix): the
             # entry types answer those lookups' lstats of directories. Not for thousands
             # of them, which would evict all else remembered.
-            if plain and len(dirs) <= PLAIN_DIRS_SEEDED:
+            if walked:
+                pass
+            elif plain and len(dirs) <= PLAIN_DIRS_SEEDED:
                 for name in dirs:
                     self._remember_plain(f"{real}{os.sep}{name}")
             elif plain:

@@ -1839,23 +1839,37 @@ async def test_fs_a_bulk_batch_of_writes_leaves_what_is_remembered(
     paths, dirs = dict(fs._plain_paths), dict(fs._plain_dirs)
     assert "/hot/link" in paths
     count = PLAIN_PATHS_REMEMBERED + 1
-    bulk = {f"/index/t{number:05d}/entry": b"e" for number in range(count)}
+    # Each in a directory of its own below one of its own, as a tag's index link is.
+    bulk = {f"/index/t{number:05d}/sha256/entry": b"e" for number in range(count)}
     for number in range(count):
-        (fs_root / "index" / f"t{number:05d}").mkdir(parents=True)
+        (fs_root / "index" / f"t{number:05d}" / "sha256").mkdir(parents=True)
     copies = {path: "/hot/link" for path in list(bulk)[:8]}
     async with await fs.prepare_writes(bulk, replayable=True, copies=copies) as prepared:
         await prepared.publish(bulk)
     assert len(list((fs_root / "index").iterdir())) == count
-    assert (fs_root / "index" / "t00000" / "entry").read_bytes() == b"e"
+    assert (fs_root / "index" / "t00000" / "sha256" / "entry").read_bytes() == b"e"
     assert dict(fs._plain_paths) == paths
-    # Their directories neither, only the one above them all.
-    assert set(fs._plain_dirs) - set(dirs) == {os.path.realpath(fs_root / "index")}
+    # Their directories neither, nor those above them.
+    assert set(fs._plain_dirs) == set(dirs)
     # A batch the size of a manifest push's is remembered as before.
     small = {f"/hot/f{number}": b"s" for number in range(BULK_WRITES)}
     async with await fs.prepare_writes(small) as prepared:
         await prepared.publish(small)
     assert set(small) <= set(fs._plain_paths)
     assert "/hot/link" in fs._plain_paths
+
+
+def record_lstats(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths every ``os.lstat`` is called on from now on, in order."""
+    looked_up: list[str] = []
+    real_lstat = os.lstat
+
+    def recording_lstat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        looked_up.append(str(path))
+        return real_lstat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "lstat", recording_lstat)
+    return looked_up
 
 
 @pytest.mark.parametrize("seeded", [1024, 2])
@@ -1878,14 +1892,7 @@ async def test_fs_a_listing_answers_its_directories_lookups(
         (layers / name / "link").write_bytes(b"sha256:" + name.encode())
     (layers / "inside").symlink_to(layers / encoded[0])
     (layers / "outside").symlink_to(outside)
-    looked_up: list[str] = []
-    real_lstat = os.lstat
-
-    def counting_lstat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
-        looked_up.append(str(path))
-        return real_lstat(path, *args, **kwargs)
-
-    monkeypatch.setattr(os, "lstat", counting_lstat)
+    looked_up = record_lstats(monkeypatch)
     assert await fs.list("/repo/_layers/sha256") == [*encoded, "inside"]
     looked_up.clear()
     for name in encoded:
@@ -1914,6 +1921,31 @@ async def test_fs_a_listing_answers_its_directories_lookups(
     with pytest.raises(InvalidPathError):
         await fs.read(f"/alias/{encoded[1]}/secret")
     assert not any(path.startswith("/alias/") for path in fs._plain_paths)
+
+
+async def test_fs_a_walk_below_a_large_listing_leaves_what_is_remembered(
+    fs: FilesystemDriver, fs_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A catalog walk lists every repository's own directory once: those directories are
+    # known plain from their parent's listing, and remembering each would push out the
+    # directories requests come back to.
+    monkeypatch.setattr(filesystem_module, "PLAIN_DIRS_SEEDED", 2)
+    names = [f"repo-{number}" for number in range(6)]
+    for name in names:
+        (fs_root / "many" / name / "_manifests").mkdir(parents=True)
+    (fs_root / "hot").mkdir()
+    (fs_root / "hot" / "link").write_bytes(b"x")
+    assert await fs.read("/hot/link") == b"x"
+    assert await fs.list("/many") == names
+    remembered = set(fs._plain_dirs)
+    assert os.path.realpath(fs_root / "hot") in remembered
+    for name in names:
+        assert await fs.list(f"/many/{name}") == ["_manifests"]
+    assert set(fs._plain_dirs) == remembered
+    # Paths below them still resolve without a lookup of each directory above.
+    looked_up = record_lstats(monkeypatch)
+    assert await fs.list(f"/many/{names[3]}/_manifests") == []
+    assert looked_up == [str(fs_root / "many" / names[3] / "_manifests")]
 
 
 async def failures_beside(

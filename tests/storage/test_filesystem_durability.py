@@ -15,8 +15,11 @@ import re
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -221,6 +224,27 @@ def test_a_failed_fsync_in_a_barrier_is_raised_after_the_others_ended(tmp_path: 
         assert page_cache(paths[0]).dirty == 0
     finally:
         os.close(fd)
+
+
+def test_a_barrier_of_many_fsyncs_hands_each_thread_one_task() -> None:
+    # The files of a large batch settled one by one: thousands of fsyncs in a barrier,
+    # taken in turn by the threads, not a future each.
+    class CountingPool(ThreadPoolExecutor):
+        submitted = 0
+
+        def submit(self, *args: Any, **kwargs: Any) -> Future[Any]:
+            self.submitted += 1
+            return super().submit(*args, **kwargs)
+
+    pool = CountingPool(4)
+    ran: list[int] = []
+    try:
+        _Syncs(threads=4)._run([partial(ran.append, number) for number in range(500)], pool)
+    finally:
+        pool.shutdown()
+    # Each job once, and three tasks for the pool beside the caller's own.
+    assert sorted(ran) == list(range(500))
+    assert pool.submitted == 3
 
 
 MOVER = textwrap.dedent(
