@@ -1670,8 +1670,8 @@ class FilesystemDriver(StorageDriver):
             listings = self._small_listings if small else self._listings
             # A directory its parent's listing already says is plain is one of thousands
             # listed in a row (a catalog's walk over every repository): neither it nor
-            # what it holds is remembered, which would push out what requests come back
-            # to.
+            # the few directories it holds are remembered one by one, which would push
+            # out what requests come back to.
             walked = plain and self._listed_plain(real)
             if plain and not walked:
                 self._remember_plain(real)
@@ -1687,11 +1687,10 @@ class FilesystemDriver(StorageDriver):
             # every link below a repository's `_layers`, every blob below a prefix): the
             # entry types answer those lookups' lstats of directories. Not for thousands
             # of them, which would evict all else remembered.
-            if walked:
-                pass
-            elif plain and len(dirs) <= PLAIN_DIRS_SEEDED:
-                for name in dirs:
-                    self._remember_plain(f"{real}{os.sep}{name}")
+            if plain and len(dirs) <= PLAIN_DIRS_SEEDED:
+                if not walked:
+                    for name in dirs:
+                        self._remember_plain(f"{real}{os.sep}{name}")
             elif plain:
                 self._plain_listed[real] = frozenset(dirs)
                 self._plain_listed.move_to_end(real)

@@ -1933,6 +1933,10 @@ async def test_fs_a_walk_below_a_large_listing_leaves_what_is_remembered(
     names = [f"repo-{number}" for number in range(6)]
     for name in names:
         (fs_root / "many" / name / "_manifests").mkdir(parents=True)
+    # One holds more directories than are remembered one by one.
+    wide = ["_layers", "_manifests", "_uploads"]
+    for held in wide:
+        (fs_root / "many" / names[0] / held).mkdir(exist_ok=True)
     (fs_root / "hot").mkdir()
     (fs_root / "hot" / "link").write_bytes(b"x")
     assert await fs.read("/hot/link") == b"x"
@@ -1940,8 +1944,10 @@ async def test_fs_a_walk_below_a_large_listing_leaves_what_is_remembered(
     remembered = set(fs._plain_dirs)
     assert os.path.realpath(fs_root / "hot") in remembered
     for name in names:
-        assert await fs.list(f"/many/{name}") == ["_manifests"]
+        assert await fs.list(f"/many/{name}") == (wide if name == names[0] else ["_manifests"])
     assert set(fs._plain_dirs) == remembered
+    # The wider one's are still known as a set, as any large listing's are.
+    assert os.path.realpath(fs_root / "many" / names[0]) in fs._plain_listed
     # Paths below them still resolve without a lookup of each directory above.
     looked_up = record_lstats(monkeypatch)
     assert await fs.list(f"/many/{names[3]}/_manifests") == []
