@@ -1398,8 +1398,7 @@ class FilesystemDriver(StorageDriver):
             return candidate, False
         if real_parent != parent:
             return os.path.realpath(candidate), True
-        listed = self._plain_listed.get(parent)
-        if listed is not None and name in listed:
+        if self._listed_plain(parent, name):
             return candidate, True
         try:
             mode = os.lstat(candidate).st_mode
@@ -1411,8 +1410,8 @@ class FilesystemDriver(StorageDriver):
             self._remember_plain(joined)
         return candidate, True
 
-    def _listed_plain(self, real: str) -> bool:
-        parent, _, name = real.rpartition(os.sep)
+    def _listed_plain(self, parent: str, name: str) -> bool:
+        """Whether a kept listing of ``parent`` says ``name`` there is a plain directory."""
         listed = self._plain_listed.get(parent)
         return listed is not None and name in listed
 
@@ -1426,7 +1425,7 @@ class FilesystemDriver(StorageDriver):
 
         With ``follow`` false the last component is not resolved, for operations that act
         on the directory entry itself (replace, rename, remove) rather than on its target.
-        Without ``remember``, neither ``path`` nor its own directory is remembered.
+        Without ``remember``, neither ``path`` nor the directories above it are remembered.
         """
         real = self._plain_paths.get(path)
         present = True
@@ -1484,8 +1483,8 @@ class FilesystemDriver(StorageDriver):
                 if number % READ_EACH_TURN == 0:
                     await asyncio.sleep(0)  # let other requests run
                 # As _resolve(path, follow=False) would, but remembering neither the path
-                # nor its own directory: thousands read once would evict the paths and
-                # directories read again and again.
+                # nor the directories above it: thousands read once would evict the paths
+                # and directories read again and again.
                 joined = self._prefix + check_path(path)[1:]
                 head, _, name = joined.rpartition("/")
                 real_head, present = self._locate_dir(head, remember=False)
@@ -1672,7 +1671,8 @@ class FilesystemDriver(StorageDriver):
             # listed in a row (a catalog's walk over every repository): neither it nor
             # the few directories it holds are remembered one by one, which would push
             # out what requests come back to.
-            walked = plain and self._listed_plain(real)
+            above, _, own = real.rpartition(os.sep)
+            walked = plain and self._listed_plain(above, own)
             if plain and not walked:
                 self._remember_plain(real)
             kept = listings.get(real, status)
