@@ -17,6 +17,7 @@ import errno
 import hashlib
 import os
 import shutil
+import sys
 import threading
 import time
 import tracemalloc
@@ -53,6 +54,7 @@ from dockyard.storage.filesystem import (
     _Listings,
     _read_file,
     _SmallFiles,
+    _WideListing,
 )
 from tests.s3.moto_server import MotoServer
 from tests.support.redis_server import RedisServer
@@ -1795,6 +1797,36 @@ def test_fs_kept_listings_of_one_shape_share_their_names(tmp_path: Path) -> None
     assert shapes[2] == ("current", "index") and len(listings._shapes) == 1
 
 
+def test_fs_a_wide_listing_read_again_keeps_what_it_kept_of_the_names_still_there(
+    tmp_path: Path,
+) -> None:
+    status = os.stat(tmp_path)
+    settled = max(status.st_mtime_ns, status.st_ctime_ns) + SETTLED_AFTER_NS
+    before = [f"r{number:04d}" for number in range(0, 2000, 2)]
+    former = _WideListing(list(reversed(before)), None)
+    assert former.dirs == tuple(before)
+    # Every third kept, in one of three shapes.
+    for at in range(0, len(before), 3):
+        assert former.keep(at, status, settled, 1 + at % 3)
+    # Names added and removed at the start, in the middle, in runs, at the end; each
+    # name a new string, as a listing read again makes.
+    after = sorted(
+        {"".join(name) for name in before[5:400] + before[401:990]}
+        | {f"r{number:04d}" for number in (1, 3, 401, 403, 405, 777, 1999, 2001)}
+    )
+    listing = _WideListing(after, former)
+    assert listing.shapes is not None and listing.versions is not None
+    for at, name in enumerate(listing.dirs):
+        was = former.index(name)
+        kept = was >= 0 and was % 3 == 0
+        assert listing.shapes[at] == (1 + was % 3 if kept else 0), name
+        if kept:
+            assert listing.shape(at, status) == 1 + was % 3
+    assert sum(map(bool, listing.shapes)) == sum(
+        1 for name in after if former.index(name) % 3 == 0
+    )
+
+
 async def test_fs_remembered_directories_stay_bounded(fs: FilesystemDriver, fs_root: Path) -> None:
     # A registry serving many blobs resolves paths below ever new directories: what the
     # driver remembers of them must not grow with their number.
@@ -1952,6 +1984,122 @@ async def test_fs_a_walk_below_a_large_listing_leaves_what_is_remembered(
     looked_up = record_lstats(monkeypatch)
     assert await fs.list(f"/many/{names[3]}/_manifests") == []
     assert looked_up == [str(fs_root / "many" / names[3] / "_manifests")]
+
+
+def record_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The directories the filesystem driver reads to list them from now on, in order."""
+    read: list[str] = []
+    real_read = filesystem_module._names_and_dirs
+
+    def recording_read(real: str, inside: Callable[[str], bool]) -> tuple[list[str], list[str]]:
+        read.append(real)
+        return real_read(real, inside)
+
+    monkeypatch.setattr(filesystem_module, "_names_and_dirs", recording_read)
+    return read
+
+
+async def test_fs_a_walk_keeps_each_listing_beside_its_parents(
+    fs: FilesystemDriver, fs_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A catalog walk lists every repository's own directory right after their parent's:
+    # each such listing is kept by its place among the parent's directories, not on its
+    # own (with its path as a key), which took eight times the memory.
+    monkeypatch.setattr(filesystem_module, "PLAIN_DIRS_SEEDED", 2)
+    settle = 0.15
+    monkeypatch.setattr(filesystem_module, "SETTLED_AFTER_NS", int(settle / 1.5 * 1e9))
+    names = [f"repo-{number}" for number in range(6)]
+    many = fs_root / "many"
+    for name in names:
+        for held in ("_layers", "_manifests"):
+            (many / name / held).mkdir(parents=True)
+    (many / names[5] / "_uploads").mkdir()
+    expected = {name: ["_layers", "_manifests"] for name in names}
+    expected[names[5]] = ["_layers", "_manifests", "_uploads"]
+    await asyncio.sleep(settle)
+    assert await fs.list("/many") == names
+    on_their_own = dict(fs._small_listings._kept)
+    read = record_reads(monkeypatch)
+
+    async def walk_all() -> list[str]:
+        """The directories a walk read, the others answered from what was kept."""
+        read.clear()
+        for name in sorted(expected):
+            assert await fs.list(f"/many/{name}") == expected[name]
+        return [str(Path(real).relative_to(many)) for real in read]
+
+    assert await walk_all() == names
+    # Walked again: each answered from what was kept, without reading it.
+    assert await walk_all() == []
+    assert dict(fs._small_listings._kept) == on_their_own
+    assert fs._walked_shapes == [
+        ("_layers", "_manifests"),
+        ("_layers", "_manifests", "_uploads"),
+    ]
+    # Nor are their paths remembered one by one.
+    assert not any(path.startswith("/many/") for path in fs._plain_paths)
+    # A change inside one shows at once; the others stay kept. It is kept again once
+    # it has settled.
+    (many / names[2] / "_uploads").mkdir()
+    expected[names[2]] = ["_layers", "_manifests", "_uploads"]
+    assert await walk_all() == [names[2]]
+    await asyncio.sleep(settle)
+    assert await walk_all() == [names[2]]
+    assert await walk_all() == []
+    # Another directory put in one's place lists its own names.
+    (fs_root / "elsewhere" / "_manifests").mkdir(parents=True)
+    shutil.rmtree(many / names[4])
+    os.rename(fs_root / "elsewhere", many / names[4])
+    expected[names[4]] = ["_manifests"]
+    assert await walk_all() == [names[4]]
+    await asyncio.sleep(settle)
+    assert await walk_all() == [names[4]]
+    # A repository added reads the parent again; what was kept of the others stays.
+    (many / "repo-new" / "_manifests").mkdir(parents=True)
+    expected["repo-new"] = ["_manifests"]
+    assert await fs.list("/many") == sorted(expected)
+    assert await walk_all() == ["repo-new"]
+
+
+async def test_fs_a_walked_listing_of_another_shape_is_kept_on_its_own(
+    fs: FilesystemDriver, fs_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past the shapes numbered beside the parent, a listing is kept as any other is.
+    monkeypatch.setattr(filesystem_module, "PLAIN_DIRS_SEEDED", 2)
+    monkeypatch.setattr(filesystem_module, "WALKED_SHAPES_REMEMBERED", 1)
+    monkeypatch.setattr(filesystem_module, "SETTLED_AFTER_NS", 100_000_000)
+    shapes = {"a": ["_manifests"], "b": ["_manifests"], "c": ["_layers", "_manifests"]}
+    for name, held in shapes.items():
+        for directory in held:
+            (fs_root / "many" / name / directory).mkdir(parents=True)
+    await asyncio.sleep(0.15)
+    assert await fs.list("/many") == ["a", "b", "c"]
+    for name, held in shapes.items():
+        assert await fs.list(f"/many/{name}") == held
+    assert fs._walked_shapes == [("_manifests",)]
+    assert list(fs._small_listings._kept) == ["/many", "/many/c"]
+    read = record_reads(monkeypatch)
+    for name, held in shapes.items():
+        assert await fs.list(f"/many/{name}") == held
+    assert read == []
+
+
+async def test_fs_a_large_listing_leaves_its_names_uninterned(
+    fs: FilesystemDriver, fs_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Interning 10,000 tag names would grow the interpreter's table of interned strings
+    # for good; only small directories' names (shared by thousands of them) are.
+    monkeypatch.setattr(filesystem_module, "SETTLED_AFTER_NS", 100_000_000)
+    prefix = uuid.uuid4().hex
+    tags = fs_root / "tags"
+    for number in range(1000):
+        (tags / f"{prefix}-{number:04d}").mkdir(parents=True)
+    assert os.stat(tags).st_size > SMALL_DIRECTORY
+    await asyncio.sleep(0.15)
+    names = await fs.list("/tags")
+    assert fs._listings.get(str(tags), os.stat(tags)) == names
+    kept = (await fs.list("/tags"))[0]
+    assert sys.intern("".join([prefix, "-0000"])) is not kept
 
 
 async def failures_beside(
