@@ -69,10 +69,12 @@ PLAIN_PATHS_REMEMBERED = 1024
 # At most so many subdirectories of one listing are remembered from it (a blob prefix
 # holds some hundreds in a registry of 100,000 blobs).
 PLAIN_DIRS_SEEDED = 1024
-# Listings of more subdirectories than that (the tags of a large repository) whose
-# subdirectories are known plain as one set each, the latest so many: a walk over
-# every tag then costs no lstat of each tag's directory.
-PLAIN_LISTINGS_REMEMBERED = 4
+# Listings of more subdirectories than that (a registry's repositories, the tags of a
+# large repository) whose subdirectories are known plain, as one sorted tuple each (see
+# _WideListing): the latest used so many, of at most LISTED_NAMES_REMEMBERED
+# subdirectories in all. A walk over every tag then costs no lstat of each tag's
+# directory, and a catalog walk no read of each repository's.
+PLAIN_LISTINGS_REMEMBERED = 16
 # Listings of large directories kept, at most so many names in all (about 60 bytes
 # each), and how long a directory must have been left unchanged before its listing is
 # kept: a change is then sure to move its modification time, even on file systems that
@@ -1448,6 +1450,7 @@ class FilesystemDriver(StorageDriver):
         # one made inside the root while it runs is noticed once the entry is evicted.
         self._plain_dirs: OrderedDict[str, None] = OrderedDict()
         self._plain_listed: OrderedDict[str, _WideListing] = OrderedDict()
+        self._plain_listed_dirs = 0
         # The shapes the listings a wide listing keeps are made of, numbered from 1.
         self._walked_shapes: list[tuple[str, ...]] = []
         self._walked_shape_numbers: dict[tuple[str, ...], int] = {}
@@ -1537,7 +1540,21 @@ class FilesystemDriver(StorageDriver):
         listed = self._plain_listed.get(parent)
         return listed is not None and listed.index(name) >= 0
 
-    def _walked_shape(self, names: list[str]) -> int:
+    def _keep_wide(self, real: str, dirs: builtins.list[str]) -> None:
+        """Know the ``dirs`` of ``real`` plain, with what was kept of them before."""
+        former = self._plain_listed.pop(real, None)
+        if former is not None:
+            self._plain_listed_dirs -= len(former.dirs)
+        self._plain_listed[real] = _WideListing(dirs, former)
+        self._plain_listed_dirs += len(dirs)
+        while len(self._plain_listed) > 1 and (
+            len(self._plain_listed) > PLAIN_LISTINGS_REMEMBERED
+            or self._plain_listed_dirs > LISTED_NAMES_REMEMBERED
+        ):
+            _, evicted = self._plain_listed.popitem(last=False)
+            self._plain_listed_dirs -= len(evicted.dirs)
+
+    def _walked_shape(self, names: builtins.list[str]) -> int:
         """The number of the shape ``names`` make, or 0 once all are taken by others."""
         shape = tuple(names)
         number = self._walked_shape_numbers.get(shape)
@@ -1826,6 +1843,10 @@ class FilesystemDriver(StorageDriver):
                     return list(self._walked_shapes[shape - 1])
             kept = listings.get(real, status)
             if kept is not None:
+                if real in self._plain_listed:
+                    # In use (a catalog's walk comes back to it page after page): kept
+                    # before the one-off listings of other large directories.
+                    self._plain_listed.move_to_end(real)
                 return kept
             if small:
                 names, dirs = _names_and_dirs(real, self._inside)
@@ -1849,10 +1870,7 @@ class FilesystemDriver(StorageDriver):
                     for name in dirs:
                         self._remember_plain(f"{real}{os.sep}{name}")
             elif plain:
-                self._plain_listed[real] = _WideListing(dirs, self._plain_listed.get(real))
-                self._plain_listed.move_to_end(real)
-                if len(self._plain_listed) > PLAIN_LISTINGS_REMEMBERED:
-                    self._plain_listed.popitem(last=False)
+                self._keep_wide(real, dirs)
             return names
         except OSError as error:
             raise _storage_error(path, error, _LISTING_MISSING) from error

@@ -47,6 +47,7 @@ from dockyard.storage.driver import DeferredWrites
 from dockyard.storage.filesystem import (
     BULK_WRITES,
     PLAIN_DIRS_REMEMBERED,
+    PLAIN_LISTINGS_REMEMBERED,
     PLAIN_PATHS_REMEMBERED,
     SETTLED_AFTER_NS,
     SMALL_DIRECTORY,
@@ -2059,6 +2060,53 @@ async def test_fs_a_walk_keeps_each_listing_beside_its_parents(
     expected["repo-new"] = ["_manifests"]
     assert await fs.list("/many") == sorted(expected)
     assert await walk_all() == ["repo-new"]
+
+
+async def test_fs_a_wide_listing_in_use_outlasts_one_off_ones(
+    fs: FilesystemDriver, fs_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A catalog walked page after page keeps what it kept while DELETEs list the tags of
+    # one large repository after another, each once.
+    monkeypatch.setattr(filesystem_module, "PLAIN_DIRS_SEEDED", 2)
+    monkeypatch.setattr(filesystem_module, "SETTLED_AFTER_NS", 100_000_000)
+    names = [f"repo-{number}" for number in range(6)]
+    for name in names:
+        (fs_root / "many" / name / "_manifests").mkdir(parents=True)
+    one_off = [f"tags-{number:02d}" for number in range(PLAIN_LISTINGS_REMEMBERED)]
+    for directory in one_off:
+        for tag in range(3):
+            (fs_root / directory / f"t{tag}").mkdir(parents=True)
+    await asyncio.sleep(0.15)
+    assert await fs.list("/many") == names
+    for name in names:
+        assert await fs.list(f"/many/{name}") == ["_manifests"]
+    read = record_reads(monkeypatch)
+    for directory in one_off:
+        assert await fs.list(f"/{directory}") == ["t0", "t1", "t2"]
+        assert await fs.list("/many") == names
+    for name in names:
+        assert await fs.list(f"/many/{name}") == ["_manifests"]
+    assert read == [str(fs_root / directory) for directory in one_off]
+    # The oldest unused went instead.
+    assert str(fs_root / one_off[0]) not in fs._plain_listed
+    assert str(fs_root / "many") in fs._plain_listed
+
+
+async def test_fs_wide_listings_known_stay_bounded_by_their_directories(
+    fs: FilesystemDriver, fs_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(filesystem_module, "PLAIN_DIRS_SEEDED", 2)
+    monkeypatch.setattr(filesystem_module, "LISTED_NAMES_REMEMBERED", 8)
+    for directory, count in (("a", 4), ("b", 4), ("c", 3), ("d", 12)):
+        for number in range(count):
+            (fs_root / directory / f"s{number:02d}").mkdir(parents=True)
+    for directory in "abc":
+        await fs.list(f"/{directory}")
+    assert list(fs._plain_listed) == [str(fs_root / "b"), str(fs_root / "c")]
+    # One larger than the bound is still known, alone.
+    await fs.list("/d")
+    assert list(fs._plain_listed) == [str(fs_root / "d")]
+    assert fs._plain_listed_dirs == 12
 
 
 async def test_fs_a_walked_listing_of_another_shape_is_kept_on_its_own(
