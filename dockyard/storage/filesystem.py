@@ -1068,6 +1068,40 @@ def _settled(status: os.stat_result, before: int) -> bool:
     return before - max(status.st_mtime_ns, status.st_ctime_ns) >= SETTLED_AFTER_NS
 
 
+class _Shapes:
+    """Sets of names that many small directories hold alike (every repository's own:
+    ``_layers``, ``_manifests``, ``_uploads``; every tag's ``current`` and ``index``),
+    each kept once, interned, and numbered from 1: a directory holding one of them
+    keeps a reference or a byte rather than its own tuple of strings. The first
+    ``limit`` seen are numbered; a set seen after them is kept by each directory itself.
+    """
+
+    __slots__ = ("_limit", "_names", "_numbers")
+
+    def __init__(self, limit: int) -> None:
+        self._names: list[tuple[str, ...]] = []
+        self._numbers: dict[tuple[str, ...], int] = {}
+        self._limit = limit
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def number(self, names: Sequence[str]) -> int:
+        """The number of the set ``names`` make, or 0 once all are taken by others."""
+        shape = tuple(names)
+        number = self._numbers.get(shape)
+        if number is None:
+            if len(self._names) >= self._limit:
+                return 0
+            shape = tuple(map(sys.intern, shape))
+            self._names.append(shape)
+            number = self._numbers[shape] = len(self._names)
+        return number
+
+    def names(self, number: int) -> tuple[str, ...]:
+        return self._names[number - 1]
+
+
 class _Listings:
     """Names of directories, each kept with the identity and times its directory had
     when it was read, and answered again only while both are unchanged.
@@ -1077,8 +1111,7 @@ class _Listings:
     catalog lists every repository's own directory, each a few names: kept, a walk over
     10,000 of them costs a stat each instead of an open, a read and a sort. Directories
     are kept by their path below ``root`` (the part every one shares is not repeated),
-    and up to ``shapes_limit`` sets of names are kept once for every directory that
-    holds just them (every repository's own: ``_layers``, ``_manifests``, ``_uploads``).
+    and, given ``shapes``, a directory holding one of them keeps its shared tuple.
     """
 
     def __init__(
@@ -1086,15 +1119,14 @@ class _Listings:
         root: str,
         names_limit: int = LISTED_NAMES_REMEMBERED,
         entries_limit: int = LISTINGS_REMEMBERED,
-        shapes_limit: int = 0,
+        shapes: _Shapes | None = None,
     ) -> None:
         self._kept: OrderedDict[str, tuple[int, tuple[str, ...]]] = OrderedDict()
         self._root_length = len(root)
         self._names_limit = names_limit
         self._entries_limit = entries_limit
         self._names = 0
-        self._shapes: dict[tuple[str, ...], tuple[str, ...]] = {}
-        self._shapes_limit = shapes_limit
+        self._shapes = shapes
 
     def get(self, real: str, status: os.stat_result) -> list[str] | None:
         key = real[self._root_length :]
@@ -1114,17 +1146,13 @@ class _Listings:
         if len(names) > self._names_limit:
             return
         kept = tuple(names)
-        if self._shapes_limit:
+        if self._shapes is not None:
             # Interned: the names small directories hold (a tag's `current` and `index`)
             # are then kept once, not once per directory. Not a large listing's: its
             # names are its own, and 10,000 more interned strings would grow the
             # interpreter's table of them for good.
-            kept = tuple(map(sys.intern, names))
-            shape = self._shapes.get(kept)
-            if shape is not None:
-                kept = shape
-            elif len(self._shapes) < self._shapes_limit:
-                self._shapes[kept] = kept
+            shape = self._shapes.number(kept)
+            kept = self._shapes.names(shape) if shape else tuple(map(sys.intern, kept))
         self._kept[key] = (_version(status), kept)
         self._names += len(names)
         while len(self._kept) > self._entries_limit or self._names > self._names_limit:
@@ -1451,15 +1479,20 @@ class FilesystemDriver(StorageDriver):
         self._plain_dirs: OrderedDict[str, None] = OrderedDict()
         self._plain_listed: OrderedDict[str, _WideListing] = OrderedDict()
         self._plain_listed_dirs = 0
-        # The shapes the listings a wide listing keeps are made of, numbered from 1.
-        self._walked_shapes: list[tuple[str, ...]] = []
-        self._walked_shape_numbers: dict[tuple[str, ...], int] = {}
+        # The shapes the listings a wide listing keeps are made of. Apart from those of
+        # small listings kept on their own, so that the handful of names a long-running
+        # server lists one by one (tags of small repositories) cannot take them all
+        # before a catalog walk comes.
+        self._walked_shapes = _Shapes(WALKED_SHAPES_REMEMBERED)
         # Paths whose every directory is such a directory, with their OS path: the same
         # promise, for the files a pull reads and stats again and again.
         self._plain_paths: OrderedDict[str, str] = OrderedDict()
         self._listings = _Listings(self._root)
         self._small_listings = _Listings(
-            self._root, SMALL_NAMES_REMEMBERED, SMALL_LISTINGS_REMEMBERED, SMALL_SHAPES_REMEMBERED
+            self._root,
+            SMALL_NAMES_REMEMBERED,
+            SMALL_LISTINGS_REMEMBERED,
+            _Shapes(SMALL_SHAPES_REMEMBERED),
         )
         self._small_files = _SmallFiles()
         self._syncs = _Syncs()
@@ -1553,18 +1586,6 @@ class FilesystemDriver(StorageDriver):
         ):
             _, evicted = self._plain_listed.popitem(last=False)
             self._plain_listed_dirs -= len(evicted.dirs)
-
-    def _walked_shape(self, names: builtins.list[str]) -> int:
-        """The number of the shape ``names`` make, or 0 once all are taken by others."""
-        shape = tuple(names)
-        number = self._walked_shape_numbers.get(shape)
-        if number is None:
-            if len(self._walked_shapes) >= WALKED_SHAPES_REMEMBERED:
-                return 0
-            shape = tuple(map(sys.intern, names))
-            self._walked_shapes.append(shape)
-            number = self._walked_shape_numbers[shape] = len(self._walked_shapes)
-        return number
 
     def _remember_plain(self, joined: str) -> None:
         self._plain_dirs[joined] = None
@@ -1831,16 +1852,15 @@ class FilesystemDriver(StorageDriver):
             # the few directories it holds are remembered one by one, which would push
             # out what requests come back to.
             above, _, own = real.rpartition(os.sep)
-            wide = self._plain_listed.get(above) if plain else None
-            at = wide.index(own) if wide is not None else -1
-            walked = at >= 0
-            if plain and not walked:
+            parent = self._plain_listed.get(above) if plain else None
+            at = parent.index(own) if parent is not None else -1
+            walked = parent if at >= 0 else None
+            if plain and walked is None:
                 self._remember_plain(real)
-            if walked and small:
-                assert wide is not None
-                shape = wide.shape(at, status)
+            if walked is not None and small:
+                shape = walked.shape(at, status)
                 if shape:
-                    return list(self._walked_shapes[shape - 1])
+                    return list(self._walked_shapes.names(shape))
             kept = listings.get(real, status)
             if kept is not None:
                 if real in self._plain_listed:
@@ -1854,11 +1874,10 @@ class FilesystemDriver(StorageDriver):
                 names, dirs = await asyncio.to_thread(_names_and_dirs, real, self._inside)
             # Kept beside the parent's listing when it can be, on its own otherwise.
             if not (
-                walked
+                walked is not None
                 and small
-                and (shape := self._walked_shape(names))
-                and wide is not None
-                and wide.keep(at, status, before, shape)
+                and (shape := self._walked_shapes.number(names))
+                and walked.keep(at, status, before, shape)
             ):
                 listings.keep(real, status, before, names)
             # A listing is usually followed by a look at each entry (a collection stats
@@ -1866,7 +1885,7 @@ class FilesystemDriver(StorageDriver):
             # entry types answer those lookups' lstats of directories. Not for thousands
             # of them, which would evict all else remembered.
             if plain and len(dirs) <= PLAIN_DIRS_SEEDED:
-                if not walked:
+                if walked is None:
                     for name in dirs:
                         self._remember_plain(f"{real}{os.sep}{name}")
             elif plain:

@@ -54,6 +54,7 @@ from dockyard.storage.filesystem import (
     SMALL_FILE_LIMIT,
     _Listings,
     _read_file,
+    _Shapes,
     _SmallFiles,
     _WideListing,
 )
@@ -1779,7 +1780,8 @@ def test_fs_kept_listings_hold_a_bounded_number_of_names(tmp_path: Path) -> None
 
 
 def test_fs_kept_listings_of_one_shape_share_their_names(tmp_path: Path) -> None:
-    listings = _Listings(str(tmp_path), shapes_limit=1)
+    table = _Shapes(1)
+    listings = _Listings(str(tmp_path), shapes=table)
     kept = []
     for number, names in enumerate(
         [["_layers", "_manifests"], ["_layers", "_manifests"], ["current", "index"]]
@@ -1795,7 +1797,7 @@ def test_fs_kept_listings_of_one_shape_share_their_names(tmp_path: Path) -> None
     assert all(listings.get(real, status) == names for real, status, names in kept)
     shapes = [entry[1] for entry in listings._kept.values()]
     assert shapes[0] is shapes[1]
-    assert shapes[2] == ("current", "index") and len(listings._shapes) == 1
+    assert shapes[2] == ("current", "index") and len(table) == 1
 
 
 def test_fs_a_wide_listing_read_again_keeps_what_it_kept_of_the_names_still_there(
@@ -2033,7 +2035,7 @@ async def test_fs_a_walk_keeps_each_listing_beside_its_parents(
     # Walked again: each answered from what was kept, without reading it.
     assert await walk_all() == []
     assert dict(fs._small_listings._kept) == on_their_own
-    assert fs._walked_shapes == [
+    assert fs._walked_shapes._names == [
         ("_layers", "_manifests"),
         ("_layers", "_manifests", "_uploads"),
     ]
@@ -2114,7 +2116,7 @@ async def test_fs_a_walked_listing_of_another_shape_is_kept_on_its_own(
 ) -> None:
     # Past the shapes numbered beside the parent, a listing is kept as any other is.
     monkeypatch.setattr(filesystem_module, "PLAIN_DIRS_SEEDED", 2)
-    monkeypatch.setattr(filesystem_module, "WALKED_SHAPES_REMEMBERED", 1)
+    monkeypatch.setattr(fs._walked_shapes, "_limit", 1)
     monkeypatch.setattr(filesystem_module, "SETTLED_AFTER_NS", 100_000_000)
     shapes = {"a": ["_manifests"], "b": ["_manifests"], "c": ["_layers", "_manifests"]}
     for name, held in shapes.items():
@@ -2124,7 +2126,7 @@ async def test_fs_a_walked_listing_of_another_shape_is_kept_on_its_own(
     assert await fs.list("/many") == ["a", "b", "c"]
     for name, held in shapes.items():
         assert await fs.list(f"/many/{name}") == held
-    assert fs._walked_shapes == [("_manifests",)]
+    assert fs._walked_shapes._names == [("_manifests",)]
     assert list(fs._small_listings._kept) == ["/many", "/many/c"]
     read = record_reads(monkeypatch)
     for name, held in shapes.items():
