@@ -54,8 +54,9 @@ def _timestamp(record: logging.LogRecord) -> str:
 
 
 # The id of the request being handled, for every line logged while handling it (set by
-# the request middleware; each request runs in its own task, so ids never mix).
-request_id: ContextVar[str | None] = ContextVar("dockyard_request_id", default=None)
+# the request middleware; each request runs in its own task, so ids never mix): the id,
+# or the request's record, whose str() makes it when a line first asks.
+request_id: ContextVar[object | None] = ContextVar("dockyard_request_id", default=None)
 
 
 def _record_fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -63,7 +64,7 @@ def _record_fields(record: logging.LogRecord) -> dict[str, Any]:
     fields = dict(extra) if isinstance(extra, dict) else {}
     current = request_id.get()
     if current is not None:
-        fields.setdefault("http.request.id", current)
+        fields.setdefault("http.request.id", str(current))
     return fields
 
 

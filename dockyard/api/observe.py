@@ -1,11 +1,11 @@
 """What each request leaves behind: an access log line and its metrics.
 
-A middleware (outermost) gives every request an id, names its route and repository
-and counts it in flight; when the response has been sent in full, aiohttp calls the
-access logger, which writes the line (unless ``log.accesslog.disabled``) and counts
-the request, its status, duration and bytes. Only then is the size of a response sent
-with ``sendfile`` known, which is why the counting happens there and not in the
-middleware.
+A middleware (outermost) gives every request a record, with an id made when first
+asked for, and counts it in flight; when the response has been sent in full, aiohttp
+calls the access logger, which writes the line (unless ``log.accesslog.disabled``) and
+counts the request, its route and repository, its status, duration and bytes. Only
+then is the size of a response sent with ``sendfile`` known, which is why the counting
+happens there and not in the middleware.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import functools
 import logging
 import os
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -96,13 +95,27 @@ def new_request_id() -> str:
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
-@dataclass(slots=True)
 class RequestInfo:
-    id: str
-    route: str
-    repository: str | None
-    # Counted in :class:`Activity` until its response has been sent.
-    active: bool = False
+    """A request's record: its id, made the first time a logged line, an event or the
+    access line asks for it (with no access line, most requests ask for none, and a
+    random id cost more than the rest of the record), and whether it is counted in
+    :class:`Activity`, which it is until its response has been sent."""
+
+    __slots__ = ("_id", "active")
+
+    def __init__(self) -> None:
+        self._id: str | None = None
+        self.active = False
+
+    @property
+    def id(self) -> str:
+        if self._id is None:
+            self._id = new_request_id()
+        return self._id
+
+    def __str__(self) -> str:
+        # What a line logged while handling the request shows (logs.request_id).
+        return self.id
 
 
 class Activity:
@@ -143,17 +156,16 @@ ACTIVITY = web.AppKey("activity", Activity)
 REQUEST_INFO = web.RequestKey("dockyard.request", RequestInfo)
 
 
-def request_info(request: BaseRequest, prefix: str = "") -> RequestInfo:
-    """The request's id, route and repository (made here for requests no middleware saw)."""
+def request_info(request: BaseRequest) -> RequestInfo:
+    """The request's record (made here for requests no middleware saw)."""
     try:
         return request[REQUEST_INFO]
     except KeyError:
-        return _new_request_info(request, prefix)
+        return _new_request_info(request)
 
 
-def _new_request_info(request: BaseRequest, prefix: str) -> RequestInfo:
-    route, repository = classify(request.path, prefix)
-    info = RequestInfo(new_request_id(), route, repository)
+def _new_request_info(request: BaseRequest) -> RequestInfo:
+    info = RequestInfo()
     request[REQUEST_INFO] = info
     return info
 
@@ -164,13 +176,13 @@ def middleware(
     @web.middleware
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         # Outermost: nothing has seen the request before.
-        info = _new_request_info(request, prefix)
+        info = _new_request_info(request)
         activity.begin(info)
-        logs.request_id.set(info.id)
+        logs.request_id.set(info)
         try:
             if metrics is None:
                 return await handler(request)
-            return await _measured(request, handler, info, metrics)
+            return await _measured(request, handler, classify(request.path, prefix)[0], metrics)
         except asyncio.CancelledError:
             # The access logger, which ends the others, never hears of this one.
             activity.end(info)
@@ -183,10 +195,10 @@ def middleware(
 
 
 async def _measured(
-    request: web.Request, handler: Handler, info: RequestInfo, metrics: Metrics
+    request: web.Request, handler: Handler, route: str, metrics: Metrics
 ) -> web.StreamResponse:
-    uploading = info.route == "blob_upload" and request.method in _UPLOAD_METHODS
-    in_flight = metrics.in_flight.labels(info.route)
+    uploading = route == "blob_upload" and request.method in _UPLOAD_METHODS
+    in_flight = metrics.in_flight.labels(route)
     in_flight.inc()
     if uploading:
         metrics.uploads_in_flight.inc()
@@ -240,19 +252,20 @@ def request_logger(
             return True
 
         def log(self, request: BaseRequest, response: StreamResponse, time_: float) -> None:
-            info = request_info(request, prefix)
+            info = request_info(request)
             if activity is not None:
                 activity.end(info)
             if metrics is None and not emit:
                 return
+            route, repository = classify(request.path, prefix)
             received = _received(request)
             sent = _sent(request, response)
             if metrics is not None:
                 metrics.record_request(
-                    info.route, request.method, response.status, time_, received, sent
+                    route, request.method, response.status, time_, received, sent
                 )
             if emit:
-                self._line(request, response, time_, info, received, sent)
+                self._line(request, response, time_, info, route, repository, received, sent)
 
         def _line(
             self,
@@ -260,6 +273,8 @@ def request_logger(
             response: StreamResponse,
             seconds: float,
             info: RequestInfo,
+            route: str,
+            repository: str | None,
             received: int,
             sent: int,
         ) -> None:
@@ -275,12 +290,12 @@ def request_logger(
                 "http.response.status": response.status,
                 "http.response.written": sent,
                 "http.response.duration": f"{seconds:.6f}s",
-                "http.route": info.route,
+                "http.route": route,
             }
             if identity is not None and identity.user is not None:
                 fields["auth.user.name"] = identity.user
-            if info.repository is not None:
-                fields["vars.name"] = info.repository
+            if repository is not None:
+                fields["vars.name"] = repository
             # Which worker process answered: requests of one client spread over all.
             fields["pid"] = pid
             records.log("%s %s %s", (request.method, request.path_qs, response.status), fields)

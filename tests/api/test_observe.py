@@ -1,15 +1,28 @@
-"""Route names and repositories of request paths, as the access log and metrics see them."""
+"""Route names and repositories of request paths, as the access log and metrics see them,
+and the record each request gets."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
 
+from dockyard import logs
 from dockyard.api import observe, routes
+from dockyard.api.app import create_app
 from dockyard.api.observe import classify, new_request_id
+from dockyard.config.model import Config
 from dockyard.errors import NameUnknown, Unsupported
 from dockyard.metrics import ROUTES
+from dockyard.schema import validate
 
 DIGEST = "sha256:" + "a" * 64
 
@@ -108,3 +121,76 @@ def test_request_ids_are_distinct_version_4_uuids() -> None:
         assert str(parsed) == text
     # Every variant digit occurs: the random bits below the variant's are kept.
     assert {text[19] for text in ids} == set("89ab")
+
+
+def test_a_line_logged_while_handling_a_request_makes_its_id_once() -> None:
+    info = observe.RequestInfo()
+    formatter = logs.formatter_for("json", {})
+    record = logging.LogRecord("dockyard", logging.ERROR, __file__, 1, "boom", None, None)
+    token = logs.request_id.set(info)
+    try:
+        lines = [json.loads(formatter.format(record)) for _ in range(2)]
+    finally:
+        logs.request_id.reset(token)
+    assert [line["http.request.id"] for line in lines] == [info.id, info.id]
+    assert uuid.UUID(info.id).version == 4
+
+
+@asynccontextmanager
+async def observed(root: Path, emit: bool) -> AsyncIterator[tuple[TestServer, observe.Activity]]:
+    """The app on a filesystem store at ``root``, served as a worker serves it: with the
+    access logger, writing lines or not."""
+    config = validate(
+        Config, {"version": "0.1", "storage": {"filesystem": {"rootdirectory": str(root)}}}
+    )
+    app = create_app(config, background=False)
+    activity = app[observe.ACTIVITY]
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server(
+        access_log=observe.access_logger(),
+        access_log_class=observe.request_logger("", emit, None, activity),
+    )
+    try:
+        yield server, activity
+    finally:
+        await server.close()
+
+
+async def test_a_request_id_is_made_only_when_something_asks_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Made for every request, a random id was the larger part of what the record cost.
+    made: list[str] = []
+
+    def counted() -> str:
+        made.append(new_request_id())
+        return made[-1]
+
+    monkeypatch.setattr(observe, "new_request_id", counted)
+    paths = ["/v2/", "/v2/team/app/manifests/latest", "/v2/team/app/tags/list"]
+    caplog.set_level(logging.INFO, logger=observe.ACCESS_LOGGER)
+    for emit in (False, True):
+        async with observed(tmp_path / str(emit), emit) as (server, activity):
+            async with aiohttp.ClientSession() as http:
+                for path in paths:
+                    async with http.get(server.make_url(path)) as response:
+                        await response.read()
+            # Each request's activity ended once its response had been sent.
+            for _ in range(100):
+                if activity.count == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert activity.count == 0
+        if not emit:
+            # No access line and nothing logged: no id made.
+            assert made == []
+    # With access lines, one id per request, the one its line carries.
+    lines = [record for record in caplog.records if record.name == observe.ACCESS_LOGGER]
+    assert [getattr(line, "fields")["http.request.id"] for line in lines] == made
+    assert len(set(made)) == len(paths)
+    assert [getattr(line, "fields")["http.route"] for line in lines] == ["base", "manifest", "tags"]
+    assert [getattr(line, "fields").get("vars.name") for line in lines] == [
+        None,
+        "team/app",
+        "team/app",
+    ]
